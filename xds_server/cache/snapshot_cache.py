@@ -1,0 +1,62 @@
+"""The snapshot cache: the latest good snapshot of every node, and watches on it.
+
+Streams wait on `watch(node_id, seen)`; `set_snapshot` wakes only the streams
+of that node.  A proxy with no snapshot yet simply waits (it is never served
+an empty mesh by accident).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterator
+
+from xds_server.cache.snapshot import InconsistentSnapshotError, Snapshot, find_problems
+
+logger = logging.getLogger(__name__)
+
+
+class SnapshotCache:
+    def __init__(self) -> None:
+        self._snapshots: dict[str, Snapshot] = {}
+        self._changed: dict[str, asyncio.Event] = {}
+        self.rejected: dict[str, InconsistentSnapshotError] = {}
+
+    def set_snapshot(self, node_id: str, snapshot: Snapshot, *, check: bool = True) -> None:
+        """Publish `snapshot` for a node; raises InconsistentSnapshotError if it dangles."""
+        previous = self._snapshots.get(node_id)
+        if previous is snapshot:
+            return
+        if check:
+            problems = find_problems(snapshot, previous)
+            if problems:
+                error = InconsistentSnapshotError(node_id, problems)
+                self.rejected[node_id] = error
+                logger.error("%s; keeping the last good snapshot", error)
+                raise error
+        self.rejected.pop(node_id, None)
+        self._snapshots[node_id] = snapshot
+        event = self._changed.pop(node_id, None)
+        if event is not None:
+            event.set()
+
+    def get_snapshot(self, node_id: str) -> Snapshot | None:
+        return self._snapshots.get(node_id)
+
+    def clear(self, node_id: str) -> None:
+        self._snapshots.pop(node_id, None)
+        self.rejected.pop(node_id, None)
+
+    def node_ids(self) -> Iterator[str]:
+        return iter(list(self._snapshots))
+
+    async def watch(self, node_id: str, seen: Snapshot | None) -> Snapshot:
+        """Return the node's snapshot as soon as it is not `seen`."""
+        while True:
+            current = self._snapshots.get(node_id)
+            if current is not None and current is not seen:
+                return current
+            event = self._changed.get(node_id)
+            if event is None:
+                event = self._changed[node_id] = asyncio.Event()
+            await event.wait()

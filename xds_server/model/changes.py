@@ -1,0 +1,80 @@
+"""ChangeSet: what a source saw change, mergeable so bursts can be debounced."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from xds_server.model.types import EndpointSlice, Service, Workload
+
+MeshObject = Service | EndpointSlice | Workload
+
+
+class Kind(enum.Enum):
+    SERVICE = "Service"
+    ENDPOINT_SLICE = "EndpointSlice"
+    WORKLOAD = "Pod"
+
+
+KIND_OF_TYPE: dict[type, Kind] = {
+    Service: Kind.SERVICE,
+    EndpointSlice: Kind.ENDPOINT_SLICE,
+    Workload: Kind.WORKLOAD,
+}
+
+
+class ObjectKey(NamedTuple):
+    kind: Kind
+    namespace: str
+    name: str
+
+    @classmethod
+    def of(cls, obj: MeshObject) -> ObjectKey:
+        return cls(KIND_OF_TYPE[type(obj)], obj.namespace, obj.name)
+
+    def __str__(self) -> str:
+        return f"{self.kind.value} {self.namespace}/{self.name}"
+
+
+@dataclass
+class ChangeSet:
+    """Upserts and deletions keyed by object; a later change to a key wins.
+
+    `source` scoping is the caller's business: a file source deletes what a
+    file no longer holds, a watcher deletes on DELETED events.
+    """
+
+    upserts: dict[ObjectKey, MeshObject] = field(default_factory=dict)
+    deletes: set[ObjectKey] = field(default_factory=set)
+
+    def upsert(self, obj: MeshObject) -> None:
+        key = ObjectKey.of(obj)
+        self.deletes.discard(key)
+        self.upserts[key] = obj
+
+    def delete(self, key: ObjectKey) -> None:
+        self.upserts.pop(key, None)
+        self.deletes.add(key)
+
+    def merge(self, later: ChangeSet) -> None:
+        for key in later.deletes:
+            self.delete(key)
+        for key, obj in later.upserts.items():
+            self.deletes.discard(key)
+            self.upserts[key] = obj
+
+    @property
+    def kinds(self) -> frozenset[Kind]:
+        return frozenset(k.kind for k in (*self.upserts, *self.deletes))
+
+    @property
+    def endpoints_only(self) -> bool:
+        """Endpoint-only changes are fast-pathed past the debounce quiet period."""
+        return bool(self) and self.kinds == {Kind.ENDPOINT_SLICE}
+
+    def __bool__(self) -> bool:
+        return bool(self.upserts or self.deletes)
+
+    def __len__(self) -> int:
+        return len(self.upserts) + len(self.deletes)

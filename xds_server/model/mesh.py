@@ -1,0 +1,102 @@
+"""MeshSnapshot: the whole mesh at one instant, immutable and indexed.
+
+Applying a ChangeSet returns a new snapshot and says which services it
+touched, so the pipeline re-translates only those.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+
+from xds_server.model.changes import ChangeSet, Kind, MeshObject, ObjectKey
+from xds_server.model.types import EndpointSlice, Labels, Service, Workload
+
+NamespacedName = tuple[str, str]
+
+
+@dataclass(frozen=True)
+class MeshSnapshot:
+    services: Mapping[NamespacedName, Service] = field(default_factory=dict)
+    endpoint_slices: Mapping[NamespacedName, EndpointSlice] = field(default_factory=dict)
+    workloads: Mapping[NamespacedName, Workload] = field(default_factory=dict)
+    slices_by_service: Mapping[NamespacedName, tuple[EndpointSlice, ...]] = field(
+        default_factory=dict
+    )
+    generation: int = 0
+
+    def service(self, namespace: str, name: str) -> Service | None:
+        return self.services.get((namespace, name))
+
+    def slices_of(self, service: Service) -> tuple[EndpointSlice, ...]:
+        return self.slices_by_service.get((service.namespace, service.name), ())
+
+    def sorted_services(self) -> Iterator[Service]:
+        for key in sorted(self.services):
+            yield self.services[key]
+
+    def services_selecting(self, namespace: str, labels: Labels) -> Iterator[Service]:
+        for key in sorted(self.services):
+            service = self.services[key]
+            if service.namespace == namespace and service.selects(labels):
+                yield service
+
+    def workload_by_ip(self, ip: str) -> Workload | None:
+        for workload in self.workloads.values():
+            if workload.ip == ip:
+                return workload
+        return None
+
+    def apply(self, changes: ChangeSet) -> tuple[MeshSnapshot, frozenset[NamespacedName]]:
+        """A new snapshot with `changes` applied, and the services whose config changed."""
+        tables: dict[Kind, dict[NamespacedName, MeshObject]] = {
+            Kind.SERVICE: dict(self.services),
+            Kind.ENDPOINT_SLICE: dict(self.endpoint_slices),
+            Kind.WORKLOAD: dict(self.workloads),
+        }
+        touched: set[NamespacedName] = set()
+        slices_touched: set[NamespacedName] = set()
+        changed_slice_keys: set[ObjectKey] = set()
+
+        def note(key: ObjectKey, old: MeshObject | None, new: MeshObject | None) -> None:
+            if old == new:
+                return
+            if key.kind is Kind.SERVICE:
+                touched.add((key.namespace, key.name))
+            elif key.kind is Kind.ENDPOINT_SLICE:
+                changed_slice_keys.add(key)
+                for obj in (old, new):
+                    if isinstance(obj, EndpointSlice):
+                        slices_touched.add((obj.namespace, obj.service_name))
+
+        for key in changes.deletes:
+            note(key, tables[key.kind].pop((key.namespace, key.name), None), None)
+        for key, obj in changes.upserts.items():
+            table = tables[key.kind]
+            note(key, table.get((key.namespace, key.name)), obj)
+            table[(key.namespace, key.name)] = obj
+
+        slices = tables[Kind.ENDPOINT_SLICE]
+        by_service = dict(self.slices_by_service)
+        for service_key in slices_touched:
+            # Rebuild only the touched groups, from the (few) slices they hold.
+            names = {eps.name for eps in by_service.get(service_key, ())}
+            names |= {k.name for k in changed_slice_keys if k.namespace == service_key[0]}
+            group = []
+            for name in sorted(names):
+                eps = slices.get((service_key[0], name))
+                if isinstance(eps, EndpointSlice) and eps.service_name == service_key[1]:
+                    group.append(eps)
+            if group:
+                by_service[service_key] = tuple(group)
+            else:
+                by_service.pop(service_key, None)
+        touched |= slices_touched
+        snapshot = MeshSnapshot(
+            services=tables[Kind.SERVICE],  # type: ignore[arg-type]
+            endpoint_slices=slices,  # type: ignore[arg-type]
+            workloads=tables[Kind.WORKLOAD],  # type: ignore[arg-type]
+            slices_by_service=by_service,
+            generation=self.generation + 1,
+        )
+        return snapshot, frozenset(touched)

@@ -1,0 +1,154 @@
+"""Frozen model values for Services, EndpointSlices, workloads and proxies.
+
+These mirror the Kubernetes objects closely (so both sources can convert to
+them with one function) but hold only what translation needs.  Everything is
+hashable, so translation results can be memoised per value.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+Labels = tuple[tuple[str, str], ...]
+"""Labels as sorted pairs: hashable, comparable, deterministic."""
+
+
+def labels_of(mapping: dict[str, str] | None) -> Labels:
+    return tuple(sorted((mapping or {}).items()))
+
+
+class PortProtocol(enum.Enum):
+    """How the mesh carries a port's traffic (Istio's protocol selection)."""
+
+    HTTP = "http"
+    HTTP2 = "http2"
+    GRPC = "grpc"
+    TCP = "tcp"
+
+    @property
+    def is_http(self) -> bool:
+        return self is not PortProtocol.TCP
+
+    @property
+    def is_http2(self) -> bool:
+        return self in (PortProtocol.HTTP2, PortProtocol.GRPC)
+
+
+_APP_PROTOCOLS: dict[str, PortProtocol] = {
+    "http": PortProtocol.HTTP,
+    "http2": PortProtocol.HTTP2,
+    "kubernetes.io/h2c": PortProtocol.HTTP2,
+    "h2c": PortProtocol.HTTP2,
+    "grpc": PortProtocol.GRPC,
+    "grpc-web": PortProtocol.HTTP,
+    "tcp": PortProtocol.TCP,
+}
+
+
+def protocol_of(name: str | None, app_protocol: str | None) -> PortProtocol:
+    """appProtocol wins; otherwise the port-name prefix (`http-web`, `grpc`); else TCP."""
+    if app_protocol:
+        return _APP_PROTOCOLS.get(app_protocol.lower(), PortProtocol.TCP)
+    if name:
+        prefix = name.lower().split("-", 1)[0]
+        return _APP_PROTOCOLS.get(prefix, PortProtocol.TCP)
+    return PortProtocol.TCP
+
+
+@dataclass(frozen=True, slots=True)
+class ServicePort:
+    port: int
+    name: str = ""
+    target_port: int | str | None = None
+    protocol: str = "TCP"
+    app_protocol: str | None = None
+
+    @property
+    def mesh_protocol(self) -> PortProtocol:
+        return protocol_of(self.name, self.app_protocol)
+
+
+@dataclass(frozen=True, slots=True)
+class Service:
+    namespace: str
+    name: str
+    ports: tuple[ServicePort, ...] = ()
+    selector: Labels | None = None
+    cluster_ip: str | None = None
+
+    @property
+    def hostname(self) -> str:
+        return f"{self.name}.{self.namespace}.svc.cluster.local"
+
+    def selects(self, labels: Labels) -> bool:
+        if not self.selector:
+            return False
+        have = dict(labels)
+        return all(have.get(k) == v for k, v in self.selector)
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointPort:
+    port: int
+    name: str = ""
+    protocol: str = "TCP"
+    app_protocol: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    addresses: tuple[str, ...]
+    ready: bool = True
+    serving: bool = True
+    terminating: bool = False
+    zone: str | None = None
+    node_name: str | None = None
+    target_pod: str | None = None
+
+    @property
+    def is_routable(self) -> bool:
+        """Only ready endpoints take traffic; terminating ones are drained."""
+        return self.ready and not self.terminating
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointSlice:
+    namespace: str
+    name: str
+    service_name: str
+    address_type: str = "IPv4"
+    ports: tuple[EndpointPort, ...] = ()
+    endpoints: tuple[Endpoint, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Workload:
+    """A Pod as the mesh sees it: who a proxy is when it runs in Kubernetes."""
+
+    namespace: str
+    name: str
+    labels: Labels = ()
+    service_account: str = "default"
+    ip: str | None = None
+    node_name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Proxy:
+    """A connected Envoy, identified by its node id and bootstrap metadata.
+
+    `ip` is where the sidecar accepts inbound mesh traffic (the pod IP);
+    `app_address` is where the local application listens (loopback in a pod).
+    """
+
+    node_id: str
+    namespace: str = "default"
+    workload: str = ""
+    service_account: str = "default"
+    labels: Labels = ()
+    ip: str | None = None
+    app_address: str = "127.0.0.1"
+    outbound_address: str = "127.0.0.1"
+    outbound_port: int = 15001
+    metadata: tuple[tuple[str, str], ...] = field(default=(), compare=True)
