@@ -1,0 +1,116 @@
+"""Wiring: source -> pipeline -> cache -> ADS server, plus the admin app.
+
+The only module that imports everything.  `ControlPlane.run()` is structured
+concurrency: one TaskGroup owns the pipeline loop, the source watcher and the
+admin HTTP server; cancelling it stops all three and the gRPC server is given
+`grace_seconds` to finish in-flight streams.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+from collections.abc import Generator
+from typing import Any
+
+import uvicorn
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from xds_server.admin import create_app
+from xds_server.cache import SnapshotCache
+from xds_server.model import ChangeSet
+from xds_server.pipeline import MeshPipeline
+from xds_server.server import AggregatedDiscoveryServer, build_grpc_server
+from xds_server.settings import Settings, split_host_port
+from xds_server.sources.file import FileSource
+
+logger = logging.getLogger(__name__)
+
+
+class _QuietUvicorn(uvicorn.Server):
+    """uvicorn without its own signal handling: the CLI owns signals."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+class ControlPlane:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.cache = SnapshotCache()
+        self.pipeline = MeshPipeline(self.cache, settings.debounce)
+        self.ads = AggregatedDiscoveryServer(self.cache, observer=self.pipeline)
+        self.source = FileSource(settings.source_directory)
+        self.xds_serving = False
+        self.started = asyncio.Event()
+        self.xds_port = 0
+        self.admin_port = 0
+
+    # -- AdminView ---------------------------------------------------------
+    def is_ready(self) -> bool:
+        return self.xds_serving and self.pipeline.ready
+
+    def readiness_detail(self) -> dict[str, Any]:
+        return {"xds_serving": self.xds_serving, "sources_synced": self.pipeline.ready}
+
+    def proxies(self) -> list[dict[str, Any]]:
+        builder = self.pipeline.builder
+        rows: list[dict[str, Any]] = []
+        for stream in self.ads.streams():
+            row = dataclasses.asdict(stream)
+            row["snapshot_error"] = builder.proxy_error(stream.node_id)
+            row["metadata_error"] = self.pipeline.node_errors.get(stream.node_id)
+            rows.append(row)
+        return rows
+
+    def source_errors(self) -> list[str]:
+        return [str(error) for error in self.source.errors]
+
+    def metrics(self) -> tuple[bytes, str]:
+        return generate_latest(self.ads.metrics.registry), CONTENT_TYPE_LATEST
+
+    # -- lifecycle ---------------------------------------------------------
+    def _on_source_changes(self, changes: ChangeSet) -> None:
+        if not self.pipeline.ready:
+            self.pipeline.initial_sync(changes)
+        else:
+            self.pipeline.submit(changes)
+
+    async def run(self) -> None:
+        xds_host, xds_port = split_host_port(self.settings.xds_listen)
+        admin_host, admin_port = split_host_port(self.settings.admin_listen)
+        grpc_server = build_grpc_server(self.ads, f"{xds_host}:{xds_port}")
+        self.xds_port = grpc_server.bound_port  # type: ignore[attr-defined]
+        await grpc_server.start()
+        self.xds_serving = True
+        logger.info("xDS (ADS) listening on %s:%d", xds_host, self.xds_port)
+        config = uvicorn.Config(
+            create_app(self),
+            host=admin_host,
+            port=admin_port,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+        )
+        admin = _QuietUvicorn(config)
+        source_ready = asyncio.Event()
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(self.pipeline.run(), name="pipeline")
+                tasks.create_task(
+                    self.source.run(self._on_source_changes, source_ready), name="file-source"
+                )
+                tasks.create_task(admin.serve(), name="admin")
+                await source_ready.wait()
+                while not admin.started:
+                    await asyncio.sleep(0.01)
+                self.admin_port = admin.servers[0].sockets[0].getsockname()[1]
+                logger.info("admin listening on http://%s:%d", admin_host, self.admin_port)
+                self.started.set()
+        finally:
+            self.xds_serving = False
+            admin.should_exit = True
+            await grpc_server.stop(self.settings.grace_seconds)

@@ -1,0 +1,129 @@
+"""The `xds-server` command: serve, bootstrap, demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from xds_server.settings import Settings, split_host_port
+
+logger = logging.getLogger(__name__)
+
+
+def _host_port(value: str) -> str:
+    try:
+        split_host_port(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="xds-server", description=__doc__)
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the control plane")
+    serve.add_argument("--source", default="file:examples", help="file:DIR (the embedded default)")
+    serve.add_argument("--xds-listen", type=_host_port, default="127.0.0.1:15010")
+    serve.add_argument("--admin-listen", type=_host_port, default="127.0.0.1:15014")
+
+    boot = commands.add_parser("bootstrap", help="render an Envoy sidecar bootstrap")
+    boot.add_argument("--node-id", required=True)
+    boot.add_argument("--namespace", default="default")
+    boot.add_argument("--xds-address", type=_host_port, default="127.0.0.1:15010")
+    boot.add_argument("--admin-port", type=int, required=True)
+    boot.add_argument("--outbound-port", type=int, default=15001)
+    boot.add_argument("--outbound-address", default="127.0.0.1")
+    boot.add_argument("--workload", default="")
+    boot.add_argument("--service-account", default="default")
+    boot.add_argument("--label", action="append", default=[], metavar="KEY=VALUE")
+    boot.add_argument("--instance-ip", help="where the sidecar accepts inbound traffic")
+    boot.add_argument("--app-address", default="127.0.0.1")
+    boot.add_argument("--delta", action="store_true", help="incremental (Delta) xDS")
+    boot.add_argument("-o", "--output", type=Path, help="write here instead of stdout")
+
+    demo = commands.add_parser("demo", help="run a mesh with sample services and real Envoys")
+    demo.add_argument("--once", action="store_true", help="exit after the traffic check")
+    demo.add_argument("--delta", action="store_true", help="sidecars use Delta xDS")
+    demo.add_argument("--manifests", type=Path, help="directory of manifests (default: bundled)")
+    return parser
+
+
+def _run_cancellable(main: asyncio.Future[None] | object) -> int:
+    """Run a coroutine; SIGINT/SIGTERM cancel it so every `finally` runs."""
+
+    async def runner() -> int:
+        task = asyncio.ensure_future(main)  # type: ignore[arg-type]
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, task.cancel)
+        try:
+            result = await task
+        except asyncio.CancelledError:
+            return 0
+        return int(result) if isinstance(result, int) else 0
+
+    return asyncio.run(runner())
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if args.command == "serve":
+        from xds_server.app import ControlPlane
+
+        settings = Settings(
+            source=args.source, xds_listen=args.xds_listen, admin_listen=args.admin_listen
+        )
+        try:
+            settings.source_directory  # noqa: B018 - validate early with a clear message
+        except ValueError as error:
+            print(f"xds-server: {error}", file=sys.stderr)
+            return 2
+        return _run_cancellable(ControlPlane(settings).run())
+    if args.command == "bootstrap":
+        from xds_server.bootstrap import render_bootstrap
+
+        labels: dict[str, str] = {}
+        for item in args.label:
+            key, sep, value = item.partition("=")
+            if not sep:
+                print(f"xds-server: --label expects KEY=VALUE, got {item!r}", file=sys.stderr)
+                return 2
+            labels[key] = value
+        text = render_bootstrap(
+            node_id=args.node_id,
+            namespace=args.namespace,
+            xds_address=args.xds_address,
+            admin_port=args.admin_port,
+            delta=args.delta,
+            workload=args.workload,
+            service_account=args.service_account,
+            labels=labels,
+            instance_ip=args.instance_ip,
+            app_address=args.app_address,
+            outbound_address=args.outbound_address,
+            outbound_port=args.outbound_port,
+        )
+        if args.output:
+            args.output.write_text(text)
+        else:
+            sys.stdout.write(text)
+        return 0
+    if args.command == "demo":
+        from xds_server.demo import run_demo
+
+        return _run_cancellable(run_demo(once=args.once, delta=args.delta, manifests=args.manifests))
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
