@@ -16,6 +16,10 @@ from xds_server.settings import DebounceSettings
 
 logger = logging.getLogger(__name__)
 
+# Deadlines closer than this count as reached (as asyncio's own clock resolution
+# does), so float rounding can never spin the loop on zero-length waits.
+_RESOLUTION = 0.001
+
 
 class Debouncer:
     def __init__(self, settings: DebounceSettings) -> None:
@@ -49,7 +53,7 @@ class Debouncer:
             )
             deadline = min(self._last_at + quiet, self._first_at + self._settings.max_delay)
             remaining = deadline - loop.time()
-            if remaining <= 0:
+            if remaining <= _RESOLUTION:
                 break
             self._wakeup.clear()
             try:

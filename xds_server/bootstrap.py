@@ -1,0 +1,235 @@
+"""Envoy bootstrap files for sidecars: the canonical template, filled in per proxy.
+
+The template (`envoy-bootstrap/sidecar.yaml`, shipped as `xds_server/templates/
+sidecar.yaml`) is itself a complete bootstrap that Envoy accepts, so users can read
+and adapt it.  Rendering does no text substitution: it loads the template as data,
+overwrites the few fields that identify one proxy, and dumps the result with
+`yaml.safe_dump`, so no label value or node id can break the YAML or inject fields.
+
+The fields set per proxy are `node` (id, cluster, metadata from
+`xds_server.node_metadata`), the ADS `api_type` (SotW or delta), the control plane
+cluster (its name, STATIC for an IP or STRICT_DNS for a host name, and its address)
+and the admin address.  Everything else in the template is kept as written.
+"""
+
+from __future__ import annotations
+
+import copy
+import ipaddress
+import logging
+from collections.abc import Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from xds_server.model.types import Proxy, labels_of
+from xds_server.node_metadata import metadata_of
+
+logger = logging.getLogger(__name__)
+
+TEMPLATE_RESOURCE = "templates/sidecar.yaml"
+"""The packaged copy of `envoy-bootstrap/sidecar.yaml`, relative to `xds_server`."""
+
+
+def render_bootstrap(
+    *,
+    node_id: str,
+    namespace: str,
+    xds_address: str,
+    admin_port: int,
+    delta: bool = False,
+    cluster_name_for_xds: str = "xds_cluster",
+    workload: str = "",
+    service_account: str = "default",
+    labels: Mapping[str, str] | None = None,
+    instance_ip: str | None = None,
+    app_address: str = "127.0.0.1",
+    outbound_address: str = "127.0.0.1",
+    outbound_port: int = 15001,
+    admin_address: str = "127.0.0.1",
+    template_path: Path | None = None,
+) -> str:
+    """The bootstrap YAML for one sidecar.
+
+    `xds_address` is `HOST:PORT` (`[v6]:PORT` for IPv6); `admin_port` may be 0 to let
+    the kernel choose (Envoy reports it through `--admin-address-path`).  Raises
+    `ValueError` for a malformed address, port or metadata value.
+    """
+    proxy = Proxy(
+        node_id=node_id,
+        namespace=namespace,
+        workload=workload,
+        service_account=service_account,
+        labels=labels_of(dict(labels or {})),
+        ip=instance_ip,
+        app_address=app_address,
+        outbound_address=outbound_address,
+        outbound_port=outbound_port,
+    )
+    return render_bootstrap_for_proxy(
+        proxy,
+        xds_address=xds_address,
+        admin_port=admin_port,
+        delta=delta,
+        cluster_name_for_xds=cluster_name_for_xds,
+        admin_address=admin_address,
+        template_path=template_path,
+    )
+
+
+def render_bootstrap_for_proxy(
+    proxy: Proxy,
+    *,
+    xds_address: str,
+    admin_port: int,
+    delta: bool = False,
+    cluster_name_for_xds: str = "xds_cluster",
+    admin_address: str = "127.0.0.1",
+    template_path: Path | None = None,
+) -> str:
+    """`render_bootstrap` for an existing `Proxy` value (the inverse of `proxy_from_node`)."""
+    bootstrap = build_bootstrap(
+        proxy,
+        xds_address=xds_address,
+        admin_port=admin_port,
+        delta=delta,
+        cluster_name_for_xds=cluster_name_for_xds,
+        admin_address=admin_address,
+        template=load_template(template_path),
+    )
+    header = (
+        f"# Envoy bootstrap for node {proxy.node_id!r}, rendered by xds_server.bootstrap\n"
+        "# from envoy-bootstrap/sidecar.yaml; change the template, not this file.\n"
+    )
+    body = yaml.safe_dump(bootstrap, sort_keys=False, width=1_000_000, allow_unicode=True)
+    return header + body
+
+
+def load_template(path: Path | None = None) -> dict[str, Any]:
+    """The template bootstrap as data: `path`, or the copy packaged with `xds_server`."""
+    if path is not None:
+        text = path.read_text(encoding="utf-8")
+    else:
+        text = resources.files("xds_server").joinpath(TEMPLATE_RESOURCE).read_text("utf-8")
+    loaded = yaml.safe_load(text)
+    if not isinstance(loaded, dict):
+        raise ValueError(f"bootstrap template {path or TEMPLATE_RESOURCE} is not a YAML mapping")
+    return loaded
+
+
+def build_bootstrap(
+    proxy: Proxy,
+    *,
+    xds_address: str,
+    admin_port: int,
+    delta: bool = False,
+    cluster_name_for_xds: str = "xds_cluster",
+    admin_address: str = "127.0.0.1",
+    template: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The bootstrap as a dict: `template` (default: the packaged one) filled in for `proxy`.
+
+    The control plane cluster is found through the template's ADS `envoy_grpc`
+    reference, so a template that renames it still renders correctly.
+    """
+    if not proxy.node_id:
+        raise ValueError("node_id must not be empty")
+    if not cluster_name_for_xds:
+        raise ValueError("cluster_name_for_xds must not be empty")
+    xds_host, xds_port = parse_host_port(xds_address, what="xds_address")
+    if not 0 <= admin_port <= 65535:
+        raise ValueError(f"admin_port {admin_port} is not a port number (0-65535)")
+    _require_ip(admin_address, "admin_address")
+
+    bootstrap = copy.deepcopy(dict(template if template is not None else load_template()))
+
+    bootstrap["node"] = {
+        "id": proxy.node_id,
+        "cluster": f"{proxy.workload}.{proxy.namespace}" if proxy.workload else proxy.namespace,
+        "metadata": metadata_of(proxy),
+    }
+
+    ads = _section(bootstrap, "dynamic_resources", "ads_config")
+    ads["api_type"] = "DELTA_GRPC" if delta else "GRPC"
+    grpc_services = ads.get("grpc_services")
+    if not isinstance(grpc_services, list) or not grpc_services:
+        raise ValueError("bootstrap template: ads_config has no grpc_services")
+    envoy_grpc = grpc_services[0].setdefault("envoy_grpc", {})
+    template_cluster = envoy_grpc.get("cluster_name", cluster_name_for_xds)
+    envoy_grpc["cluster_name"] = cluster_name_for_xds
+
+    cluster = _xds_cluster(bootstrap, template_cluster)
+    cluster["name"] = cluster_name_for_xds
+    if _is_ip(xds_host):
+        cluster["type"] = "STATIC"
+        cluster.pop("dns_lookup_family", None)
+    else:
+        cluster["type"] = "STRICT_DNS"
+        cluster["dns_lookup_family"] = "V4_PREFERRED"
+    cluster["load_assignment"] = {
+        "cluster_name": cluster_name_for_xds,
+        "endpoints": [
+            {
+                "lb_endpoints": [
+                    {"endpoint": {"address": _socket_address(xds_host, xds_port)}},
+                ]
+            }
+        ],
+    }
+
+    admin = bootstrap.setdefault("admin", {})
+    admin["address"] = _socket_address(admin_address, admin_port)
+    return bootstrap
+
+
+def parse_host_port(value: str, *, what: str = "address") -> tuple[str, int]:
+    """`HOST:PORT` or `[IPv6]:PORT` as `(host, port)`; raises `ValueError` naming `what`."""
+    host, sep, port_text = value.rpartition(":")
+    bracketed = host.startswith("[") and host.endswith("]")
+    if bracketed:
+        host = host[1:-1]
+    if not sep or not host or not port_text.isdigit():
+        raise ValueError(f"{what} {value!r} is not HOST:PORT")
+    port = int(port_text)
+    if not 1 <= port <= 65535:
+        raise ValueError(f"{what} {value!r}: port is not in 1-65535")
+    if ":" in host and not (bracketed and _is_ip(host)):
+        raise ValueError(f"{what} {value!r}: write an IPv6 address in brackets, [addr]:port")
+    return host, port
+
+
+def _xds_cluster(bootstrap: dict[str, Any], name: str) -> dict[str, Any]:
+    clusters = bootstrap.setdefault("static_resources", {}).setdefault("clusters", [])
+    for cluster in clusters:
+        if isinstance(cluster, dict) and cluster.get("name") == name:
+            return cluster
+    raise ValueError(f"bootstrap template: no static cluster named {name!r} for ADS")
+
+
+def _section(bootstrap: dict[str, Any], *keys: str) -> dict[str, Any]:
+    node: Any = bootstrap
+    for key in keys:
+        node = node.get(key) if isinstance(node, dict) else None
+        if not isinstance(node, dict):
+            raise ValueError(f"bootstrap template: missing {'.'.join(keys)}")
+    result: dict[str, Any] = node
+    return result
+
+
+def _socket_address(host: str, port: int) -> dict[str, Any]:
+    return {"socket_address": {"address": host, "port_value": port}}
+
+
+def _is_ip(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _require_ip(value: str, what: str) -> None:
+    if not _is_ip(value):
+        raise ValueError(f"{what} {value!r} is not an IP address")

@@ -1,0 +1,163 @@
+"""The Aggregated Discovery Service servicer: streams in, status and metrics out.
+
+The servicer owns the set of open streams, counts streams per node (so an
+observer hears of a node when its first stream says who it is and of its
+departure when its last stream closes), keeps the latest unresolved NACK of
+every (node, type) for the admin view, and turns `ProtocolError` into a gRPC
+status.  All protocol logic lives in the stream classes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections import Counter
+from collections.abc import AsyncIterator
+from typing import Any, Protocol
+
+import grpc
+from envoy.config.core.v3.base_pb2 import Node
+from envoy.service.discovery.v3.discovery_pb2 import DeltaDiscoveryRequest, DiscoveryRequest
+from prometheus_client import CollectorRegistry
+
+from xds_server.cache import SnapshotCache
+from xds_server.server.delta import DeltaStream
+from xds_server.server.metrics import ServerMetrics
+from xds_server.server.sotw import SotwStream
+from xds_server.server.state import NackStatus, StreamStatus
+from xds_server.server.stream import AdsStream, ProtocolError, StreamContext
+
+logger = logging.getLogger(__name__)
+
+
+class NodeObserver(Protocol):
+    """Told when a node connects and when its last stream goes away."""
+
+    def node_connected(self, node: Node) -> None: ...
+
+    def node_disconnected(self, node_id: str) -> None: ...
+
+
+class AggregatedDiscoveryServer:
+    """ADS over gRPC (SotW and Delta) serving the snapshots of a `SnapshotCache`."""
+
+    def __init__(
+        self,
+        cache: SnapshotCache,
+        observer: NodeObserver | None = None,
+        *,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        self.cache = cache
+        self.observer = observer
+        self.metrics = ServerMetrics(registry)
+        self._ids = itertools.count(1)
+        self._streams: dict[int, AdsStream[Any]] = {}
+        self._streams_of_node: Counter[str] = Counter()
+        self._nacks: dict[tuple[str, str], NackStatus] = {}
+        self._closing = False
+
+    # --- gRPC methods (names fixed by the generated service) ------------------
+
+    async def StreamAggregatedResources(
+        self, request_iterator: AsyncIterator[DiscoveryRequest], context: StreamContext
+    ) -> None:
+        await self._serve(SotwStream(self, next(self._ids), context), request_iterator)
+
+    async def DeltaAggregatedResources(
+        self, request_iterator: AsyncIterator[DeltaDiscoveryRequest], context: StreamContext
+    ) -> None:
+        await self._serve(DeltaStream(self, next(self._ids), context), request_iterator)
+
+    async def _serve(self, stream: AdsStream[Any], requests: AsyncIterator[Any]) -> None:
+        if self._closing:
+            await stream.context.abort(grpc.StatusCode.UNAVAILABLE, "the server is shutting down")
+            return
+        self._streams[stream.stream_id] = stream
+        self.metrics.stream_opened(stream.kind)
+        try:
+            await stream.run(requests)
+        except ProtocolError as error:
+            logger.warning(
+                "closing %s stream %d of node %s (%s): %s",
+                stream.kind,
+                stream.stream_id,
+                stream.node_id or "unknown",
+                stream.context.peer(),
+                error.details,
+            )
+            await stream.context.abort(error.code, error.details)
+        except Exception:
+            logger.exception("%s stream %d failed", stream.kind, stream.stream_id)
+            await stream.context.abort(grpc.StatusCode.INTERNAL, "internal error in the server")
+        finally:
+            self._stream_ended(stream)
+
+    # --- called by streams ----------------------------------------------------
+
+    def node_identified(self, stream: AdsStream[Any]) -> None:
+        node_id = stream.node_id or ""
+        self._streams_of_node[node_id] += 1
+        logger.info(
+            "node %s connected (%s stream %d from %s)",
+            node_id,
+            stream.kind,
+            stream.stream_id,
+            stream.context.peer(),
+        )
+        if self.observer is not None:
+            try:
+                self.observer.node_connected(stream.node)
+            except Exception:
+                logger.exception("node observer failed on connect of %s", node_id)
+
+    def nack_received(self, nack: NackStatus) -> None:
+        self._nacks[nack.node_id, nack.type_url] = nack
+
+    def ack_received(self, node_id: str, type_url: str) -> None:
+        self._nacks.pop((node_id, type_url), None)
+
+    def _stream_ended(self, stream: AdsStream[Any]) -> None:
+        if self._streams.pop(stream.stream_id, None) is None:
+            return
+        self.metrics.stream_closed(stream.kind)
+        node_id = stream.node_id
+        if node_id is None:
+            return
+        logger.info("%s stream %d of node %s closed", stream.kind, stream.stream_id, node_id)
+        self._streams_of_node[node_id] -= 1
+        if self._streams_of_node[node_id] > 0:
+            return
+        del self._streams_of_node[node_id]
+        if self.observer is not None:
+            try:
+                self.observer.node_disconnected(node_id)
+            except Exception:
+                logger.exception("node observer failed on disconnect of %s", node_id)
+
+    # --- admin and lifecycle --------------------------------------------------
+
+    def streams(self) -> list[StreamStatus]:
+        """A frozen picture of every open stream, oldest first."""
+        return [self._streams[key].status() for key in sorted(self._streams)]
+
+    def nacks(self, node_id: str | None = None) -> list[NackStatus]:
+        """The latest NACK of each (node, type) not since resolved by an ACK."""
+        return [
+            nack
+            for (nack_node, _), nack in sorted(self._nacks.items())
+            if node_id is None or nack_node == node_id
+        ]
+
+    def connected_nodes(self) -> list[str]:
+        return sorted(self._streams_of_node)
+
+    def close(self) -> None:
+        """End every stream (with an OK status) and refuse new ones.
+
+        Call before `grpc.aio.Server.stop(grace)` so the grace period is not
+        spent waiting for streams that never end on their own.
+        """
+        self._closing = True
+        for stream in list(self._streams.values()):
+            stream.close()

@@ -1,0 +1,119 @@
+"""State-of-the-world ADS: full sets for listeners and clusters, changes for the rest.
+
+The xDS spec makes LDS and CDS responses carry every resource the proxy
+subscribes to (a missing one is a deletion), while RDS, EDS and SDS responses
+may carry just the resources that changed ("Grouping Resources into
+Responses"); Envoy hands each EDS/RDS watch only the resources named in the
+response.  So one endpoint change costs one ClusterLoadAssignment on the wire,
+and only to the streams that subscribe to it.
+
+Every response carries `version_info` = the snapshot's version of that type,
+so a version names a whole set of contents.  That lets a reconnecting Envoy
+that already holds the current listeners or clusters (its first request's
+`version_info` equals ours) be spared the full set again; the same shortcut
+would be wrong for EDS and RDS, where Envoy may hold only some of the names
+that version covers.
+
+Requests with a stale nonce still change the subscription (and newly named
+resources are sent): Envoy repeats its full list of names on the ACK of the
+response in flight, so the change would otherwise be seen as already made and
+never answered.  Only ACK/NACK accounting ignores them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+from envoy.service.discovery.v3.discovery_pb2 import DiscoveryRequest, DiscoveryResponse
+
+from xds_server.resources import SHORT_NAMES, Resource
+from xds_server.server.state import FULL_STATE_TYPES, TypeState
+from xds_server.server.stream import AdsStream, Push
+
+logger = logging.getLogger(__name__)
+
+
+class SotwStream(AdsStream[DiscoveryRequest]):
+    kind = "sotw"
+
+    async def _on_request(self, request: DiscoveryRequest) -> None:
+        self._identify(request)
+        found = self._state_for(request.type_url)
+        if found is None:
+            return
+        state, first = found
+        error = request.error_detail if request.HasField("error_detail") else None
+        self._record_reply(state, request.response_nonce, request.version_info, error)
+        change = state.update_sotw(request.resource_names)
+        if first:
+            # What the proxy says it holds (from an earlier stream), before we send anything.
+            state.acked_version = request.version_info
+            if state.wildcard and state.type_url in FULL_STATE_TYPES:
+                state.version_sent = request.version_info
+        if self.snapshot is None:
+            return  # the first snapshot will bring every subscribed type up to date
+        push = Push()
+        if first:
+            self._catch_up(push, state)
+        elif change.became_wildcard or (change and state.type_url in FULL_STATE_TYPES):
+            push.everything.add(state.type_url)
+        elif change.added:
+            push.add(state.type_url, change.added)
+        await self._push(push)
+
+    def _catch_up(self, push: Push, state: TypeState) -> None:
+        assert self.snapshot is not None
+        if (
+            state.type_url in FULL_STATE_TYPES
+            and state.wildcard
+            and state.version_sent == self.snapshot.type_version(state.type_url)
+        ):
+            logger.debug(
+                "node %s already holds %s version %s",
+                self.node_id,
+                SHORT_NAMES[state.type_url],
+                state.version_sent,
+            )
+            return
+        push.everything.add(state.type_url)
+
+    async def _send_type(self, state: TypeState, push: Push) -> list[Resource]:
+        assert self.snapshot is not None
+        type_url = state.type_url
+        resources = self.snapshot.get(type_url)
+        everything = type_url in push.everything
+        if everything:
+            changed = _subscribed(state, resources)
+        else:
+            changed = [
+                resources[name]
+                for name in push.candidates.get(type_url, ())
+                if name in resources and state.wants(name)
+            ]
+        version = ""
+        if type_url in FULL_STATE_TYPES:
+            version = self.snapshot.type_version(type_url)
+            if not everything and version == state.version_sent:
+                return []  # changed and changed back before this stream caught up
+            chosen = changed if everything else _subscribed(state, resources)
+        elif changed:
+            chosen = changed
+        else:
+            return []  # nothing subscribed exists (yet): Envoy waits
+        version = version or self.snapshot.type_version(type_url)
+        response = DiscoveryResponse(
+            version_info=version,
+            type_url=type_url,
+            nonce=self._next_nonce(),
+            resources=[resource.any for resource in chosen],
+        )
+        await self._send(state, response, version)
+        return changed
+
+
+def _subscribed(state: TypeState, resources: Mapping[str, Resource]) -> list[Resource]:
+    """Every resource the subscription covers that exists."""
+    if state.wildcard:
+        return list(resources.values())
+    return [resources[name] for name in sorted(state.names) if name in resources]

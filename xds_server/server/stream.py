@@ -1,0 +1,334 @@
+"""The life of one ADS stream, shared by the SotW and Delta variants.
+
+A stream is one task reading requests into an inbox and one loop that waits
+for whichever comes first: the next request, or `SnapshotCache.watch` handing
+over a snapshot that is not the one last processed.  Both paths end in the
+same `_push`: a `Push` names, per type, the resources worth considering, and
+the resources are sent type by type in `PUSH_ORDER` so nothing dangles.  A
+resource sent in one type marks what it references (a cluster's load
+assignment, a listener's route configuration) for a resend later in the same
+pass, because Envoy re-warms a changed cluster or listener and waits for them.
+
+A snapshot change costs `Snapshot.changed` per subscribed type, which is
+O(changes): a stream that does not subscribe to what changed sends nothing and
+does almost nothing.
+
+Protocol misuse raises `ProtocolError`, which the servicer turns into a gRPC
+status; a NACK is recorded as data and answered with nothing.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import itertools
+import logging
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from types import MappingProxyType
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
+
+import grpc
+from envoy.config.core.v3.base_pb2 import Node
+
+from xds_server.cache import Snapshot, SnapshotCache
+from xds_server.resources import KNOWN_TYPES, PUSH_ORDER, SHORT_NAMES, Resource
+from xds_server.server.metrics import ServerMetrics
+from xds_server.server.state import NackStatus, StreamKind, StreamStatus, TypeState
+
+logger = logging.getLogger(__name__)
+
+RequestT = TypeVar("RequestT")
+
+
+class ProtocolError(Exception):
+    """A request that breaks the xDS protocol; ends the stream with `code`."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.code = code
+        self.details = details
+
+
+class StreamContext(Protocol):
+    """The part of `grpc.aio.ServicerContext` a stream uses (and a test fake provides)."""
+
+    async def write(self, message: Any) -> None: ...
+
+    async def abort(self, code: grpc.StatusCode, details: str) -> None: ...
+
+    def peer(self) -> str: ...
+
+
+class StreamHost(Protocol):
+    """What a stream needs from the servicer that owns it."""
+
+    cache: SnapshotCache
+    metrics: ServerMetrics
+
+    def node_identified(self, stream: AdsStream[Any]) -> None: ...
+
+    def nack_received(self, nack: NackStatus) -> None: ...
+
+    def ack_received(self, node_id: str, type_url: str) -> None: ...
+
+
+@dataclass
+class Push:
+    """What one pass must consider sending, by type URL.
+
+    `candidates` are names that changed or were newly subscribed; `everything`
+    means every name the subscription covers (a first response or a catch-up);
+    `forced` names are resent even if the proxy already holds their version
+    (a re-warming cluster's load assignment).
+    """
+
+    candidates: dict[str, set[str]] = field(default_factory=dict)
+    everything: set[str] = field(default_factory=set)
+    forced: dict[str, set[str]] = field(default_factory=dict)
+
+    def add(self, type_url: str, names: Iterable[str]) -> None:
+        self.candidates.setdefault(type_url, set()).update(names)
+
+    def add_dependent(self, type_url: str, name: str) -> None:
+        self.candidates.setdefault(type_url, set()).add(name)
+        self.forced.setdefault(type_url, set()).add(name)
+
+    def touches(self, type_url: str) -> bool:
+        return type_url in self.everything or bool(self.candidates.get(type_url))
+
+
+class _EndOfStream:
+    pass
+
+
+_END = _EndOfStream()
+
+
+class AdsStream(abc.ABC, Generic[RequestT]):
+    """One ADS stream: its node, its per-type state, and the loop that serves it."""
+
+    kind: ClassVar[StreamKind]
+
+    def __init__(self, host: StreamHost, stream_id: int, context: StreamContext) -> None:
+        self.host = host
+        self.stream_id = stream_id
+        self.context = context
+        self.node: Node | None = None
+        self.node_id: str | None = None
+        self.connected_at = datetime.now(UTC)
+        self.snapshot: Snapshot | None = None
+        self.types: dict[str, TypeState] = {}
+        self._nonces = itertools.count(1)
+        self._inbox: asyncio.Queue[RequestT | _EndOfStream | Exception] = asyncio.Queue()
+        self._ignored_types: set[str] = set()
+        self.requests_handled = 0
+
+    # --- the loop -------------------------------------------------------------
+
+    async def run(self, requests: AsyncIterator[RequestT]) -> None:
+        """Serve until the proxy closes the stream or `close` is called."""
+        reader = asyncio.create_task(self._read(requests))
+        inbox: asyncio.Future[RequestT | _EndOfStream | Exception] = asyncio.ensure_future(
+            self._inbox.get()
+        )
+        watch: asyncio.Future[Snapshot] | None = None
+        try:
+            while True:
+                if watch is None and self.node_id is not None:
+                    watch = asyncio.ensure_future(
+                        self.host.cache.watch(self.node_id, self.snapshot)
+                    )
+                waiting: set[asyncio.Future[Any]] = {inbox} if watch is None else {inbox, watch}
+                done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                if inbox in done:
+                    item = inbox.result()
+                    if isinstance(item, _EndOfStream):
+                        return
+                    if isinstance(item, Exception):
+                        logger.info("stream %d: reading requests failed: %r", self.stream_id, item)
+                        return
+                    await self._on_request(item)
+                    self.requests_handled += 1
+                    inbox = asyncio.ensure_future(self._inbox.get())
+                if watch is not None and watch in done:
+                    snapshot = watch.result()
+                    watch = None
+                    await self._on_snapshot(snapshot)
+        finally:
+            tasks = [task for task in (reader, inbox, watch) if task is not None]
+            for task in tasks:
+                task.cancel()
+            await asyncio.wait(tasks)
+
+    def close(self) -> None:
+        """End the stream after the request being handled (server shutdown)."""
+        self._inbox.put_nowait(_END)
+
+    async def _read(self, requests: AsyncIterator[RequestT]) -> None:
+        try:
+            async for request in requests:
+                self._inbox.put_nowait(request)
+        except Exception as error:  # a broken transport ends the stream, not the server
+            self._inbox.put_nowait(error)
+        else:
+            self._inbox.put_nowait(_END)
+
+    async def _on_snapshot(self, snapshot: Snapshot) -> None:
+        """Send what changed between the last processed snapshot and `snapshot`."""
+        older, self.snapshot = self.snapshot, snapshot
+        push = Push()
+        for type_url, state in self.types.items():
+            if older is None:
+                self._catch_up(push, state)
+                continue
+            changed = snapshot.changed(older, type_url)
+            if changed:
+                push.add(type_url, changed if state.wildcard else state.interest(changed))
+        await self._push(push)
+
+    async def _push(self, push: Push) -> None:
+        for type_url in PUSH_ORDER:
+            state = self.types.get(type_url)
+            if state is None or not push.touches(type_url):
+                continue
+            for resource in await self._send_type(state, push):
+                for ref_type, ref_name in resource.refs:
+                    push.add_dependent(ref_type, ref_name)
+
+    # --- variant-specific -----------------------------------------------------
+
+    @abc.abstractmethod
+    async def _on_request(self, request: RequestT) -> None: ...
+
+    @abc.abstractmethod
+    def _catch_up(self, push: Push, state: TypeState) -> None:
+        """Add to `push` what a type needs when the stream sees its first snapshot."""
+
+    @abc.abstractmethod
+    async def _send_type(self, state: TypeState, push: Push) -> list[Resource]:
+        """Send one type's response if `push` calls for one; return what changed."""
+
+    # --- helpers for the variants ---------------------------------------------
+
+    def _identify(self, request: Any) -> None:
+        """Take the node from the stream's first request; later ones may omit it."""
+        has_node = request.HasField("node")
+        node_id = str(request.node.id) if has_node else ""
+        if self.node_id is None:
+            if not node_id:
+                raise ProtocolError(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    "the first request on a stream must carry a node with an id",
+                )
+            self.node = request.node
+            self.node_id = node_id
+            self.host.node_identified(self)
+        elif node_id and node_id != self.node_id:
+            raise ProtocolError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"node id changed on the stream from {self.node_id!r} to {node_id!r}",
+            )
+
+    def _state_for(self, type_url: str) -> tuple[TypeState, bool] | None:
+        """The state of a requested type and whether this is its first request.
+
+        A missing type URL cannot be served and is an INVALID_ARGUMENT.  A type
+        we do not serve is logged and ignored rather than refused: Envoy
+        multiplexes every ADS-sourced type (runtime, extension configs, VHDS,
+        ...) on this one stream, and aborting it would also cut off clusters,
+        listeners and endpoints, only to fail again on reconnect.  Envoy waits
+        for the unserved type (bounded by its initial_fetch_timeout).
+        """
+        if not type_url:
+            raise ProtocolError(grpc.StatusCode.INVALID_ARGUMENT, "request without a type_url")
+        if type_url not in KNOWN_TYPES:
+            if type_url not in self._ignored_types:
+                self._ignored_types.add(type_url)
+                logger.warning(
+                    "node %s asked for unsupported type %s; ignoring it", self.node_id, type_url
+                )
+            return None
+        state = self.types.get(type_url)
+        if state is None:
+            state = self.types[type_url] = TypeState(type_url)
+            return state, True
+        return state, False
+
+    def _record_reply(
+        self, state: TypeState, nonce: str, version_info: str | None, error: Any | None
+    ) -> None:
+        """Count an ACK or NACK of the latest response; ignore stale or repeated nonces.
+
+        `version_info` is what a SotW proxy says it now runs; Delta requests
+        carry none (None), and an ACK there accepts the version last sent.
+        """
+        if not nonce or nonce == state.answered_nonce:
+            return
+        if nonce != state.nonce:
+            logger.debug(
+                "node %s: %s request with stale nonce %s (latest %s)",
+                self.node_id,
+                SHORT_NAMES[state.type_url],
+                nonce,
+                state.nonce or "none",
+            )
+            return
+        state.answered_nonce = nonce
+        node_id = self.node_id or ""
+        if error is None:
+            state.acks += 1
+            state.acked_version = state.version_sent if version_info is None else version_info
+            self.host.metrics.ack(state.type_url)
+            self.host.ack_received(node_id, state.type_url)
+            return
+        nack = NackStatus(
+            node_id=node_id,
+            type_url=state.type_url,
+            rejected_version=state.version_sent,
+            kept_version=version_info or "",
+            nonce=nonce,
+            message=str(error.message),
+            at=datetime.now(UTC),
+        )
+        state.nacks += 1
+        state.last_nack = nack
+        self.host.metrics.nack(state.type_url)
+        self.host.nack_received(nack)
+        logger.warning(
+            "node %s rejected %s version %s (nonce %s), keeping %s: %s",
+            node_id,
+            SHORT_NAMES[state.type_url],
+            nack.rejected_version,
+            nonce,
+            version_info or "its previous config",
+            nack.message,
+        )
+
+    def _next_nonce(self) -> str:
+        return str(next(self._nonces))
+
+    async def _send(self, state: TypeState, response: Any, version: str) -> None:
+        size = int(response.ByteSize())
+        state.nonce = str(response.nonce)
+        state.version_sent = version
+        state.responded = True
+        state.responses += 1
+        state.bytes_sent += size
+        self.host.metrics.response_sent(state.type_url, self.kind, size)
+        await self.context.write(response)
+
+    def status(self) -> StreamStatus:
+        return StreamStatus(
+            stream_id=self.stream_id,
+            node_id=self.node_id or "",
+            kind=self.kind,
+            peer=self.context.peer(),
+            connected_at=self.connected_at,
+            snapshot_version=self.snapshot.version if self.snapshot is not None else None,
+            requests=self.requests_handled,
+            types=MappingProxyType(
+                {url: self.types[url].status() for url in PUSH_ORDER if url in self.types}
+            ),
+        )
