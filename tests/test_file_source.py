@@ -132,25 +132,29 @@ def test_directory_state_changes(
 
 
 @pytest.mark.parametrize(
-    ("text", "line", "object_ref", "field", "message"),
+    ("data", "line", "object_ref", "field", "message"),
     [
-        ("a: [\nb: c\n", 3, None, None, "invalid YAML"),
-        ("kind: Service\n\tapiVersion: v1\n", 2, None, None, "invalid YAML"),
-        (svc("x").replace("port: 80", "port: abc"), 4, "Service default/x",
+        (b"a: [\nb: c\n", 3, None, None, "invalid YAML"),
+        (b"kind: Service\n\tapiVersion: v1\n", 2, None, None, "invalid YAML"),
+        (svc("x").replace("port: 80", "port: abc").encode(), 4, "Service default/x",
          "spec.ports[0].port", "must be an integer 1-65535, got 'abc'"),
-        (CONFIG_MAP + "---\n" + svc("x").replace("spec: {", "spec: {prots: [], "),
+        ((CONFIG_MAP + "---\n" + svc("x").replace("spec: {", "spec: {prots: [], ")).encode(),
          9, "Service default/x", "spec.prots", "unknown field"),
-        (svc("x") + "---\n" + svc("x"), 6, "Service default/x", None, "defined again"),
-        (svc("x") + "spec: {}\n", 5, "Service default/x", "spec", "given more than once"),
-        ("apiVersion: v1\nkind: List\nitems:\n- " + svc("x", 0).replace("\n", "\n  "),
+        ((svc("x") + "---\n" + svc("x")).encode(), 6, "Service default/x", None, "defined again"),
+        ((svc("x") + "spec: {}\n").encode(), 5, "Service default/x", "spec",
+         "given more than once"),
+        (("apiVersion: v1\nkind: List\nitems:\n- " + svc("x", 0).replace("\n", "\n  ")).encode(),
          7, "Service default/x", "spec.ports[0].port", "got 0"),
-        (b"\xff\xfe".decode("latin-1"), None, None, None, ""),
+        (b"\xff\xfe", None, None, None, "not UTF-8 text"),
+        pytest.param(b"a: " + b"[" * 600 + b"]" * 600, None, None, None, "nested too deeply",
+                     id="deep-nesting"),
+        (POD.replace("name: api-1}", "name: api-1, labels: {app.k8s.io/x: a, app.k8s.io/x: b}}")
+         .encode(), 3, "Pod default/api-1", "metadata.labels[app.k8s.io/x]", "more than once"),
     ],
 )  # fmt: skip
 def test_parse_errors_name_file_line_object_and_field(
-    text: str, line: int | None, object_ref: str | None, field: str | None, message: str
+    data: bytes, line: int | None, object_ref: str | None, field: str | None, message: str
 ) -> None:
-    data = text.encode("latin-1") if text.startswith("\xff") else text.encode()
     (error,) = parse_file(Path("dir/a.yaml"), data).errors
     assert (error.path, error.line, error.object_ref, error.field) == (
         Path("dir/a.yaml"),
@@ -244,15 +248,16 @@ async def until(predicate: Callable[[], bool]) -> None:
             await asyncio.sleep(0.005)
 
 
-Start = Callable[[Path], Awaitable[tuple[FileSource, Mesh]]]
+Start = Callable[..., Awaitable[tuple[FileSource, Mesh]]]
 
 
 @pytest.fixture
 async def start() -> AsyncIterator[Start]:
     tasks: list[asyncio.Task[None]] = []
 
-    async def starter(directory: Path) -> tuple[FileSource, Mesh]:
-        source, mesh, ready = FileSource(directory), Mesh(), asyncio.Event()
+    async def starter(directory: Path, force_polling: bool = False) -> tuple[FileSource, Mesh]:
+        source = FileSource(directory, force_polling=force_polling)
+        mesh, ready = Mesh(), asyncio.Event()
         tasks.append(asyncio.create_task(source.run(mesh.emit, ready)))
         await asyncio.wait_for(ready.wait(), TIMEOUT)
         return source, mesh
@@ -264,11 +269,12 @@ async def start() -> AsyncIterator[Start]:
             await task
 
 
+@pytest.mark.parametrize("force_polling", [False, True], ids=["events", "polling"])
 async def test_run_emits_initial_state_then_each_edit_within_a_second(
-    tmp_path: Path, start: Start
+    tmp_path: Path, start: Start, force_polling: bool
 ) -> None:
     write(tmp_path / "a.yaml", svc("x"))
-    source, mesh = await start(tmp_path)
+    source, mesh = await start(tmp_path, force_polling)
     assert mesh.objects == {key("x"): service("x")}
 
     written = time.monotonic()

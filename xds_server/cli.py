@@ -7,7 +7,9 @@ import asyncio
 import logging
 import signal
 import sys
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 from xds_server.settings import Settings, split_host_port
 
@@ -54,11 +56,11 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _run_cancellable(main: asyncio.Future[None] | object) -> int:
+def _run_cancellable(main: Coroutine[Any, Any, int | None]) -> int:
     """Run a coroutine; SIGINT/SIGTERM cancel it so every `finally` runs."""
 
     async def runner() -> int:
-        task = asyncio.ensure_future(main)  # type: ignore[arg-type]
+        task = asyncio.ensure_future(main)
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, task.cancel)
@@ -66,7 +68,7 @@ def _run_cancellable(main: asyncio.Future[None] | object) -> int:
             result = await task
         except asyncio.CancelledError:
             return 0
-        return int(result) if isinstance(result, int) else 0
+        return result if result is not None else 0
 
     return asyncio.run(runner())
 

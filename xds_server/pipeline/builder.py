@@ -35,7 +35,6 @@ class _ProxyState:
     proxy: Proxy
     clusters: ResourceSet = field(default_factory=ResourceSet)
     listeners: ResourceSet = field(default_factory=ResourceSet)
-    routes: ResourceSet = field(default_factory=ResourceSet)
     error: str | None = None
 
 
@@ -146,9 +145,6 @@ class SnapshotBuilder:
                 state.listeners = state.listeners.replace_all(
                     {r.name: r for r in _resources(translate.proxy_listeners(mesh, proxy))}
                 )
-                state.routes = state.routes.replace_all(
-                    {r.name: r for r in _resources(translate.proxy_route_configs(mesh, proxy))}
-                )
             except Exception as error:  # a translation bug must not take down other proxies
                 logger.exception("translation failed for proxy %s", proxy.node_id)
                 state.error = f"translation failed: {error}"
@@ -158,7 +154,7 @@ class SnapshotBuilder:
                 CLUSTER: LayeredResources(state.clusters, self._clusters.resources),
                 ENDPOINT: self._endpoints.resources,
                 LISTENER: state.listeners,
-                ROUTE: LayeredResources(state.routes, self._routes),
+                ROUTE: self._routes,
             },
             version=str(self.generation),
         )

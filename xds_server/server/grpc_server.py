@@ -40,6 +40,11 @@ def bind_grpc_server(servicer: Any, address: str) -> tuple[grpc.aio.Server, int]
 
 
 def build_grpc_server(servicer: Any, address: str) -> grpc.aio.Server:
-    """A not-yet-started server for `servicer`, bound to `address`."""
-    server, _ = bind_grpc_server(servicer, address)
+    """A not-yet-started server for `servicer`, bound to `address`.
+
+    The bound port is also left on the server as `bound_port` (grpc.aio has
+    no way to ask a server for it, and port 0 is common in tests).
+    """
+    server, port = bind_grpc_server(servicer, address)
+    server.bound_port = port
     return server

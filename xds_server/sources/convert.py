@@ -84,7 +84,10 @@ def describe(manifest: Mapping[str, Any]) -> tuple[str, ObjectKey | None]:
     name, namespace = metadata.get("name"), metadata.get("namespace")
     name = name if isinstance(name, str) and name else None
     namespace = namespace if isinstance(namespace, str) and namespace else "default"
-    ref = f"{kind_name} {namespace}/{name or '<unnamed>'}"
+    if kind_name == "object":
+        ref = f"object {namespace}/{name}" if name else "object"
+    else:
+        ref = f"{kind_name} {namespace}/{name or '<unnamed>'}"
     try:
         key = ObjectKey(Kind(kind_name), namespace, name) if name else None
     except ValueError:

@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
 
 import watchfiles
@@ -46,7 +46,10 @@ CHECK_INTERVAL_MS = 250
 MISSING_POLL_S = 0.2
 """How often to look for a missing directory."""
 RETRY_S = 1.0
-"""Pause before restarting a watcher that failed."""
+MAX_RETRY_S = 30.0
+"""Pause before restarting a watcher that failed, doubling while it keeps failing."""
+POLL_DELAY_MS = 200
+"""Polling period once native file events have failed."""
 
 
 def list_manifest_files(directory: Path) -> list[Path]:
@@ -62,6 +65,17 @@ def list_manifest_files(directory: Path) -> list[Path]:
     return sorted(found)
 
 
+def _parse_isolated(path: Path, data: bytes, previous: FileState | None) -> FileState:
+    """Parse one file such that no input, however odd, stops the other files loading."""
+    try:
+        return parse_file(path, data, previous)
+    except Exception as error:  # includes RecursionError from deep nesting
+        logger.exception("%s: unexpected failure while parsing", path)
+        kept = previous or FileState(path)
+        problem = SourceError(path, None, None, f"could not be parsed: {error!r}")
+        return FileState(path, digest_of(data), kept.objects, kept.lines, (problem,))
+
+
 def _identity(directory: Path) -> tuple[int, int] | None:
     try:
         info = directory.stat()
@@ -73,12 +87,17 @@ def _identity(directory: Path) -> tuple[int, int] | None:
 class FileSource:
     """Watches a directory of manifests and emits what changed as ChangeSets."""
 
-    def __init__(self, directory: Path, *, debounce_ms: int = 50) -> None:
+    def __init__(
+        self, directory: Path, *, debounce_ms: int = 50, force_polling: bool = False
+    ) -> None:
+        """`force_polling` is for filesystems without change events (NFS, some bind mounts)."""
         self._directory = Path(directory)
         self._debounce_ms = debounce_ms
         self._state = DirectoryState()
         self._directory_error: SourceError | None = None
         self._reported: set[SourceError] = set()
+        self._polling = force_polling
+        self._failures = 0
 
     @property
     def directory(self) -> Path:
@@ -117,7 +136,7 @@ class FileSource:
                 changed[path] = FileState(path, "", kept.objects, kept.lines, (problem,))
                 continue
             if previous is None or previous.digest != digest_of(data):
-                changed[path] = parse_file(path, data, previous)
+                changed[path] = _parse_isolated(path, data, previous)
         for path in self._state.files.keys() - set(present):
             changed[path] = None
         self._state, changes = self._state.update(changed)
@@ -139,9 +158,13 @@ class FileSource:
         self._reported = current
 
     async def _rescan(self, emit: Callable[[ChangeSet], None]) -> None:
-        changes = await asyncio.to_thread(self.load)
+        try:
+            changes = await asyncio.to_thread(self.load)
+        except Exception:  # a bug, not bad input (load reports that); the next change retries
+            logger.exception("%s: rescan failed", self._directory)
+            return
         if changes:
-            emit(changes)
+            emit(changes)  # outside the try: a failing consumer must not go unnoticed
 
     async def run(
         self, emit: Callable[[ChangeSet], None], ready: asyncio.Event | None = None
@@ -153,23 +176,48 @@ class FileSource:
         while True:
             identity = _identity(self._directory)
             if identity is None:
-                await asyncio.sleep(MISSING_POLL_S)
-                if _identity(self._directory) is not None:
-                    logger.info("%s: directory is back", self._directory)
-                    await self._rescan(emit)
-                continue
-            try:
+                await self._wait_for_directory()
+            else:
                 await self._watch(emit, identity)
-            except Exception:
-                logger.exception("%s: watcher failed; restarting", self._directory)
-                await asyncio.sleep(RETRY_S)
             await self._rescan(emit)
 
+    async def _wait_for_directory(self) -> None:
+        while _identity(self._directory) is None:  # noqa: ASYNC110 (no event to wait on)
+            await asyncio.sleep(MISSING_POLL_S)
+        logger.info("%s: directory is back", self._directory)
+
     async def _watch(self, emit: Callable[[ChangeSet], None], identity: tuple[int, int]) -> None:
-        """Rescan on every change until the directory is gone or replaced.
+        """Rescan on every wake-up until the directory is gone or replaced, or the watcher fails."""
+        wake_ups = self._wake_ups(identity)
+        async with contextlib.aclosing(wake_ups):
+            while True:
+                try:
+                    await anext(wake_ups)
+                except StopAsyncIteration:
+                    return
+                except Exception:
+                    if _identity(self._directory) != identity:
+                        return  # the directory went away under the watcher
+                    await self._watcher_failed()
+                    return
+                self._failures = 0
+                await self._rescan(emit)
+
+    async def _watcher_failed(self) -> None:
+        """Native file events failed (e.g. the inotify watch limit): poll from now on."""
+        self._failures += 1
+        self._polling = True
+        delay = min(RETRY_S * 2 ** (self._failures - 1), MAX_RETRY_S)
+        logger.exception(
+            "%s: watcher failed; polling for changes instead, in %.0fs", self._directory, delay
+        )
+        await asyncio.sleep(delay)
+
+    async def _wake_ups(self, identity: tuple[int, int]) -> AsyncGenerator[None, None]:
+        """Yields when the directory should be rescanned; ends when it is gone or replaced.
 
         The first wake-up (at most CHECK_INTERVAL_MS after the watch starts)
-        always rescans, so writes made before the watch was in place are not missed.
+        always yields, so writes made before the watch was in place are not missed.
         """
         watcher = watchfiles.awatch(
             self._directory,
@@ -178,6 +226,8 @@ class FileSource:
             debounce=self._debounce_ms * 10,  # longest a burst is held back
             rust_timeout=CHECK_INTERVAL_MS,
             yield_on_timeout=True,
+            force_polling=True if self._polling else None,
+            poll_delay_ms=POLL_DELAY_MS,
         )
         started = False
         async with contextlib.aclosing(watcher) as events:
@@ -185,6 +235,6 @@ class FileSource:
                 if _identity(self._directory) != identity:
                     logger.warning("%s: directory removed or replaced", self._directory)
                     return
-                if batch or not started:
+                if batch or not started or self._polling:  # polling: rescan on every tick
                     started = True
-                    await self._rescan(emit)
+                    yield

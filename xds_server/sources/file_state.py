@@ -90,24 +90,37 @@ def _line_of(node: yaml.Node, field: str | None) -> int:
     return line + 1
 
 
-def _duplicate_field(node: yaml.Node, prefix: str = "") -> str | None:
+def _step(prefix: str, name: str) -> str:
+    """A field path step in the API server's notation: `.name`, or `[key]` for map keys."""
+    if _PLAIN_NAME.fullmatch(name):
+        return f"{prefix}.{name}" if prefix else name
+    return f"{prefix}[{name}]"
+
+
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def _duplicate_field(node: yaml.Node) -> str | None:
     """The path of the first field given twice in one mapping (YAML would keep the last)."""
-    if isinstance(node, yaml.MappingNode):
-        seen: set[str] = set()
-        for key_node, value in node.value:
-            name = str(getattr(key_node, "value", ""))
-            path = f"{prefix}.{name}" if prefix else name
-            if name in seen:
-                return path
-            seen.add(name)
-            found = _duplicate_field(value, path)
-            if found:
-                return found
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            found = _duplicate_field(item, f"{prefix}[{i}]")
-            if found:
-                return found
+    pending: list[tuple[yaml.Node, str]] = [(node, "")]
+    visited: set[int] = set()  # aliases can share, and even nest, nodes
+    while pending:
+        node, path = pending.pop()
+        if id(node) in visited:
+            continue
+        visited.add(id(node))
+        children: list[tuple[yaml.Node, str]] = []
+        if isinstance(node, yaml.MappingNode):
+            seen: set[str] = set()
+            for key_node, value in node.value:
+                name = str(getattr(key_node, "value", ""))
+                if name in seen:
+                    return _step(path, name)
+                seen.add(name)
+                children.append((value, _step(path, name)))
+        elif isinstance(node, yaml.SequenceNode):
+            children.extend((item, f"{path}[{i}]") for i, item in enumerate(node.value))
+        pending.extend(reversed(children))  # depth first, in document order
     return None
 
 
@@ -163,6 +176,9 @@ def parse_file(path: Path, data: bytes, previous: FileState | None = None) -> Fi
         return FileState(path, digest, kept, kept_lines, (problem,))
     except yaml.YAMLError as error:
         return FileState(path, digest, kept, kept_lines, (_yaml_error(path, error),))
+    except RecursionError:
+        problem = SourceError(path, None, None, "invalid YAML: nested too deeply")
+        return FileState(path, digest, kept, kept_lines, (problem,))
 
     objects: dict[ObjectKey, MeshObject] = {}
     lines: dict[ObjectKey, int] = {}
