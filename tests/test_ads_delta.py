@@ -275,10 +275,11 @@ async def test_delta_over_a_real_grpc_server() -> None:
         await call.write(delta_request(CLUSTER, ["*"], node_id=NODE))
         clusters = await call.read()
         assert set(delivered(clusters)) == {"a", "b"}
-        await call.write(delta_request(CLUSTER, nonce=clusters.nonce))
-        servicer.cache.set_snapshot(
-            NODE, evolve(v1, "v2", remove=[(CLUSTER, "b"), (ENDPOINT, "b")])
-        )
+        await call.write(delta_request(CLUSTER, nonce=clusters.nonce))  # ACK
+        await call.write(delta_request(ENDPOINT, ["a"]))  # answered after the ACK is handled
+        assert set(delivered(await call.read())) == {"a"}
+        v2 = evolve(v1, "v2", remove=[(CLUSTER, "b"), (ENDPOINT, "b")])
+        servicer.cache.set_snapshot(NODE, v2)
         assert list((await call.read()).removed_resources) == ["b"]
         assert servicer.streams()[0].types[CLUSTER].acks == 1
         servicer.close()

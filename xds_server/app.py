@@ -22,7 +22,7 @@ from xds_server.admin import create_app
 from xds_server.cache import SnapshotCache
 from xds_server.model import ChangeSet
 from xds_server.pipeline import MeshPipeline
-from xds_server.server import AggregatedDiscoveryServer, build_grpc_server
+from xds_server.server import AggregatedDiscoveryServer, bind_grpc_server
 from xds_server.settings import Settings, split_host_port
 from xds_server.sources.file import FileSource
 
@@ -82,8 +82,7 @@ class ControlPlane:
     async def run(self) -> None:
         xds_host, xds_port = split_host_port(self.settings.xds_listen)
         admin_host, admin_port = split_host_port(self.settings.admin_listen)
-        grpc_server = build_grpc_server(self.ads, f"{xds_host}:{xds_port}")
-        self.xds_port = grpc_server.bound_port  # type: ignore[attr-defined]
+        grpc_server, self.xds_port = bind_grpc_server(self.ads, f"{xds_host}:{xds_port}")
         await grpc_server.start()
         self.xds_serving = True
         logger.info("xDS (ADS) listening on %s:%d", xds_host, self.xds_port)
@@ -113,4 +112,5 @@ class ControlPlane:
         finally:
             self.xds_serving = False
             admin.should_exit = True
+            self.ads.close()
             await grpc_server.stop(self.settings.grace_seconds)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import logging
 import signal
 import sys
@@ -26,7 +27,7 @@ def _host_port(value: str) -> str:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="xds-server", description=__doc__)
-    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+    parser.add_argument("--log-level", help="DEBUG, INFO, WARNING, ERROR (default INFO)")
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="run the control plane")
@@ -53,7 +54,17 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--once", action="store_true", help="exit after the traffic check")
     demo.add_argument("--delta", action="store_true", help="sidecars use Delta xDS")
     demo.add_argument("--manifests", type=Path, help="directory of manifests (default: bundled)")
+
+    for name, module_name in PLUGIN_COMMANDS.items():
+        module = importlib.import_module(module_name)
+        sub = commands.add_parser(name, help=module.HELP, description=module.__doc__)
+        module.add_arguments(sub)
     return parser
+
+
+# Commands that live in their own modules: each exposes HELP, add_arguments(parser)
+# and run(args) -> int, so features add a command without growing this file.
+PLUGIN_COMMANDS: dict[str, str] = {}
 
 
 def _run_cancellable(main: Coroutine[Any, Any, int | None]) -> int:
@@ -75,8 +86,9 @@ def _run_cancellable(main: Coroutine[Any, Any, int | None]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    default_level = "WARNING" if args.command == "demo" else "INFO"
     logging.basicConfig(
-        level=args.log_level.upper(),
+        level=(args.log_level or default_level).upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     if args.command == "serve":
@@ -123,7 +135,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         from xds_server.demo import run_demo
 
-        return _run_cancellable(run_demo(once=args.once, delta=args.delta, manifests=args.manifests))
+        return _run_cancellable(
+            run_demo(once=args.once, delta=args.delta, manifests=args.manifests)
+        )
+    if args.command in PLUGIN_COMMANDS:
+        result: int = importlib.import_module(PLUGIN_COMMANDS[args.command]).run(args)
+        return result
     return 2
 
 

@@ -152,7 +152,9 @@ class Demo:
         )  # fmt: skip
         answered: Counter[str] = Counter()
         crossed_ok = True
-        print(f"\nclient -> {frontend.ip}:{OUTBOUND_PORT} (Host: frontend) /call, {requests} times:")
+        print(
+            f"\nclient -> {frontend.ip}:{OUTBOUND_PORT} (Host: frontend) /call, {requests} times:"
+        )
         for _ in range(requests):
             status, body = await asyncio.to_thread(_http_get, url, "frontend")
             upstream: dict[str, Any] = body.get("upstream_response") or {}
@@ -183,7 +185,9 @@ Ctrl-C stops everything."""
         )
 
 
-async def run_demo(*, once: bool = False, delta: bool = False, manifests: Path | None = None) -> int:
+async def run_demo(
+    *, once: bool = False, delta: bool = False, manifests: Path | None = None
+) -> int:
     manifests = manifests or bundled_examples()
     if not manifests.is_dir():
         print(f"xds-server demo: no manifests directory at {manifests}", file=sys.stderr)

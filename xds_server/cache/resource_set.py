@@ -86,9 +86,7 @@ class ResourceSet(Mapping[str, Resource]):
         """A version for the whole set: SotW `version_info` for full-state types."""
         return _format(self._digest)
 
-    def evolve(
-        self, upserts: Iterable[Resource] = (), removals: Iterable[str] = ()
-    ) -> ResourceSet:
+    def evolve(self, upserts: Iterable[Resource] = (), removals: Iterable[str] = ()) -> ResourceSet:
         """A new set with resources replaced/added and names removed.
 
         Returns `self` when nothing actually changed, so identity means equality.

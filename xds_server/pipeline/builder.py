@@ -122,6 +122,12 @@ class SnapshotBuilder:
         for state in self._proxies.values():
             self._publish(state, retranslate=True)
 
+    def republish(self) -> None:
+        """Rebuild every proxy's snapshot from the current mesh (after a hook changed)."""
+        if self.synced:
+            for state in self._proxies.values():
+                self._publish(state, retranslate=True)
+
     def add_proxy(self, proxy: Proxy) -> None:
         state = self._proxies.get(proxy.node_id)
         if state is not None and state.proxy == proxy:

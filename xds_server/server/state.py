@@ -65,7 +65,11 @@ class TypeStatus:
 
 @dataclass(frozen=True, slots=True)
 class StreamStatus:
-    """A read-only picture of one ADS stream."""
+    """A read-only picture of one ADS stream.
+
+    `snapshot_version` is the version of the last snapshot fully pushed to it
+    (None before the first); `requests` counts the requests it has handled.
+    """
 
     stream_id: int
     node_id: str
@@ -101,7 +105,6 @@ class TypeState:
         "nacks",
         "names",
         "nonce",
-        "responded",
         "responses",
         "sent",
         "type_url",
@@ -119,7 +122,6 @@ class TypeState:
         self.version_sent = ""
         self.acked_version = ""
         self.last_nack: NackStatus | None = None
-        self.responded = False
         self.responses = 0
         self.bytes_sent = 0
         self.acks = 0

@@ -119,6 +119,7 @@ class AdsStream(abc.ABC, Generic[RequestT]):
         self.node_id: str | None = None
         self.connected_at = datetime.now(UTC)
         self.snapshot: Snapshot | None = None
+        self.pushed_version: str | None = None
         self.types: dict[str, TypeState] = {}
         self._nonces = itertools.count(1)
         self._inbox: asyncio.Queue[RequestT | _EndOfStream | Exception] = asyncio.Queue()
@@ -187,6 +188,7 @@ class AdsStream(abc.ABC, Generic[RequestT]):
             if changed:
                 push.add(type_url, changed if state.wildcard else state.interest(changed))
         await self._push(push)
+        self.pushed_version = snapshot.version
 
     async def _push(self, push: Push) -> None:
         for type_url in PUSH_ORDER:
@@ -313,7 +315,6 @@ class AdsStream(abc.ABC, Generic[RequestT]):
         size = int(response.ByteSize())
         state.nonce = str(response.nonce)
         state.version_sent = version
-        state.responded = True
         state.responses += 1
         state.bytes_sent += size
         self.host.metrics.response_sent(state.type_url, self.kind, size)
@@ -326,7 +327,7 @@ class AdsStream(abc.ABC, Generic[RequestT]):
             kind=self.kind,
             peer=self.context.peer(),
             connected_at=self.connected_at,
-            snapshot_version=self.snapshot.version if self.snapshot is not None else None,
+            snapshot_version=self.pushed_version,
             requests=self.requests_handled,
             types=MappingProxyType(
                 {url: self.types[url].status() for url in PUSH_ORDER if url in self.types}
