@@ -104,7 +104,7 @@ class ControlPlane:
                 )
                 tasks.create_task(admin.serve(), name="admin")
                 await source_ready.wait()
-                while not admin.started:
+                while not admin.started:  # noqa: ASYNC110 - uvicorn exposes only a flag
                     await asyncio.sleep(0.01)
                 self.admin_port = admin.servers[0].sockets[0].getsockname()[1]
                 logger.info("admin listening on http://%s:%d", admin_host, self.admin_port)

@@ -9,6 +9,7 @@ quiet period: they touch few resources and users expect them to apply fast.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 from xds_server.model import ChangeSet
@@ -56,10 +57,8 @@ class Debouncer:
             if remaining <= _RESOLUTION:
                 break
             self._wakeup.clear()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), timeout=remaining)
-            except TimeoutError:
-                pass
         batch, self._pending = self._pending, ChangeSet()
         self._first_at = None
         return batch
