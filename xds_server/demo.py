@@ -172,7 +172,7 @@ class Demo:
         return crossed_ok and both_versions
 
     def print_help(self) -> None:
-        frontend, backend = PODS[0], PODS[1]
+        frontend = PODS[0]
         print(
             f"""
 The mesh is up. Try:
