@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import enum
 import logging
-from collections.abc import Generator
+from collections.abc import Generator, Mapping
+from datetime import datetime
 from typing import Any
 
 import uvicorn
@@ -27,6 +29,21 @@ from xds_server.settings import Settings, split_host_port
 from xds_server.sources.file import FileSource
 
 logger = logging.getLogger(__name__)
+
+
+def jsonable(value: Any) -> Any:
+    """Status dataclasses (with datetimes, enums and mappings) as plain JSON values."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [jsonable(v) for v in value]
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, enum.Enum):
+        return value.value
+    return value
 
 
 class _QuietUvicorn(uvicorn.Server):
@@ -60,7 +77,8 @@ class ControlPlane:
         builder = self.pipeline.builder
         rows: list[dict[str, Any]] = []
         for stream in self.ads.streams():
-            row = dataclasses.asdict(stream)
+            row: dict[str, Any] = jsonable(stream)
+            row["types"] = [jsonable(status) for status in stream.types.values()]
             row["snapshot_error"] = builder.proxy_error(stream.node_id)
             row["metadata_error"] = self.pipeline.node_errors.get(stream.node_id)
             rows.append(row)

@@ -100,5 +100,5 @@ class DeltaStream(AdsStream[DeltaDiscoveryRequest]):
             ],
             removed_resources=sorted(removed),
         )
-        await self._send(state, response, version)
+        await self._send(state, response, version, (r.name for r in updated))
         return updated

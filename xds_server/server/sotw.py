@@ -108,7 +108,7 @@ class SotwStream(AdsStream[DiscoveryRequest]):
             nonce=self._next_nonce(),
             resources=[resource.any for resource in chosen],
         )
-        await self._send(state, response, version)
+        await self._send(state, response, version, (r.name for r in changed))
         return changed
 
 

@@ -44,6 +44,9 @@ class NackStatus:
     nonce: str
     message: str
     at: datetime
+    resources: tuple[str, ...] = ()
+    """The resources blamed: those of the rejected response that Envoy's message
+    names, else every resource that response added or changed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +109,7 @@ class TypeState:
         "names",
         "nonce",
         "responses",
+        "in_flight",
         "sent",
         "type_url",
         "version_sent",
@@ -122,6 +126,8 @@ class TypeState:
         self.version_sent = ""
         self.acked_version = ""
         self.last_nack: NackStatus | None = None
+        # Names the latest response added or changed: the suspects if it is NACKed.
+        self.in_flight: tuple[str, ...] = ()
         self.responses = 0
         self.bytes_sent = 0
         self.acks = 0

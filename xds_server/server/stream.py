@@ -285,25 +285,29 @@ class AdsStream(abc.ABC, Generic[RequestT]):
             self.host.metrics.ack(state.type_url)
             self.host.ack_received(node_id, state.type_url)
             return
+        message = str(error.message)
+        named = tuple(name for name in state.in_flight if name and name in message)
         nack = NackStatus(
             node_id=node_id,
             type_url=state.type_url,
             rejected_version=state.version_sent,
             kept_version=version_info or "",
             nonce=nonce,
-            message=str(error.message),
+            message=message,
             at=datetime.now(UTC),
+            resources=named or state.in_flight,
         )
         state.nacks += 1
         state.last_nack = nack
         self.host.metrics.nack(state.type_url)
         self.host.nack_received(nack)
         logger.warning(
-            "node %s rejected %s version %s (nonce %s), keeping %s: %s",
+            "node %s rejected %s version %s (nonce %s; %s), keeping %s: %s",
             node_id,
             SHORT_NAMES[state.type_url],
             nack.rejected_version,
             nonce,
+            _describe_blamed(nack.resources),
             version_info or "its previous config",
             nack.message,
         )
@@ -311,7 +315,11 @@ class AdsStream(abc.ABC, Generic[RequestT]):
     def _next_nonce(self) -> str:
         return str(next(self._nonces))
 
-    async def _send(self, state: TypeState, response: Any, version: str) -> None:
+    async def _send(
+        self, state: TypeState, response: Any, version: str, changed: Iterable[str]
+    ) -> None:
+        """Send a response; `changed` names what it adds or changes (blamed on NACK)."""
+        state.in_flight = tuple(sorted(changed))
         size = int(response.ByteSize())
         state.nonce = str(response.nonce)
         state.version_sent = version
@@ -333,3 +341,10 @@ class AdsStream(abc.ABC, Generic[RequestT]):
                 {url: self.types[url].status() for url in PUSH_ORDER if url in self.types}
             ),
         )
+
+
+def _describe_blamed(names: tuple[str, ...]) -> str:
+    if not names:
+        return "no resource changed"
+    shown = ", ".join(repr(name) for name in names[:5])
+    return f"resources {shown}" + (f" and {len(names) - 5} more" if len(names) > 5 else "")

@@ -1,0 +1,120 @@
+"""A small mesh for end-to-end tests: a manifest directory, sample upstreams, a sidecar.
+
+The control plane runs in the test's event loop (so tests can reach into it,
+e.g. the NACK seam) or as a real `xds-server serve` process (so a test can
+kill it).  Upstream "pods" are sample apps on their own loopback IPs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import textwrap
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from xds_server.bootstrap import render_bootstrap
+from xds_server.envoy_process import EnvoyProcess
+
+SERVICE_PORT = 8080
+
+
+def service_yaml(name: str, port: int = SERVICE_PORT, namespace: str = "default") -> str:
+    return textwrap.dedent(
+        f"""\
+        apiVersion: v1
+        kind: Service
+        metadata: {{name: {name}, namespace: {namespace}}}
+        spec:
+          selector: {{app: {name}}}
+          ports:
+            - {{name: http, port: {port}, targetPort: {port}}}
+        """
+    )
+
+
+def slice_yaml(
+    service: str, addresses: Sequence[str], port: int, namespace: str = "default"
+) -> str:
+    endpoints = "".join(
+        f"  - addresses: [{address!r}]\n    conditions: {{ready: true}}\n" for address in addresses
+    )
+    return textwrap.dedent(
+        f"""\
+            apiVersion: discovery.k8s.io/v1
+            kind: EndpointSlice
+            metadata:
+              name: {service}-slice
+              namespace: {namespace}
+              labels: {{kubernetes.io/service-name: {service}}}
+            addressType: IPv4
+            ports:
+              - {{name: http, port: {port}, protocol: TCP}}
+            """
+    ) + ("endpoints:\n" + endpoints if addresses else "endpoints: []\n")
+
+
+def write_documents(path: Path, *documents: str) -> None:
+    """Write atomically, as editors and `kubectl`-like tools do."""
+    staging = path.with_name(f".{path.name}.tmp")
+    staging.write_text("---\n".join(documents))
+    staging.replace(path)
+
+
+@dataclass
+class Sidecar:
+    envoy: EnvoyProcess
+    node_id: str
+    outbound_port: int
+
+    async def get(self, host: str, path: str = "/") -> httpx.Response:
+        async with httpx.AsyncClient(timeout=5.0) as client:
+            return await client.get(
+                f"http://127.0.0.1:{self.outbound_port}{path}", headers={"Host": host}
+            )
+
+    async def who_answers(self, host: str) -> str:
+        """`service version` of the upstream that answered, or `HTTP <code>`."""
+        response = await self.get(host)
+        if response.status_code != 200:
+            return f"HTTP {response.status_code}"
+        body: dict[str, Any] = json.loads(response.text)
+        return f"{body['service']} {body['version']}"
+
+    async def cluster_names(self) -> set[str]:
+        return {status["name"] for status in await self.envoy.clusters_async()}
+
+
+def sidecar_bootstrap(node_id: str, xds_port: int, outbound_port: int, *, delta: bool) -> str:
+    return render_bootstrap(
+        node_id=node_id,
+        namespace="default",
+        xds_address=f"127.0.0.1:{xds_port}",
+        admin_port=0,
+        delta=delta,
+        outbound_port=outbound_port,
+    )
+
+
+async def eventually(
+    check: Any, *, timeout: float = 10.0, interval: float = 0.05, message: str = ""
+) -> Any:
+    """Await `check()` until truthy (bounded); return its value."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    last: Any = None
+    while True:
+        try:
+            last = await check()
+        except (httpx.HTTPError, OSError) as error:
+            last = error
+        else:
+            if last:
+                return last
+        if loop.time() > deadline:
+            raise AssertionError(f"{message or 'condition'} not met in {timeout}s: {last!r}")
+        await asyncio.sleep(interval)
