@@ -101,11 +101,11 @@ def sidecar_bootstrap(node_id: str, xds_port: int, outbound_port: int, *, delta:
 
 
 async def eventually(
-    check: Any, *, timeout: float = 10.0, interval: float = 0.05, message: str = ""
+    check: Any, *, within: float = 10.0, interval: float = 0.05, message: str = ""
 ) -> Any:
     """Await `check()` until truthy (bounded); return its value."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    deadline = loop.time() + within
     last: Any = None
     while True:
         try:
@@ -116,5 +116,5 @@ async def eventually(
             if last:
                 return last
         if loop.time() > deadline:
-            raise AssertionError(f"{message or 'condition'} not met in {timeout}s: {last!r}")
+            raise AssertionError(f"{message or 'condition'} not met in {within}s: {last!r}")
         await asyncio.sleep(interval)

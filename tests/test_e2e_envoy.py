@@ -19,6 +19,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from conftest import EnvoyFactory
 from e2e_mesh import (
     SERVICE_PORT,
     Sidecar,
@@ -30,7 +31,6 @@ from e2e_mesh import (
 )
 from envoy.config.cluster.v3 import cluster_pb2
 
-from conftest import EnvoyFactory
 from xds_server.app import ControlPlane
 from xds_server.cache import LayeredResources, ResourceSet, Snapshot
 from xds_server.model import Proxy
@@ -176,7 +176,7 @@ async def test_a_deleted_service_disappears_from_envoy(
     async def echo_gone() -> bool:
         return echo_cluster not in await sidecar.cluster_names()
 
-    await eventually(echo_gone, timeout=5, message="echo cluster removed from Envoy")
+    await eventually(echo_gone, within=5, message="echo cluster removed from Envoy")
     assert await sidecar.who_answers("echo") == "HTTP 404"
     assert await answers(sidecar, "backend", 4) == {"backend v1", "backend v2"}
 
@@ -212,7 +212,7 @@ async def test_a_proxy_that_nacks_keeps_its_last_good_config_and_the_nack_is_rec
             if t["type_url"] == CLUSTER and t["last_nack"]
         ]
 
-    nacks = await eventually(nack_recorded, timeout=5, message="CDS NACK in /api/proxies")
+    nacks = await eventually(nack_recorded, within=5, message="CDS NACK in /api/proxies")
     # Envoy's message says what is wrong; the record names the object to blame.
     assert "positive duration" in str(nacks[0]["message"])
     assert nacks[0]["resources"] == ["rejected-by-envoy"]
@@ -238,7 +238,7 @@ async def test_a_proxy_that_nacks_keeps_its_last_good_config_and_the_nack_is_rec
                     )
         return False
 
-    await eventually(acked, timeout=5, message="CDS ACKed after the fix")
+    await eventually(acked, within=5, message="CDS ACKed after the fix")
     assert await answers(sidecar, "backend", 4) == {"backend v1", "backend v2"}
 
 
@@ -295,7 +295,7 @@ async def test_killing_and_restarting_the_control_plane_keeps_traffic_flowing_an
             stats = await envoy.stats_async(filter=r"^control_plane\.connected_state$")
             return stats.get("control_plane.connected_state") == 0
 
-        await eventually(disconnected, timeout=10, message="Envoy sees the control plane gone")
+        await eventually(disconnected, within=10, message="Envoy sees the control plane gone")
 
         plane = start_control_plane(directory, xds_port, admin_port, log)
 
@@ -303,7 +303,7 @@ async def test_killing_and_restarting_the_control_plane_keeps_traffic_flowing_an
             stats = await envoy.stats_async(filter=r"^control_plane\.connected_state$")
             return stats.get("control_plane.connected_state") == 1
 
-        await eventually(connected, timeout=40, interval=0.2, message="Envoy reconnected")
+        await eventually(connected, within=40, interval=0.2, message="Envoy reconnected")
         assert await answers(sidecar, "backend", 4) == {"backend v1", "backend v2"}
 
         # Resynced: a change made now reaches Envoy through the new control plane.
@@ -315,7 +315,7 @@ async def test_killing_and_restarting_the_control_plane_keeps_traffic_flowing_an
         async def only_v1() -> bool:
             return await answers(sidecar, "backend", 6) == {"backend v1"}
 
-        await eventually(only_v1, timeout=10, message="traffic follows the new control plane")
+        await eventually(only_v1, within=10, message="traffic follows the new control plane")
     except BaseException:
         print(log.read_text(errors="replace"))
         raise

@@ -40,8 +40,9 @@ async def test_a_burst_is_merged_and_released_after_the_quiet_period() -> None:
             debouncer.submit(service_change(f"s{i}"))
             await asyncio.sleep(0.05)
 
-    asyncio.create_task(burst())
+    task = asyncio.create_task(burst())
     batch = await debouncer.next_batch()
+    await task
     assert len(batch) == 5
     # last change at 0.20 s, then a 0.1 s quiet period
     assert loop.time() - start == pytest.approx(0.3, abs=0.001)
