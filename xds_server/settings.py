@@ -28,16 +28,56 @@ class DebounceSettings:
 
 
 @dataclass(frozen=True)
+class KubernetesSettings:
+    """How the Kubernetes source reaches and watches the API server.
+
+    `kubeconfig` None means in-cluster config (the pod's service account), or
+    the default kubeconfig (`$KUBECONFIG`, `~/.kube/config`) outside a cluster.
+    `namespaces` empty means every namespace (one cluster-wide watch per kind).
+    A watch asks the server to end it after `watch_timeout` seconds (jittered
+    up to twice that, as client-go does, so watches do not reconnect in step);
+    the client gives up on a connection silent for `watch_timeout * 2 +
+    read_timeout_margin`, which is how a dead connection is noticed.  Failed
+    requests are retried after `backoff_initial` seconds, doubling up to
+    `backoff_max`, with jitter.
+    """
+
+    kubeconfig: Path | None = None
+    namespaces: tuple[str, ...] = ()
+    watch_timeout: float = 300.0
+    read_timeout_margin: float = 30.0
+    connect_timeout: float = 10.0
+    list_timeout: float = 60.0
+    list_page_size: int = 500
+    backoff_initial: float = 0.5
+    backoff_max: float = 30.0
+
+
+SOURCE_KUBERNETES = "kubernetes"
+
+
+@dataclass(frozen=True)
 class Settings:
     source: str = "file:examples"
     xds_listen: str = "127.0.0.1:15010"
     admin_listen: str = "127.0.0.1:15014"
     debounce: DebounceSettings = DebounceSettings()
     grace_seconds: float = 2.0
+    kubernetes: KubernetesSettings = KubernetesSettings()
+
+    @property
+    def source_kind(self) -> str:
+        """`"file"` or `"kubernetes"`; ValueError with a clear message for anything else."""
+        if self.source == SOURCE_KUBERNETES:
+            return SOURCE_KUBERNETES
+        self.source_directory  # noqa: B018 - raises for a malformed source
+        return "file"
 
     @property
     def source_directory(self) -> Path:
         kind, _, rest = self.source.partition(":")
         if kind != "file" or not rest:
-            raise ValueError(f"unsupported source {self.source!r}; expected file:DIR")
+            raise ValueError(
+                f"unsupported source {self.source!r}; expected file:DIR or {SOURCE_KUBERNETES}"
+            )
         return Path(rest)

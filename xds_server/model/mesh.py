@@ -55,8 +55,8 @@ class MeshSnapshot:
             Kind.WORKLOAD: dict(self.workloads),
         }
         touched: set[NamespacedName] = set()
-        slices_touched: set[NamespacedName] = set()
-        changed_slice_keys: set[ObjectKey] = set()
+        # Changed slice names by the Service they belong to (before or after the change).
+        changed_slices: dict[NamespacedName, set[str]] = {}
 
         def note(key: ObjectKey, old: MeshObject | None, new: MeshObject | None) -> None:
             if old == new:
@@ -64,10 +64,10 @@ class MeshSnapshot:
             if key.kind is Kind.SERVICE:
                 touched.add((key.namespace, key.name))
             elif key.kind is Kind.ENDPOINT_SLICE:
-                changed_slice_keys.add(key)
                 for obj in (old, new):
                     if isinstance(obj, EndpointSlice):
-                        slices_touched.add((obj.namespace, obj.service_name))
+                        service_key = (obj.namespace, obj.service_name)
+                        changed_slices.setdefault(service_key, set()).add(key.name)
 
         for key in changes.deletes:
             note(key, tables[key.kind].pop((key.namespace, key.name), None), None)
@@ -78,10 +78,9 @@ class MeshSnapshot:
 
         slices = tables[Kind.ENDPOINT_SLICE]
         by_service = dict(self.slices_by_service)
-        for service_key in slices_touched:
+        for service_key, changed_names in changed_slices.items():
             # Rebuild only the touched groups, from the (few) slices they hold.
-            names = {eps.name for eps in by_service.get(service_key, ())}
-            names |= {k.name for k in changed_slice_keys if k.namespace == service_key[0]}
+            names = {eps.name for eps in by_service.get(service_key, ())} | changed_names
             group = []
             for name in sorted(names):
                 eps = slices.get((service_key[0], name))
@@ -91,7 +90,7 @@ class MeshSnapshot:
                 by_service[service_key] = tuple(group)
             else:
                 by_service.pop(service_key, None)
-        touched |= slices_touched
+        touched.update(changed_slices)
         snapshot = MeshSnapshot(
             services=tables[Kind.SERVICE],  # type: ignore[arg-type]
             endpoint_slices=slices,  # type: ignore[arg-type]
