@@ -8,7 +8,10 @@ from xds_server.model import (
     Endpoint,
     EndpointPort,
     EndpointSlice,
-    Proxy, Service, ServicePort
+    Proxy,
+    Service,
+    ServicePort,
+)
 from xds_server.pipeline import SnapshotBuilder
 from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
 

@@ -36,8 +36,9 @@ class KubernetesSettings:
     `namespaces` empty means every namespace (one cluster-wide watch per kind).
     A watch asks the server to end it after `watch_timeout` seconds (jittered
     up to twice that, as client-go does, so watches do not reconnect in step);
-    the client gives up on a connection silent for `watch_timeout * 2 +
-    read_timeout_margin`, which is how a dead connection is noticed.  Failed
+    the client gives up on a connection that stays silent for longer than
+    that watch's timeout plus `read_timeout_margin`, which is how a dead
+    connection is noticed even when no TCP reset ever arrives.  Failed
     requests are retried after `backoff_initial` seconds, doubling up to
     `backoff_max`, with jitter.
     """
