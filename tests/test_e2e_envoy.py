@@ -321,3 +321,27 @@ async def test_killing_and_restarting_the_control_plane_keeps_traffic_flowing_an
         raise
     finally:
         kill(plane)
+
+
+async def test_a_malformed_manifest_is_reported_by_name_and_the_mesh_keeps_its_config(
+    mesh: InProcessMesh, sidecar: Sidecar
+) -> None:
+    broken = mesh.directory / "backend-endpoints.yaml"
+    broken.write_text("apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n  bad: [indent\n")
+    invalid = mesh.directory / "echo-endpoints.yaml"
+    invalid.write_text(slice_yaml("echo", ["not-an-ip"], mesh.upstream_port))
+
+    async def errors() -> list[str]:
+        async with httpx.AsyncClient(timeout=5.0) as client:
+            url = f"http://127.0.0.1:{mesh.plane.admin_port}/api/errors"
+            found: list[str] = (await client.get(url)).json()["source"]
+        return found if len(found) == 2 else []
+
+    reported = sorted(await eventually(errors, within=5, message="both errors reported"))
+    assert "backend-endpoints.yaml" in reported[0]
+    assert "echo-endpoints.yaml" in reported[1]
+    assert "EndpointSlice default/echo-slice" in reported[1]
+    assert "endpoints[0].addresses[0]" in reported[1]
+    # Both files keep their last good objects: nothing reaching Envoy changed.
+    assert await answers(sidecar, "backend", 6) == {"backend v1", "backend v2"}
+    assert await answers(sidecar, "echo", 2) == {"echo v1"}
