@@ -52,6 +52,13 @@ def delta(*messages: Any) -> tuple[bool, Conversation]:
             *sotw(request(CLUSTER, node_id=NODE), request(ENDPOINT, "a", node_id="someone-else")),
             id="sotw: node changes mid-stream",
         ),
+        pytest.param(
+            *sotw(request(CLUSTER, node_id=NODE), request("envoy.config.cluster.v3.Cluster")),
+            id="sotw: malformed type URL",
+        ),
+        pytest.param(
+            *delta(delta_request("not/a/type", node_id=NODE)), id="delta: malformed type URL"
+        ),
         pytest.param(*delta(delta_request(CLUSTER)), id="delta: first request without node"),
         pytest.param(
             *delta(delta_request("", node_id=NODE)), id="delta: first request without type"

@@ -39,6 +39,8 @@ from xds_server.server.state import NackStatus, StreamKind, StreamStatus, TypeSt
 
 logger = logging.getLogger(__name__)
 
+_TYPE_URL_PREFIX = "type.googleapis.com/"
+
 RequestT = TypeVar("RequestT")
 
 
@@ -236,8 +238,9 @@ class AdsStream(abc.ABC, Generic[RequestT]):
     def _state_for(self, type_url: str) -> tuple[TypeState, bool] | None:
         """The state of a requested type and whether this is its first request.
 
-        A missing type URL cannot be served and is an INVALID_ARGUMENT.  A type
-        we do not serve is logged and ignored rather than refused: Envoy
+        A missing or malformed type URL cannot be served and is an
+        INVALID_ARGUMENT.  A well-formed type we do not serve is logged and
+        ignored rather than refused: Envoy
         multiplexes every ADS-sourced type (runtime, extension configs, VHDS,
         ...) on this one stream, and aborting it would also cut off clusters,
         listeners and endpoints, only to fail again on reconnect.  Envoy waits
@@ -245,6 +248,11 @@ class AdsStream(abc.ABC, Generic[RequestT]):
         """
         if not type_url:
             raise ProtocolError(grpc.StatusCode.INVALID_ARGUMENT, "request without a type_url")
+        if not type_url.startswith(_TYPE_URL_PREFIX):
+            raise ProtocolError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"unknown type URL {type_url!r}: expected {_TYPE_URL_PREFIX}<message type>",
+            )
         if type_url not in KNOWN_TYPES:
             if type_url not in self._ignored_types:
                 self._ignored_types.add(type_url)
