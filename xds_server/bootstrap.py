@@ -20,7 +20,7 @@ import logging
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -48,14 +48,19 @@ def render_bootstrap(
     app_address: str = "127.0.0.1",
     outbound_address: str = "127.0.0.1",
     outbound_port: int = 15001,
+    interception: Literal["none", "redirect"] = "none",
+    inbound_capture_port: int = 15006,
     admin_address: str = "127.0.0.1",
     template_path: Path | None = None,
 ) -> str:
     """The bootstrap YAML for one sidecar.
 
     `xds_address` is `HOST:PORT` (`[v6]:PORT` for IPv6); `admin_port` may be 0 to let
-    the kernel choose (Envoy reports it through `--admin-address-path`).  Raises
-    `ValueError` for a malformed address, port or metadata value.
+    the kernel choose (Envoy reports it through `--admin-address-path`).
+    `interception="redirect"` is for a sidecar whose pod has the capture rules of
+    `xds_server.capture` installed (outbound to `outbound_port`, inbound to
+    `inbound_capture_port`).  Raises `ValueError` for a malformed address, port or
+    metadata value.
     """
     proxy = Proxy(
         node_id=node_id,
@@ -67,6 +72,8 @@ def render_bootstrap(
         app_address=app_address,
         outbound_address=outbound_address,
         outbound_port=outbound_port,
+        interception=interception,
+        inbound_capture_port=inbound_capture_port,
     )
     return render_bootstrap_for_proxy(
         proxy,

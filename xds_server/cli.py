@@ -12,7 +12,7 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
-from xds_server.settings import Settings, split_host_port
+from xds_server.settings import SOURCE_KUBERNETES, KubernetesSettings, Settings, split_host_port
 
 logger = logging.getLogger(__name__)
 
@@ -25,13 +25,36 @@ def _host_port(value: str) -> str:
     return value
 
 
+def _namespaces(value: str) -> tuple[str, ...]:
+    names = tuple(name.strip() for name in value.split(",") if name.strip())
+    if not names:
+        raise argparse.ArgumentTypeError("expected a comma-separated list of namespaces")
+    return names
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="xds-server", description=__doc__)
     parser.add_argument("--log-level", help="DEBUG, INFO, WARNING, ERROR (default INFO)")
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="run the control plane")
-    serve.add_argument("--source", default="file:examples", help="file:DIR (the embedded default)")
+    serve.add_argument(
+        "--source",
+        default="file:examples",
+        help="file:DIR (the embedded default), or kubernetes (watch the API server)",
+    )
+    serve.add_argument(
+        "--kubeconfig",
+        type=Path,
+        help="with --source kubernetes: this kubeconfig (default: in-cluster, else ~/.kube/config)",
+    )
+    serve.add_argument(
+        "--namespaces",
+        type=_namespaces,
+        default=(),
+        metavar="NS[,NS...]",
+        help="with --source kubernetes: watch only these namespaces (default: all)",
+    )
     serve.add_argument("--xds-listen", type=_host_port, default="127.0.0.1:15010")
     serve.add_argument("--admin-listen", type=_host_port, default="127.0.0.1:15014")
 
@@ -48,6 +71,13 @@ def _parser() -> argparse.ArgumentParser:
     boot.add_argument("--instance-ip", help="where the sidecar accepts inbound traffic")
     boot.add_argument("--app-address", default="127.0.0.1")
     boot.add_argument("--delta", action="store_true", help="incremental (Delta) xDS")
+    boot.add_argument(
+        "--interception",
+        choices=["none", "redirect"],
+        default="none",
+        help="redirect: the pod's traffic is captured by iptables (xds-server capture-init)",
+    )
+    boot.add_argument("--inbound-capture-port", type=int, default=15006)
     boot.add_argument("-o", "--output", type=Path, help="write here instead of stdout")
 
     demo = commands.add_parser("demo", help="run a mesh with sample services and real Envoys")
@@ -64,7 +94,12 @@ def _parser() -> argparse.ArgumentParser:
 
 # Commands that live in their own modules: each exposes HELP, add_arguments(parser)
 # and run(args) -> int, so features add a command without growing this file.
-PLUGIN_COMMANDS: dict[str, str] = {}
+PLUGIN_COMMANDS: dict[str, str] = {
+    "capture-init": "xds_server.capture.command",
+    "inject": "xds_server.inject.command",
+    "sidecar-bootstrap": "xds_server.inject.bootstrap_command",
+    "webhook": "xds_server.inject.webhook_command",
+}
 
 
 def _run_cancellable(main: Coroutine[Any, Any, int | None]) -> int:
@@ -95,11 +130,17 @@ def main(argv: list[str] | None = None) -> int:
         from xds_server.app import ControlPlane
 
         settings = Settings(
-            source=args.source, xds_listen=args.xds_listen, admin_listen=args.admin_listen
+            source=args.source,
+            xds_listen=args.xds_listen,
+            admin_listen=args.admin_listen,
+            kubernetes=KubernetesSettings(kubeconfig=args.kubeconfig, namespaces=args.namespaces),
         )
-        try:
-            settings.source_directory  # noqa: B018 - validate early with a clear message
-        except ValueError as error:
+        try:  # validate early, with a clear message
+            if settings.source_kind == SOURCE_KUBERNETES:
+                from xds_server.sources.kubernetes import load_configuration
+
+                load_configuration(settings.kubernetes.kubeconfig)
+        except Exception as error:  # ValueError, the client's ConfigException, OSError
             print(f"xds-server: {error}", file=sys.stderr)
             return 2
         return _run_cancellable(ControlPlane(settings).run())
@@ -113,20 +154,26 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"xds-server: --label expects KEY=VALUE, got {item!r}", file=sys.stderr)
                 return 2
             labels[key] = value
-        text = render_bootstrap(
-            node_id=args.node_id,
-            namespace=args.namespace,
-            xds_address=args.xds_address,
-            admin_port=args.admin_port,
-            delta=args.delta,
-            workload=args.workload,
-            service_account=args.service_account,
-            labels=labels,
-            instance_ip=args.instance_ip,
-            app_address=args.app_address,
-            outbound_address=args.outbound_address,
-            outbound_port=args.outbound_port,
-        )
+        try:
+            text = render_bootstrap(
+                node_id=args.node_id,
+                namespace=args.namespace,
+                xds_address=args.xds_address,
+                admin_port=args.admin_port,
+                delta=args.delta,
+                workload=args.workload,
+                service_account=args.service_account,
+                labels=labels,
+                instance_ip=args.instance_ip,
+                app_address=args.app_address,
+                outbound_address=args.outbound_address,
+                outbound_port=args.outbound_port,
+                interception=args.interception,
+                inbound_capture_port=args.inbound_capture_port,
+            )
+        except ValueError as error:
+            print(f"xds-server bootstrap: {error}", file=sys.stderr)
+            return 2
         if args.output:
             args.output.write_text(text)
         else:

@@ -13,16 +13,24 @@ them) and strict about malformed ones: a value that is present but wrong raises
 stream with a message the operator can act on instead of translating for a proxy
 that does not exist.
 
-| key                | Proxy field        | default when missing or empty |
-|--------------------|--------------------|-------------------------------|
-| `NAMESPACE`        | `namespace`        | `"default"`                   |
-| `WORKLOAD_NAME`    | `workload`         | `""`                          |
-| `SERVICE_ACCOUNT`  | `service_account`  | `"default"`                   |
-| `LABELS`           | `labels`           | `()` (a Struct of strings)    |
-| `INSTANCE_IP`      | `ip`               | `None` (an IPv4/IPv6 address) |
-| `APP_ADDRESS`      | `app_address`      | `"127.0.0.1"` (an IP address) |
-| `OUTBOUND_ADDRESS` | `outbound_address` | `"127.0.0.1"` (an IP address) |
-| `OUTBOUND_PORT`    | `outbound_port`    | `15001` (string or integer, 1-65535) |
+| key                    | Proxy field            | default when missing or empty             |
+|------------------------|------------------------|-------------------------------------------|
+| `NAMESPACE`            | `namespace`            | `"default"`                               |
+| `WORKLOAD_NAME`        | `workload`             | `""`                                      |
+| `SERVICE_ACCOUNT`      | `service_account`      | `"default"`                               |
+| `LABELS`               | `labels`               | `()` (a Struct of strings)                |
+| `INSTANCE_IP`          | `ip`                   | `None` (an IPv4/IPv6 address)             |
+| `APP_ADDRESS`          | `app_address`          | `"127.0.0.1"` (an IP address)             |
+| `OUTBOUND_ADDRESS`     | `outbound_address`     | `"127.0.0.1"` (an IP address)             |
+| `OUTBOUND_PORT`        | `outbound_port`        | `15001` (string or integer, 1-65535)      |
+| `INTERCEPTION_MODE`    | `interception`         | `"none"` (`NONE` or `REDIRECT`, any case) |
+| `INBOUND_CAPTURE_PORT` | `inbound_capture_port` | `15006` (string or integer, 1-65535)      |
+
+`INTERCEPTION_MODE` is Istio's key and spelling: `REDIRECT` means iptables sends
+the pod's TCP to the sidecar (`OUTBOUND_PORT` for outbound, `INBOUND_CAPTURE_PORT`
+for inbound), so the server gives it the virtual listeners of
+`xds_server.translate.capture`.  Istio's `TPROXY` is not supported and is rejected,
+as is a redirecting proxy whose two capture ports are one.
 
 Any other key is kept in `Proxy.metadata` as sorted `(key, value)` pairs: string
 values as they are, other values as compact JSON, so the result stays hashable.
@@ -34,7 +42,7 @@ import ipaddress
 import json
 import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 from envoy.config.core.v3 import base_pb2
 from google.protobuf import json_format
@@ -51,6 +59,8 @@ INSTANCE_IP = "INSTANCE_IP"
 APP_ADDRESS = "APP_ADDRESS"
 OUTBOUND_ADDRESS = "OUTBOUND_ADDRESS"
 OUTBOUND_PORT = "OUTBOUND_PORT"
+INTERCEPTION_MODE = "INTERCEPTION_MODE"
+INBOUND_CAPTURE_PORT = "INBOUND_CAPTURE_PORT"
 
 KNOWN_KEYS: frozenset[str] = frozenset(
     {
@@ -62,6 +72,8 @@ KNOWN_KEYS: frozenset[str] = frozenset(
         APP_ADDRESS,
         OUTBOUND_ADDRESS,
         OUTBOUND_PORT,
+        INTERCEPTION_MODE,
+        INBOUND_CAPTURE_PORT,
     }
 )
 
@@ -70,6 +82,11 @@ DEFAULT_SERVICE_ACCOUNT = "default"
 DEFAULT_APP_ADDRESS = "127.0.0.1"
 DEFAULT_OUTBOUND_ADDRESS = "127.0.0.1"
 DEFAULT_OUTBOUND_PORT = 15001
+DEFAULT_INBOUND_CAPTURE_PORT = 15006
+INTERCEPTION_MODES: dict[str, Literal["none", "redirect"]] = {
+    "NONE": "none",
+    "REDIRECT": "redirect",
+}
 
 
 class NodeMetadataError(ValueError):
@@ -97,7 +114,7 @@ def proxy_from_metadata(node_id: str, metadata: Mapping[str, Any]) -> Proxy:
             if key not in KNOWN_KEYS
         )
     )
-    return Proxy(
+    proxy = Proxy(
         node_id=node_id,
         namespace=_string(metadata, NAMESPACE) or DEFAULT_NAMESPACE,
         workload=_string(metadata, WORKLOAD_NAME),
@@ -106,9 +123,16 @@ def proxy_from_metadata(node_id: str, metadata: Mapping[str, Any]) -> Proxy:
         ip=_ip(metadata, INSTANCE_IP) or None,
         app_address=_ip(metadata, APP_ADDRESS) or DEFAULT_APP_ADDRESS,
         outbound_address=_ip(metadata, OUTBOUND_ADDRESS) or DEFAULT_OUTBOUND_ADDRESS,
-        outbound_port=_port(metadata, OUTBOUND_PORT),
+        outbound_port=_port(metadata, OUTBOUND_PORT, DEFAULT_OUTBOUND_PORT),
+        interception=_interception(metadata),
+        inbound_capture_port=_port(metadata, INBOUND_CAPTURE_PORT, DEFAULT_INBOUND_CAPTURE_PORT),
         metadata=extra,
     )
+    if proxy.interception == "redirect" and proxy.inbound_capture_port == proxy.outbound_port:
+        raise NodeMetadataError(
+            INBOUND_CAPTURE_PORT, f"{proxy.inbound_capture_port} is also the OUTBOUND_PORT"
+        )
+    return proxy
 
 
 def metadata_of(proxy: Proxy) -> dict[str, Any]:
@@ -128,6 +152,8 @@ def metadata_of(proxy: Proxy) -> dict[str, Any]:
     metadata[APP_ADDRESS] = proxy.app_address
     metadata[OUTBOUND_ADDRESS] = proxy.outbound_address
     metadata[OUTBOUND_PORT] = str(proxy.outbound_port)
+    metadata[INTERCEPTION_MODE] = proxy.interception.upper()
+    metadata[INBOUND_CAPTURE_PORT] = str(proxy.inbound_capture_port)
     for key, value in proxy.metadata:
         if key in KNOWN_KEYS:
             raise NodeMetadataError(key, "is a reserved key and cannot be set as extra metadata")
@@ -156,10 +182,21 @@ def _ip(metadata: Mapping[str, Any], key: str) -> str:
     return value
 
 
-def _port(metadata: Mapping[str, Any], key: str) -> int:
+def _interception(metadata: Mapping[str, Any]) -> Literal["none", "redirect"]:
+    value = _string(metadata, INTERCEPTION_MODE)
+    if not value:
+        return "none"
+    mode = INTERCEPTION_MODES.get(value.upper())
+    if mode is None:
+        choices = " or ".join(INTERCEPTION_MODES)
+        raise NodeMetadataError(INTERCEPTION_MODE, f"{value!r} is not supported; use {choices}")
+    return mode
+
+
+def _port(metadata: Mapping[str, Any], key: str, default: int) -> int:
     value = metadata.get(key)
     if value is None or value == "":
-        return DEFAULT_OUTBOUND_PORT
+        return default
     port: int | None = None
     if isinstance(value, str) and value.strip().isdigit():
         port = int(value.strip())

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import Literal
 
 Labels = tuple[tuple[str, str], ...]
 """Labels as sorted pairs: hashable, comparable, deterministic."""
@@ -140,6 +141,10 @@ class Proxy:
 
     `ip` is where the sidecar accepts inbound mesh traffic (the pod IP);
     `app_address` is where the local application listens (loopback in a pod).
+    `interception` says how traffic reaches the sidecar: "none" (the app calls
+    the explicit outbound listener; inbound listeners bind `ip`) or "redirect"
+    (iptables REDIRECTs the pod's TCP to `outbound_port` and
+    `inbound_capture_port`, where the virtual listeners take it).
     """
 
     node_id: str
@@ -151,4 +156,6 @@ class Proxy:
     app_address: str = "127.0.0.1"
     outbound_address: str = "127.0.0.1"
     outbound_port: int = 15001
+    interception: Literal["none", "redirect"] = "none"
+    inbound_capture_port: int = 15006
     metadata: tuple[tuple[str, str], ...] = field(default=(), compare=True)

@@ -5,6 +5,16 @@ built once per Service and the serialized bytes are shared by every sidecar;
 their endpoints arrive separately over EDS (see `endpoints`).  Inbound clusters
 are STATIC, one per port a proxy accepts traffic on, pointing at the local app.
 
+A proxy whose traffic iptables captures (`interception == "redirect"`) also
+gets the clusters its virtual listeners fall back to, named as Istio names
+them: `PassthroughCluster` and `InboundPassthroughCluster` (ORIGINAL_DST: the
+connection goes on to the address it was sent to before the REDIRECT, so
+traffic outside the mesh keeps working) and `BlackHoleCluster` (no endpoints,
+for connections that would loop back into the sidecar).  The inbound
+passthrough binds its upstream side to 127.0.0.6 (`::6` for IPv6): the capture
+rules let that source through on loopback, where the sidecar's own traffic to
+its pod IP would otherwise be redirected back to the inbound listener.
+
 Defaults follow Istio's: a 10s connect timeout, round robin, and circuit
 breakers opened up to the maximum, because Envoy's built-in 1024-request
 limits silently shed load in a mesh where every hop passes a sidecar.
@@ -17,7 +27,7 @@ from __future__ import annotations
 import logging
 
 from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2
-from envoy.config.core.v3 import base_pb2, protocol_pb2
+from envoy.config.core.v3 import address_pb2, base_pb2, protocol_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from google.protobuf import wrappers_pb2
 
@@ -25,13 +35,22 @@ from xds_server.model import MeshSnapshot, PortProtocol, Proxy, Service
 from xds_server.translate.core import ads_config_source, packed, seconds
 from xds_server.translate.endpoints import static_load_assignment
 from xds_server.translate.inbound import inbound_ports
-from xds_server.translate.naming import cluster_name, inbound_cluster_name, mesh_ports
+from xds_server.translate.naming import (
+    BLACKHOLE_CLUSTER,
+    INBOUND_PASSTHROUGH_CLUSTER,
+    PASSTHROUGH_CLUSTER,
+    cluster_name,
+    inbound_cluster_name,
+    mesh_ports,
+)
 
 logger = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_SECONDS = 10.0
 UNLIMITED = 2**32 - 1
 HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+INBOUND_PASSTHROUGH_SOURCE_IPV4 = "127.0.0.6"
+INBOUND_PASSTHROUGH_SOURCE_IPV6 = "::6"
 
 
 def clusters_for_service(service: Service) -> list[cluster_pb2.Cluster]:
@@ -46,7 +65,10 @@ def clusters_for_service(service: Service) -> list[cluster_pb2.Cluster]:
 
 
 def proxy_clusters(mesh: MeshSnapshot, proxy: Proxy) -> list[cluster_pb2.Cluster]:
-    """The proxy's inbound STATIC clusters, `inbound|{port}||` -> app_address:port."""
+    """The proxy's inbound STATIC clusters, `inbound|{port}||` -> app_address:port.
+
+    With captured traffic, followed by the passthrough and blackhole clusters.
+    """
     clusters = []
     for inbound in inbound_ports(mesh, proxy):
         name = inbound_cluster_name(inbound.port)
@@ -56,7 +78,44 @@ def proxy_clusters(mesh: MeshSnapshot, proxy: Proxy) -> list[cluster_pb2.Cluster
             static_load_assignment(name, proxy.app_address, inbound.port)
         )
         clusters.append(cluster)
+    if proxy.interception == "redirect":
+        clusters.extend(capture_clusters())
     return clusters
+
+
+def capture_clusters() -> list[cluster_pb2.Cluster]:
+    """`PassthroughCluster`, `InboundPassthroughCluster` and `BlackHoleCluster`."""
+    outbound = _original_destination_cluster(PASSTHROUGH_CLUSTER)
+    inbound = _original_destination_cluster(INBOUND_PASSTHROUGH_CLUSTER)
+    inbound.upstream_bind_config.CopyFrom(
+        address_pb2.BindConfig(
+            source_address=address_pb2.SocketAddress(
+                address=INBOUND_PASSTHROUGH_SOURCE_IPV4, port_value=0
+            ),
+            extra_source_addresses=[
+                address_pb2.ExtraSourceAddress(
+                    address=address_pb2.SocketAddress(
+                        address=INBOUND_PASSTHROUGH_SOURCE_IPV6, port_value=0
+                    )
+                )
+            ],
+        )
+    )
+    blackhole = cluster_pb2.Cluster(
+        name=BLACKHOLE_CLUSTER,
+        type=cluster_pb2.Cluster.STATIC,
+        connect_timeout=seconds(CONNECT_TIMEOUT_SECONDS),
+    )
+    return [outbound, inbound, blackhole]
+
+
+def _original_destination_cluster(name: str) -> cluster_pb2.Cluster:
+    """Each connection to the address it had before the REDIRECT (never an HTTP header)."""
+    cluster = _cluster(name, PortProtocol.TCP)
+    cluster.type = cluster_pb2.Cluster.ORIGINAL_DST
+    cluster.lb_policy = cluster_pb2.Cluster.CLUSTER_PROVIDED
+    cluster.original_dst_lb_config.SetInParent()  # use_http_header stays false
+    return cluster
 
 
 def _cluster(name: str, protocol: PortProtocol) -> cluster_pb2.Cluster:

@@ -20,6 +20,21 @@ OUTBOUND_ROUTE_NAME = "outbound"
 
 OUTBOUND_HTTP_LISTENER_NAME = "outbound_http"
 
+VIRTUAL_OUTBOUND_LISTENER_NAME = "virtual_outbound"
+"""Where iptables REDIRECTs a captured pod's outbound TCP (Istio's virtualOutbound)."""
+
+VIRTUAL_INBOUND_LISTENER_NAME = "virtual_inbound"
+"""Where iptables REDIRECTs a captured pod's inbound TCP (Istio's virtualInbound)."""
+
+PASSTHROUGH_CLUSTER = "PassthroughCluster"
+"""ORIGINAL_DST: captured outbound traffic that is not for the mesh goes where it was going."""
+
+INBOUND_PASSTHROUGH_CLUSTER = "InboundPassthroughCluster"
+"""ORIGINAL_DST from 127.0.0.6: captured inbound traffic to a port no Service declares."""
+
+BLACKHOLE_CLUSTER = "BlackHoleCluster"
+"""No endpoints: connections that would loop back into the sidecar are closed instead."""
+
 
 def cluster_name(service: Service, port: ServicePort) -> str:
     """The shared EDS cluster for one Service port: `outbound|80||web.shop.svc.cluster.local`."""
