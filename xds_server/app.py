@@ -13,9 +13,9 @@ import contextlib
 import dataclasses
 import enum
 import logging
-from collections.abc import Generator, Mapping
+from collections.abc import Callable, Generator, Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -25,7 +25,7 @@ from xds_server.cache import SnapshotCache
 from xds_server.model import ChangeSet
 from xds_server.pipeline import MeshPipeline
 from xds_server.server import AggregatedDiscoveryServer, bind_grpc_server
-from xds_server.settings import Settings, split_host_port
+from xds_server.settings import SOURCE_KUBERNETES, Settings, split_host_port
 from xds_server.sources.file import FileSource
 
 logger = logging.getLogger(__name__)
@@ -46,6 +46,30 @@ def jsonable(value: Any) -> Any:
     return value
 
 
+class MeshSource(Protocol):
+    """Where the mesh comes from: the file source or the Kubernetes source.
+
+    `run` emits the whole mesh first, then sets `ready`, then emits every change
+    until cancelled; `errors` are the problems in its input right now.
+    """
+
+    @property
+    def errors(self) -> Sequence[object]: ...
+
+    async def run(
+        self, emit: Callable[[ChangeSet], None], ready: asyncio.Event | None = None
+    ) -> None: ...
+
+
+def create_source(settings: Settings) -> MeshSource:
+    """`--source kubernetes` watches the API server; `--source file:DIR` a directory."""
+    if settings.source_kind == SOURCE_KUBERNETES:
+        from xds_server.sources.kubernetes import KubernetesSource  # the client loads slowly
+
+        return KubernetesSource(settings.kubernetes)
+    return FileSource(settings.source_directory)
+
+
 class _QuietUvicorn(uvicorn.Server):
     """uvicorn without its own signal handling: the CLI owns signals."""
 
@@ -60,9 +84,12 @@ class ControlPlane:
         self.cache = SnapshotCache()
         self.pipeline = MeshPipeline(self.cache, settings.debounce)
         self.ads = AggregatedDiscoveryServer(self.cache, observer=self.pipeline)
-        self.source = FileSource(settings.source_directory)
+        self.source: MeshSource = create_source(settings)
         self.xds_serving = False
+        self.listening = asyncio.Event()
+        """Both ports are bound (`xds_port`, `admin_port` known); the mesh may not be synced."""
         self.started = asyncio.Event()
+        """Listening, and the source's initial sync has been applied."""
         self.xds_port = 0
         self.admin_port = 0
 
@@ -71,7 +98,11 @@ class ControlPlane:
         return self.xds_serving and self.pipeline.ready
 
     def readiness_detail(self) -> dict[str, Any]:
-        return {"xds_serving": self.xds_serving, "sources_synced": self.pipeline.ready}
+        return {
+            "xds_serving": self.xds_serving,
+            "sources_synced": self.pipeline.ready,
+            "source": self.settings.source,
+        }
 
     def proxies(self) -> list[dict[str, Any]]:
         builder = self.pipeline.builder
@@ -118,14 +149,15 @@ class ControlPlane:
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(self.pipeline.run(), name="pipeline")
                 tasks.create_task(
-                    self.source.run(self._on_source_changes, source_ready), name="file-source"
+                    self.source.run(self._on_source_changes, source_ready), name="source"
                 )
                 tasks.create_task(admin.serve(), name="admin")
-                await source_ready.wait()
                 while not admin.started:  # noqa: ASYNC110 - uvicorn exposes only a flag
                     await asyncio.sleep(0.01)
                 self.admin_port = admin.servers[0].sockets[0].getsockname()[1]
                 logger.info("admin listening on http://%s:%d", admin_host, self.admin_port)
+                self.listening.set()
+                await source_ready.wait()  # /readyz says false until then
                 self.started.set()
         finally:
             self.xds_serving = False

@@ -5,10 +5,17 @@ route table) are translated once per change, for the services it touched, and
 serialized once; every proxy's snapshot layers those shared sets under its own
 listeners and inbound clusters.  An endpoint-only change therefore re-translates
 one ClusterLoadAssignment and re-serializes nothing proxy-specific.
+
+A proxy running in a Pod the mesh knows is translated as that Pod says: when
+its node id is `POD.NAMESPACE`, or its INSTANCE_IP is the Pod's IP, the Pod's
+labels, service account and IP replace what its bootstrap declared (which was
+only a guess made at injection time), and a change to the Pod re-publishes
+that proxy, and only it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -23,7 +30,7 @@ from xds_server.cache import (
     Snapshot,
     SnapshotCache,
 )
-from xds_server.model import ChangeSet, MeshSnapshot, Proxy
+from xds_server.model import ChangeSet, Kind, MeshSnapshot, Proxy, Workload
 from xds_server.model.mesh import NamespacedName
 from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, Resource, make_resource
 
@@ -32,7 +39,10 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class _ProxyState:
+    declared: Proxy
+    """As the proxy's node metadata describes it."""
     proxy: Proxy
+    """As translated: `declared`, with what its Pod says (see `with_workload`)."""
     clusters: ResourceSet = field(default_factory=ResourceSet)
     listeners: ResourceSet = field(default_factory=ResourceSet)
     error: str | None = None
@@ -61,6 +71,51 @@ class _OwnedSet:
 
 def _resources(messages: Iterable[Message]) -> list[Resource]:
     return [make_resource(m) for m in messages]
+
+
+def workloads_by_ip(mesh: MeshSnapshot) -> dict[str, list[Workload]]:
+    by_ip: dict[str, list[Workload]] = {}
+    for workload in mesh.workloads.values():
+        if workload.ip:
+            by_ip.setdefault(workload.ip, []).append(workload)
+    return by_ip
+
+
+def workload_of(
+    proxy: Proxy, mesh: MeshSnapshot, by_ip: dict[str, list[Workload]] | None = None
+) -> Workload | None:
+    """The Pod a proxy runs in: node id `POD.NAMESPACE`, else the one Pod with its INSTANCE_IP.
+
+    By IP, a Pod in the proxy's namespace wins; an IP several Pods share
+    (host-network Pods) names none of them.  `by_ip` (`workloads_by_ip(mesh)`)
+    saves a scan of every Pod when many proxies are looked up at once.
+    """
+    name, dot, namespace = proxy.node_id.rpartition(".")  # a namespace has no dots
+    if dot and (workload := mesh.workloads.get((namespace, name))) is not None:
+        return workload
+    if not proxy.ip:
+        return None
+    found = (by_ip if by_ip is not None else workloads_by_ip(mesh)).get(proxy.ip, [])
+    local = [workload for workload in found if workload.namespace == proxy.namespace]
+    candidates = local or found
+    return candidates[0] if len(candidates) == 1 else None
+
+
+def with_workload(
+    proxy: Proxy, mesh: MeshSnapshot, by_ip: dict[str, list[Workload]] | None = None
+) -> Proxy:
+    """`proxy` with the labels, service account, namespace and IP of its Pod, if known."""
+    workload = workload_of(proxy, mesh, by_ip)
+    if workload is None:
+        return proxy
+    return dataclasses.replace(
+        proxy,
+        namespace=workload.namespace,
+        workload=proxy.workload or workload.name,
+        labels=workload.labels,
+        service_account=workload.service_account,
+        ip=workload.ip or proxy.ip,
+    )
 
 
 class SnapshotBuilder:
@@ -105,6 +160,13 @@ class SnapshotBuilder:
             )
         self._clusters.update(cluster_updates)
         self._endpoints.update(endpoint_updates)
+        moved = self._refresh_workloads() if Kind.WORKLOAD in changes.kinds else []
+        if changes.kinds == {Kind.WORKLOAD}:
+            # Pods matter only to the proxies running in them: nothing mesh-wide changed.
+            if self.synced:
+                for state in moved:
+                    self._publish(state, retranslate=True)
+            return
         proxy_config_changed = not changes.endpoints_only
         if proxy_config_changed:
             self._routes = self._routes.replace_all(
@@ -113,6 +175,17 @@ class SnapshotBuilder:
         if self.synced:
             for state in self._proxies.values():
                 self._publish(state, retranslate=proxy_config_changed)
+
+    def _refresh_workloads(self) -> list[_ProxyState]:
+        """Re-read each proxy's Pod; the proxies whose translated identity changed."""
+        moved = []
+        by_ip = workloads_by_ip(self.mesh)
+        for state in self._proxies.values():
+            proxy = with_workload(state.declared, self.mesh, by_ip)
+            if proxy != state.proxy:
+                state.proxy = proxy
+                moved.append(state)
+        return moved
 
     def mark_synced(self) -> None:
         """The sources finished their initial load: proxies may now be served."""
@@ -130,9 +203,9 @@ class SnapshotBuilder:
 
     def add_proxy(self, proxy: Proxy) -> None:
         state = self._proxies.get(proxy.node_id)
-        if state is not None and state.proxy == proxy:
+        if state is not None and state.declared == proxy:
             return
-        state = _ProxyState(proxy)
+        state = _ProxyState(proxy, with_workload(proxy, self.mesh))
         self._proxies[proxy.node_id] = state
         if self.synced:
             self._publish(state, retranslate=True)
