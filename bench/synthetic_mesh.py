@@ -13,7 +13,6 @@ cluster names from the same arguments instead of receiving them.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterator
 
 from xds_server.model import (
@@ -97,6 +96,20 @@ def endpoint_change(index: int, endpoints: int, *, moved: bool) -> ChangeSet:
     return changes
 
 
+class EndpointFlapper:
+    """One endpoint of Service `index`, replaced and put back in turn: each change is real."""
+
+    def __init__(self, index: int, endpoints: int) -> None:
+        self.index = index
+        self.endpoints = endpoints
+        self.cluster_name = outbound_cluster_name(index)
+        self._moved = False
+
+    def next_change(self) -> ChangeSet:
+        self._moved = not self._moved
+        return endpoint_change(self.index, self.endpoints, moved=self._moved)
+
+
 def outbound_cluster_name(index: int) -> str:
     svc = service(index)
     return cluster_name(svc, svc.ports[0])
@@ -104,15 +117,3 @@ def outbound_cluster_name(index: int) -> str:
 
 def outbound_cluster_names(services: int) -> Iterator[str]:
     return (outbound_cluster_name(index) for index in range(services))
-
-
-def describe(services: int, endpoints: int) -> dict[str, int]:
-    return dataclasses.asdict(_Size(services, endpoints, services, services * endpoints))
-
-
-@dataclasses.dataclass(frozen=True)
-class _Size:
-    services: int
-    endpoints_per_service: int
-    clusters: int
-    endpoints: int

@@ -1,0 +1,392 @@
+"""Push benchmark: one endpoint changes in a 10,000-service mesh; what does it cost?
+
+    python bench/push.py [--services 10000] [--endpoints 3] [--proxies 20] [--changes 5]
+
+The control plane is the real serving path, in this process (see `serving`):
+the synthetic mesh goes through `MeshPipeline.initial_sync`, and the ADS
+server listens on a free loopback port.  Proxies are real gRPC ADS clients in
+a child process (see `ads_clients`), so this process's CPU time is the
+server's.  For SotW, then Delta, the child connects:
+
+* one *subscribed* proxy: CDS and LDS wildcard, EDS for every cluster, RDS
+  `outbound`, ACKing everything as Envoy does;
+* one *unsubscribed* proxy: the same, but its EDS names leave out the cluster
+  whose endpoint changes;
+* `--proxies` more subscribed proxies, so the per-proxy cost shows.
+
+Once every stream has ACKed the current snapshot and gone quiet, one
+endpoint of one Service is replaced (an EndpointSlice upsert in a ChangeSet
+applied by `SnapshotBuilder.apply`, as `MeshPipeline.run` applies a batch),
+`--changes` times.  Measured per change: the bytes each proxy received
+(serialized response sizes, by type) and the server counted
+(`servicer.streams()`), the time and CPU of `apply` alone, and the CPU and
+wall time from `apply` until the server processed every subscribed proxy's
+EDS ACK.  Goals: a subscribed proxy receives <= 2 KB, an unsubscribed one
+0 bytes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import gc
+import logging
+import multiprocessing
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import report
+import synthetic_mesh
+from ads_clients import ClientPlan, ClientReport, ClientSpec, ClientStatus, client_process
+from serving import ControlPlaneUnderTest
+
+from xds_server.envoy_process import wait_for_async
+from xds_server.resources import ENDPOINT, SHORT_NAMES
+from xds_server.server import StreamStatus
+
+logger = logging.getLogger("bench.push")
+
+GOAL_SUBSCRIBED_BYTES = 2048
+GOAL_UNSUBSCRIBED_BYTES = 0
+VARIANTS = ("sotw", "delta")
+SUBSCRIBED, UNSUBSCRIBED, EXTRA = "subscribed", "unsubscribed", "extra"
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--services", type=int, default=10_000, help="Services in the mesh")
+    parser.add_argument("--endpoints", type=int, default=3, help="endpoints per Service")
+    parser.add_argument(
+        "--proxies", type=int, default=20, help="extra subscribed proxies per variant"
+    )
+    parser.add_argument("--changes", type=int, default=5, help="endpoint changes per variant")
+    parser.add_argument(
+        "--timeout", type=float, default=300.0, help="seconds for the proxies to sync"
+    )
+    args = parser.parse_args(argv)
+    if args.services < 2 or args.endpoints < 1 or args.proxies < 0 or args.changes < 1:
+        parser.error("need --services >= 2, --endpoints >= 1, --proxies >= 0, --changes >= 1")
+    return args
+
+
+def node_id(variant: str, role: str, index: int = 0) -> str:
+    return f"{variant}-{role}-{index}" if role == EXTRA else f"{variant}-{role}"
+
+
+def role_of(node: str) -> str:
+    return node.split("-")[1]
+
+
+@dataclass(frozen=True)
+class ChangeMeasurement:
+    apply_wall_s: float
+    apply_cpu_s: float
+    push_wall_s: float
+    push_cpu_s: float
+    delivered_s: float
+    client_bytes: dict[str, dict[str, int]]
+    server_bytes: dict[str, dict[str, int]]
+
+
+class ClientProcess:
+    """The child process of proxies, and the request/reply conversation with it."""
+
+    def __init__(self, plan: ClientPlan) -> None:
+        context = multiprocessing.get_context("spawn")
+        self._conn, child_conn = context.Pipe()
+        self._process = context.Process(
+            target=client_process, args=(plan, child_conn), name="bench-ads-clients", daemon=True
+        )
+        self._process.start()
+        child_conn.close()
+
+    async def ask(self, command: str, reply_within: float = 30.0) -> Any:
+        return await asyncio.to_thread(self._ask, command, reply_within)
+
+    def check(self) -> None:
+        """Raise if a client reported an error or the process died."""
+        try:
+            while self._conn.poll():
+                self._reply(self._conn.recv())
+        except EOFError:
+            pass  # the process ended: say so below, with its exit code
+        if not self._process.is_alive():
+            raise RuntimeError(f"the client process exited with {self._process.exitcode}")
+
+    def stop(self) -> None:
+        with contextlib.suppress(OSError):  # the process is already gone
+            self._conn.send(("stop",))
+        self._process.join(10.0)
+        if self._process.is_alive():
+            self._process.kill()
+            self._process.join()
+        self._conn.close()
+
+    def _ask(self, command: str, reply_within: float) -> Any:
+        self._conn.send((command,))
+        deadline = time.monotonic() + reply_within
+        while self._conn.poll(max(0.0, deadline - time.monotonic())):
+            reply = self._reply(self._conn.recv())
+            if reply[0] == command or (command == "mark" and reply[0] == "marked"):
+                return reply[1] if len(reply) > 1 else None
+        raise TimeoutError(f"the client process did not answer {command!r} in {reply_within}s")
+
+    @staticmethod
+    def _reply(message: tuple[Any, ...]) -> tuple[Any, ...]:
+        if message[0] == "error":
+            raise RuntimeError(f"an ADS client failed: {message[1]}")
+        return message
+
+
+def server_bytes(plane: ControlPlaneUnderTest, nodes: set[str]) -> dict[str, dict[str, int]]:
+    return {
+        status.node_id: {
+            SHORT_NAMES[url]: type_status.bytes_sent for url, type_status in status.types.items()
+        }
+        for status in plane.ads.streams()
+        if status.node_id in nodes
+    }
+
+
+async def wait_synced(
+    plane: ControlPlaneUnderTest, clients: ClientProcess, nodes: set[str]
+) -> float:
+    """Wait until nothing is in flight on any node's stream; return the seconds it took.
+
+    That is: every stream has processed the builder's latest snapshot and every
+    request its client queued, and the latest response of each type the server
+    sent is the one the client last received (and ACKed).
+    """
+    started = time.monotonic()
+    while True:
+        version = str(plane.pipeline.builder.generation)
+        seen: dict[str, ClientStatus] = await clients.ask("status")
+        streams = {s.node_id: s for s in plane.ads.streams() if s.node_id in nodes}
+        if len(streams) == len(nodes) and all(
+            _in_step(streams[node], seen[node], version) for node in nodes
+        ):
+            return time.monotonic() - started
+        await asyncio.sleep(0.25)
+
+
+def _in_step(stream: StreamStatus, client: ClientStatus, version: str) -> bool:
+    return (
+        stream.snapshot_version == version
+        and stream.requests == client.requests
+        and set(stream.types) == set(client.nonces)
+        and all(state.nonce == client.nonces[url] for url, state in stream.types.items())
+    )
+
+
+async def wait_streams_at(plane: ControlPlaneUnderTest, nodes: set[str]) -> None:
+    """Wait until every node's stream has processed the builder's latest snapshot."""
+    version = str(plane.pipeline.builder.generation)
+
+    def processed() -> bool:
+        streams = [s for s in plane.ads.streams() if s.node_id in nodes]
+        return all(s.snapshot_version == version for s in streams)
+
+    await wait_for_async(processed, timeout=30.0, interval=0.01, message=f"snapshot {version}")
+
+
+async def measure_change(
+    plane: ControlPlaneUnderTest,
+    clients: ClientProcess,
+    nodes: set[str],
+    subscribed: int,
+    flapper: synthetic_mesh.EndpointFlapper,
+) -> ChangeMeasurement:
+    changes = flapper.next_change()
+    await clients.ask("mark")
+    version_before = _assignment_version(plane, nodes, flapper.cluster_name)
+    before = server_bytes(plane, nodes)
+    acks_wanted = plane.ads.acks[ENDPOINT] + subscribed
+    gc.collect()
+    wall, cpu = time.perf_counter(), time.process_time()
+    started = time.monotonic()
+    plane.pipeline.builder.apply(changes)
+    apply_wall, apply_cpu = time.perf_counter() - wall, time.process_time() - cpu
+    if _assignment_version(plane, nodes, flapper.cluster_name) == version_before:
+        raise RuntimeError(f"the change left {flapper.cluster_name} as it was")
+    await asyncio.wait_for(plane.ads.wait_acks(ENDPOINT, acks_wanted), 30.0)
+    push_wall, push_cpu = time.perf_counter() - wall, time.process_time() - cpu
+    await wait_streams_at(plane, nodes)
+    await asyncio.sleep(0.2)  # anything sent to an unsubscribed proxy has arrived by now
+    reports: dict[str, ClientReport] = await clients.ask("report")
+    after = server_bytes(plane, nodes)
+    received = [r.eds_received_at for n, r in reports.items() if role_of(n) != UNSUBSCRIBED]
+    if any(at is None for at in received):
+        raise RuntimeError("a subscribed proxy got no EDS response for the change")
+    return ChangeMeasurement(
+        apply_wall_s=apply_wall,
+        apply_cpu_s=apply_cpu,
+        push_wall_s=push_wall,
+        push_cpu_s=push_cpu,
+        delivered_s=max(at for at in received if at is not None) - started,
+        client_bytes={node: dict(r.bytes_by_type) for node, r in reports.items()},
+        server_bytes={node: _growth(before.get(node, {}), now) for node, now in after.items()},
+    )
+
+
+async def measure_variant(
+    plane: ControlPlaneUnderTest,
+    variant: str,
+    flapper: synthetic_mesh.EndpointFlapper,
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    specs = [ClientSpec(node_id(variant, SUBSCRIBED), True)]
+    specs.append(ClientSpec(node_id(variant, UNSUBSCRIBED), False))
+    specs.extend(ClientSpec(node_id(variant, EXTRA, i), True) for i in range(args.proxies))
+    nodes = {spec.node_id for spec in specs}
+    plan = ClientPlan(
+        address=plane.address,
+        delta=variant == "delta",
+        services=args.services,
+        changed_service=flapper.index,
+        clients=tuple(specs),
+    )
+    clients = ClientProcess(plan)
+    try:
+        async with asyncio.timeout(args.timeout):
+            sync_s = await wait_synced(plane, clients, nodes)
+        changes = [
+            await measure_change(plane, clients, nodes, len(specs) - 1, flapper)
+            for _ in range(args.changes)
+        ]
+    finally:
+        await asyncio.to_thread(clients.stop)
+    await wait_for_async(
+        lambda: not nodes & set(plane.ads.connected_nodes()),
+        timeout=10.0,
+        message="the proxies disconnected",
+    )
+    return summarize(variant, len(specs), sync_s, changes)
+
+
+def _growth(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    return {name: n - before.get(name, 0) for name, n in after.items() if n > before.get(name, 0)}
+
+
+def _assignment_version(plane: ControlPlaneUnderTest, nodes: set[str], name: str) -> str:
+    """The version of ClusterLoadAssignment `name` in (any one) node's snapshot."""
+    snapshot = plane.cache.get_snapshot(min(nodes))
+    if snapshot is None:
+        raise RuntimeError(f"node {min(nodes)} has no snapshot")
+    return snapshot.get(ENDPOINT)[name].version
+
+
+def summarize(
+    variant: str, proxies: int, sync_s: float, changes: list[ChangeMeasurement]
+) -> dict[str, Any]:
+    def worst(source: str, role: str) -> dict[str, int]:
+        """The most bytes any proxy of `role` got in any change, by type."""
+        totals: dict[str, int] = {}
+        for change in changes:
+            for node, by_type in getattr(change, source).items():
+                if role_of(node) == role:
+                    for type_name, size in by_type.items():
+                        totals[type_name] = max(totals.get(type_name, 0), size)
+        return totals
+
+    push_cpu = report.median([c.push_cpu_s for c in changes])
+    result: dict[str, Any] = {
+        "proxies": proxies,
+        "sync_s": round(sync_s, 3),
+        "apply_ms": report.milliseconds(report.median([c.apply_wall_s for c in changes])),
+        "apply_cpu_ms": report.milliseconds(report.median([c.apply_cpu_s for c in changes])),
+        "push_wall_ms": report.milliseconds(report.median([c.push_wall_s for c in changes])),
+        "push_cpu_ms": report.milliseconds(push_cpu),
+        "push_cpu_per_proxy_ms": report.milliseconds(push_cpu / proxies),
+        "delivered_ms": report.milliseconds(report.median([c.delivered_s for c in changes])),
+    }
+    for role in (SUBSCRIBED, UNSUBSCRIBED, EXTRA):
+        client, server = worst("client_bytes", role), worst("server_bytes", role)
+        result[f"{role}_bytes"] = sum(client.values())
+        result[f"{role}_bytes_by_type"] = client
+        result[f"server_{role}_bytes"] = sum(server.values())
+    return result
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    async with ControlPlaneUnderTest() as plane:
+        changes = synthetic_mesh.mesh_changes(args.services, args.endpoints)
+        wall, cpu = time.perf_counter(), time.process_time()
+        plane.pipeline.initial_sync(changes)
+        build = {
+            "mesh_build_ms": report.milliseconds(time.perf_counter() - wall),
+            "mesh_build_cpu_ms": report.milliseconds(time.process_time() - cpu),
+        }
+        flapper = synthetic_mesh.EndpointFlapper(args.services // 2, args.endpoints)
+        variants = {
+            variant: await measure_variant(plane, variant, flapper, args) for variant in VARIANTS
+        }
+    return {
+        "benchmark": "push",
+        "services": args.services,
+        "endpoints_per_service": args.endpoints,
+        "extra_proxies": args.proxies,
+        "changes": args.changes,
+        **build,
+        "variants": variants,
+        "goal_subscribed_bytes": GOAL_SUBSCRIBED_BYTES,
+        "goal_unsubscribed_bytes": GOAL_UNSUBSCRIBED_BYTES,
+        "goal_met": {
+            variant: 0 < summary["subscribed_bytes"] <= GOAL_SUBSCRIBED_BYTES
+            and summary["unsubscribed_bytes"] == GOAL_UNSUBSCRIBED_BYTES
+            for variant, summary in variants.items()
+        },
+    }
+
+
+def tables(result: dict[str, Any]) -> list[str]:
+    variants: dict[str, dict[str, Any]] = result["variants"]
+    rows: list[tuple[Any, ...]] = [
+        (
+            "bytes to the subscribed proxy",
+            *(_bytes(v, SUBSCRIBED) for v in variants.values()),
+        ),
+        ("  as the server counted", *(v[f"server_{SUBSCRIBED}_bytes"] for v in variants.values())),
+        ("bytes to the unsubscribed proxy", *(_bytes(v, UNSUBSCRIBED) for v in variants.values())),
+        (
+            "  as the server counted",
+            *(v[f"server_{UNSUBSCRIBED}_bytes"] for v in variants.values()),
+        ),
+        ("most bytes to an extra proxy", *(_bytes(v, EXTRA) for v in variants.values())),
+        ("proxies connected", *(v["proxies"] for v in variants.values())),
+        ("apply (translate + publish), ms", *(v["apply_ms"] for v in variants.values())),
+        ("  of which CPU, ms", *(v["apply_cpu_ms"] for v in variants.values())),
+        ("apply until every EDS ACK, ms", *(v["push_wall_ms"] for v in variants.values())),
+        ("  server CPU, ms", *(v["push_cpu_ms"] for v in variants.values())),
+        ("  server CPU per proxy, ms", *(v["push_cpu_per_proxy_ms"] for v in variants.values())),
+        ("apply until the last proxy got EDS, ms", *(v["delivered_ms"] for v in variants.values())),
+        ("initial sync of all proxies, s", *(v["sync_s"] for v in variants.values())),
+    ]
+    title = (
+        f"One endpoint changed among {result['services']} services x "
+        f"{result['endpoints_per_service']} endpoints (median of {result['changes']} changes; "
+        f"mesh built in {result['mesh_build_ms']:.0f} ms; goals: subscribed <= "
+        f"{result['goal_subscribed_bytes']} B, unsubscribed {result['goal_unsubscribed_bytes']} B)"
+    )
+    return [report.table(title, ("", *variants), rows)]
+
+
+def _bytes(summary: dict[str, Any], role: str) -> str:
+    by_type = summary[f"{role}_bytes_by_type"]
+    detail = " ".join(f"{name}={size}" for name, size in sorted(by_type.items()))
+    return f"{summary[f'{role}_bytes']} ({detail})" if detail else str(summary[f"{role}_bytes"])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    result = asyncio.run(run(args))
+    report.emit(tables(result), result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

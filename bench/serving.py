@@ -1,0 +1,75 @@
+"""The control plane as the benchmarks run it: the real serving path, in process.
+
+`MeshPipeline`, `SnapshotCache` and `AggregatedDiscoveryServer` are wired as
+`xds_server.app.ControlPlane` wires them (the pipeline is the server's node
+observer, so a proxy that connects gets its snapshot built), and served by
+`bind_grpc_server` on a free loopback port.  The file source, the debouncer
+and the admin app are left out: a benchmark feeds ChangeSets to the builder
+itself, as `MeshPipeline.run` does after debouncing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+
+from xds_server.cache import SnapshotCache
+from xds_server.pipeline import MeshPipeline
+from xds_server.server import AggregatedDiscoveryServer, bind_grpc_server
+
+logger = logging.getLogger(__name__)
+
+
+class AckCountingServer(AggregatedDiscoveryServer):
+    """The ADS servicer, also counting ACKs by type so a benchmark can await them.
+
+    The count is taken in the servicer's own `ack_received` hook, which a stream
+    calls when it has processed an ACK of its latest response: waiting on it
+    costs the server nothing (no polling of stream status).
+    """
+
+    def __init__(self, cache: SnapshotCache, observer: MeshPipeline) -> None:
+        super().__init__(cache, observer=observer)
+        self.acks: Counter[str] = Counter()
+        self._target: tuple[str, int] | None = None
+        self._reached = asyncio.Event()
+
+    def ack_received(self, node_id: str, type_url: str) -> None:
+        super().ack_received(node_id, type_url)
+        self.acks[type_url] += 1
+        target = self._target
+        if target is not None and target[0] == type_url and self.acks[type_url] >= target[1]:
+            self._reached.set()
+
+    async def wait_acks(self, type_url: str, total: int) -> None:
+        """Return once `acks[type_url]` reaches `total`."""
+        self._target = (type_url, total)
+        self._reached.clear()
+        try:
+            if self.acks[type_url] < total:
+                await self._reached.wait()
+        finally:
+            self._target = None
+
+
+class ControlPlaneUnderTest:
+    """Pipeline, cache and ADS server on 127.0.0.1:<free port>; an async context manager."""
+
+    def __init__(self) -> None:
+        self.cache = SnapshotCache()
+        self.pipeline = MeshPipeline(self.cache)
+        self.ads = AckCountingServer(self.cache, self.pipeline)
+        self.server, self.port = bind_grpc_server(self.ads, "127.0.0.1:0")
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    async def __aenter__(self) -> ControlPlaneUnderTest:
+        await self.server.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.ads.close()
+        await self.server.stop(1.0)

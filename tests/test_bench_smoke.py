@@ -1,0 +1,74 @@
+"""The benchmarks run end to end in a small, bounded mode and report what they promise.
+
+Each benchmark runs as people run it (`python bench/NAME.py ...` in a
+subprocess) with tiny sizes; its last line of output is the JSON result.
+The full-size runs and the goals they check are described in bench/README.md.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from xds_server.envoy_process import envoy_binary
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+def run_bench(name: str, *args: str, timeout: float = 100.0) -> dict[str, Any]:
+    completed = subprocess.run(
+        [sys.executable, str(BENCH / f"{name}.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        cwd=BENCH.parent,
+    )
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    lines = completed.stdout.strip().splitlines()
+    assert lines, completed.stderr
+    result: dict[str, Any] = json.loads(lines[-1])
+    return result
+
+
+def test_push_sends_one_small_assignment_to_subscribers_and_nothing_to_others() -> None:
+    result = run_bench("push", "--services", "30", "--proxies", "2", "--changes", "2")
+
+    assert result["benchmark"] == "push"
+    assert set(result["variants"]) == {"sotw", "delta"}
+    for variant, summary in result["variants"].items():
+        assert summary["proxies"] == 4, variant
+        assert summary["unsubscribed_bytes"] == 0, variant
+        assert summary["server_unsubscribed_bytes"] == 0, variant
+        assert 0 < summary["subscribed_bytes"] < 2048, variant
+        assert set(summary["subscribed_bytes_by_type"]) == {"EDS"}, variant
+        assert summary["server_subscribed_bytes"] == summary["subscribed_bytes"], variant
+        assert 0 < summary["extra_bytes"] < 2048, variant
+        for key in ("apply_ms", "apply_cpu_ms", "push_cpu_ms", "push_cpu_per_proxy_ms"):
+            assert summary[key] > 0, (variant, key)
+    assert result["goal_met"] == {"sotw": True, "delta": True}
+
+
+@pytest.mark.envoy
+def test_startup_times_envoy_over_xds_and_from_static_files() -> None:
+    if envoy_binary() is None:
+        pytest.skip("envoy is not on PATH")
+    result = run_bench("startup", "--services", "20", "--endpoints", "2", "--repeat", "1")
+
+    assert result["benchmark"] == "startup"
+    assert set(result["variants"]) == {"static-json", "static-pb", "xds-sotw", "xds-delta"}
+    for name, summary in result["variants"].items():
+        assert summary["clusters"] == 20, name
+        assert summary["endpoints"] == 40, name
+        assert 0 < summary["loaded_median_s"] < 60, name
+    for mode in ("sotw", "delta"):
+        assert result["variants"][f"xds-{mode}"]["bytes_by_type"]["EDS"] > 0
+        assert result["ratios"][f"{mode}_vs_json"] > 0
+        assert result["ratios"][f"{mode}_vs_pb"] > 0
+    assert result["control_plane"]["translate_serialize_ms"] > 0
+    assert result["control_plane"]["first_push_bytes"] > 0
