@@ -21,7 +21,6 @@ from envoy.service.discovery.v3.discovery_pb2 import (
     DeltaDiscoveryRequest,
     DeltaDiscoveryResponse,
 )
-from envoy.service.discovery.v3.discovery_pb2 import Resource as ResourceProto
 
 from xds_server.resources import Resource
 from xds_server.server.state import TypeState
@@ -95,9 +94,7 @@ class DeltaStream(AdsStream[DeltaDiscoveryRequest]):
             system_version_info=version,
             type_url=type_url,
             nonce=self._next_nonce(),
-            resources=[
-                ResourceProto(name=r.name, version=r.version, resource=r.any) for r in updated
-            ],
+            resources=[resource.delta_proto() for resource in updated],
             removed_resources=sorted(removed),
         )
         await self._send(state, response, version, (r.name for r in updated))
