@@ -6,13 +6,15 @@ touched, so the pipeline re-translates only those.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from xds_server.model.changes import ChangeSet, Kind, MeshObject, ObjectKey
 from xds_server.model.types import EndpointSlice, Labels, Service, Workload
 
 NamespacedName = tuple[str, str]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -24,6 +26,17 @@ class MeshSnapshot:
         default_factory=dict
     )
     generation: int = 0
+    # Views derived from this (immutable) snapshot, computed once and shared by
+    # every proxy's translation; see `derive`.
+    _derived: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def derive(self, key: str, compute: Callable[[], T]) -> T:
+        """`compute()` once per snapshot: indexes that every proxy would rebuild otherwise."""
+        try:
+            value: T = self._derived[key]
+        except KeyError:
+            value = self._derived[key] = compute()
+        return value
 
     def service(self, namespace: str, name: str) -> Service | None:
         return self.services.get((namespace, name))
