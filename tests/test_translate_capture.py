@@ -23,9 +23,8 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 )
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from google.protobuf.message import Message
-from test_translate_envoy_validate import as_served, shared_clusters, validate
+from test_translate_envoy_validate import as_served, inline_everything, validate
 from translate_builders import (
-    as_dicts,
     endpoint,
     endpoint_slice,
     grpc,
@@ -415,40 +414,6 @@ def test_bad_interception_metadata_names_the_key(metadata: dict[str, object], fi
 needs_envoy = pytest.mark.skipif(shutil.which("envoy") is None, reason="envoy is not on PATH")
 
 
-def inlined(snapshot: MeshSnapshot, sidecar: Proxy) -> dict[str, object]:
-    """Static clusters with their endpoints and the route table inlined into every chain."""
-    assignments = {
-        cla.cluster_name: cla
-        for s in snapshot.sorted_services()
-        for cla in load_assignments_for_service(s, snapshot.slices_of(s))
-    }
-    clusters: list[Message] = list(proxy_clusters(snapshot, sidecar))
-    for cluster in shared_clusters(snapshot):
-        static = cluster_pb2.Cluster()
-        static.CopyFrom(cluster)
-        static.type = cluster_pb2.Cluster.STATIC
-        static.ClearField("eds_cluster_config")
-        static.load_assignment.CopyFrom(assignments[cluster.name])
-        clusters.append(static)
-    (routes,) = outbound_route_configs(snapshot)
-    found: list[Message] = []
-    for listener in proxy_listeners(snapshot, sidecar):
-        copy = listener_pb2.Listener()
-        copy.CopyFrom(listener)
-        for chain in [*copy.filter_chains, copy.default_filter_chain]:
-            for network_filter in chain.filters:
-                config = hcm_pb2.HttpConnectionManager()
-                if network_filter.typed_config.Unpack(config) and config.HasField("rds"):
-                    config.ClearField("rds")
-                    config.route_config.CopyFrom(routes)
-                    network_filter.typed_config.Pack(config)
-        found.append(copy)
-    return {
-        "node": {"id": sidecar.node_id, "cluster": "validate"},
-        "static_resources": {"clusters": as_dicts(clusters), "listeners": as_dicts(found)},
-    }
-
-
 CAPTURED_MESHES = {
     "representative": (representative_mesh, captured_sidecar),
     "empty": (mesh, lambda: SIDECAR),
@@ -474,7 +439,7 @@ CAPTURED_MESHES = {
 def test_envoy_accepts_the_captured_listeners_inlined(
     build_mesh: object, build_proxy: object, tmp_path: Path
 ) -> None:
-    validate(inlined(build_mesh(), build_proxy()), tmp_path)  # type: ignore[operator]
+    validate(inline_everything(build_mesh(), build_proxy()), tmp_path)  # type: ignore[operator]
 
 
 @pytest.mark.envoy

@@ -69,6 +69,7 @@ def shared_clusters(snapshot: MeshSnapshot) -> list[cluster_pb2.Cluster]:
 
 
 def inline_everything(snapshot: MeshSnapshot, sidecar: Proxy) -> dict[str, object]:
+    """Static clusters with their endpoints, and the route table inlined into every chain."""
     assignments = {
         cla.cluster_name: cla
         for s in snapshot.sorted_services()
@@ -87,13 +88,14 @@ def inline_everything(snapshot: MeshSnapshot, sidecar: Proxy) -> dict[str, objec
     for listener in proxy_listeners(snapshot, sidecar):
         inlined = listener_pb2.Listener()
         inlined.CopyFrom(listener)
-        for network_filter in inlined.filter_chains[0].filters:
-            hcm = hcm_pb2.HttpConnectionManager()
-            if network_filter.typed_config.Unpack(hcm) and hcm.HasField("rds"):
-                assert hcm.rds.route_config_name == routes.name
-                hcm.ClearField("rds")
-                hcm.route_config.CopyFrom(routes)
-                network_filter.typed_config.Pack(hcm)
+        for chain in [*inlined.filter_chains, inlined.default_filter_chain]:
+            for network_filter in chain.filters:
+                hcm = hcm_pb2.HttpConnectionManager()
+                if network_filter.typed_config.Unpack(hcm) and hcm.HasField("rds"):
+                    assert hcm.rds.route_config_name == routes.name
+                    hcm.ClearField("rds")
+                    hcm.route_config.CopyFrom(routes)
+                    network_filter.typed_config.Pack(hcm)
         listeners.append(inlined)
     return {
         "node": {"id": sidecar.node_id, "cluster": "validate"},
