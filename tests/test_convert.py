@@ -116,6 +116,12 @@ def endpoint_slice(endpoints: str, address_type: str = "IPv4") -> Any:
             id="pod",
         ),
         pytest.param(
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: done}\n"
+            "status: {podIP: 10.1.0.8, phase: Succeeded}",
+            Workload(namespace="default", name="done"),
+            id="a-finished-pod-no-longer-owns-its-ip",
+        ),
+        pytest.param(
             "apiVersion: v1\nkind: Pod\nmetadata: {name: bare}\nspec: {containers: []}",
             Workload(namespace="default", name="bare"),
             id="pod-defaults",

@@ -262,6 +262,9 @@ def _endpoint_slice(obj: ObjectReader, manifest: Mapping[str, Any]) -> EndpointS
     )
 
 
+_TERMINATED_PHASES = frozenset({"Succeeded", "Failed"})
+
+
 def _pod(obj: ObjectReader, manifest: Mapping[str, Any]) -> Workload:
     obj.mapping(manifest, "", POD_FIELDS)
     meta = _metadata(obj, manifest, DNS_SUBDOMAIN)
@@ -271,6 +274,8 @@ def _pod(obj: ObjectReader, manifest: Mapping[str, Any]) -> Workload:
         obj.string(spec.get("serviceAccount"), "spec.serviceAccount")
     )
     pod_ip = obj.string(status.get("podIP"), "status.podIP")
+    if obj.string(status.get("phase"), "status.phase") in _TERMINATED_PHASES:
+        pod_ip = ""  # released: the kubelet may already have given it to another pod
     return Workload(
         namespace=meta.namespace,
         name=meta.name,
