@@ -10,18 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
-import enum
 import logging
-from collections.abc import Callable, Generator, Mapping, Sequence
-from datetime import datetime
+from collections.abc import Callable, Generator, Sequence
 from typing import Any, Protocol
 
 import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from xds_server.admin import create_app
-from xds_server.cache import SnapshotCache
+from xds_server.admin import ProxyView, create_app
+from xds_server.cache import Snapshot, SnapshotCache
 from xds_server.model import ChangeSet
 from xds_server.pipeline import MeshPipeline
 from xds_server.server import AggregatedDiscoveryServer, bind_grpc_server
@@ -29,21 +26,6 @@ from xds_server.settings import SOURCE_KUBERNETES, Settings, split_host_port
 from xds_server.sources.file import FileSource
 
 logger = logging.getLogger(__name__)
-
-
-def jsonable(value: Any) -> Any:
-    """Status dataclasses (with datetimes, enums and mappings) as plain JSON values."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, Mapping):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple | set | frozenset):
-        return [jsonable(v) for v in value]
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, enum.Enum):
-        return value.value
-    return value
 
 
 class MeshSource(Protocol):
@@ -104,16 +86,21 @@ class ControlPlane:
             "source": self.settings.source,
         }
 
-    def proxies(self) -> list[dict[str, Any]]:
+    def proxies(self) -> list[ProxyView]:
         builder = self.pipeline.builder
-        rows: list[dict[str, Any]] = []
-        for stream in self.ads.streams():
-            row: dict[str, Any] = jsonable(stream)
-            row["types"] = [jsonable(status) for status in stream.types.values()]
-            row["snapshot_error"] = builder.proxy_error(stream.node_id)
-            row["metadata_error"] = self.pipeline.node_errors.get(stream.node_id)
-            rows.append(row)
-        return rows
+        known = builder.proxies
+        return [
+            ProxyView(
+                stream=stream,
+                proxy=known.get(stream.node_id),
+                snapshot_error=builder.proxy_error(stream.node_id),
+                metadata_error=self.pipeline.node_errors.get(stream.node_id),
+            )
+            for stream in self.ads.streams()
+        ]
+
+    def snapshot(self, node_id: str) -> Snapshot | None:
+        return self.cache.get_snapshot(node_id)
 
     def source_errors(self) -> list[str]:
         return [str(error) for error in self.source.errors]

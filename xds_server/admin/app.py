@@ -1,29 +1,50 @@
-"""FastAPI app factory for the admin port.
+"""FastAPI app factory for the admin port: health, JSON API, web page, metrics.
 
 It only reads: everything it shows comes through the `AdminView` protocol, so
 the app can be tested against an in-memory fake and never mutates the mesh.
+
+The handlers are `async`: they gather what they need from the view on the
+event loop that also runs the xDS streams (so they see a consistent moment
+and never race a stream's bookkeeping), then render JSON and HTML in a worker
+thread (the values they render are frozen), so converting a large config to
+JSON never stalls a push.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-from typing import Any, Protocol
+from datetime import UTC, datetime
+from typing import Annotated, Any, Protocol
 
-from fastapi import FastAPI, Response
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI, HTTPException, Query, Response
+from fastapi.responses import HTMLResponse, JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from xds_server.admin import page
+from xds_server.admin.config import config_json, parse_type, served_config
+from xds_server.admin.views import ProxyView, errors_json, newest_of_node, proxy_json
+from xds_server.cache import Snapshot
+from xds_server.resources import PUSH_ORDER
 
 logger = logging.getLogger(__name__)
 
 
 class AdminView(Protocol):
+    """What the admin may read of the control plane (`ControlPlane` implements it)."""
+
     def is_ready(self) -> bool:
         """True once sources have synced and the xDS server is serving."""
         ...
 
     def readiness_detail(self) -> dict[str, Any]: ...
 
-    def proxies(self) -> list[dict[str, Any]]:
-        """Connected proxies and their per-type sync state (ACK/NACK)."""
+    def proxies(self) -> list[ProxyView]:
+        """Every open stream with its proxy and per-type sync state, oldest first."""
+        ...
+
+    def snapshot(self, node_id: str) -> Snapshot | None:
+        """The snapshot the cache serves a node now (its last good one), if any."""
         ...
 
     def source_errors(self) -> list[str]: ...
@@ -33,30 +54,117 @@ class AdminView(Protocol):
         ...
 
 
+TypeFilter = Annotated[
+    str | None,
+    Query(alias="type", description="Only this type: CDS, EDS, LDS, RDS, SDS, or a type URL"),
+]
+
+
+def _json(content: Any, status_code: int = 200) -> Response:
+    return Response(
+        content=json.dumps(content, indent=None, separators=(",", ":")).encode(),
+        status_code=status_code,
+        media_type="application/json",
+    )
+
+
+def _not_found(node_id: str) -> HTTPException:
+    return HTTPException(404, f"no connected proxy has node id {node_id!r}")
+
+
+def _selected_types(value: str | None) -> tuple[str, ...]:
+    if value is None:
+        return PUSH_ORDER
+    try:
+        return (parse_type(value),)
+    except ValueError as error:
+        raise HTTPException(400, str(error)) from None
+
+
 def create_app(view: AdminView) -> FastAPI:
     app = FastAPI(title="xds-server admin", docs_url="/docs", redoc_url=None)
 
     @app.get("/healthz")
-    def healthz() -> dict[str, str]:
+    async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
     @app.get("/readyz")
-    def readyz() -> JSONResponse:
+    async def readyz() -> JSONResponse:
         detail = view.readiness_detail()
         ready = view.is_ready()
         return JSONResponse({"ready": ready, **detail}, status_code=200 if ready else 503)
 
     @app.get("/api/proxies")
-    def proxies() -> list[dict[str, Any]]:
-        return view.proxies()
+    async def proxies() -> Response:
+        """Every connected proxy with per-type status: SYNCED, STALE, NACKED or NOT SENT."""
+        views = view.proxies()
+        return await run_in_threadpool(lambda: _json([proxy_json(v) for v in views]))
+
+    @app.get("/api/proxies/{node_id:path}/config")
+    async def proxy_config(node_id: str, type_filter: TypeFilter = None) -> Response:
+        """The resources the control plane serves a proxy, per type, as JSON."""
+        type_urls = _selected_types(type_filter)
+        snapshot = view.snapshot(node_id)
+        if snapshot is None and newest_of_node(view.proxies(), node_id)[0] is None:
+            raise _not_found(node_id)
+
+        def render() -> Response:
+            served = served_config(snapshot, type_urls) if snapshot is not None else []
+            return _json(config_json(node_id, snapshot, served))
+
+        return await run_in_threadpool(render)
+
+    @app.get("/api/proxies/{node_id:path}")
+    async def proxy(node_id: str) -> Response:
+        """One proxy (its newest stream, if it has several)."""
+        newest, streams = newest_of_node(view.proxies(), node_id)
+        if newest is None:
+            raise _not_found(node_id)
+        return _json({**proxy_json(newest), "streams_for_node": streams})
 
     @app.get("/api/errors")
-    def errors() -> dict[str, list[str]]:
-        return {"source": view.source_errors()}
+    async def errors() -> Response:
+        """Source errors, unresolved NACKs and refused snapshots, each naming its object."""
+        return _json(errors_json(view.source_errors(), view.proxies()))
 
     @app.get("/metrics")
-    def metrics() -> Response:
+    async def metrics() -> Response:
         body, content_type = view.metrics()
         return Response(content=body, media_type=content_type)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def index() -> HTMLResponse:
+        ready, detail = view.is_ready(), view.readiness_detail()
+        source_errors, views = view.source_errors(), view.proxies()
+        text = await run_in_threadpool(
+            lambda: page.render_index(
+                ready=ready,
+                readiness=detail,
+                source_errors=source_errors,
+                views=views,
+                now=datetime.now(UTC),
+            )
+        )
+        return HTMLResponse(text)
+
+    @app.get("/proxies/{node_id:path}", response_class=HTMLResponse, include_in_schema=False)
+    async def proxy_page(node_id: str, type_filter: TypeFilter = None) -> HTMLResponse:
+        newest, streams = newest_of_node(view.proxies(), node_id)
+        if newest is None:
+            return HTMLResponse(page.render_not_found(node_id), status_code=404)
+        type_urls = _selected_types(type_filter)
+        snapshot = view.snapshot(node_id)
+
+        def render() -> str:
+            return page.render_proxy(
+                newest,
+                streams_for_node=streams,
+                snapshot_version=snapshot.version if snapshot is not None else None,
+                served=served_config(snapshot, type_urls) if snapshot is not None else [],
+                selected_type=type_urls[0] if type_filter is not None else None,
+                now=datetime.now(UTC),
+            )
+
+        return HTMLResponse(await run_in_threadpool(render))
 
     return app

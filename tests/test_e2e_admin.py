@@ -1,0 +1,243 @@
+"""The admin view end to end: a real Envoy sidecar, and what the admin says of it.
+
+An in-process control plane serves a one-service mesh to a real Envoy over
+SotW and Delta.  The admin's claims are checked against Envoy itself: a type
+shown SYNCED is running in Envoy, the CDS config shown is the set of clusters
+Envoy's own admin lists, and a cluster Envoy rejects shows as NACKED, named,
+on the page and in the API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import pytest
+from conftest import EnvoyFactory
+from e2e_mesh import (
+    SERVICE_PORT,
+    Sidecar,
+    eventually,
+    service_yaml,
+    sidecar_bootstrap,
+    slice_yaml,
+    write_documents,
+)
+from envoy.config.cluster.v3 import cluster_pb2
+
+from xds_server.app import ControlPlane
+from xds_server.cache import LayeredResources, ResourceSet, Snapshot
+from xds_server.model import Proxy
+from xds_server.resources import CLUSTER, make_resource
+from xds_server.sample_app import start_sample_app
+from xds_server.settings import DebounceSettings, Settings
+
+pytestmark = [pytest.mark.envoy, pytest.mark.timeout(120)]
+
+BACKEND = "127.0.33.1"
+BACKEND_CLUSTER = f"outbound|{SERVICE_PORT}||backend.default.svc.cluster.local"
+REJECTED = "rejected-by-envoy"
+XDS_TYPES = ("CDS", "EDS", "LDS", "RDS")
+
+
+@pytest.fixture(params=[False, True], ids=["sotw", "delta"])
+def delta(request: pytest.FixtureRequest) -> bool:
+    return bool(request.param)
+
+
+@dataclass
+class Admin:
+    """The control plane under test and an HTTP client for its admin port."""
+
+    plane: ControlPlane
+    url: str
+
+    async def get(self, path: str, **params: str) -> httpx.Response:
+        async with httpx.AsyncClient(base_url=self.url, timeout=5.0) as client:
+            return await client.get(path, params=params)
+
+    async def json(self, path: str, **params: str) -> Any:
+        response = await self.get(path, **params)
+        response.raise_for_status()
+        return response.json()
+
+
+@pytest.fixture
+async def admin(tmp_path: Path, free_port: Callable[[], int]) -> AsyncIterator[Admin]:
+    """A control plane serving `backend` (one pod, a sample app on its own loopback IP)."""
+    upstream_port = free_port()
+    backend = await start_sample_app("backend", "v1", BACKEND, upstream_port)
+    directory = tmp_path / "manifests"
+    directory.mkdir()
+    write_documents(directory / "services.yaml", service_yaml("backend"))
+    write_documents(directory / "endpoints.yaml", slice_yaml("backend", [BACKEND], upstream_port))
+    plane = ControlPlane(
+        Settings(
+            source=f"file:{directory}",
+            xds_listen=f"127.0.0.1:{free_port()}",
+            admin_listen=f"127.0.0.1:{free_port()}",
+            debounce=DebounceSettings(quiet=0.02, max_delay=0.2, endpoint_quiet=0.005),
+            grace_seconds=0.5,
+        )
+    )
+    task = asyncio.create_task(plane.run())
+    try:
+        await asyncio.wait_for(plane.started.wait(), timeout=15)
+        yield Admin(plane, f"http://127.0.0.1:{plane.admin_port}")
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await backend.close()
+
+
+@pytest.fixture
+async def sidecar(
+    admin: Admin, envoy_factory: EnvoyFactory, free_port: Callable[[], int], delta: bool
+) -> Sidecar:
+    outbound_port = free_port()
+    node_id = "client-0.default"
+    envoy = envoy_factory(
+        sidecar_bootstrap(node_id, admin.plane.xds_port, outbound_port, delta=delta),
+        name="client",
+        start=False,
+    )
+    await envoy.start_async()
+    await envoy.wait_live_async()
+    return Sidecar(envoy, node_id, outbound_port)
+
+
+async def row_of(admin: Admin, node_id: str) -> dict[str, Any] | None:
+    rows: list[dict[str, Any]] = await admin.json("/api/proxies")
+    return next((row for row in rows if row["node_id"] == node_id), None)
+
+
+async def wait_synced(admin: Admin, sidecar: Sidecar) -> dict[str, Any]:
+    async def synced() -> dict[str, Any] | None:
+        row = await row_of(admin, sidecar.node_id)
+        if row is None or any(row["sync"][t] != "SYNCED" for t in XDS_TYPES):
+            return None
+        return row
+
+    row: dict[str, Any] = await eventually(synced, within=10, message="CDS/EDS/LDS/RDS SYNCED")
+    return row
+
+
+def with_invalid_cluster(proxy: Proxy, snapshot: Snapshot) -> Snapshot:
+    """Test seam: add a cluster Envoy must reject (a negative connect timeout)."""
+    bad = cluster_pb2.Cluster(name=REJECTED, type=cluster_pb2.Cluster.STATIC)
+    bad.connect_timeout.FromSeconds(-1)
+    clusters = snapshot.get(CLUSTER)
+    assert isinstance(clusters, LayeredResources)
+    resources = dict(snapshot.resources)
+    resources[CLUSTER] = LayeredResources(ResourceSet([make_resource(bad)]), *clusters.layers)
+    return Snapshot(resources=resources, version=snapshot.version + "-bad")
+
+
+async def inject_nack(admin: Admin, sidecar: Sidecar) -> dict[str, Any]:
+    """Publish the invalid cluster; return the proxy's row once CDS shows NACKED."""
+    await wait_synced(admin, sidecar)
+    admin.plane.pipeline.builder.resource_hook = with_invalid_cluster
+    admin.plane.pipeline.builder.republish()
+
+    async def nacked() -> dict[str, Any] | None:
+        row = await row_of(admin, sidecar.node_id)
+        return row if row is not None and row["sync"]["CDS"] == "NACKED" else None
+
+    row: dict[str, Any] = await eventually(nacked, within=10, message="CDS NACKED")
+    return row
+
+
+async def test_a_synced_sidecar_and_the_config_it_runs_are_shown(
+    admin: Admin, sidecar: Sidecar, delta: bool
+) -> None:
+    assert await sidecar.who_answers("backend") == "backend v1"
+
+    row = await wait_synced(admin, sidecar)
+    assert row["kind"] == ("delta" if delta else "sotw")
+    assert (row["namespace"], row["snapshot_error"]) == ("default", None)
+    assert {t["type"]: t["status"] for t in row["types"]} == dict.fromkeys(XDS_TYPES, "SYNCED")
+    detail = await admin.json(f"/api/proxies/{quote(sidecar.node_id, safe='')}")
+    assert (detail["node_id"], detail["stream_id"]) == (sidecar.node_id, row["stream_id"])
+
+    config = await admin.json(f"/api/proxies/{sidecar.node_id}/config", type="CDS")
+    [cds] = config["types"]
+    assert cds["type"] == "CDS"
+    served = {resource["name"]: resource["resource"] for resource in cds["resources"]}
+    assert served[BACKEND_CLUSTER]["name"] == BACKEND_CLUSTER
+    assert served[BACKEND_CLUSTER]["type"] == "EDS"
+    # Every cluster the admin says it serves is one Envoy runs (Envoy adds its static ones).
+    envoy_clusters = await sidecar.cluster_names()
+    assert BACKEND_CLUSTER in envoy_clusters
+    assert set(served) <= envoy_clusters
+
+    index = await admin.get("/")
+    assert index.status_code == 200
+    assert f'<a href="proxies/{sidecar.node_id}"><code>{sidecar.node_id}</code></a>' in index.text
+    page = (await admin.get(f"/proxies/{sidecar.node_id}")).text
+    assert f"<code>{BACKEND_CLUSTER}</code>" in page
+    assert 'class="sync sync-nacked"' not in page
+
+
+async def test_a_rejected_cluster_shows_as_nacked_with_its_name_until_fixed(
+    admin: Admin, sidecar: Sidecar
+) -> None:
+    row = await inject_nack(admin, sidecar)
+
+    [cds] = [t for t in row["types"] if t["type"] == "CDS"]
+    assert "positive duration" in cds["last_nack"]["message"]
+    assert cds["last_nack"]["resources"] == [REJECTED]
+    assert all(row["sync"][t] == "SYNCED" for t in ("EDS", "LDS", "RDS"))
+    errors = await admin.json("/api/errors")
+    assert [(n["node_id"], n["type"], n["resources"]) for n in errors["nacks"]] == [
+        (sidecar.node_id, "CDS", [REJECTED])
+    ]
+    index = (await admin.get("/")).text
+    assert "CDS NACKED" in index
+    assert f"<code>{REJECTED}</code>" in index
+    assert "positive duration" in index
+    page = (await admin.get(f"/proxies/{sidecar.node_id}", type="CDS")).text
+    assert f'<details class="resource blamed"><summary><code>{REJECTED}</code>' in page
+    # Envoy kept its previous clusters: the admin's NACKED is Envoy's truth.
+    assert REJECTED not in await sidecar.cluster_names()
+
+    admin.plane.pipeline.builder.resource_hook = None
+    admin.plane.pipeline.builder.republish()
+    await wait_synced(admin, sidecar)
+    assert (await admin.json("/api/errors"))["nacks"] == []
+    assert 'class="sync sync-nacked"' not in (await admin.get("/")).text
+
+
+def chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+async def screenshot(url: str, path: Path) -> None:
+    browser = chromium()
+    assert browser is not None
+    command = [
+        browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+        "--window-size=1400,900", f"--screenshot={path}", url,
+    ]  # fmt: skip
+    result = await asyncio.to_thread(subprocess.run, command, capture_output=True, timeout=60)
+    assert result.returncode == 0, result.stderr.decode(errors="replace")
+
+
+@pytest.mark.skipif(chromium() is None, reason="chromium is not installed (apt install chromium)")
+@pytest.mark.parametrize("delta", [False], ids=["sotw"])
+async def test_the_pages_render_in_a_real_browser(
+    admin: Admin, sidecar: Sidecar, tmp_path: Path
+) -> None:
+    await inject_nack(admin, sidecar)
+    for name, path in [("index", "/"), ("proxy", f"/proxies/{sidecar.node_id}")]:
+        shot = tmp_path / f"admin-{name}.png"
+        await screenshot(admin.url + path, shot)
+        image = await asyncio.to_thread(shot.read_bytes)
+        assert image.startswith(b"\x89PNG\r\n\x1a\n")
