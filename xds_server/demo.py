@@ -178,7 +178,8 @@ class Demo:
 The mesh is up. Try:
   curl -s -H 'Host: frontend' http://{frontend.ip}:{OUTBOUND_PORT}/call     # through two sidecars
   curl -s -H 'Host: backend:8080' http://{frontend.ip}:{OUTBOUND_PORT}/     # frontend's sidecar
-  curl -s http://127.0.0.1:{self.admin_port}/api/proxies                  # sync state per proxy
+  open   http://127.0.0.1:{self.admin_port}/                             # admin page
+  curl -s http://127.0.0.1:{self.admin_port}/api/proxies                  # the same as JSON
   curl -s http://127.0.0.1:{self.envoys[0].admin_port}/clusters       # frontend sidecar admin
 Edit {self.manifests}/endpoints.yaml (e.g. drop the 127.0.10.3 endpoint) and traffic follows.
 Ctrl-C stops everything."""
