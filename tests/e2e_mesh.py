@@ -8,17 +8,24 @@ kill it).  Upstream "pods" are sample apps on their own loopback IPs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import textwrap
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
+from envoy.config.cluster.v3 import cluster_pb2
 
+from xds_server.app import ControlPlane
 from xds_server.bootstrap import render_bootstrap
+from xds_server.cache import LayeredResources, ResourceSet, Snapshot
 from xds_server.envoy_process import EnvoyProcess
+from xds_server.model import Proxy
+from xds_server.resources import CLUSTER, make_resource
+from xds_server.settings import DebounceSettings, Settings
 
 SERVICE_PORT = 8080
 
@@ -118,3 +125,61 @@ async def eventually(
         if loop.time() > deadline:
             raise AssertionError(f"{message or 'condition'} not met in {within}s: {last!r}")
         await asyncio.sleep(interval)
+
+
+REJECTED_CLUSTER = "rejected-by-envoy"
+
+
+def with_invalid_cluster(proxy: Proxy, snapshot: Snapshot) -> Snapshot:
+    """Test seam for the builder's `resource_hook`: add a cluster Envoy must reject
+    (a negative connect timeout passes our checks but not Envoy's validation)."""
+    bad = cluster_pb2.Cluster(name=REJECTED_CLUSTER, type=cluster_pb2.Cluster.STATIC)
+    bad.connect_timeout.FromSeconds(-1)
+    clusters = snapshot.get(CLUSTER)
+    assert isinstance(clusters, LayeredResources)
+    resources = dict(snapshot.resources)
+    resources[CLUSTER] = LayeredResources(ResourceSet([make_resource(bad)]), *clusters.layers)
+    return Snapshot(resources=resources, version=snapshot.version + "-bad")
+
+
+@contextlib.asynccontextmanager
+async def running_control_plane(
+    directory: Path, free_port: Callable[[], int]
+) -> AsyncIterator[ControlPlane]:
+    """An in-process control plane on `directory`, fast debounce, stopped on exit."""
+    plane = ControlPlane(
+        Settings(
+            source=f"file:{directory}",
+            xds_listen=f"127.0.0.1:{free_port()}",
+            admin_listen=f"127.0.0.1:{free_port()}",
+            debounce=DebounceSettings(quiet=0.02, max_delay=0.2, endpoint_quiet=0.005),
+            grace_seconds=0.5,
+        )
+    )
+    task = asyncio.create_task(plane.run())
+    try:
+        await asyncio.wait_for(plane.started.wait(), timeout=15)
+        yield plane
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def start_sidecar(
+    envoy_factory: Callable[..., EnvoyProcess],
+    xds_port: int,
+    outbound_port: int,
+    *,
+    delta: bool,
+    node_id: str = "client-0.default",
+) -> Sidecar:
+    """A real Envoy client sidecar, LIVE (its first CDS and LDS applied)."""
+    envoy = envoy_factory(
+        sidecar_bootstrap(node_id, xds_port, outbound_port, delta=delta),
+        name=node_id.split(".")[0],
+        start=False,
+    )
+    await envoy.start_async()
+    await envoy.wait_live_async()
+    return Sidecar(envoy, node_id, outbound_port)

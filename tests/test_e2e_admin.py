@@ -22,28 +22,25 @@ import httpx
 import pytest
 from conftest import EnvoyFactory
 from e2e_mesh import (
+    REJECTED_CLUSTER,
     SERVICE_PORT,
     Sidecar,
     eventually,
+    running_control_plane,
     service_yaml,
-    sidecar_bootstrap,
     slice_yaml,
+    start_sidecar,
+    with_invalid_cluster,
     write_documents,
 )
-from envoy.config.cluster.v3 import cluster_pb2
 
 from xds_server.app import ControlPlane
-from xds_server.cache import LayeredResources, ResourceSet, Snapshot
-from xds_server.model import Proxy
-from xds_server.resources import CLUSTER, make_resource
 from xds_server.sample_app import start_sample_app
-from xds_server.settings import DebounceSettings, Settings
 
 pytestmark = [pytest.mark.envoy, pytest.mark.timeout(120)]
 
 BACKEND = "127.0.33.1"
 BACKEND_CLUSTER = f"outbound|{SERVICE_PORT}||backend.default.svc.cluster.local"
-REJECTED = "rejected-by-envoy"
 XDS_TYPES = ("CDS", "EDS", "LDS", "RDS")
 
 
@@ -78,23 +75,10 @@ async def admin(tmp_path: Path, free_port: Callable[[], int]) -> AsyncIterator[A
     directory.mkdir()
     write_documents(directory / "services.yaml", service_yaml("backend"))
     write_documents(directory / "endpoints.yaml", slice_yaml("backend", [BACKEND], upstream_port))
-    plane = ControlPlane(
-        Settings(
-            source=f"file:{directory}",
-            xds_listen=f"127.0.0.1:{free_port()}",
-            admin_listen=f"127.0.0.1:{free_port()}",
-            debounce=DebounceSettings(quiet=0.02, max_delay=0.2, endpoint_quiet=0.005),
-            grace_seconds=0.5,
-        )
-    )
-    task = asyncio.create_task(plane.run())
     try:
-        await asyncio.wait_for(plane.started.wait(), timeout=15)
-        yield Admin(plane, f"http://127.0.0.1:{plane.admin_port}")
+        async with running_control_plane(directory, free_port) as plane:
+            yield Admin(plane, f"http://127.0.0.1:{plane.admin_port}")
     finally:
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
         await backend.close()
 
 
@@ -102,16 +86,7 @@ async def admin(tmp_path: Path, free_port: Callable[[], int]) -> AsyncIterator[A
 async def sidecar(
     admin: Admin, envoy_factory: EnvoyFactory, free_port: Callable[[], int], delta: bool
 ) -> Sidecar:
-    outbound_port = free_port()
-    node_id = "client-0.default"
-    envoy = envoy_factory(
-        sidecar_bootstrap(node_id, admin.plane.xds_port, outbound_port, delta=delta),
-        name="client",
-        start=False,
-    )
-    await envoy.start_async()
-    await envoy.wait_live_async()
-    return Sidecar(envoy, node_id, outbound_port)
+    return await start_sidecar(envoy_factory, admin.plane.xds_port, free_port(), delta=delta)
 
 
 async def row_of(admin: Admin, node_id: str) -> dict[str, Any] | None:
@@ -128,17 +103,6 @@ async def wait_synced(admin: Admin, sidecar: Sidecar) -> dict[str, Any]:
 
     row: dict[str, Any] = await eventually(synced, within=10, message="CDS/EDS/LDS/RDS SYNCED")
     return row
-
-
-def with_invalid_cluster(proxy: Proxy, snapshot: Snapshot) -> Snapshot:
-    """Test seam: add a cluster Envoy must reject (a negative connect timeout)."""
-    bad = cluster_pb2.Cluster(name=REJECTED, type=cluster_pb2.Cluster.STATIC)
-    bad.connect_timeout.FromSeconds(-1)
-    clusters = snapshot.get(CLUSTER)
-    assert isinstance(clusters, LayeredResources)
-    resources = dict(snapshot.resources)
-    resources[CLUSTER] = LayeredResources(ResourceSet([make_resource(bad)]), *clusters.layers)
-    return Snapshot(resources=resources, version=snapshot.version + "-bad")
 
 
 async def inject_nack(admin: Admin, sidecar: Sidecar) -> dict[str, Any]:
@@ -193,20 +157,20 @@ async def test_a_rejected_cluster_shows_as_nacked_with_its_name_until_fixed(
 
     [cds] = [t for t in row["types"] if t["type"] == "CDS"]
     assert "positive duration" in cds["last_nack"]["message"]
-    assert cds["last_nack"]["resources"] == [REJECTED]
+    assert cds["last_nack"]["resources"] == [REJECTED_CLUSTER]
     assert all(row["sync"][t] == "SYNCED" for t in ("EDS", "LDS", "RDS"))
     errors = await admin.json("/api/errors")
     assert [(n["node_id"], n["type"], n["resources"]) for n in errors["nacks"]] == [
-        (sidecar.node_id, "CDS", [REJECTED])
+        (sidecar.node_id, "CDS", [REJECTED_CLUSTER])
     ]
     index = (await admin.get("/")).text
     assert "CDS NACKED" in index
-    assert f"<code>{REJECTED}</code>" in index
+    assert f"<code>{REJECTED_CLUSTER}</code>" in index
     assert "positive duration" in index
     page = (await admin.get(f"/proxies/{sidecar.node_id}", type="CDS")).text
-    assert f'<details class="resource blamed"><summary><code>{REJECTED}</code>' in page
+    assert f'<details class="resource blamed"><summary><code>{REJECTED_CLUSTER}</code>' in page
     # Envoy kept its previous clusters: the admin's NACKED is Envoy's truth.
-    assert REJECTED not in await sidecar.cluster_names()
+    assert REJECTED_CLUSTER not in await sidecar.cluster_names()
 
     admin.plane.pipeline.builder.resource_hook = None
     admin.plane.pipeline.builder.republish()

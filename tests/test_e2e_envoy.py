@@ -21,22 +21,22 @@ import httpx
 import pytest
 from conftest import EnvoyFactory
 from e2e_mesh import (
+    REJECTED_CLUSTER,
     SERVICE_PORT,
     Sidecar,
     eventually,
+    running_control_plane,
     service_yaml,
     sidecar_bootstrap,
     slice_yaml,
+    start_sidecar,
+    with_invalid_cluster,
     write_documents,
 )
-from envoy.config.cluster.v3 import cluster_pb2
 
 from xds_server.app import ControlPlane
-from xds_server.cache import LayeredResources, ResourceSet, Snapshot
-from xds_server.model import Proxy
-from xds_server.resources import CLUSTER, make_resource
+from xds_server.resources import CLUSTER
 from xds_server.sample_app import SampleApp, start_sample_app
-from xds_server.settings import DebounceSettings, Settings
 
 pytestmark = [pytest.mark.envoy, pytest.mark.timeout(120)]
 
@@ -91,37 +91,15 @@ async def mesh(
     directory = tmp_path / "manifests"
     directory.mkdir()
     write_mesh(directory, upstreams.port)
-    plane = ControlPlane(
-        Settings(
-            source=f"file:{directory}",
-            xds_listen=f"127.0.0.1:{free_port()}",
-            admin_listen=f"127.0.0.1:{free_port()}",
-            debounce=DebounceSettings(quiet=0.02, max_delay=0.2, endpoint_quiet=0.005),
-            grace_seconds=0.5,
-        )
-    )
-    task = asyncio.create_task(plane.run())
-    await asyncio.wait_for(plane.started.wait(), timeout=15)
-    yield InProcessMesh(directory, plane, upstreams.port)
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
+    async with running_control_plane(directory, free_port) as plane:
+        yield InProcessMesh(directory, plane, upstreams.port)
 
 
 @pytest.fixture
 async def sidecar(
     mesh: InProcessMesh, envoy_factory: EnvoyFactory, free_port: Callable[[], int], delta: bool
 ) -> Sidecar:
-    outbound_port = free_port()
-    node_id = "client-0.default"
-    envoy = envoy_factory(
-        sidecar_bootstrap(node_id, mesh.plane.xds_port, outbound_port, delta=delta),
-        name="client",
-        start=False,
-    )
-    await envoy.start_async()
-    await envoy.wait_live_async()
-    return Sidecar(envoy, node_id, outbound_port)
+    return await start_sidecar(envoy_factory, mesh.plane.xds_port, free_port(), delta=delta)
 
 
 async def answers(sidecar: Sidecar, host: str, count: int) -> set[str]:
@@ -181,17 +159,6 @@ async def test_a_deleted_service_disappears_from_envoy(
     assert await answers(sidecar, "backend", 4) == {"backend v1", "backend v2"}
 
 
-def with_invalid_cluster(proxy: Proxy, snapshot: Snapshot) -> Snapshot:
-    """Test seam: add a cluster Envoy must reject (a negative connect timeout)."""
-    bad = cluster_pb2.Cluster(name="rejected-by-envoy", type=cluster_pb2.Cluster.STATIC)
-    bad.connect_timeout.FromSeconds(-1)
-    clusters = snapshot.get(CLUSTER)
-    assert isinstance(clusters, LayeredResources)
-    resources = dict(snapshot.resources)
-    resources[CLUSTER] = LayeredResources(ResourceSet([make_resource(bad)]), *clusters.layers)
-    return Snapshot(resources=resources, version=snapshot.version + "-bad")
-
-
 async def test_a_proxy_that_nacks_keeps_its_last_good_config_and_the_nack_is_recorded(
     mesh: InProcessMesh, sidecar: Sidecar
 ) -> None:
@@ -215,10 +182,10 @@ async def test_a_proxy_that_nacks_keeps_its_last_good_config_and_the_nack_is_rec
     nacks = await eventually(nack_recorded, within=5, message="CDS NACK in /api/proxies")
     # Envoy's message says what is wrong; the record names the object to blame.
     assert "positive duration" in str(nacks[0]["message"])
-    assert nacks[0]["resources"] == ["rejected-by-envoy"]
+    assert nacks[0]["resources"] == [REJECTED_CLUSTER]
     # The last good config keeps serving, and the rejected cluster never went live.
     assert await answers(sidecar, "backend", 4) == {"backend v1", "backend v2"}
-    assert "rejected-by-envoy" not in await sidecar.cluster_names()
+    assert REJECTED_CLUSTER not in await sidecar.cluster_names()
     # The server does not loop re-sending the rejected version.
     stats = await sidecar.envoy.stats_async(filter=r"^cluster_manager\.cds\.update_rejected$")
     await asyncio.sleep(1.0)
