@@ -2,7 +2,8 @@
 
 Each client opens its own HTTP/2 connection (a local subchannel pool) and
 behaves as Envoy does on an ADS stream: it subscribes to CDS and LDS as
-wildcards, to EDS by cluster name and to RDS `outbound`, and ACKs every
+wildcards, to EDS by cluster name and to RDS `outbound|default` (its node has
+no metadata, so its namespace is "default"), and ACKs every
 response with its version and nonce.  A "subscribed" client names every
 outbound cluster in EDS, as Envoy does for the clusters CDS gave it; an
 "unsubscribed" one names all but the cluster whose endpoint will change.
@@ -47,8 +48,9 @@ from envoy.service.discovery.v3.discovery_pb2 import (
     DiscoveryRequest,
 )
 
+from xds_server.node_metadata import DEFAULT_NAMESPACE
 from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, SHORT_NAMES
-from xds_server.translate import OUTBOUND_ROUTE_NAME
+from xds_server.translate import outbound_route_name
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +107,7 @@ class AdsClient:
             CLUSTER: [],
             ENDPOINT: self.eds_names,
             LISTENER: [],
-            ROUTE: [OUTBOUND_ROUTE_NAME],
+            ROUTE: [outbound_route_name(DEFAULT_NAMESPACE)],
         }
 
     async def run(self, channel: grpc.aio.Channel) -> None:

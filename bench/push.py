@@ -9,7 +9,7 @@ a child process (see `ads_clients`), so this process's CPU time is the
 server's.  For SotW, then Delta, the child connects:
 
 * one *subscribed* proxy: CDS and LDS wildcard, EDS for every cluster, RDS
-  `outbound`, ACKing everything as Envoy does;
+  `outbound|default`, ACKing everything as Envoy does;
 * one *unsubscribed* proxy: the same, but its EDS names leave out the cluster
   whose endpoint changes;
 * `--proxies` more subscribed proxies, so the per-proxy cost shows.

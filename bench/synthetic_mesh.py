@@ -5,7 +5,7 @@ can reach beyond the machine: endpoints are 127.1.0.1 upwards, Service cluster
 IPs 127.200.0.1 upwards.  Services are spread over namespaces of 100 (as a
 real cluster would be) and each has one HTTP port, so the mesh translates to
 one outbound EDS cluster and one ClusterLoadAssignment per Service, and one
-virtual host per Service in the shared `outbound` route table.
+virtual host per Service in each namespace's `outbound|{namespace}` route table.
 
 The generator is deterministic: a benchmark's client processes rebuild the
 cluster names from the same arguments instead of receiving them.

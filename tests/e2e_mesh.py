@@ -96,10 +96,12 @@ class Sidecar:
         return {status["name"] for status in await self.envoy.clusters_async()}
 
 
-def sidecar_bootstrap(node_id: str, xds_port: int, outbound_port: int, *, delta: bool) -> str:
+def sidecar_bootstrap(
+    node_id: str, xds_port: int, outbound_port: int, *, delta: bool, namespace: str = "default"
+) -> str:
     return render_bootstrap(
         node_id=node_id,
-        namespace="default",
+        namespace=namespace,
         xds_address=f"127.0.0.1:{xds_port}",
         admin_port=0,
         delta=delta,
@@ -173,10 +175,11 @@ async def start_sidecar(
     *,
     delta: bool,
     node_id: str = "client-0.default",
+    namespace: str = "default",
 ) -> Sidecar:
-    """A real Envoy client sidecar, LIVE (its first CDS and LDS applied)."""
+    """A real Envoy client sidecar in `namespace`, LIVE (its first CDS and LDS applied)."""
     envoy = envoy_factory(
-        sidecar_bootstrap(node_id, xds_port, outbound_port, delta=delta),
+        sidecar_bootstrap(node_id, xds_port, outbound_port, delta=delta, namespace=namespace),
         name=node_id.split(".")[0],
         start=False,
     )

@@ -54,6 +54,20 @@ def test_push_sends_one_small_assignment_to_subscribers_and_nothing_to_others() 
     assert result["goal_met"] == {"sotw": True, "delta": True}
 
 
+def test_service_change_serves_one_route_table_per_namespace_with_proxies() -> None:
+    result = run_bench(
+        "service_change", "--services", "300", "--proxies", "3", "--spread", "3", "--changes", "2"
+    )
+
+    assert result["benchmark"] == "service_change"
+    layouts = {layout["namespaces_with_proxies"]: layout for layout in result["layouts"]}
+    assert set(layouts) == {1, 3}
+    for namespaces, layout in layouts.items():
+        assert layout["route_configs"] == namespaces
+        assert layout["route_config_bytes"] > 0
+        assert layout["apply_ms"] > 0
+
+
 @pytest.mark.envoy
 def test_startup_times_envoy_over_xds_and_from_static_files() -> None:
     if envoy_binary() is None:

@@ -42,15 +42,16 @@ from xds_server.node_metadata import NodeMetadataError, metadata_of, proxy_from_
 from xds_server.resources import make_resource
 from xds_server.translate import (
     INBOUND_HEADER,
-    OUTBOUND_ROUTE_NAME,
     clusters_for_service,
     load_assignments_for_service,
-    outbound_route_configs,
+    outbound_route_config,
+    outbound_route_name,
     proxy_clusters,
     proxy_listeners,
 )
 
 HTTP_PROTOCOLS = ("http/1.0", "http/1.1", "h2c")
+DEFAULT_ROUTES = outbound_route_name("default")
 
 WEB = service(
     "web", http(80, target=8080), grpc(9090), selector={"app": "web"}, cluster_ip="10.96.0.10"
@@ -182,13 +183,13 @@ def test_outbound_chains_by_original_destination() -> None:
     db = "outbound|5432||db.data.svc.cluster.local"
     assert table(listeners(mesh(WEB, DB, HEADLESS))["virtual_outbound"]) == {
         # the explicit HTTP proxy of the "none" mode, at its own address
-        ("127.0.0.1/32", 15001, False): f"rds:{OUTBOUND_ROUTE_NAME}",
+        ("127.0.0.1/32", 15001, False): f"rds:{DEFAULT_ROUTES}",
         # anything else sent to the outbound port would loop into the sidecar
         ("*", 15001, False): "tcp:BlackHoleCluster",
         # HTTP to a Service: routed by Host; other bytes to the same address: TCP
-        ("10.96.0.10/32", 80, True): f"rds:{OUTBOUND_ROUTE_NAME}",
+        ("10.96.0.10/32", 80, True): f"rds:{DEFAULT_ROUTES}",
         ("10.96.0.10/32", 80, False): f"tcp:{web80}",
-        ("10.96.0.10/32", 9090, True): f"rds:{OUTBOUND_ROUTE_NAME}",
+        ("10.96.0.10/32", 9090, True): f"rds:{DEFAULT_ROUTES}",
         ("10.96.0.10/32", 9090, False): f"tcp:{web9090}",
         ("10.96.0.20/32", 5432, False): f"tcp:{db}",
         # the headless Service has no cluster IP: its pods' IPs pass through
@@ -202,19 +203,27 @@ def test_traffic_for_no_service_passes_through_to_where_it_was_going() -> None:
     assert what(default) == "tcp:PassthroughCluster"
 
 
-def test_captured_http_is_routed_by_host_with_the_shared_table() -> None:
-    outbound = listeners(mesh(WEB))["virtual_outbound"]
-    http_chain = next(
-        c for c in outbound.filter_chains if c.filter_chain_match.application_protocols
-    )
-    config = hcm(http_chain)
-    assert config.rds.route_config_name == OUTBOUND_ROUTE_NAME
-    assert config.rds.config_source.HasField("ads")
-    assert config.stat_prefix == "virtual_outbound_http"
-    assert config.codec_type == hcm_pb2.HttpConnectionManager.AUTO
-    (routes,) = outbound_route_configs(mesh(WEB))
+@pytest.mark.parametrize("namespace", ["default", "shop"])
+def test_captured_http_is_routed_by_host_with_the_table_of_the_proxys_namespace(
+    namespace: str,
+) -> None:
+    sidecar = dataclasses.replace(SIDECAR, namespace=namespace)
+    outbound = listeners(mesh(WEB), sidecar)["virtual_outbound"]
+    http_chains = [c for c in outbound.filter_chains if c.filter_chain_match.application_protocols]
+    assert len(http_chains) == 2
+    for chain in http_chains:
+        config = hcm(chain)
+        assert config.rds.route_config_name == f"outbound|{namespace}"
+        assert config.rds.config_source.HasField("ads")
+        assert config.stat_prefix == "virtual_outbound_http"
+        assert config.codec_type == hcm_pb2.HttpConnectionManager.AUTO
+    explicit = next(c for c in outbound.filter_chains if c.name == "outbound_http")
+    assert hcm(explicit).rds.route_config_name == f"outbound|{namespace}"
+    routes = outbound_route_config(mesh(WEB), namespace)
     domains = {d for vhost in routes.virtual_hosts for d in vhost.domains}
-    assert {"web:80", "web", "10.96.0.10:80"} <= domains  # what a captured client sends
+    # What a captured client sends: the short names only mean web.default from "default".
+    assert {"web.default:80", "10.96.0.10:80", "10.96.0.10"} <= domains
+    assert ({"web:80", "web"} <= domains) is (namespace == "default")
 
 
 def test_the_explicit_chain_is_the_explicit_listeners_connection_manager() -> None:
@@ -227,7 +236,7 @@ def test_the_explicit_chain_is_the_explicit_listeners_connection_manager() -> No
 
 def test_a_wildcard_outbound_address_makes_the_whole_port_the_explicit_proxy() -> None:
     rows = table(listeners(mesh(), captured(outbound_address="0.0.0.0"))["virtual_outbound"])
-    assert rows == {("*", 15001, False): f"rds:{OUTBOUND_ROUTE_NAME}"}
+    assert rows == {("*", 15001, False): f"rds:{DEFAULT_ROUTES}"}
 
 
 def test_a_cluster_ip_claimed_twice_goes_to_the_first_service_by_name() -> None:
@@ -335,7 +344,7 @@ def everything(snapshot: MeshSnapshot, sidecar: Proxy) -> list[Message]:
         *proxy_clusters(snapshot, sidecar),
         *(cla for s in services for cla in load_assignments_for_service(s, snapshot.slices_of(s))),
         *proxy_listeners(snapshot, sidecar),
-        *outbound_route_configs(snapshot),
+        outbound_route_config(snapshot, sidecar.namespace),
     ]
 
 

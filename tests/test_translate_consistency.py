@@ -24,7 +24,7 @@ from xds_server.resources import make_resource
 from xds_server.translate import (
     clusters_for_service,
     load_assignments_for_service,
-    outbound_route_configs,
+    outbound_route_config,
     proxy_clusters,
     proxy_listeners,
 )
@@ -43,7 +43,7 @@ def everything(snapshot: MeshSnapshot, sidecar: Proxy) -> dict[str, list[Message
             cla for s in services for cla in load_assignments_for_service(s, snapshot.slices_of(s))
         ],
         "listeners": list(proxy_listeners(snapshot, sidecar)),
-        "routes": list(outbound_route_configs(snapshot)),
+        "routes": [outbound_route_config(snapshot, sidecar.namespace)],
     }
 
 

@@ -1,18 +1,20 @@
 """A real Envoy accepts everything translation emits (`envoy --mode validate`).
 
 Two bootstraps from one representative mesh (HTTP, HTTP/2, gRPC and TCP
-ports, zones, a named targetPort, a short-name clash, a TCP port clash, a
-proxy with an inbound side):
+ports, zones, a named targetPort, one short name in two namespaces, a TCP
+port clash, a proxy with an inbound side), for a proxy in each namespace:
 
 * inlined: EDS clusters become STATIC with their CLA as `load_assignment` and
-  the outbound listener carries the `outbound` RouteConfiguration inline, so
-  Envoy checks endpoints, routes, and that every route's cluster exists;
+  the outbound listener carries its namespace's RouteConfiguration inline, so
+  Envoy checks endpoints, routes (no domain twice), and that every route's
+  cluster exists;
 * as served: the exact protos, with ADS configured, so the RDS and EDS
   config sources themselves are checked.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -35,10 +37,9 @@ from translate_builders import (
 
 from xds_server.model import MeshSnapshot, Proxy
 from xds_server.translate import (
-    OUTBOUND_ROUTE_NAME,
     clusters_for_service,
     load_assignments_for_service,
-    outbound_route_configs,
+    outbound_route_config,
     proxy_clusters,
     proxy_listeners,
 )
@@ -83,7 +84,7 @@ def inline_everything(snapshot: MeshSnapshot, sidecar: Proxy) -> dict[str, objec
         static.ClearField("eds_cluster_config")
         static.load_assignment.CopyFrom(assignments[cluster.name])
         clusters.append(static)
-    (routes,) = outbound_route_configs(snapshot)
+    routes = outbound_route_config(snapshot, sidecar.namespace)
     listeners: list[Message] = []
     for listener in proxy_listeners(snapshot, sidecar):
         inlined = listener_pb2.Listener()
@@ -158,17 +159,33 @@ def test_the_mesh_exercises_every_kind_of_resource() -> None:
         "inbound_8080",
         "inbound_9090",
     }
-    (routes,) = outbound_route_configs(snapshot)
-    assert routes.name == OUTBOUND_ROUTE_NAME
+    routes = outbound_route_config(snapshot, "default")
+    assert routes.name == "outbound|default"
     assert len(routes.virtual_hosts) == 4
+    shop = outbound_route_config(snapshot, "shop")
+    domains = [domain for vhost in shop.virtual_hosts for domain in vhost.domains]
+    assert "web" in domains and "api:8080" in domains  # the shop Services' short names
 
 
-def test_envoy_accepts_the_translation_with_everything_inlined(tmp_path: Path) -> None:
-    validate(inline_everything(representative_mesh(), representative_sidecar()), tmp_path)
+# The representative sidecar in each namespace whose Services have short names
+# (web in both), and in one with no HTTP Service.
+NAMESPACES = ["default", "shop", "data"]
 
 
-def test_envoy_accepts_the_translation_as_served_over_ads(tmp_path: Path) -> None:
-    validate(as_served(representative_mesh(), representative_sidecar()), tmp_path)
+def sidecar_in(namespace: str) -> Proxy:
+    return dataclasses.replace(representative_sidecar(), namespace=namespace)
+
+
+@pytest.mark.parametrize("namespace", NAMESPACES)
+def test_envoy_accepts_the_translation_with_everything_inlined(
+    tmp_path: Path, namespace: str
+) -> None:
+    validate(inline_everything(representative_mesh(), sidecar_in(namespace)), tmp_path)
+
+
+@pytest.mark.parametrize("namespace", NAMESPACES)
+def test_envoy_accepts_the_translation_as_served_over_ads(tmp_path: Path, namespace: str) -> None:
+    validate(as_served(representative_mesh(), sidecar_in(namespace)), tmp_path)
 
 
 def test_envoy_accepts_an_empty_mesh(tmp_path: Path) -> None:

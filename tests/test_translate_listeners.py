@@ -22,7 +22,7 @@ from translate_builders import (
 )
 
 from xds_server.model import MeshSnapshot, Proxy, Service
-from xds_server.translate import OUTBOUND_ROUTE_NAME, proxy_listeners
+from xds_server.translate import proxy_listeners
 
 
 def listeners(snapshot: MeshSnapshot, sidecar: Proxy) -> dict[str, listener_pb2.Listener]:
@@ -61,9 +61,15 @@ def test_the_outbound_http_listener_takes_the_apps_requests_on_the_outbound_port
     assert bound(listeners(mesh(), sidecar)["outbound_http"]) == ("127.0.0.5", 15006)
 
 
-def test_the_outbound_http_listener_routes_by_the_shared_table_over_ads() -> None:
-    hcm = hcm_of(listeners(mesh(WEB), SIDECAR)["outbound_http"])
-    assert hcm.rds.route_config_name == OUTBOUND_ROUTE_NAME
+@pytest.mark.parametrize(
+    ("namespace", "route_config"),
+    [("default", "outbound|default"), ("shop", "outbound|shop"), ("data", "outbound|data")],
+)
+def test_the_outbound_http_listener_routes_by_its_namespaces_table_over_ads(
+    namespace: str, route_config: str
+) -> None:
+    hcm = hcm_of(listeners(mesh(WEB), proxy(namespace=namespace))["outbound_http"])
+    assert hcm.rds.route_config_name == route_config
     assert hcm.rds.config_source.HasField("ads")
     assert hcm.rds.config_source.resource_api_version == config_source_pb2.V3
     assert hcm.codec_type == hcm_pb2.HttpConnectionManager.AUTO

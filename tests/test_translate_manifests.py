@@ -121,7 +121,8 @@ def test_every_service_port_is_an_eds_cluster_with_its_protocol(cluster: str, ht
 
 def test_http_ports_become_virtual_hosts_answering_to_every_kubernetes_name() -> None:
     config = published(BACKEND, CLIENT)
-    routes = config[ROUTE]["outbound"]
+    assert list(config[ROUTE]) == ["outbound|shop"]  # the table of the client's namespace
+    routes = config[ROUTE]["outbound|shop"]
     vhosts = {v["name"]: v for v in routes["virtualHosts"]}
     http = vhosts["backend.shop.svc.cluster.local:8080"]
     for domain in ("backend", "backend.shop", "backend.shop.svc",

@@ -136,15 +136,29 @@ def references_of(message: Message) -> frozenset[Ref]:
 
 def make_resource(message: Message) -> Resource:
     """Serialize a resource once, deterministically, and version it by content."""
-    type_url = type_url_of(message)
-    data = message.SerializeToString(deterministic=True)
-    packed = any_pb2.Any(type_url=type_url, value=data)
+    return serialized_resource(
+        type_url_of(message),
+        name_of(message),
+        message.SerializeToString(deterministic=True),
+        references_of(message),
+    )
+
+
+def serialized_resource(
+    type_url: str, name: str, data: bytes, refs: frozenset[Ref] = frozenset()
+) -> Resource:
+    """A resource from its deterministic serialization, versioned by content.
+
+    For a producer that assembles the bytes itself (the outbound route tables
+    concatenate virtual hosts serialized once); `data` and `refs` must be what
+    `make_resource` would derive from the message, so the version is the same.
+    """
     return Resource(
         type_url=type_url,
-        name=name_of(message),
+        name=name,
         version=content_hash(data),
-        any=packed,
-        refs=references_of(message),
+        any=any_pb2.Any(type_url=type_url, value=data),
+        refs=refs,
     )
 
 

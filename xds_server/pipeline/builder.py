@@ -1,10 +1,19 @@
 """From mesh changes to per-proxy cache snapshots, doing only the work a change needs.
 
-Mesh-wide resources (outbound clusters, their load assignments, the outbound
-route table) are translated once per change, for the services it touched, and
-serialized once; every proxy's snapshot layers those shared sets under its own
-listeners and inbound clusters.  An endpoint-only change therefore re-translates
-one ClusterLoadAssignment and re-serializes nothing proxy-specific.
+Mesh-wide resources (outbound clusters, their load assignments) are translated
+once per change, for the services it touched, and serialized once; every
+proxy's snapshot layers those shared sets under its own listeners and inbound
+clusters.  An endpoint-only change therefore re-translates one
+ClusterLoadAssignment and re-serializes nothing proxy-specific.
+
+The outbound route tables depend on the Services and on the caller's
+namespace (short names resolve there), so there is one per namespace that has
+proxies, shared by them and rebuilt when a Service changes (from virtual hosts
+that `translate.OutboundRouteTables` reuses for unchanged Services).  A proxy's
+snapshot holds its own namespace's table only: its listeners name no other,
+and the admin view of its config stays its own.  A proxy from a new namespace
+adds that namespace's table; the table of a namespace whose last proxy left
+is dropped.
 
 A proxy running in a Pod the mesh knows is translated as that Pod says: when
 its node id is `POD.NAMESPACE`, or its INSTANCE_IP is the Pod's IP, the Pod's
@@ -17,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -126,8 +136,12 @@ class SnapshotBuilder:
         self.mesh = MeshSnapshot()
         self._clusters = _OwnedSet()
         self._endpoints = _OwnedSet()
-        self._routes = ResourceSet()
+        self._route_tables: translate.OutboundRouteTables | None = None
+        self._routes: dict[str, ResourceSet] = {}
+        """By namespace: a set holding that namespace's outbound route table."""
         self._proxies: dict[str, _ProxyState] = {}
+        self._proxies_in: Counter[str] = Counter()
+        """How many proxies each namespace has (as translated): whose tables to keep."""
         self.synced = False
         self.generation = 0
         # Test seam: lets a test alter a proxy's resources before they are published.
@@ -136,6 +150,11 @@ class SnapshotBuilder:
     @property
     def proxies(self) -> dict[str, Proxy]:
         return {node_id: state.proxy for node_id, state in self._proxies.items()}
+
+    @property
+    def route_namespaces(self) -> list[str]:
+        """The namespaces whose outbound route table is kept: those with proxies."""
+        return sorted(self._routes)
 
     def proxy_error(self, node_id: str) -> str | None:
         state = self._proxies.get(node_id)
@@ -166,15 +185,55 @@ class SnapshotBuilder:
             if self.synced:
                 for state in moved:
                     self._publish(state, retranslate=True)
+            if moved:
+                self._drop_unused_routes()
             return
         proxy_config_changed = not changes.endpoints_only
-        if proxy_config_changed:
-            self._routes = self._routes.replace_all(
-                {r.name: r for r in _resources(translate.outbound_route_configs(mesh))}
-            )
+        if Kind.SERVICE in changes.kinds:  # the route tables depend on Services alone
+            self._rebuild_routes()
+        elif moved:
+            self._drop_unused_routes()
         if self.synced:
             for state in self._proxies.values():
                 self._publish(state, retranslate=proxy_config_changed)
+
+    def _rebuild_routes(self) -> None:
+        """New route tables for the namespaces that have proxies, after a Service change."""
+        tables = translate.outbound_route_tables(self.mesh, self._route_tables)
+        routes: dict[str, ResourceSet] = {}
+        for namespace in self._namespaces():
+            resource = tables.resource(namespace)
+            routes[namespace] = self._routes.get(namespace, ResourceSet()).replace_all(
+                {resource.name: resource}
+            )
+        self._route_tables, self._routes = tables, routes
+
+    def _routes_of(self, namespace: str) -> ResourceSet:
+        """`namespace`'s route table, built now if no proxy there had needed it yet."""
+        routes = self._routes.get(namespace)
+        if routes is None:
+            if self._route_tables is None:
+                self._route_tables = translate.outbound_route_tables(self.mesh)
+            # Up to date: they are rebuilt on every Service change, and depend on nothing else.
+            routes = ResourceSet([self._route_tables.resource(namespace)])
+            self._routes[namespace] = routes
+        return routes
+
+    def _drop_unused_routes(self) -> None:
+        """Forget the tables of namespaces that have no proxy any more."""
+        for namespace in [ns for ns in self._routes if ns not in self._proxies_in]:
+            del self._routes[namespace]
+
+    def _namespaces(self) -> list[str]:
+        return sorted(self._proxies_in)
+
+    def _count(self, namespace: str, delta: int) -> None:
+        """Count a proxy into (+1) or out of (-1) `namespace`."""
+        count = self._proxies_in[namespace] + delta
+        if count > 0:
+            self._proxies_in[namespace] = count
+        else:
+            self._proxies_in.pop(namespace, None)
 
     def _refresh_workloads(self) -> list[_ProxyState]:
         """Re-read each proxy's Pod; the proxies whose translated identity changed."""
@@ -183,6 +242,8 @@ class SnapshotBuilder:
         for state in self._proxies.values():
             proxy = with_workload(state.declared, self.mesh, by_ip)
             if proxy != state.proxy:
+                self._count(state.proxy.namespace, -1)
+                self._count(proxy.namespace, +1)
                 state.proxy = proxy
                 moved.append(state)
         return moved
@@ -205,35 +266,43 @@ class SnapshotBuilder:
         state = self._proxies.get(proxy.node_id)
         if state is not None and state.declared == proxy:
             return
+        if state is not None:
+            self._count(state.proxy.namespace, -1)
         state = _ProxyState(proxy, with_workload(proxy, self.mesh))
         self._proxies[proxy.node_id] = state
+        self._count(state.proxy.namespace, +1)
         if self.synced:
             self._publish(state, retranslate=True)
+        self._drop_unused_routes()
 
     def remove_proxy(self, node_id: str) -> None:
-        self._proxies.pop(node_id, None)
+        state = self._proxies.pop(node_id, None)
         self.cache.clear(node_id)
+        if state is not None:
+            self._count(state.proxy.namespace, -1)
+            self._drop_unused_routes()
 
     def _publish(self, state: _ProxyState, *, retranslate: bool) -> None:
         proxy, mesh = state.proxy, self.mesh
-        if retranslate:
-            try:
+        try:
+            if retranslate:
                 state.clusters = state.clusters.replace_all(
                     {r.name: r for r in _resources(translate.proxy_clusters(mesh, proxy))}
                 )
                 state.listeners = state.listeners.replace_all(
                     {r.name: r for r in _resources(translate.proxy_listeners(mesh, proxy))}
                 )
-            except Exception as error:  # a translation bug must not take down other proxies
-                logger.exception("translation failed for proxy %s", proxy.node_id)
-                state.error = f"translation failed: {error}"
-                return
+            routes = self._routes_of(proxy.namespace)
+        except Exception as error:  # a translation bug must not take down other proxies
+            logger.exception("translation failed for proxy %s", proxy.node_id)
+            state.error = f"translation failed: {error}"
+            return
         snapshot = Snapshot(
             resources={
                 CLUSTER: LayeredResources(state.clusters, self._clusters.resources),
                 ENDPOINT: self._endpoints.resources,
                 LISTENER: state.listeners,
-                ROUTE: self._routes,
+                ROUTE: routes,
             },
             version=str(self.generation),
         )

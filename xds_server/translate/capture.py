@@ -9,10 +9,11 @@ needs two listeners, as Istio's virtualOutbound and virtualInbound:
 filter restores the address the app connected to, and filter chains choose by it:
 
 * the cluster IP and port of a meshed HTTP Service port, when `http_inspector`
-  saw HTTP/1.x or h2c: the HTTP connection manager with the shared `outbound`
-  route table over RDS, so requests are routed by Host exactly as on the
-  explicit listener (`http://backend:8080` resolves to the cluster IP and
-  carries `Host: backend:8080`);
+  saw HTTP/1.x or h2c: the HTTP connection manager with the proxy's namespace's
+  `outbound|{namespace}` route table over RDS, so requests are routed by Host
+  exactly as on the explicit listener (`http://backend:8080` resolves to the
+  cluster IP and carries `Host: backend:8080`, which means `backend` of the
+  caller's namespace, as DNS resolved it);
 * the same address with anything else on the wire (TLS, a binary protocol, or a
   client silent for longer than the inspector waits): a TCP proxy to that
   Service port's cluster, so a misdeclared protocol degrades to plain TCP
@@ -27,7 +28,7 @@ filter restores the address the app connected to, and filter chains choose by it
 
 HTTP is matched on the Service's own destination only, not on any address:
 routing arbitrary HTTP by Host would answer 404 for every site outside the
-mesh, since the shared route table has no catch-all (and cannot have one: the
+mesh, since the outbound route tables have no catch-all (and cannot have one: the
 explicit listener has no original destination to pass through to).  Headless
 Services (no cluster IP) are reached by pod IP and pass through; the
 destination's sidecar still takes the connection on its inbound side.
@@ -98,6 +99,7 @@ from xds_server.translate.naming import (
     inbound_cluster_name,
     inbound_listener_name,
     mesh_ports,
+    outbound_route_name,
 )
 from xds_server.translate.routes import inbound_route_config
 
@@ -128,13 +130,15 @@ def _virtual_outbound(mesh: MeshSnapshot, proxy: Proxy) -> listener_pb2.Listener
     explicit_cidr = (
         "" if proxy.outbound_address in WILDCARD_ADDRESSES else _host_cidr(proxy.outbound_address)
     )
+    route_name = outbound_route_name(proxy.namespace)
     chains = [
         _chain(
             OUTBOUND_HTTP_LISTENER_NAME,
             (explicit_cidr, proxy.outbound_port),
-            http_filter(outbound_http_connection_manager()),
+            http_filter(outbound_http_connection_manager(route_name)),
         )
     ]
+    captured_http = http_filter(_captured_http_connection_manager(route_name))
     taken: set[ChainKey] = {(explicit_cidr, proxy.outbound_port)}
     if explicit_cidr:
         chains.append(
@@ -155,14 +159,7 @@ def _virtual_outbound(mesh: MeshSnapshot, proxy: Proxy) -> listener_pb2.Listener
             taken.add(key)
             cluster = cluster_name(service, port)
             if port.mesh_protocol.is_http:
-                chains.append(
-                    _chain(
-                        f"{cluster}|http",
-                        key,
-                        http_filter(_captured_http_connection_manager()),
-                        http=True,
-                    )
-                )
+                chains.append(_chain(f"{cluster}|http", key, captured_http, http=True))
                 http_ports.add(port.port)
             chains.append(
                 _chain(f"{cluster}|tcp", key, tcp_proxy_filter(cluster, cluster, "outbound"))
@@ -184,9 +181,11 @@ def _virtual_outbound(mesh: MeshSnapshot, proxy: Proxy) -> listener_pb2.Listener
     )
 
 
-def _captured_http_connection_manager() -> hcm_pb2.HttpConnectionManager:
-    """HTTP to a Service's cluster IP, routed by Host with the shared `outbound` table."""
-    return outbound_http_connection_manager(CAPTURED_HTTP_STAT_PREFIX, absolute_urls=False)
+def _captured_http_connection_manager(route_name: str) -> hcm_pb2.HttpConnectionManager:
+    """HTTP to a Service's cluster IP, routed by Host with the proxy's outbound table."""
+    return outbound_http_connection_manager(
+        route_name, CAPTURED_HTTP_STAT_PREFIX, absolute_urls=False
+    )
 
 
 # -- inbound -----------------------------------------------------------------------

@@ -20,7 +20,7 @@ from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from google.protobuf import wrappers_pb2
 
 from xds_server.translate.core import ads_config_source, packed
-from xds_server.translate.naming import OUTBOUND_HTTP_LISTENER_NAME, OUTBOUND_ROUTE_NAME
+from xds_server.translate.naming import OUTBOUND_HTTP_LISTENER_NAME
 from xds_server.translate.telemetry import http_access_log, tcp_access_log
 
 logger = logging.getLogger(__name__)
@@ -49,16 +49,18 @@ def http_connection_manager(stat_prefix: str, direction: str) -> hcm_pb2.HttpCon
 
 
 def outbound_http_connection_manager(
-    stat_prefix: str = OUTBOUND_HTTP_LISTENER_NAME, *, absolute_urls: bool = True
+    route_name: str, stat_prefix: str = OUTBOUND_HTTP_LISTENER_NAME, *, absolute_urls: bool = True
 ) -> hcm_pb2.HttpConnectionManager:
-    """Outbound HTTP routed by the shared `outbound` table, fetched over RDS.
+    """Outbound HTTP routed by the RouteConfiguration `route_name`, fetched over RDS.
+
+    That is the outbound table of the proxy's namespace (`naming.outbound_route_name`).
 
     `absolute_urls` lets an app use the sidecar as an HTTP proxy
     (`GET http://backend:8080/ HTTP/1.1`), as it does with the explicit listener.
     """
     hcm = http_connection_manager(stat_prefix, "outbound")
     hcm.rds.config_source.CopyFrom(ads_config_source())
-    hcm.rds.route_config_name = OUTBOUND_ROUTE_NAME
+    hcm.rds.route_config_name = route_name
     if absolute_urls:
         hcm.http_protocol_options.CopyFrom(
             protocol_pb2.Http1ProtocolOptions(allow_absolute_url=wrappers_pb2.BoolValue(value=True))

@@ -4,7 +4,7 @@ Each proxy gets:
 
 * `outbound_http` on `outbound_address:outbound_port`: the app's HTTP proxy
   (plain requests with a Host header, absolute-URL proxy requests, or h2c),
-  routed by the shared `outbound` RouteConfiguration fetched over RDS;
+  routed by its namespace's `outbound|{namespace}` RouteConfiguration over RDS;
 * `outbound_tcp_{port}` on `outbound_address:{port}` for every TCP Service
   port in the mesh, proxying to that port's cluster;
 * `inbound_{port}` on `ip:{port}` for every port of the Services selecting
@@ -46,6 +46,7 @@ from xds_server.translate.naming import (
     inbound_cluster_name,
     inbound_listener_name,
     mesh_ports,
+    outbound_route_name,
     outbound_tcp_listener_name,
 )
 from xds_server.translate.routes import inbound_route_config
@@ -122,7 +123,7 @@ def _outbound_http_listener(proxy: Proxy) -> listener_pb2.Listener:
         OUTBOUND_HTTP_LISTENER_NAME,
         proxy.outbound_address,
         proxy.outbound_port,
-        http_filter(outbound_http_connection_manager()),
+        http_filter(outbound_http_connection_manager(outbound_route_name(proxy.namespace))),
         base_pb2.OUTBOUND,
     )
 

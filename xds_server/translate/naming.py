@@ -15,9 +15,6 @@ from xds_server.model import Service, ServicePort
 
 logger = logging.getLogger(__name__)
 
-OUTBOUND_ROUTE_NAME = "outbound"
-"""The one RouteConfiguration shared by every proxy's outbound HTTP listener."""
-
 OUTBOUND_HTTP_LISTENER_NAME = "outbound_http"
 
 VIRTUAL_OUTBOUND_LISTENER_NAME = "virtual_outbound"
@@ -44,6 +41,15 @@ def cluster_name(service: Service, port: ServicePort) -> str:
 def inbound_cluster_name(port: int) -> str:
     """The per-proxy STATIC cluster that reaches the local app: `inbound|8080||`."""
     return f"inbound|{port}||"
+
+
+def outbound_route_name(namespace: str) -> str:
+    """The outbound RouteConfiguration of proxies in `namespace`: `outbound|shop`.
+
+    Short names resolve against the caller's namespace, so there is one table
+    per namespace; a namespace (a DNS label) never contains `|`.
+    """
+    return f"outbound|{namespace}"
 
 
 def outbound_tcp_listener_name(port: int) -> str:
