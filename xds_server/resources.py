@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from envoy.config.cluster.v3 import cluster_pb2
@@ -160,11 +159,6 @@ def serialized_resource(
         any=any_pb2.Any(type_url=type_url, value=data),
         refs=refs,
     )
-
-
-def make_resources(messages: Iterable[Message]) -> dict[str, Resource]:
-    """Index freshly built resources by name (all of one type)."""
-    return {resource.name: resource for resource in map(make_resource, messages)}
 
 
 def unpack(resource: Resource) -> Message:

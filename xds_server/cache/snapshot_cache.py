@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator
 
 from xds_server.cache.snapshot import InconsistentSnapshotError, Snapshot, find_problems
 
@@ -46,9 +45,6 @@ class SnapshotCache:
     def clear(self, node_id: str) -> None:
         self._snapshots.pop(node_id, None)
         self.rejected.pop(node_id, None)
-
-    def node_ids(self) -> Iterator[str]:
-        return iter(list(self._snapshots))
 
     async def watch(self, node_id: str, seen: Snapshot | None) -> Snapshot:
         """Return the node's snapshot as soon as it is not `seen`."""

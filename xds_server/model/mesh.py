@@ -54,12 +54,6 @@ class MeshSnapshot:
             if service.namespace == namespace and service.selects(labels):
                 yield service
 
-    def workload_by_ip(self, ip: str) -> Workload | None:
-        for workload in self.workloads.values():
-            if workload.ip == ip:
-                return workload
-        return None
-
     def apply(self, changes: ChangeSet) -> tuple[MeshSnapshot, frozenset[NamespacedName]]:
         """A new snapshot with `changes` applied, and the services whose config changed."""
         tables: dict[Kind, dict[NamespacedName, MeshObject]] = {
