@@ -33,6 +33,12 @@ def _test_failed(request: pytest.FixtureRequest) -> bool:
     return any(report.failed for report in reports.values())
 
 
+@pytest.fixture(params=[False, True], ids=["sotw", "delta"])
+def delta(request: pytest.FixtureRequest) -> bool:
+    """Run a test over state-of-the-world xDS and over incremental (Delta) xDS."""
+    return bool(request.param)
+
+
 @pytest.fixture
 def free_port() -> Callable[[], int]:
     """A factory of free 127.0.0.1 TCP ports, distinct within one test."""

@@ -44,11 +44,6 @@ BACKEND_CLUSTER = f"outbound|{SERVICE_PORT}||backend.default.svc.cluster.local"
 XDS_TYPES = ("CDS", "EDS", "LDS", "RDS")
 
 
-@pytest.fixture(params=[False, True], ids=["sotw", "delta"])
-def delta(request: pytest.FixtureRequest) -> bool:
-    return bool(request.param)
-
-
 @dataclass
 class Admin:
     """The control plane under test and an HTTP client for its admin port."""

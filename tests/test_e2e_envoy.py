@@ -43,11 +43,6 @@ pytestmark = [pytest.mark.envoy, pytest.mark.timeout(120)]
 BACKEND_V1, BACKEND_V2, ECHO = "127.0.31.1", "127.0.31.2", "127.0.31.3"
 
 
-@pytest.fixture(params=[False, True], ids=["sotw", "delta"])
-def delta(request: pytest.FixtureRequest) -> bool:
-    return bool(request.param)
-
-
 @dataclass
 class Upstreams:
     port: int

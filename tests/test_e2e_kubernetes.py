@@ -65,11 +65,6 @@ KUBERNETES = KubernetesSettings(
 )
 
 
-@pytest.fixture(params=[False, True], ids=["sotw", "delta"])
-def delta(request: pytest.FixtureRequest) -> bool:
-    return bool(request.param)
-
-
 @dataclass
 class Apps:
     port: int

@@ -38,11 +38,6 @@ BACKEND_IPS = {"default": "127.0.35.1", "shop": "127.0.35.2"}
 CART_IP = "127.0.35.3"
 
 
-@pytest.fixture(params=[False, True], ids=["sotw", "delta"])
-def delta(request: pytest.FixtureRequest) -> bool:
-    return bool(request.param)
-
-
 @dataclass
 class TwoNamespaces:
     directory: Path

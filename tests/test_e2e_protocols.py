@@ -23,11 +23,6 @@ GREETER_POD, DB_POD = "127.0.34.1", "127.0.34.2"
 METHOD, STREAM_METHOD = "/mesh.test.Greeter/Say", "/mesh.test.Greeter/Count"
 
 
-@pytest.fixture(params=[False, True], ids=["sotw", "delta"])
-def delta(request: pytest.FixtureRequest) -> bool:
-    return bool(request.param)
-
-
 def manifests(name: str, port_yaml: str, pod_ip: str, port: int) -> list[str]:
     service = f"""\
         apiVersion: v1
