@@ -15,6 +15,7 @@ from __future__ import annotations
 
 # ruff: noqa: E402 - kube_fixtures is registered for assertion rewriting before it is imported
 import asyncio
+import contextlib
 import json
 import subprocess
 import sys
@@ -44,6 +45,7 @@ from kube_fixtures import (
 from xds_server.app import ControlPlane
 from xds_server.bootstrap import render_bootstrap
 from xds_server.envoy_process import EnvoyProcess
+from xds_server.resources import CLUSTER, ENDPOINT, ROUTE
 from xds_server.sample_app import SampleApp, start_sample_app
 from xds_server.settings import DebounceSettings, KubernetesSettings, Settings
 
@@ -313,6 +315,56 @@ async def test_services_and_endpoint_slices_added_modified_and_deleted_reach_env
     )
     assert await client.who_answers("echo:9090") == "HTTP 404"
     assert await cluster_hosts(client, outbound("backend")) == {f"{BACKEND_POD}:{apps.port}"}
+
+
+# -- two replicas -------------------------------------------------------------------------
+
+
+async def test_two_replicas_serve_the_same_config_and_follow_the_same_changes(
+    api_server: ApiServerEmulator,
+    apps: Apps,
+    kubeconfig: Path,
+    envoy_factory: EnvoyFactory,
+    free_port: Callable[[], int],
+) -> None:
+    """No leader: each replica derives the mesh from the API alone, so a proxy may
+    connect to either and get the same resources, versioned by content alike."""
+    backend_objects(api_server, apps.port)
+    api_server.create(service("echo", port=SERVICE_PORT, target_port=apps.port))
+    api_server.create(endpoint_slice("echo", [ECHO_V1], apps.port))
+    replicas = [control_plane(kubeconfig, free_port) for _ in range(2)]
+    tasks = [asyncio.create_task(replica.run()) for replica in replicas]
+    try:
+        for replica in replicas:
+            await asyncio.wait_for(replica.started.wait(), timeout=10)
+        clients = [
+            await start_client_sidecar(envoy_factory, replica, free_port, delta=delta)
+            for replica, delta in zip(replicas, (False, True), strict=True)
+        ]
+        for client in clients:
+            assert await client.who_answers("echo") == "echo v1"
+        served = [replica.cache.get_snapshot(CLIENT_NODE) for replica in replicas]
+        assert served[0] is not None and served[1] is not None
+        # Clusters, endpoints and routes alike (the listeners differ only because the
+        # two test sidecars bind different outbound ports on one machine).
+        for type_url in (CLUSTER, ENDPOINT, ROUTE):
+            assert served[0].type_version(type_url) == served[1].type_version(type_url)
+
+        api_server.replace(endpoint_slice("echo", [ECHO_V2], apps.port))
+        echo_v2 = {f"{ECHO_V2}:{apps.port}"}
+        for client in clients:
+
+            async def moved(client: Sidecar = client) -> bool:
+                return await cluster_hosts(client, outbound("echo")) == echo_v2
+
+            await eventually(moved, within=10, message="both replicas push the change")
+            assert await client.who_answers("echo") == "echo v2"
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait_for(task, timeout=15)
 
 
 # -- the command ------------------------------------------------------------------------
