@@ -33,13 +33,10 @@ class DeltaStream(AdsStream[DeltaDiscoveryRequest]):
     kind = "delta"
 
     async def _on_request(self, request: DeltaDiscoveryRequest) -> None:
-        self._identify(request)
-        found = self._state_for(request.type_url)
+        found = self._accept(request, None)  # Delta requests carry no version
         if found is None:
             return
         state, first = found
-        error = request.error_detail if request.HasField("error_detail") else None
-        self._record_reply(state, request.response_nonce, None, error)
         change = state.update_delta(
             request.resource_names_subscribe, request.resource_names_unsubscribe
         )

@@ -38,13 +38,10 @@ class SotwStream(AdsStream[DiscoveryRequest]):
     kind = "sotw"
 
     async def _on_request(self, request: DiscoveryRequest) -> None:
-        self._identify(request)
-        found = self._state_for(request.type_url)
+        found = self._accept(request, request.version_info)
         if found is None:
             return
         state, first = found
-        error = request.error_detail if request.HasField("error_detail") else None
-        self._record_reply(state, request.response_nonce, request.version_info, error)
         change = state.update_sotw(request.resource_names)
         if first:
             # What the proxy says it holds (from an earlier stream), before we send anything.

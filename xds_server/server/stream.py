@@ -235,6 +235,20 @@ class AdsStream(abc.ABC, Generic[RequestT]):
                 f"node id changed on the stream from {self.node_id!r} to {node_id!r}",
             )
 
+    def _accept(self, request: Any, version_info: str | None) -> tuple[TypeState, bool] | None:
+        """The steps every request takes first, in both variants: identify the node,
+        find the type's state, and count the request as an ACK or NACK of our last
+        response.  Returns the state and whether this is the type's first request,
+        or None for a type we do not serve."""
+        self._identify(request)
+        found = self._state_for(request.type_url)
+        if found is None:
+            return None
+        state, _ = found
+        error = request.error_detail if request.HasField("error_detail") else None
+        self._record_reply(state, request.response_nonce, version_info, error)
+        return found
+
     def _state_for(self, type_url: str) -> tuple[TypeState, bool] | None:
         """The state of a requested type and whether this is its first request.
 
