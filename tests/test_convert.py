@@ -55,7 +55,7 @@ def endpoint_slice(endpoints: str, address_type: str = "IPv4") -> Any:
               name: backend
               namespace: shop
               labels: {app: backend}
-              uid: 1234
+              uid: "1234"
               resourceVersion: "7"
             spec:
               clusterIP: 10.96.0.10

@@ -8,16 +8,29 @@ the same thing whichever way it arrives.
 
 Validation follows the API server's, so that a hand-written file fails here
 with the error `kubectl apply` would give, and an object the API server
-accepted is never refused: required fields, port numbers and names, IP
-addresses, duplicate ports, and strict decoding (a field we do not know, such
-as a typo `spec.prots`, is an error naming it).  Every `ManifestError` names
-the object and the field path, e.g.
+accepted is never refused: required fields, types, enums, ranges, names,
+labels and annotations, IP addresses and their families, duplicate ports, the
+API server's caps (1,000 endpoints and 100 ports a slice, 100 addresses an
+endpoint), and strict decoding (a field we do not know, such as a typo
+`spec.prots`, is an error naming it).  Beyond the API server, every string
+the mesh hands to Envoy is bounded and free of control characters and lone
+surrogates (which protobuf cannot encode), so a converted object always
+translates.  Two deliberate differences, for a mesh that may run on one
+host: loopback and link-local endpoint addresses are accepted, and a Pod
+needs no containers.
+
+Every `ManifestError` names the object and the field path, e.g.
 `Service default/backend: spec.ports[1].port: must be an integer 1-65535, got 'abc'`.
+A kind the mesh does not read converts to None; a near miss of one it reads
+(`kind: Services`, `Service ` with a space, `endpointslice`, a Service in
+`apps/v1`) raises a ManifestError of severity "warning" with a "did you
+mean", keyed by the object it probably meant (see `kinds`).
 Conversion is pure: no I/O, no clock, the same input always gives the same value.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -35,6 +48,8 @@ from xds_server.model import (
 )
 from xds_server.model.changes import MeshObject
 from xds_server.model.types import labels_of
+from xds_server.sources import limits
+from xds_server.sources.kinds import near_miss
 from xds_server.sources.schema import (
     ADDRESS_TYPES,
     CONDITION_FIELDS,
@@ -42,9 +57,15 @@ from xds_server.sources.schema import (
     DNS_LABEL,
     DNS_SUBDOMAIN,
     ENDPOINT_FIELDS,
+    HINT_FIELDS,
+    HINTS_FIELDS,
+    IP_FAMILIES,
+    IP_FAMILY_POLICIES,
     METADATA_FIELDS,
     OBJECT_REFERENCE_FIELDS,
     POD_FIELDS,
+    POD_IP_FIELDS,
+    POD_PHASES,
     POD_SPEC_FIELDS,
     POD_STATUS_FIELDS,
     PROTOCOLS,
@@ -52,11 +73,15 @@ from xds_server.sources.schema import (
     SERVICE_PORT_FIELDS,
     SERVICE_SPEC_FIELDS,
     SERVICE_TYPES,
+    SESSION_AFFINITIES,
     SLICE_FIELDS,
     SLICE_PORT_FIELDS,
+    TRAFFIC_POLICIES,
     ManifestError,
     NameRule,
     ObjectReader,
+    check_values,
+    escaped,
     key_path,
     show,
 )
@@ -76,20 +101,25 @@ class _Metadata:
 
 
 def describe(manifest: Mapping[str, Any]) -> tuple[str, ObjectKey | None]:
-    """How errors name a manifest ("Service default/backend") and its key, best effort."""
+    """How errors name a manifest ("Service default/backend") and its key, best effort.
+
+    Every part is cut and escaped, so a 5 MB name makes a short reference.
+    """
     kind = manifest.get("kind")
-    kind_name = kind if isinstance(kind, str) and kind else "object"
+    kind_name = escaped(kind) if isinstance(kind, str) and kind else "object"
     metadata = manifest.get("metadata")
     metadata = metadata if isinstance(metadata, Mapping) else {}
     name, namespace = metadata.get("name"), metadata.get("namespace")
     name = name if isinstance(name, str) and name else None
     namespace = namespace if isinstance(namespace, str) and namespace else "default"
+    shown_name = escaped(name) if name else None
+    where = f"{escaped(namespace)}/{shown_name}" if shown_name else None
     if kind_name == "object":
-        ref = f"object {namespace}/{name}" if name else "object"
+        ref = f"object {where}" if where else "object"
     else:
-        ref = f"{kind_name} {namespace}/{name or '<unnamed>'}"
+        ref = f"{kind_name} {where or escaped(namespace) + '/<unnamed>'}"
     try:
-        key = ObjectKey(Kind(kind_name), namespace, name) if name else None
+        key = ObjectKey(Kind(kind), namespace, name) if name else None
     except ValueError:
         key = None
     return ref, key
@@ -101,9 +131,14 @@ def _metadata(obj: ObjectReader, manifest: Mapping[str, Any], name_rule: NameRul
     obj.dns_name(name, "metadata.name", name_rule)
     namespace = obj.string(metadata.get("namespace"), "metadata.namespace") or "default"
     obj.dns_name(namespace, "metadata.namespace", DNS_LABEL)
-    obj.string_map(metadata.get("annotations"), "metadata.annotations")
-    labels = obj.string_map(metadata.get("labels"), "metadata.labels")
+    obj.annotations(metadata.get("annotations"), "metadata.annotations")
+    labels = obj.labels(metadata.get("labels"), "metadata.labels")
     return _Metadata(namespace, name, labels)
+
+
+def _app_protocol(obj: ObjectReader, value: Any, field: str) -> str | None:
+    text = obj.string(value, field)
+    return obj.qualified_name(text, field, "appProtocol") if text else None
 
 
 def _cluster_ip(obj: ObjectReader, value: Any, field: str) -> str | None:
@@ -114,6 +149,25 @@ def _cluster_ip(obj: ObjectReader, value: Any, field: str) -> str | None:
     return obj.ip(text, field)
 
 
+def _target_port(obj: ObjectReader, value: Any, field: str, number: int) -> int | str:
+    if value is None or value == 0 or value == "":
+        return number  # the API server's default
+    if isinstance(value, str):
+        if (
+            len(value) > 15
+            or not DNS_LABEL.pattern.fullmatch(value)
+            or "--" in value
+            or not any(c.isalpha() for c in value)
+        ):
+            obj.fail(
+                field,
+                f"must be a port number 1-65535 or a port name (at most 15 lowercase letters, "
+                f"digits and '-', with at least one letter), got {show(value)}",
+            )
+        return value
+    return obj.port_number(value, field)
+
+
 def _service_port(obj: ObjectReader, value: Any, field: str, named: bool) -> ServicePort:
     port = obj.mapping(value, field, SERVICE_PORT_FIELDS)
     name = obj.string(port.get("name"), f"{field}.name") or ""
@@ -122,32 +176,64 @@ def _service_port(obj: ObjectReader, value: Any, field: str, named: bool) -> Ser
     elif named:
         obj.fail(f"{field}.name", "required when the Service has more than one port")
     number = obj.port_number(port.get("port"), f"{field}.port")
-    target = port.get("targetPort")
-    if isinstance(target, str):
-        if (
-            len(target) > 15
-            or not DNS_LABEL.pattern.fullmatch(target)
-            or "--" in target
-            or not any(c.isalpha() for c in target)
-        ):
-            obj.fail(
-                f"{field}.targetPort",
-                f"must be a port number 1-65535 or a port name (at most 15 lowercase letters, "
-                f"digits and '-', with at least one letter), got {show(target)}",
-            )
-    elif target is None:
-        target = number  # the API server's default
-    else:
-        target = obj.port_number(target, f"{field}.targetPort")
-    if port.get("nodePort") is not None:
-        obj.port_number(port.get("nodePort"), f"{field}.nodePort")
+    target = _target_port(obj, port.get("targetPort"), f"{field}.targetPort", number)
+    obj.integer(port.get("nodePort"), f"{field}.nodePort", 0, 65535)
     return ServicePort(
         port=number,
         name=name,
         target_port=target,
         protocol=obj.one_of(port.get("protocol"), f"{field}.protocol", PROTOCOLS, "TCP"),
-        app_protocol=obj.string(port.get("appProtocol"), f"{field}.appProtocol") or None,
+        app_protocol=_app_protocol(obj, port.get("appProtocol"), f"{field}.appProtocol"),
     )
+
+
+def _service_ports(obj: ObjectReader, raw_ports: list[Any], node_ports: bool) -> list[ServicePort]:
+    ports: list[ServicePort] = []
+    names: set[str] = set()
+    numbers: set[tuple[int, str]] = set()
+    for i, raw in enumerate(raw_ports):
+        field = f"spec.ports[{i}]"
+        port = _service_port(obj, raw, field, named=len(raw_ports) > 1)
+        if port.name in names:
+            obj.fail(f"{field}.name", f"duplicate port name {port.name!r}")
+        if (port.port, port.protocol) in numbers:
+            obj.fail(f"{field}.port", f"duplicate port {port.port}/{port.protocol}")
+        if not node_ports and raw.get("nodePort"):
+            obj.fail(f"{field}.nodePort", "only a NodePort or LoadBalancer Service has node ports")
+        if port.name:
+            names.add(port.name)
+        numbers.add((port.port, port.protocol))
+        ports.append(port)
+    return ports
+
+
+def _cluster_ips(obj: ObjectReader, spec: Mapping[str, Any]) -> str | None:
+    """clusterIP and clusterIPs agree, one address per family, matching ipFamilies."""
+    cluster_ip = _cluster_ip(obj, spec.get("clusterIP"), "spec.clusterIP")
+    raw = obj.sequence(spec.get("clusterIPs"), "spec.clusterIPs", 2)
+    families = obj.sequence(spec.get("ipFamilies"), "spec.ipFamilies", 2)
+    for i, family in enumerate(families):
+        obj.one_of(family, f"spec.ipFamilies[{i}]", IP_FAMILIES, "")
+    if len(set(families)) < len(families):
+        obj.fail("spec.ipFamilies[1]", f"duplicate family {families[1]!r}")
+    policy = obj.one_of(spec.get("ipFamilyPolicy"), "spec.ipFamilyPolicy", IP_FAMILY_POLICIES, "")
+    if raw and spec.get("clusterIP") is not None and raw[0] != spec.get("clusterIP"):
+        obj.fail("spec.clusterIPs[0]", f"must equal spec.clusterIP, got {show(raw[0])}")
+    if "None" in raw and len(raw) > 1:
+        obj.fail("spec.clusterIPs", "'None' must be the only entry of a headless Service")
+    versions = [
+        ipaddress.ip_address(address).version
+        for address in (_cluster_ip(obj, ip, f"spec.clusterIPs[{i}]") for i, ip in enumerate(raw))
+        if address is not None
+    ]
+    if len(versions) == 2 and versions[0] == versions[1]:
+        obj.fail("spec.clusterIPs[1]", "a dual-stack Service needs one IPv4 and one IPv6 address")
+    if len(versions) == 2 and policy == "SingleStack":
+        obj.fail("spec.clusterIPs", "a SingleStack Service has one cluster IP")
+    for i, version in enumerate(versions[: len(families)]):
+        if families[i] != f"IPv{version}":
+            obj.fail(f"spec.ipFamilies[{i}]", f"must be IPv{version}, as spec.clusterIPs[{i}] is")
+    return cluster_ip
 
 
 def _service(obj: ObjectReader, manifest: Mapping[str, Any]) -> Service:
@@ -155,24 +241,25 @@ def _service(obj: ObjectReader, manifest: Mapping[str, Any]) -> Service:
     meta = _metadata(obj, manifest, DNS_1035_LABEL)
     spec = obj.mapping(manifest.get("spec"), "spec", SERVICE_SPEC_FIELDS)
     service_type = obj.one_of(spec.get("type"), "spec.type", SERVICE_TYPES, "ClusterIP")
+    obj.one_of(spec.get("sessionAffinity"), "spec.sessionAffinity", SESSION_AFFINITIES, "None")
+    for policy in ("externalTrafficPolicy", "internalTrafficPolicy"):
+        obj.one_of(spec.get(policy), f"spec.{policy}", TRAFFIC_POLICIES, "Cluster")
+    obj.integer(spec.get("healthCheckNodePort"), "spec.healthCheckNodePort", 0, 65535)
+    for i, ip in enumerate(spec.get("externalIPs") or ()):
+        obj.ip(ip, f"spec.externalIPs[{i}]")
     headless = spec.get("clusterIP") == "None"
-    cluster_ip = _cluster_ip(obj, spec.get("clusterIP"), "spec.clusterIP")
-    for i, ip in enumerate(obj.sequence(spec.get("clusterIPs"), "spec.clusterIPs")):
-        _cluster_ip(obj, ip, f"spec.clusterIPs[{i}]")
-    raw_ports = obj.sequence(spec.get("ports"), "spec.ports")
+    cluster_ip = _cluster_ips(obj, spec)
+    if service_type == "ExternalName":
+        external = obj.required_string(spec.get("externalName"), "spec.externalName")
+        obj.dns_name(external.removesuffix("."), "spec.externalName", DNS_SUBDOMAIN)
+        if cluster_ip is not None:
+            obj.fail("spec.clusterIP", "must be empty for an ExternalName Service")
+    raw_ports = obj.sequence(spec.get("ports"), "spec.ports", limits.MAX_SERVICE_PORTS)
     if not raw_ports and not headless and service_type != "ExternalName":
         obj.fail("spec.ports", "required: a Service needs at least one port")
-    ports: list[ServicePort] = []
-    for i, raw in enumerate(raw_ports):
-        field = f"spec.ports[{i}]"
-        port = _service_port(obj, raw, field, named=len(raw_ports) > 1)
-        for other in ports:
-            if port.name and port.name == other.name:
-                obj.fail(f"{field}.name", f"duplicate port name {port.name!r}")
-            if (port.port, port.protocol) == (other.port, other.protocol):
-                obj.fail(f"{field}.port", f"duplicate port {port.port}/{port.protocol}")
-        ports.append(port)
-    selector = obj.string_map(spec.get("selector"), "spec.selector")
+    node_ports = service_type in ("NodePort", "LoadBalancer")
+    ports = _service_ports(obj, raw_ports, node_ports)
+    selector = obj.labels(spec.get("selector"), "spec.selector")
     return Service(
         namespace=meta.namespace,
         name=meta.name,
@@ -188,43 +275,63 @@ def _slice_port(obj: ObjectReader, value: Any, field: str) -> EndpointPort | Non
     if name:
         obj.dns_name(name, f"{field}.name", DNS_LABEL)
     protocol = obj.one_of(port.get("protocol"), f"{field}.protocol", PROTOCOLS, "TCP")
-    app_protocol = obj.string(port.get("appProtocol"), f"{field}.appProtocol") or None
+    app_protocol = _app_protocol(obj, port.get("appProtocol"), f"{field}.appProtocol")
     if port.get("port") is None:
         return None  # "all ports": nothing a proxy can route to by number
     number = obj.port_number(port.get("port"), f"{field}.port")
     return EndpointPort(port=number, name=name, protocol=protocol, app_protocol=app_protocol)
 
 
+def _address(obj: ObjectReader, value: Any, field: str, address_type: str) -> str:
+    address = obj.required_string(value, field)
+    if address_type == "FQDN":
+        name = obj.dns_name(address.removesuffix("."), field, DNS_SUBDOMAIN)
+        if "." not in name:
+            obj.fail(field, f"must be a fully qualified domain name, got {show(address)}")
+        return address
+    text = obj.ip(address, field, 4 if address_type == "IPv4" else 6)
+    ip = ipaddress.ip_address(text)
+    if ip.is_unspecified or ip.is_multicast:
+        obj.fail(field, f"must be a unicast address, got {show(address)}")
+    return text
+
+
 def _endpoint(obj: ObjectReader, value: Any, field: str, address_type: str) -> Endpoint:
     raw = obj.mapping(value, field, ENDPOINT_FIELDS)
-    addresses: list[str] = []
-    for i, item in enumerate(obj.sequence(raw.get("addresses"), f"{field}.addresses")):
-        where = f"{field}.addresses[{i}]"
-        address = obj.required_string(item, where)
-        if address_type == "FQDN":
-            addresses.append(obj.dns_name(address, where, DNS_SUBDOMAIN))
-        else:
-            addresses.append(obj.ip(address, where, 4 if address_type == "IPv4" else 6))
-    if not addresses:
-        obj.fail(f"{field}.addresses", "required: an endpoint needs at least one address")
+    where = f"{field}.addresses"
+    raw_addresses = obj.sequence(raw.get("addresses"), where, limits.MAX_ADDRESSES_PER_ENDPOINT)
+    if not raw_addresses:
+        obj.fail(where, "required: an endpoint needs at least one address")
+    addresses = tuple(
+        _address(obj, item, f"{where}[{i}]", address_type) for i, item in enumerate(raw_addresses)
+    )
     conditions = obj.mapping(raw.get("conditions"), f"{field}.conditions", CONDITION_FIELDS)
-    ready = obj.boolean(conditions.get("ready"), f"{field}.conditions.ready")
-    serving = obj.boolean(conditions.get("serving"), f"{field}.conditions.serving")
-    terminating = obj.boolean(conditions.get("terminating"), f"{field}.conditions.terminating")
+    ready = conditions.get("ready")
+    serving = conditions.get("serving")
     ready = True if ready is None else ready  # unknown readiness counts as ready
     target = obj.mapping(raw.get("targetRef"), f"{field}.targetRef", OBJECT_REFERENCE_FIELDS)
-    target_kind = obj.string(target.get("kind"), f"{field}.targetRef.kind")
-    target_name = obj.string(target.get("name"), f"{field}.targetRef.name")
-    obj.string(raw.get("hostname"), f"{field}.hostname")
-    obj.mapping(raw.get("hints"), f"{field}.hints", frozenset({"forZones", "forNodes"}))
+    for name, text in target.items():
+        obj.text(text, f"{field}.targetRef.{name}", limits.MAX_NAME_LENGTH)
+    hostname = obj.string(raw.get("hostname"), f"{field}.hostname")
+    if hostname is not None:
+        obj.dns_name(hostname, f"{field}.hostname", DNS_LABEL)
+    node_name = obj.string(raw.get("nodeName"), f"{field}.nodeName")
+    if node_name:
+        obj.dns_name(node_name, f"{field}.nodeName", DNS_SUBDOMAIN)
+    hints = obj.mapping(raw.get("hints"), f"{field}.hints", HINTS_FIELDS)
+    for group in ("forZones", "forNodes"):
+        for i, hint in enumerate(obj.sequence(hints.get(group), f"{field}.hints.{group}", 8)):
+            where = f"{field}.hints.{group}[{i}]"
+            obj.text(obj.mapping(hint, where, HINT_FIELDS).get("name"), f"{where}.name")
+    obj.labels(raw.get("deprecatedTopology"), f"{field}.deprecatedTopology")
     return Endpoint(
-        addresses=tuple(addresses),
+        addresses=addresses,
         ready=ready,
         serving=ready if serving is None else serving,
-        terminating=bool(terminating),
-        zone=obj.string(raw.get("zone"), f"{field}.zone") or None,
-        node_name=obj.string(raw.get("nodeName"), f"{field}.nodeName") or None,
-        target_pod=(target_name or None) if target_kind == "Pod" else None,
+        terminating=bool(conditions.get("terminating")),
+        zone=obj.text(raw.get("zone"), f"{field}.zone") or None,
+        node_name=node_name or None,
+        target_pod=(target.get("name") or None) if target.get("kind") == "Pod" else None,
     )
 
 
@@ -241,16 +348,22 @@ def _endpoint_slice(obj: ObjectReader, manifest: Mapping[str, Any]) -> EndpointS
         obj.fail("addressType", "required: one of FQDN, IPv4, IPv6")
     address_type = obj.one_of(manifest.get("addressType"), "addressType", ADDRESS_TYPES, "")
     ports: list[EndpointPort] = []
-    for i, raw in enumerate(obj.sequence(manifest.get("ports"), "ports")):
+    names: set[str] = set()
+    for i, raw in enumerate(
+        obj.sequence(manifest.get("ports"), "ports", limits.MAX_PORTS_PER_SLICE)
+    ):
         port = _slice_port(obj, raw, f"ports[{i}]")
-        if port is None:
-            continue
-        if any(port.name == other.name for other in ports):
-            obj.fail(f"ports[{i}].name", f"duplicate port name {port.name!r}")
-        ports.append(port)
+        name = port.name if port else (obj.mapping(raw, "").get("name") or "")
+        if name in names:
+            obj.fail(f"ports[{i}].name", f"duplicate port name {name!r}")
+        names.add(name)
+        if port is not None:
+            ports.append(port)
+    raw_endpoints = obj.sequence(
+        manifest.get("endpoints"), "endpoints", limits.MAX_ENDPOINTS_PER_SLICE
+    )
     endpoints = tuple(
-        _endpoint(obj, raw, f"endpoints[{i}]", address_type)
-        for i, raw in enumerate(obj.sequence(manifest.get("endpoints"), "endpoints"))
+        _endpoint(obj, raw, f"endpoints[{i}]", address_type) for i, raw in enumerate(raw_endpoints)
     )
     return EndpointSlice(
         namespace=meta.namespace,
@@ -270,19 +383,30 @@ def _pod(obj: ObjectReader, manifest: Mapping[str, Any]) -> Workload:
     meta = _metadata(obj, manifest, DNS_SUBDOMAIN)
     spec = obj.mapping(manifest.get("spec"), "spec", POD_SPEC_FIELDS)
     status = obj.mapping(manifest.get("status"), "status", POD_STATUS_FIELDS)
-    account = obj.string(spec.get("serviceAccountName"), "spec.serviceAccountName") or (
-        obj.string(spec.get("serviceAccount"), "spec.serviceAccount")
-    )
+    accounts = [
+        obj.dns_name(account, f"spec.{field}", DNS_SUBDOMAIN)
+        for field in ("serviceAccountName", "serviceAccount")
+        if (account := obj.string(spec.get(field), f"spec.{field}"))
+    ]
+    node_name = obj.string(spec.get("nodeName"), "spec.nodeName")
+    if node_name:
+        obj.dns_name(node_name, "spec.nodeName", DNS_SUBDOMAIN)
+    for i, entry in enumerate(obj.sequence(status.get("podIPs"), "status.podIPs", 2)):
+        ip = obj.mapping(entry, f"status.podIPs[{i}]", POD_IP_FIELDS).get("ip")
+        obj.ip(obj.required_string(ip, f"status.podIPs[{i}].ip"), f"status.podIPs[{i}].ip")
+    if status.get("hostIP"):
+        obj.ip(status["hostIP"], "status.hostIP")
     pod_ip = obj.string(status.get("podIP"), "status.podIP")
-    if obj.string(status.get("phase"), "status.phase") in _TERMINATED_PHASES:
+    phase = obj.one_of(status.get("phase"), "status.phase", POD_PHASES, "Pending")
+    if phase in _TERMINATED_PHASES:
         pod_ip = ""  # released: the kubelet may already have given it to another pod
     return Workload(
         namespace=meta.namespace,
         name=meta.name,
         labels=labels_of(meta.labels),
-        service_account=account or "default",
+        service_account=accounts[0] if accounts else "default",
         ip=obj.ip(pod_ip, "status.podIP") if pod_ip else None,
-        node_name=obj.string(spec.get("nodeName"), "spec.nodeName") or None,
+        node_name=node_name or None,
     )
 
 
@@ -292,20 +416,17 @@ _CONVERTERS: dict[tuple[str, str], _Converter] = {
     ("discovery.k8s.io/v1", "EndpointSlice"): _endpoint_slice,
     ("v1", "Pod"): _pod,
 }
-_API_VERSION_OF_KIND = {kind: api_version for api_version, kind in _CONVERTERS}
-
-
-def _group(api_version: str) -> str:
-    return api_version.rpartition("/")[0]
 
 
 def convert(manifest: Mapping[str, Any], *, strict: bool = True) -> MeshObject | None:
     """The model value a manifest describes, or None for a kind the mesh does not use.
 
     Raises ManifestError naming the object and field when the manifest is not
-    valid.  `strict` rejects fields Kubernetes does not define (as `kubectl
-    apply` does); a watcher of the API server, whose objects are already
-    validated and may carry fields newer than this module, can pass False.
+    valid, and a ManifestError of severity "warning" when its kind or
+    apiVersion is a near miss of one the mesh reads.  `strict` rejects fields
+    Kubernetes does not define (as `kubectl apply` does); a watcher of the
+    API server, whose objects are already validated and may carry fields
+    newer than this module, can pass False.
     """
     if not isinstance(manifest, Mapping):
         raise ManifestError("object", None, f"must be a mapping, got {show(manifest)}")
@@ -315,9 +436,11 @@ def convert(manifest: Mapping[str, Any], *, strict: bool = True) -> MeshObject |
     api_version = obj.required_string(manifest.get("apiVersion"), "apiVersion")
     converter = _CONVERTERS.get((api_version, kind))
     if converter is None:
-        supported = _API_VERSION_OF_KIND.get(kind)
-        if supported is not None and _group(supported) == _group(api_version):
-            obj.fail("apiVersion", f"unsupported version {api_version!r}, use {supported!r}")
-        logger.debug("ignoring %s (%s)", ref, api_version)
-        return None
+        miss = near_miss(api_version, kind, _CONVERTERS)
+        if miss is None:
+            logger.debug("ignoring %s (%s)", ref, escaped(api_version))
+            return None
+        meant = dict(manifest, kind=miss.kind)
+        raise ManifestError(ref, miss.field, miss.message, describe(meant)[1], miss.severity)
+    check_values(obj, manifest)
     return converter(obj, manifest)

@@ -19,6 +19,7 @@ rule is a table-driven test away:
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -29,24 +30,47 @@ import yaml
 
 from xds_server.model import ChangeSet, ObjectKey
 from xds_server.model.changes import MeshObject
+from xds_server.sources import limits
 from xds_server.sources.convert import ManifestError, convert, describe
+from xds_server.sources.schema import Severity, show
+from xds_server.sources.yaml_reader import Document, DocumentProblem, read_documents
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
 class SourceError:
-    """One problem in the source's input, located as precisely as the input allows."""
+    """One problem in the source's input, located as precisely as the input allows.
+
+    Its parts are cut to bounded lengths when it is made, and `str()` is at
+    most `limits.MAX_ERROR_CHARS`, whatever the input.  A "warning" (a
+    manifest the mesh does not read but probably should) says so in `str()`.
+    """
 
     path: Path
     object_ref: str | None
     field: str | None
     message: str
     line: int | None = None
+    severity: Severity = "error"
+
+    def __post_init__(self) -> None:
+        if self.object_ref:
+            object.__setattr__(
+                self, "object_ref", limits.clip(self.object_ref, 2 * limits.MAX_SHOWN_VALUE_CHARS)
+            )
+        if self.field:
+            object.__setattr__(self, "field", limits.clip(self.field, limits.MAX_FIELD_CHARS))
+        object.__setattr__(self, "message", limits.clip(self.message))
 
     def __str__(self) -> str:
-        where = f"{self.path}:{self.line}" if self.line else str(self.path)
-        return ": ".join(
-            part for part in (where, self.object_ref, self.field, self.message) if part
+        shown_path = (
+            str(self.path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
         )
+        where = f"{shown_path}:{self.line}" if self.line else shown_path
+        severity = "warning" if self.severity == "warning" else None
+        parts = (where, severity, self.object_ref, self.field, self.message)
+        return limits.clip(": ".join(part for part in parts if part))
 
 
 @dataclass(frozen=True)
@@ -90,67 +114,6 @@ def _line_of(node: yaml.Node, field: str | None) -> int:
     return line + 1
 
 
-def _step(prefix: str, name: str) -> str:
-    """A field path step in the API server's notation: `.name`, or `[key]` for map keys."""
-    if _PLAIN_NAME.fullmatch(name):
-        return f"{prefix}.{name}" if prefix else name
-    return f"{prefix}[{name}]"
-
-
-_PLAIN_NAME = re.compile(r"[A-Za-z0-9_-]+")
-
-
-def _duplicate_field(node: yaml.Node) -> str | None:
-    """The path of the first field given twice in one mapping (YAML would keep the last)."""
-    pending: list[tuple[yaml.Node, str]] = [(node, "")]
-    visited: set[int] = set()  # aliases can share, and even nest, nodes
-    while pending:
-        node, path = pending.pop()
-        if id(node) in visited:
-            continue
-        visited.add(id(node))
-        children: list[tuple[yaml.Node, str]] = []
-        if isinstance(node, yaml.MappingNode):
-            seen: set[str] = set()
-            for key_node, value in node.value:
-                name = str(getattr(key_node, "value", ""))
-                if name in seen:
-                    return _step(path, name)
-                seen.add(name)
-                children.append((value, _step(path, name)))
-        elif isinstance(node, yaml.SequenceNode):
-            children.extend((item, f"{path}[{i}]") for i, item in enumerate(node.value))
-        pending.extend(reversed(children))  # depth first, in document order
-    return None
-
-
-def _documents(text: str) -> list[tuple[yaml.Node, Any]]:
-    """Every document as (node, value): `yaml.safe_load_all`, keeping positions.
-
-    A `kind: List` (what `kubectl get -o yaml` writes) is unpacked into its items.
-    """
-    loader = yaml.SafeLoader(text)
-    documents: list[tuple[yaml.Node, Any]] = []
-    try:
-        while loader.check_node():
-            node = loader.get_node()
-            value = loader.construct_document(node)
-            if (
-                isinstance(value, Mapping)
-                and value.get("kind") == "List"
-                and isinstance(value.get("items"), list)
-                and isinstance(node, yaml.MappingNode)
-            ):
-                items = [v for k, v in node.value if getattr(k, "value", None) == "items"]
-                nodes = items[-1].value if items else []
-                documents.extend(zip(nodes, value["items"], strict=True))
-            elif value is not None and node is not None:
-                documents.append((node, value))
-    finally:
-        loader.dispose()
-    return documents
-
-
 def _yaml_error(path: Path, error: yaml.YAMLError) -> SourceError:
     mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
     problem = getattr(error, "problem", None) or str(error)
@@ -159,61 +122,144 @@ def _yaml_error(path: Path, error: yaml.YAMLError) -> SourceError:
     return SourceError(path, None, None, f"invalid YAML: {detail}", mark.line + 1 if mark else None)
 
 
-def _object_error(path: Path, node: yaml.Node, error: ManifestError) -> SourceError:
-    line = _line_of(node, error.field)
-    return SourceError(path, error.object_ref, error.field, error.message, line)
+def _not_utf8(path: Path, data: bytes, error: UnicodeDecodeError) -> SourceError:
+    line = data.count(b"\n", 0, error.start) + 1
+    where = f"line {line}, byte {error.start:,}"
+    return SourceError(path, None, None, f"not UTF-8 text: {error.reason} ({where})")
+
+
+_NOT_A_MANIFEST = "a manifest must be a mapping (an object with apiVersion and kind)"
+
+
+def _manifests(
+    path: Path, document: Document, errors: list[SourceError]
+) -> Iterator[tuple[yaml.Node, Mapping[str, Any]]]:
+    """The objects one document holds (a `kind: List` holds its items); problems to `errors`."""
+    node, value = document.node, document.value
+    line = node.start_mark.line + 1
+    if value is None:
+        errors.append(SourceError(path, None, None, "document is null: nothing to read", line,
+                                  "warning"))  # fmt: skip
+        return
+    if not isinstance(value, Mapping):
+        hint = (
+            "; separate objects with '---', or use kind: List"
+            if isinstance(value, list) and value and isinstance(value[0], Mapping)
+            else ""
+        )
+        errors.append(SourceError(path, None, None, f"{_NOT_A_MANIFEST}, got {show(value)}{hint}",
+                                  line))  # fmt: skip
+        return
+    if value.get("kind") != "List":
+        yield node, value
+        return
+    items = value.get("items")
+    items_node = next(
+        (v for k, v in getattr(node, "value", ()) if getattr(k, "value", None) == "items"), None
+    )
+    if not isinstance(items, list) or not isinstance(items_node, yaml.SequenceNode):
+        got = "nothing" if items is None else show(items)
+        errors.append(SourceError(path, "List", "items", f"must be a list of objects, got {got}",
+                                  _line_of(node, "items")))  # fmt: skip
+        return
+    for i, (item_node, item) in enumerate(zip(items_node.value, items, strict=True)):
+        if isinstance(item, Mapping):
+            yield item_node, item
+        else:
+            errors.append(SourceError(path, "List", f"items[{i}]",
+                                      f"{_NOT_A_MANIFEST}, got {show(item)}",
+                                      item_node.start_mark.line + 1))  # fmt: skip
+
+
+class _Parse:
+    """One file's parse in progress: the objects and errors found so far."""
+
+    def __init__(self, path: Path, previous: FileState | None) -> None:
+        self.path = path
+        self.kept: Mapping[ObjectKey, MeshObject] = previous.objects if previous else {}
+        self.kept_lines: Mapping[ObjectKey, int] = previous.lines if previous else {}
+        self.objects: dict[ObjectKey, MeshObject] = {}
+        self.lines: dict[ObjectKey, int] = {}
+        self.errors: list[SourceError] = []
+        self.count = 0
+
+    def keep(self, key: ObjectKey | None, line: int) -> None:
+        """An invalid version of `key`: its previous good version stays in force."""
+        if key is not None and key in self.kept and key not in self.objects:
+            self.objects[key] = self.kept[key]
+            self.lines[key] = self.kept_lines.get(key, line)
+
+    def problem(self, problem: DocumentProblem) -> None:
+        ref, key = describe(problem.manifest) if problem.manifest else (None, None)
+        self.errors.append(SourceError(self.path, ref, problem.field, problem.message,
+                                       problem.line))  # fmt: skip
+        self.keep(key, problem.line)
+
+    def manifest(self, node: yaml.Node, manifest: Mapping[str, Any]) -> None:
+        line = node.start_mark.line + 1
+        try:
+            obj = convert(manifest)
+        except ManifestError as error:
+            self.errors.append(
+                SourceError(self.path, error.object_ref, error.field, error.message,
+                            _line_of(node, error.field), error.severity)
+            )  # fmt: skip
+            self.keep(error.key, line)
+            return
+        except Exception as error:  # a bug in conversion costs this object only
+            logger.exception("%s:%d: converting a manifest failed", self.path, line)
+            ref, key = describe(manifest)
+            self.errors.append(SourceError(self.path, ref, None,
+                                           f"could not be converted: {error!r}", line))  # fmt: skip
+            self.keep(key, line)
+            return
+        if obj is None:
+            return
+        key = ObjectKey.of(obj)
+        if key in self.objects:
+            self.errors.append(
+                SourceError(
+                    self.path, str(key), None, f"defined again in this file, first at line "
+                    f"{self.lines[key]}; the first definition is used", line,
+                )
+            )  # fmt: skip
+            return
+        self.objects[key] = obj
+        self.lines[key] = line
 
 
 def parse_file(path: Path, data: bytes, previous: FileState | None = None) -> FileState:
-    """The next state of the file at `path`, given its new bytes and its previous state."""
-    kept: Mapping[ObjectKey, MeshObject] = previous.objects if previous else {}
-    kept_lines: Mapping[ObjectKey, int] = previous.lines if previous else {}
+    """The next state of the file at `path`, given its new bytes and its previous state.
+
+    Never raises for any input: every problem is a SourceError naming the
+    file and, where the YAML is readable, the object and field.
+    """
+    kept = previous or FileState(path)
     digest = digest_of(data)
     try:
-        documents = _documents(data.decode("utf-8"))
+        documents = read_documents(data.decode("utf-8"))
     except UnicodeDecodeError as error:
-        problem = SourceError(path, None, None, f"not UTF-8 text: {error.reason}")
-        return FileState(path, digest, kept, kept_lines, (problem,))
+        return FileState(path, digest, kept.objects, kept.lines, (_not_utf8(path, data, error),))
     except yaml.YAMLError as error:
-        return FileState(path, digest, kept, kept_lines, (_yaml_error(path, error),))
-    except RecursionError:
-        problem = SourceError(path, None, None, "invalid YAML: nested too deeply")
-        return FileState(path, digest, kept, kept_lines, (problem,))
-
-    objects: dict[ObjectKey, MeshObject] = {}
-    lines: dict[ObjectKey, int] = {}
-    errors: list[SourceError] = []
-    for node, manifest in documents:
-        obj, invalid = None, None
-        try:
-            obj = convert(manifest)
-        except ManifestError as caught:
-            invalid = caught
-        duplicate = _duplicate_field(node) if obj or invalid else None
-        if duplicate:  # YAML keeps the last; an author meant one or the other
-            ref, ref_key = describe(manifest)
-            invalid = ManifestError(ref, duplicate, "field given more than once", ref_key)
-        if invalid is not None:
-            errors.append(_object_error(path, node, invalid))
-            if invalid.key is not None and invalid.key in kept and invalid.key not in objects:
-                objects[invalid.key] = kept[invalid.key]
-                lines[invalid.key] = kept_lines.get(invalid.key, _line_of(node, None))
+        return FileState(path, digest, kept.objects, kept.lines, (_yaml_error(path, error),))
+    parse = _Parse(path, previous)
+    for document in documents:
+        if isinstance(document, DocumentProblem):
+            parse.problem(document)
             continue
-        if obj is None:
-            continue
-        key = ObjectKey.of(obj)
-        line = _line_of(node, None)
-        if key in objects:
-            errors.append(
-                SourceError(
-                    path, str(key), None, f"defined again in this file, first at line "
-                    f"{lines[key]}; the first definition is used", line,
-                )
-            )  # fmt: skip
-            continue
-        objects[key] = obj
-        lines[key] = line
-    return FileState(path, digest, objects, lines, tuple(errors))
+        for node, manifest in _manifests(path, document, parse.errors):
+            parse.count += 1
+            if parse.count > limits.MAX_DOCUMENTS_PER_FILE:
+                parse.errors.append(SourceError(
+                    path, None, None, f"more than {limits.MAX_DOCUMENTS_PER_FILE:,} objects in "
+                    "one file; this one and those after it are not read",
+                    node.start_mark.line + 1,
+                ))  # fmt: skip
+                break
+            parse.manifest(node, manifest)
+        if parse.count > limits.MAX_DOCUMENTS_PER_FILE:
+            break
+    return FileState(path, digest, parse.objects, parse.lines, tuple(parse.errors))
 
 
 def missing_directory_error(directory: Path, detail: str) -> SourceError:

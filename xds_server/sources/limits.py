@@ -35,6 +35,8 @@ MAX_STRING_LENGTH = 4096
 
 MAX_SHOWN_VALUE_CHARS = 80
 """A value quoted in an error message is cut to this many characters, with an ellipsis."""
+MAX_FIELD_CHARS = 240
+"""A field path in an error (`metadata.labels[...]`) is cut to this many characters."""
 MAX_ERROR_CHARS = 1000
 """No error message, in the admin API or the log, is longer than this."""
 

@@ -1,11 +1,23 @@
 """What Kubernetes allows in the objects we read, and a reader that names fields.
 
-`convert` reads manifests through `ObjectReader`, which checks each field's type
-as it is read and, when strict, rejects field names Kubernetes does not define
-(the API server's strict decoding).  The field tables hold the real Kubernetes
-field names, including ones the mesh never reads, so valid manifests pass.  A
-failure is a `ManifestError` naming the object and the field path, in the
-API server's notation: `spec.ports[1].port`, `metadata.labels[app]`.
+`convert` reads manifests through `ObjectReader`, which checks each field's
+type as it is read and, when strict, rejects field names Kubernetes does not
+define (the API server's strict decoding).  The field tables map the real
+Kubernetes field names, including ones the mesh never reads, to their JSON
+types, so valid manifests pass and a wrongly typed field is refused even
+where the mesh ignores it (as the API server would refuse it).
+
+Strings get the API server's rules where it has them (names, label keys and
+values, qualified names) and, for every string the mesh reads, a bound on
+length and a ban on what protobuf or Envoy cannot carry: lone surrogates,
+NUL and other control characters.  `check_values` walks a whole object once
+for what nothing may hold anywhere (lone surrogates, NUL, integers beyond
+int64, non-JSON values).
+
+A failure is a `ManifestError` naming the object and the field path, in the
+API server's notation: `spec.ports[1].port`, `metadata.labels[app]`.  Its
+text is bounded: a value is shown cut to `limits.MAX_SHOWN_VALUE_CHARS`,
+and the whole message to `limits.MAX_ERROR_CHARS`, whatever the input.
 """
 
 from __future__ import annotations
@@ -14,56 +26,92 @@ import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, NamedTuple, NoReturn
+from typing import Any, Literal, NamedTuple, NoReturn
 
 from xds_server.model import ObjectKey
+from xds_server.sources import limits
 
-METADATA_FIELDS = frozenset({
-    "name", "generateName", "namespace", "selfLink", "uid", "resourceVersion",
-    "generation", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds",
-    "labels", "annotations", "ownerReferences", "finalizers", "managedFields",
-})  # fmt: skip
-SERVICE_FIELDS = frozenset({"apiVersion", "kind", "metadata", "spec", "status"})
-SERVICE_SPEC_FIELDS = frozenset({
-    "ports", "selector", "clusterIP", "clusterIPs", "type", "externalIPs", "sessionAffinity",
-    "sessionAffinityConfig", "loadBalancerIP", "loadBalancerSourceRanges", "loadBalancerClass",
-    "externalName", "externalTrafficPolicy", "internalTrafficPolicy", "healthCheckNodePort",
-    "publishNotReadyAddresses", "ipFamilies", "ipFamilyPolicy",
-    "allocateLoadBalancerNodePorts", "trafficDistribution",
-})  # fmt: skip
-SERVICE_PORT_FIELDS = frozenset(
-    {"name", "protocol", "appProtocol", "port", "targetPort", "nodePort"}
-)
+Severity = Literal["error", "warning"]
+FieldType = Literal["string", "integer", "port", "boolean", "mapping", "list", "strings",
+                    "string-map", "int-or-string", "any"]  # fmt: skip
+Fields = Mapping[str, FieldType]
+
+_OBJECT: Fields = {"apiVersion": "string", "kind": "string", "metadata": "mapping"}
+METADATA_FIELDS: Fields = {
+    "name": "string", "generateName": "string", "namespace": "string", "selfLink": "string",
+    "uid": "string", "resourceVersion": "string", "generation": "integer",
+    "creationTimestamp": "string", "deletionTimestamp": "string",
+    "deletionGracePeriodSeconds": "integer", "labels": "string-map",
+    "annotations": "string-map", "ownerReferences": "list", "finalizers": "strings",
+    "managedFields": "list",
+}  # fmt: skip
+SERVICE_FIELDS: Fields = {**_OBJECT, "spec": "mapping", "status": "mapping"}
+SERVICE_SPEC_FIELDS: Fields = {
+    "ports": "list", "selector": "string-map", "clusterIP": "string", "clusterIPs": "strings",
+    "type": "string", "externalIPs": "strings", "sessionAffinity": "string",
+    "sessionAffinityConfig": "mapping", "loadBalancerIP": "string",
+    "loadBalancerSourceRanges": "strings", "loadBalancerClass": "string",
+    "externalName": "string", "externalTrafficPolicy": "string",
+    "internalTrafficPolicy": "string", "healthCheckNodePort": "integer",
+    "publishNotReadyAddresses": "boolean", "ipFamilies": "strings", "ipFamilyPolicy": "string",
+    "allocateLoadBalancerNodePorts": "boolean", "trafficDistribution": "string",
+}  # fmt: skip
+SERVICE_PORT_FIELDS: Fields = {
+    "name": "string", "protocol": "string", "appProtocol": "string", "port": "port",
+    "targetPort": "int-or-string", "nodePort": "integer",
+}  # fmt: skip
 SERVICE_TYPES = frozenset({"ClusterIP", "NodePort", "LoadBalancer", "ExternalName"})
+SESSION_AFFINITIES = frozenset({"None", "ClientIP"})
+TRAFFIC_POLICIES = frozenset({"Cluster", "Local"})
+IP_FAMILIES = frozenset({"IPv4", "IPv6"})
+IP_FAMILY_POLICIES = frozenset({"SingleStack", "PreferDualStack", "RequireDualStack"})
 PROTOCOLS = frozenset({"TCP", "UDP", "SCTP"})
-SLICE_FIELDS = frozenset({"apiVersion", "kind", "metadata", "addressType", "endpoints", "ports"})
-SLICE_PORT_FIELDS = frozenset({"name", "protocol", "port", "appProtocol"})
-ENDPOINT_FIELDS = frozenset({
-    "addresses", "conditions", "hostname", "targetRef", "nodeName", "zone", "hints",
-    "deprecatedTopology",
-})  # fmt: skip
-CONDITION_FIELDS = frozenset({"ready", "serving", "terminating"})
-OBJECT_REFERENCE_FIELDS = frozenset(
-    {"kind", "namespace", "name", "uid", "apiVersion", "resourceVersion", "fieldPath"}
-)
+SLICE_FIELDS: Fields = {
+    **_OBJECT, "addressType": "string", "endpoints": "list", "ports": "list",
+}  # fmt: skip
+SLICE_PORT_FIELDS: Fields = {
+    "name": "string", "protocol": "string", "port": "port", "appProtocol": "string",
+}  # fmt: skip
+ENDPOINT_FIELDS: Fields = {
+    "addresses": "strings", "conditions": "mapping", "hostname": "string",
+    "targetRef": "mapping", "nodeName": "string", "zone": "string", "hints": "mapping",
+    "deprecatedTopology": "string-map",
+}  # fmt: skip
+CONDITION_FIELDS: Fields = {"ready": "boolean", "serving": "boolean", "terminating": "boolean"}
+HINTS_FIELDS: Fields = {"forZones": "list", "forNodes": "list"}
+HINT_FIELDS: Fields = {"name": "string"}
+OBJECT_REFERENCE_FIELDS: Fields = {
+    "kind": "string", "namespace": "string", "name": "string", "uid": "string",
+    "apiVersion": "string", "resourceVersion": "string", "fieldPath": "string",
+}  # fmt: skip
 ADDRESS_TYPES = frozenset({"IPv4", "IPv6", "FQDN"})
-POD_FIELDS = frozenset({"apiVersion", "kind", "metadata", "spec", "status"})
-POD_SPEC_FIELDS = frozenset({
-    "activeDeadlineSeconds", "affinity", "automountServiceAccountToken", "containers",
-    "dnsConfig", "dnsPolicy", "enableServiceLinks", "ephemeralContainers", "hostAliases",
-    "hostIPC", "hostNetwork", "hostPID", "hostUsers", "hostname", "hostnameOverride",
-    "imagePullSecrets", "initContainers", "nodeName", "nodeSelector", "os", "overhead",
-    "preemptionPolicy", "priority", "priorityClassName", "readinessGates", "resourceClaims",
-    "resources", "restartPolicy", "runtimeClassName", "schedulerName", "schedulingGates",
-    "securityContext", "serviceAccount", "serviceAccountName", "setHostnameAsFQDN",
-    "shareProcessNamespace", "subdomain", "terminationGracePeriodSeconds", "tolerations",
-    "topologySpreadConstraints", "volumes",
-})  # fmt: skip
-POD_STATUS_FIELDS = frozenset({
-    "conditions", "containerStatuses", "ephemeralContainerStatuses", "hostIP", "hostIPs",
-    "initContainerStatuses", "message", "nominatedNodeName", "observedGeneration", "phase",
-    "podIP", "podIPs", "qosClass", "reason", "resize", "resourceClaimStatuses", "startTime",
-})  # fmt: skip
+POD_FIELDS: Fields = {**_OBJECT, "spec": "mapping", "status": "mapping"}
+POD_SPEC_FIELDS: Fields = {
+    "activeDeadlineSeconds": "integer", "affinity": "mapping",
+    "automountServiceAccountToken": "boolean", "containers": "list", "dnsConfig": "mapping",
+    "dnsPolicy": "string", "enableServiceLinks": "boolean", "ephemeralContainers": "list",
+    "hostAliases": "list", "hostIPC": "boolean", "hostNetwork": "boolean", "hostPID": "boolean",
+    "hostUsers": "boolean", "hostname": "string", "hostnameOverride": "string",
+    "imagePullSecrets": "list", "initContainers": "list", "nodeName": "string",
+    "nodeSelector": "string-map", "os": "mapping", "overhead": "mapping",
+    "preemptionPolicy": "string", "priority": "integer", "priorityClassName": "string",
+    "readinessGates": "list", "resourceClaims": "list", "resources": "mapping",
+    "restartPolicy": "string", "runtimeClassName": "string", "schedulerName": "string",
+    "schedulingGates": "list", "securityContext": "mapping", "serviceAccount": "string",
+    "serviceAccountName": "string", "setHostnameAsFQDN": "boolean",
+    "shareProcessNamespace": "boolean", "subdomain": "string",
+    "terminationGracePeriodSeconds": "integer", "tolerations": "list",
+    "topologySpreadConstraints": "list", "volumes": "list",
+}  # fmt: skip
+POD_STATUS_FIELDS: Fields = {
+    "conditions": "list", "containerStatuses": "list", "ephemeralContainerStatuses": "list",
+    "hostIP": "string", "hostIPs": "list", "initContainerStatuses": "list", "message": "string",
+    "nominatedNodeName": "string", "observedGeneration": "integer", "phase": "string",
+    "podIP": "string", "podIPs": "list", "qosClass": "string", "reason": "string",
+    "resize": "string", "resourceClaimStatuses": "list", "startTime": "string",
+}  # fmt: skip
+POD_IP_FIELDS: Fields = {"ip": "string"}
+POD_PHASES = frozenset({"Pending", "Running", "Succeeded", "Failed", "Unknown"})
 
 
 class NameRule(NamedTuple):
@@ -84,33 +132,65 @@ DNS_1035_LABEL = NameRule(
 )
 DNS_SUBDOMAIN = NameRule(
     re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"),
-    253,
+    limits.MAX_NAME_LENGTH,
     "a DNS subdomain (lowercase letters, digits, '-' and '.')",
 )
+LABEL_NAME = NameRule(
+    re.compile(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]"),
+    limits.MAX_LABEL_NAME_LENGTH,
+    "a name of letters, digits, '-', '_' and '.', starting and ending with a letter or digit",
+)
+LABEL_VALUE = NameRule(
+    re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?"),
+    limits.MAX_LABEL_VALUE_LENGTH,
+    "empty or letters, digits, '-', '_' and '.', starting and ending with a letter or digit",
+)
+_FORBIDDEN = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff\u2028\u2029]")
+"""What no string the mesh reads may hold: control characters, line separators, surrogates."""
+_NEVER = re.compile(r"[\x00\ud800-\udfff]")
+"""What no string anywhere may hold: NUL and lone surrogates (no protobuf or JSON carries them)."""
+_INT64 = range(-(2**63), 2**63)
 
 
 class ManifestError(ValueError):
     """A manifest that is not a valid object; says which object, which field, and why.
 
     `key` is the object's identity when the manifest names one, so a caller can
-    keep the object's previous good version in force.
+    keep the object's previous good version in force.  `severity` is
+    "warning" for a manifest the mesh does not read but probably should (a
+    near-miss kind), "error" otherwise.  Every part is bounded in length.
     """
 
     def __init__(
-        self, object_ref: str, field: str | None, message: str, key: ObjectKey | None = None
+        self,
+        object_ref: str,
+        field: str | None,
+        message: str,
+        key: ObjectKey | None = None,
+        severity: Severity = "error",
     ) -> None:
-        self.object_ref = object_ref
-        self.field = field
-        self.message = message
+        self.object_ref = limits.clip(object_ref, limits.MAX_SHOWN_VALUE_CHARS * 2)
+        self.field = limits.clip(field, limits.MAX_FIELD_CHARS) if field else field
+        self.message = limits.clip(message)
         self.key = key
-        super().__init__(object_ref, field, message)
+        self.severity: Severity = severity
+        super().__init__(self.object_ref, self.field, self.message)
 
     def __str__(self) -> str:
-        return ": ".join(part for part in (self.object_ref, self.field, self.message) if part)
+        text = ": ".join(part for part in (self.object_ref, self.field, self.message) if part)
+        return limits.clip(text)
+
+
+def escaped(text: str) -> str:
+    """`text` cut to `MAX_SHOWN_VALUE_CHARS` and with what is not printable escaped."""
+    cut = text[: limits.MAX_SHOWN_VALUE_CHARS]
+    if _FORBIDDEN.search(cut):
+        cut = repr(cut)[1:-1][: limits.MAX_SHOWN_VALUE_CHARS]
+    return cut + "…" if len(text) > limits.MAX_SHOWN_VALUE_CHARS else cut
 
 
 def show(value: Any) -> str:
-    """A value as the manifest author wrote it, for error messages."""
+    """A value as the manifest author wrote it, for error messages, bounded in length."""
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -119,11 +199,52 @@ def show(value: Any) -> str:
         return "a mapping"
     if isinstance(value, list):
         return "a list"
-    return repr(value)
+    if isinstance(value, str):
+        quoted = repr(value[: limits.MAX_SHOWN_VALUE_CHARS])
+        if len(quoted) > limits.MAX_SHOWN_VALUE_CHARS + 2:
+            quoted = quoted[: limits.MAX_SHOWN_VALUE_CHARS + 1] + quoted[0]
+        if len(value) > limits.MAX_SHOWN_VALUE_CHARS:
+            return f"{quoted}… ({len(value):,} characters)"
+        return quoted
+    if isinstance(value, int):
+        if value.bit_length() > 64:
+            return f"an integer of about {int(value.bit_length() * 0.30103):,} digits"
+        return str(value)
+    if isinstance(value, float):
+        return repr(value)
+    return f"a {type(value).__name__}"
 
 
 def key_path(prefix: str, key: str) -> str:
-    return f"{prefix}[{key}]"
+    return f"{prefix}[{escaped(key)}]"
+
+
+def _type_problem(value: Any, kind: FieldType) -> str | None:
+    if value is None or kind == "any":
+        return None
+    if kind == "string":
+        ok = isinstance(value, str)
+    elif kind == "integer":
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif kind == "port":
+        ok = isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 65535
+    elif kind == "boolean":
+        ok = isinstance(value, bool)
+    elif kind in ("mapping", "string-map"):
+        ok = isinstance(value, Mapping)
+    elif kind in ("list", "strings"):
+        ok = isinstance(value, list)
+    else:  # int-or-string
+        ok = isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
+    if ok:
+        return None
+    expected = {
+        "string": "a string", "integer": "an integer", "port": "an integer 1-65535",
+        "boolean": "true or false",
+        "mapping": "a mapping", "string-map": "a mapping of strings", "list": "a list",
+        "strings": "a list of strings", "int-or-string": "an integer or a string",
+    }[kind]  # fmt: skip
+    return f"must be {expected}, got {show(value)}"
 
 
 @dataclass(frozen=True)
@@ -137,25 +258,45 @@ class ObjectReader:
     def fail(self, field: str | None, message: str) -> NoReturn:
         raise ManifestError(self.ref, field, message, self.key)
 
-    def mapping(
-        self, value: Any, field: str, allowed: frozenset[str] | None = None
-    ) -> Mapping[str, Any]:
+    def mapping(self, value: Any, field: str, allowed: Fields | None = None) -> Mapping[str, Any]:
+        """A mapping (None reads as empty) whose known fields have their JSON types."""
         if value is None:
             return {}
         if not isinstance(value, Mapping):
-            self.fail(field, f"must be a mapping, got {show(value)}")
-        for name in value:
+            self.fail(field or None, f"must be a mapping, got {show(value)}")
+        for name, item in value.items():
             if not isinstance(name, str):
-                self.fail(field, f"field names must be strings, got {show(name)}")
-            if allowed is not None and self.strict and name not in allowed:
-                self.fail(f"{field}.{name}" if field else name, "unknown field")
+                self.fail(field or None, f"field names must be strings, got {show(name)}")
+            if allowed is None:
+                continue
+            kind = allowed.get(name)
+            where = f"{field}.{name}" if field else name
+            if kind is None:
+                if self.strict:
+                    self.fail(_field_name(field, name), "unknown field")
+                continue
+            problem = _type_problem(item, kind)
+            if problem is None and kind == "strings":
+                for i, element in enumerate(item or ()):
+                    if not isinstance(element, str):
+                        self.fail(f"{where}[{i}]", f"must be a string, got {show(element)}")
+            elif problem is None and kind == "string-map":
+                for key, element in (item or {}).items():
+                    if not isinstance(element, str):
+                        self.fail(
+                            key_path(where, str(key)), f"must be a string, got {show(element)}"
+                        )
+            if problem is not None:
+                self.fail(where, problem)
         return value
 
-    def sequence(self, value: Any, field: str) -> list[Any]:
+    def sequence(self, value: Any, field: str, limit: int | None = None) -> list[Any]:
         if value is None:
             return []
         if not isinstance(value, list):
             self.fail(field, f"must be a list, got {show(value)}")
+        if limit is not None and len(value) > limit:
+            self.fail(field, f"at most {limit:,} items, got {len(value):,}")
         return value
 
     def string(self, value: Any, field: str) -> str | None:
@@ -171,9 +312,32 @@ class ObjectReader:
             self.fail(field, "required")
         return text
 
+    def text(self, value: Any, field: str, limit: int = limits.MAX_STRING_LENGTH) -> str | None:
+        """A free-form string the mesh reads: bounded, and nothing Envoy cannot carry."""
+        text = self.string(value, field)
+        if text is None:
+            return None
+        if len(text) > limit:
+            self.fail(field, f"at most {limit:,} characters, got {show(text)}")
+        bad = _FORBIDDEN.search(text)
+        if bad is not None:
+            self.fail(
+                field,
+                f"must not contain control characters or lone surrogates "
+                f"(U+{ord(bad.group()):04X} at {bad.start()}), got {show(text)}",
+            )
+        return text
+
     def boolean(self, value: Any, field: str) -> bool | None:
         if value is not None and not isinstance(value, bool):
             self.fail(field, f"must be true or false, got {show(value)}")
+        return value
+
+    def integer(self, value: Any, field: str, low: int, high: int) -> int | None:
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            self.fail(field, f"must be an integer {low}-{high}, got {show(value)}")
         return value
 
     def one_of(self, value: Any, field: str, allowed: frozenset[str], default: str) -> str:
@@ -197,19 +361,128 @@ class ObjectReader:
             )
         return value
 
-    def string_map(self, value: Any, field: str) -> dict[str, str]:
+    def qualified_name(self, value: str, field: str, what: str = "name") -> str:
+        """`[prefix/]name` as label keys and appProtocol are (Kubernetes' IsQualifiedName)."""
+        prefix, slash, name = value.rpartition("/")
+        if slash and (
+            not prefix
+            or len(prefix) > limits.MAX_LABEL_PREFIX_LENGTH
+            or not DNS_SUBDOMAIN.pattern.fullmatch(prefix)
+        ):
+            self.fail(
+                field,
+                f"{what} prefix must be a DNS subdomain of at most "
+                f"{limits.MAX_LABEL_PREFIX_LENGTH} characters, got {show(value)}",
+            )
+        if len(name) > LABEL_NAME.limit or not LABEL_NAME.pattern.fullmatch(name):
+            self.fail(
+                field,
+                f"{what} must be {LABEL_NAME.description} (at most {LABEL_NAME.limit}), "
+                f"with an optional DNS-subdomain prefix and '/', got {show(value)}",
+            )
+        return value
+
+    def labels(self, value: Any, field: str) -> dict[str, str]:
+        """Labels or a label selector: qualified-name keys, label values (ValidateLabels)."""
         result: dict[str, str] = {}
         for name, item in self.mapping(value, field).items():
+            where = key_path(field, name)
+            self.qualified_name(name, where, "label key")
             if not isinstance(item, str):
-                self.fail(key_path(field, name), f"must be a string, got {show(item)}")
+                self.fail(where, f"must be a string, got {show(item)}")
+            if len(item) > LABEL_VALUE.limit or not LABEL_VALUE.pattern.fullmatch(item):
+                self.fail(
+                    where,
+                    f"label value must be {LABEL_VALUE.description}, at most "
+                    f"{LABEL_VALUE.limit} characters, got {show(item)}",
+                )
             result[name] = item
         return result
 
+    def annotations(self, value: Any, field: str) -> None:
+        """Annotations: qualified-name keys (any case), at most 256 KiB in all."""
+        total = 0
+        for name, item in self.mapping(value, field).items():
+            where = key_path(field, name)
+            self.qualified_name(name.lower(), where, "annotation key")
+            if not isinstance(item, str):
+                self.fail(where, f"must be a string, got {show(item)}")
+            total += len(name.encode("utf-8", "surrogatepass"))
+            total += len(item.encode("utf-8", "surrogatepass"))
+        if total > limits.MAX_ANNOTATIONS_BYTES:
+            self.fail(
+                field,
+                f"at most {limits.MAX_ANNOTATIONS_BYTES:,} bytes in all, got {total:,}",
+            )
+
     def ip(self, value: str, field: str, version: int | None = None) -> str:
+        """An IP address as Kubernetes writes one: no zone, no IPv4-mapped IPv6."""
         try:
+            if "%" in value:
+                raise ValueError(value)
             address = ipaddress.ip_address(value)
         except ValueError:
             self.fail(field, f"must be an IP address, got {show(value)}")
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            self.fail(field, f"must not be an IPv4-mapped IPv6 address, got {show(value)}")
         if version is not None and address.version != version:
             self.fail(field, f"must be an IPv{version} address, got {show(value)}")
         return str(address)
+
+
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def _field_name(field: str, name: Any) -> str:
+    """`field.name`, or `field[key]` for a key that is not a plain field name."""
+    if isinstance(name, str) and _PLAIN_NAME.fullmatch(name):
+        return f"{field}.{name}" if field else name
+    return key_path(field, name if isinstance(name, str) else show(name))
+
+
+def _holds_never(text: str) -> bool:
+    return "\x00" in text or (not text.isascii() and _NEVER.search(text) is not None)
+
+
+def check_values(obj: ObjectReader, manifest: Mapping[str, Any]) -> None:
+    """Refuse what no field may hold, wherever it is: NUL, lone surrogates, huge integers.
+
+    One iterative walk over the whole object, each container once (YAML
+    aliases share them), so unread fields are covered too: no protobuf,
+    JSON log line or admin response may meet a string it cannot encode.
+    """
+    seen: set[int] = set()
+    pending: list[tuple[Any, str]] = [(manifest, "")]
+    while pending:
+        value, path = pending.pop()
+        if id(value) in seen:
+            continue
+        seen.add(id(value))
+        items = value.items() if isinstance(value, Mapping) else enumerate(value)
+        for key, item in items:
+            if isinstance(key, str) and _holds_never(key):
+                obj.fail(path or None, f"field name {show(key)} holds NUL or a lone surrogate")
+            if isinstance(item, str):
+                if _holds_never(item):
+                    bad = _NEVER.search(item)
+                    assert bad is not None
+                    obj.fail(
+                        _field_name(path, key),
+                        f"must not contain NUL or lone surrogates "
+                        f"(U+{ord(bad.group()):04X} at {bad.start()}), got {show(item)}",
+                    )
+            elif item is None or isinstance(item, (bool, float)):
+                continue
+            elif isinstance(item, int):
+                if item not in _INT64:
+                    obj.fail(_field_name(path, key), f"integer too large, got {show(item)}")
+            elif isinstance(item, (Mapping, list)):
+                if id(item) not in seen:
+                    where = (
+                        f"{path}[{key}]"
+                        if isinstance(key, int) and isinstance(value, list)
+                        else _field_name(path, key)
+                    )
+                    pending.append((item, where))
+            else:
+                obj.fail(_field_name(path, key), f"must be a JSON value, got {show(item)}")
