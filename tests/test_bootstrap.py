@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import envoy.extensions.access_loggers.file.v3.file_pb2
+import envoy.extensions.filters.http.router.v3.router_pb2
+import envoy.extensions.filters.network.http_connection_manager.v3.http_connection_manager_pb2
 import envoy.extensions.resource_monitors.downstream_connections.v3.downstream_connections_pb2
 import envoy.extensions.upstreams.http.v3.http_protocol_options_pb2  # noqa: F401 (Any types)
 import pytest
@@ -23,10 +25,13 @@ from xds_server.bootstrap import (
     build_bootstrap,
     load_template,
     parse_host_port,
+    parse_xds_addresses,
     render_bootstrap,
     render_bootstrap_for_proxy,
 )
+from xds_server.cli import main
 from xds_server.envoy_process import envoy_binary, validate_bootstrap
+from xds_server.inject.pod_bootstrap import render_pod_bootstrap
 from xds_server.model.types import Proxy
 from xds_server.node_metadata import NodeMetadataError, metadata_of, proxy_from_node
 
@@ -298,6 +303,113 @@ def test_parse_host_port(value: str, expected: tuple[str, int]) -> None:
     assert parse_host_port(value) == expected
 
 
+# -- reconnecting: a short ADS backoff, several control plane replicas -------------------
+
+
+def endpoints_of(bootstrap: bootstrap_pb2.Bootstrap) -> list[tuple[str, int]]:
+    (locality,) = xds_cluster(bootstrap).load_assignment.endpoints
+    return [
+        (e.endpoint.address.socket_address.address, e.endpoint.address.socket_address.port_value)
+        for e in locality.lb_endpoints
+    ]
+
+
+RENDERED = {
+    "template": lambda: CANONICAL_TEMPLATE.read_text(),
+    "bootstrap": lambda: render_bootstrap(
+        node_id="n", namespace="ns", xds_address="127.0.0.1:18000", admin_port=0
+    ),
+    "injected sidecar": lambda: render_pod_bootstrap(
+        pod_name="web-1",
+        namespace="shop",
+        pod_ip="10.0.0.7",
+        service_account="web",
+        xds_address="xds-server.mesh-system.svc:15010",
+    ),
+}
+
+
+@pytest.mark.parametrize("render", RENDERED.values(), ids=RENDERED.keys())
+def test_the_ads_stream_comes_back_after_a_short_capped_backoff(render: Any) -> None:
+    # Envoy's default is 0.5 s growing to 30 s: after a control plane restart a sidecar
+    # could wait many seconds more before it reconnects.
+    ads = parse(render()).dynamic_resources.ads_config
+    backoff = ads.grpc_services[0].envoy_grpc.retry_policy.retry_back_off
+    base, cap = backoff.base_interval.ToMilliseconds(), backoff.max_interval.ToMilliseconds()
+    assert 50 <= base <= 250
+    assert base <= cap < 1000, (
+        "capped below a second, so a restarted control plane is rejoined within one"
+    )
+
+
+@pytest.mark.parametrize(
+    ("xds_address", "cluster_type", "expected"),
+    [
+        (["127.0.0.1:15010", "127.0.0.2:15010"], cluster_pb2.Cluster.STATIC,
+         [("127.0.0.1", 15010), ("127.0.0.2", 15010)]),
+        ("127.0.0.1:1, [::1]:2", cluster_pb2.Cluster.STATIC, [("127.0.0.1", 1), ("::1", 2)]),
+        (["a.mesh.svc:15010,b.mesh.svc:15010"], cluster_pb2.Cluster.STRICT_DNS,
+         [("a.mesh.svc", 15010), ("b.mesh.svc", 15010)]),
+        (["10.0.0.1:1", "xds.mesh.svc:2"], cluster_pb2.Cluster.STRICT_DNS,
+         [("10.0.0.1", 1), ("xds.mesh.svc", 2)]),
+    ],
+    ids=["list", "comma-separated", "host names", "mixed"],
+)  # fmt: skip
+def test_several_xds_addresses_are_one_endpoint_each(
+    xds_address: Any, cluster_type: int, expected: list[tuple[str, int]]
+) -> None:
+    bootstrap = parse(
+        render_bootstrap(node_id="n", namespace="ns", xds_address=xds_address, admin_port=0)
+    )
+    assert endpoints_of(bootstrap) == expected
+    cluster = xds_cluster(bootstrap)
+    assert cluster.type == cluster_type
+    # Each new stream attempt takes the next replica.
+    assert cluster.lb_policy == cluster_pb2.Cluster.ROUND_ROBIN
+
+
+@pytest.mark.parametrize(
+    ("xds_address", "message"),
+    [
+        ([], "expected HOST:PORT"),
+        ("", "expected HOST:PORT"),
+        ("127.0.0.1:1,", "expected HOST:PORT"),
+        ("127.0.0.1:1,127.0.0.1:1", "given twice"),
+        (["127.0.0.1:1", "127.0.0.2"], "'127.0.0.2' is not HOST:PORT"),
+    ],
+)
+def test_malformed_xds_addresses_are_rejected(xds_address: Any, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        parse_xds_addresses(xds_address)
+
+
+def test_the_bootstrap_command_takes_repeated_and_comma_separated_addresses(
+    tmp_path: Path,
+) -> None:
+    output = tmp_path / "envoy.yaml"
+    argv = ["bootstrap", "--node-id", "n", "--admin-port", "0", "-o", str(output)]
+    argv += ["--xds-address", "127.0.0.1:1", "--xds-address", "127.0.0.2:2,127.0.0.3:3"]
+    assert main(argv) == 0
+    assert endpoints_of(parse(output.read_text())) == [
+        ("127.0.0.1", 1),
+        ("127.0.0.2", 2),
+        ("127.0.0.3", 3),
+    ]
+
+
+def test_the_bootstrap_command_defaults_to_the_local_control_plane(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["bootstrap", "--node-id", "n", "--admin-port", "0"]) == 0
+    assert endpoints_of(parse(capsys.readouterr().out)) == [("127.0.0.1", 15010)]
+
+
+def test_the_bootstrap_command_names_a_bad_address(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["bootstrap", "--node-id", "n", "--admin-port", "0", "--xds-address", "a:1,b"]
+    assert main(argv) == 2
+    assert "'b' is not HOST:PORT" in capsys.readouterr().err
+
+
 # -- reading node metadata -----------------------------------------------------------
 
 
@@ -370,7 +482,10 @@ def test_extra_metadata_may_not_shadow_known_keys() -> None:
 @pytest.mark.envoy
 @needs_envoy
 @pytest.mark.parametrize("delta", [False, True], ids=["sotw", "delta"])
-@pytest.mark.parametrize("xds_address", ["127.0.0.1:18000", "localhost:18000", "[::1]:18000"])
+@pytest.mark.parametrize(
+    "xds_address",
+    ["127.0.0.1:18000", "localhost:18000", "[::1]:18000", "127.0.0.1:1,127.0.0.2:2,[::1]:3"],
+)
 def test_envoy_validates_rendered_bootstraps(tmp_path: Path, delta: bool, xds_address: str) -> None:
     options = ROUND_TRIPS["full"][0]
     path = tmp_path / "bootstrap.yaml"

@@ -1,9 +1,23 @@
-"""Wiring: source -> pipeline -> cache -> ADS server, plus the admin app.
+"""Wiring: source -> pipeline -> cache -> ADS server, plus the admin app; start-up and shutdown.
 
-The only module that imports everything.  `ControlPlane.run()` is structured
-concurrency: one TaskGroup owns the pipeline loop, the source watcher and the
-admin HTTP server; cancelling it stops all three and the gRPC server is given
-`grace_seconds` to finish in-flight streams.
+The only module that imports everything.  `ControlPlane.run()` has three phases:
+
+* Start-up: everything that can make starting impossible is checked before
+  anything is served (the source directory exists and is readable, both ports
+  can be bound), and reported as one `StartupError` whose message is one line.
+  That is the only way `run` fails.
+* Serving: the pipeline loop, the source watcher and the admin HTTP server run
+  in one TaskGroup, each under a `Supervisor` (`xds_server.supervise`), so an
+  exception escaping one of them is logged and that task restarted, keeping its
+  state; it never ends the others or the process.  A failing initial sync is
+  recorded the same way and does not stop start-up.  ADS streams are already
+  isolated from each other by the servicer.
+* Shutdown (`shutdown()`, or cancelling `run`): readiness goes false, the gRPC
+  server stops (GOAWAY to every connection, no new streams, the listening
+  socket closed) and every open ADS stream is ended at once, so proxies
+  reconnect (to another replica when there are several) instead of waiting
+  out the grace period; the admin server stops; whatever is still running
+  after `grace_seconds` is cut.
 """
 
 from __future__ import annotations
@@ -11,9 +25,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Generator, Sequence
+import os
+import socket
+from collections.abc import Awaitable, Callable, Generator, Sequence
 from typing import Any, Protocol
 
+import grpc
 import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -24,8 +41,13 @@ from xds_server.pipeline import MeshPipeline
 from xds_server.server import AggregatedDiscoveryServer, bind_grpc_server
 from xds_server.settings import SOURCE_KUBERNETES, Settings, split_host_port
 from xds_server.sources.file import FileSource
+from xds_server.supervise import Supervisor
 
 logger = logging.getLogger(__name__)
+
+
+class StartupError(Exception):
+    """The control plane cannot start; the message is one line naming what and why."""
 
 
 class MeshSource(Protocol):
@@ -60,6 +82,65 @@ class _QuietUvicorn(uvicorn.Server):
         yield
 
 
+def _reason(error: OSError) -> str:
+    return (error.strerror or str(error)).lower()
+
+
+def _addresses(what: str, host: str, port: int) -> list[Any]:
+    try:
+        return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as error:
+        raise StartupError(f"cannot listen for {what} on {host}:{port}: {_reason(error)}") from None
+
+
+def _bound_socket(what: str, family: int, address: Any) -> socket.socket:
+    """A TCP socket bound to `address` (not listening yet); StartupError if it cannot be."""
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as error:
+        sock.close()
+        host, port = address[0], address[1]
+        shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        raise StartupError(f"cannot listen for {what} on {shown}: {_reason(error)}") from None
+    return sock
+
+
+def check_port_free(what: str, host: str, port: int) -> None:
+    """StartupError if `host:port` is taken, whoever holds it.
+
+    gRPC binds with SO_REUSEPORT, so a second control plane on the same port would
+    silently share it with the first; a plain bind without it says the port is taken.
+    """
+    if port == 0:
+        return
+    for family, _, _, _, address in _addresses(what, host, port):
+        _bound_socket(what, family, address).close()
+
+
+def bind_admin_socket(host: str, port: int) -> socket.socket:
+    """The admin server's socket, bound here so that a taken port is a clear StartupError."""
+    family, _, _, _, address = _addresses("the admin API", host, port)[0]
+    return _bound_socket("the admin API", family, address)
+
+
+def check_source_directory(settings: Settings) -> None:
+    """StartupError unless a `file:` source names a readable directory."""
+    if settings.source_kind == SOURCE_KUBERNETES:
+        return
+    directory = settings.source_directory
+    if not directory.exists():
+        raise StartupError(f"source directory {directory} not found")
+    if not directory.is_dir():
+        raise StartupError(f"source {directory} is not a directory")
+    try:
+        with os.scandir(directory):
+            pass
+    except OSError as error:
+        raise StartupError(f"cannot read source directory {directory}: {_reason(error)}") from None
+
+
 class ControlPlane:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -67,6 +148,7 @@ class ControlPlane:
         self.pipeline = MeshPipeline(self.cache, settings.debounce)
         self.ads = AggregatedDiscoveryServer(self.cache, observer=self.pipeline)
         self.source: MeshSource = create_source(settings)
+        self.supervisor = Supervisor(settings.supervision)
         self.xds_serving = False
         self.listening = asyncio.Event()
         """Both ports are bound (`xds_port`, `admin_port` known); the mesh may not be synced."""
@@ -74,17 +156,24 @@ class ControlPlane:
         """Listening, and the source's initial sync has been applied."""
         self.xds_port = 0
         self.admin_port = 0
+        self._stop = asyncio.Event()
+        self._admin_server: _QuietUvicorn | None = None
+        self._admin_socket: socket.socket | None = None
 
     # -- AdminView ---------------------------------------------------------
     def is_ready(self) -> bool:
         return self.xds_serving and self.pipeline.ready
 
     def readiness_detail(self) -> dict[str, Any]:
-        return {
+        detail: dict[str, Any] = {
             "xds_serving": self.xds_serving,
             "sources_synced": self.pipeline.ready,
             "source": self.settings.source,
         }
+        failures = self.supervisor.status()
+        if failures:
+            detail["failures"] = failures
+        return detail
 
     def proxies(self) -> list[ProxyView]:
         builder = self.pipeline.builder
@@ -109,45 +198,124 @@ class ControlPlane:
         return generate_latest(self.ads.metrics.registry), CONTENT_TYPE_LATEST
 
     # -- lifecycle ---------------------------------------------------------
+    def shutdown(self) -> None:
+        """Ask `run()` to shut down gracefully and return (safe to call more than once)."""
+        self._stop.set()
+
     def _on_source_changes(self, changes: ChangeSet) -> None:
-        if not self.pipeline.ready:
-            self.pipeline.initial_sync(changes)
-        else:
+        if self.pipeline.ready:
             self.pipeline.submit(changes)
+            return
+        try:
+            self.pipeline.initial_sync(changes)
+        except Exception as error:
+            # Staying unready for good would help no one: serve what could be built,
+            # and say so in /readyz and the log.
+            self.supervisor.failed("initial sync", error)
+            try:
+                self.pipeline.builder.mark_synced()
+            except Exception as again:
+                self.supervisor.failed("initial sync", again)
 
     async def run(self) -> None:
-        xds_host, xds_port = split_host_port(self.settings.xds_listen)
-        admin_host, admin_port = split_host_port(self.settings.admin_listen)
-        grpc_server, self.xds_port = bind_grpc_server(self.ads, f"{xds_host}:{xds_port}")
+        """Serve until `shutdown()` (returns) or cancellation (re-raised), then drain.
+
+        Raises `StartupError` if the control plane cannot start; nothing is served then.
+        """
+        grpc_server = self._start_up()
         await grpc_server.start()
         self.xds_serving = True
+        xds_host = split_host_port(self.settings.xds_listen)[0]
         logger.info("xDS (ADS) listening on %s:%d", xds_host, self.xds_port)
-        config = uvicorn.Config(
-            create_app(self),
-            host=admin_host,
-            port=admin_port,
-            log_level="warning",
-            access_log=False,
-            lifespan="off",
-        )
-        admin = _QuietUvicorn(config)
         source_ready = asyncio.Event()
         try:
             async with asyncio.TaskGroup() as tasks:
-                tasks.create_task(self.pipeline.run(), name="pipeline")
-                tasks.create_task(
-                    self.source.run(self._on_source_changes, source_ready), name="source"
-                )
-                tasks.create_task(admin.serve(), name="admin")
-                while not admin.started:  # noqa: ASYNC110 - uvicorn exposes only a flag
-                    await asyncio.sleep(0.01)
-                self.admin_port = admin.servers[0].sockets[0].getsockname()[1]
-                logger.info("admin listening on http://%s:%d", admin_host, self.admin_port)
-                self.listening.set()
-                await source_ready.wait()  # /readyz says false until then
-                self.started.set()
+                run = self.supervisor.run
+
+                def watch_source() -> Awaitable[None]:
+                    return self.source.run(self._on_source_changes, source_ready)
+
+                workers = [
+                    tasks.create_task(run("pipeline", self.pipeline.run), name="pipeline"),
+                    tasks.create_task(run("source", watch_source), name="source"),
+                ]
+                admin = tasks.create_task(run("admin", self._serve_admin), name="admin")
+                try:
+                    while not (self._admin_server and self._admin_server.started):  # noqa: ASYNC110 - uvicorn exposes only a flag
+                        await asyncio.sleep(0.01)
+                    admin_host = split_host_port(self.settings.admin_listen)[0]
+                    logger.info("admin listening on http://%s:%d", admin_host, self.admin_port)
+                    self.listening.set()
+                    await source_ready.wait()  # /readyz says false until then
+                    self.started.set()
+                    await self._stop.wait()
+                finally:
+                    await self._drain(grpc_server, admin)
+                for worker in workers:
+                    worker.cancel()
         finally:
             self.xds_serving = False
-            admin.should_exit = True
-            self.ads.close()
-            await grpc_server.stop(self.settings.grace_seconds)
+            self.supervisor.stopping = True
+            await grpc_server.stop(0)  # a no-op after a drain; cuts everything otherwise
+
+    def _start_up(self) -> grpc.aio.Server:
+        """Check and bind everything, or raise StartupError having bound nothing."""
+        try:
+            xds_host, xds_port = split_host_port(self.settings.xds_listen)
+            admin_host, admin_port = split_host_port(self.settings.admin_listen)
+        except ValueError as error:
+            raise StartupError(str(error)) from None
+        check_source_directory(self.settings)
+        admin_socket = bind_admin_socket(admin_host, admin_port)
+        try:
+            check_port_free("xDS", xds_host, xds_port)
+            try:
+                grpc_server, self.xds_port = bind_grpc_server(self.ads, f"{xds_host}:{xds_port}")
+            except (RuntimeError, OSError):
+                raise StartupError(f"cannot listen for xDS on {self.settings.xds_listen}") from None
+        except BaseException:
+            admin_socket.close()
+            raise
+        self._admin_socket = admin_socket
+        self.admin_port = admin_socket.getsockname()[1]
+        return grpc_server
+
+    async def _serve_admin(self) -> None:
+        """One run of the admin HTTP server on its socket (bound again after a restart)."""
+        sock = self._admin_socket
+        if sock is None or sock.fileno() == -1:
+            host = split_host_port(self.settings.admin_listen)[0]
+            sock = self._admin_socket = bind_admin_socket(host, self.admin_port)
+        config = uvicorn.Config(
+            create_app(self),
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=max(1, round(self.settings.grace_seconds)),
+        )
+        server = self._admin_server = _QuietUvicorn(config)
+        try:
+            await server.serve(sockets=[sock])
+        except SystemExit as exit:  # uvicorn's answer to a failed start-up
+            raise RuntimeError(f"the admin server exited with {exit.code}") from None
+        finally:
+            sock.close()
+
+    async def _drain(self, grpc_server: grpc.aio.Server, admin: asyncio.Task[None]) -> None:
+        """Graceful shutdown within `grace_seconds` (see the module docstring)."""
+        grace = self.settings.grace_seconds
+        streams = len(self.ads.streams())
+        logger.info("shutting down: ending %d xDS stream(s), grace %.1f s", streams, grace)
+        self.xds_serving = False
+        self.supervisor.stopping = True
+        stopping = asyncio.ensure_future(grpc_server.stop(grace))
+        await asyncio.sleep(0)  # GOAWAY sent and the port closed before the streams end
+        self.ads.close()
+        if self._admin_server is not None:
+            self._admin_server.should_exit = True
+        _, pending = await asyncio.wait({stopping, admin}, timeout=grace)
+        for task in pending:
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await stopping
+        logger.info("shut down")

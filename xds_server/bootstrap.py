@@ -8,8 +8,15 @@ overwrites the few fields that identify one proxy, and dumps the result with
 
 The fields set per proxy are `node` (id, cluster, metadata from
 `xds_server.node_metadata`), the ADS `api_type` (SotW or delta), the control plane
-cluster (its name, STATIC for an IP or STRICT_DNS for a host name, and its address)
-and the admin address.  Everything else in the template is kept as written.
+cluster (its name, STATIC for IPs or STRICT_DNS for host names, and its addresses)
+and the admin address.  Everything else in the template is kept as written,
+notably how the sidecar comes back after losing the control plane: the ADS
+stream is re-established after a short, capped, jittered backoff
+(`envoy_grpc.retry_policy.retry_back_off`, 0.1 s doubling to at most 1 s,
+instead of Envoy's 0.5 s growing to 30 s), so a restarted control plane is
+rejoined within a second of being ready; and with several control plane
+addresses (replicas), a stream that cannot connect to one is retried at once on
+another (`grpc_services[0].retry_policy`, `previous_hosts`).
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ from __future__ import annotations
 import copy
 import ipaddress
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -32,12 +39,15 @@ logger = logging.getLogger(__name__)
 TEMPLATE_RESOURCE = "templates/sidecar.yaml"
 """The packaged copy of `envoy-bootstrap/sidecar.yaml`, relative to `xds_server`."""
 
+XdsAddresses = str | Sequence[str]
+"""One `HOST:PORT`, several separated by commas, or a sequence of them."""
+
 
 def render_bootstrap(
     *,
     node_id: str,
     namespace: str,
-    xds_address: str,
+    xds_address: XdsAddresses,
     admin_port: int,
     delta: bool = False,
     cluster_name_for_xds: str = "xds_cluster",
@@ -55,7 +65,9 @@ def render_bootstrap(
 ) -> str:
     """The bootstrap YAML for one sidecar.
 
-    `xds_address` is `HOST:PORT` (`[v6]:PORT` for IPv6); `admin_port` may be 0 to let
+    `xds_address` is `HOST:PORT` (`[v6]:PORT` for IPv6), or several (a sequence, or
+    comma-separated): the replicas of the control plane, between which the sidecar
+    fails over.  `admin_port` may be 0 to let
     the kernel choose (Envoy reports it through `--admin-address-path`).
     `interception="redirect"` is for a sidecar whose pod has the capture rules of
     `xds_server.capture` installed (outbound to `outbound_port`, inbound to
@@ -89,7 +101,7 @@ def render_bootstrap(
 def render_bootstrap_for_proxy(
     proxy: Proxy,
     *,
-    xds_address: str,
+    xds_address: XdsAddresses,
     admin_port: int,
     delta: bool = False,
     cluster_name_for_xds: str = "xds_cluster",
@@ -129,7 +141,7 @@ def load_template(path: Path | None = None) -> dict[str, Any]:
 def build_bootstrap(
     proxy: Proxy,
     *,
-    xds_address: str,
+    xds_address: XdsAddresses,
     admin_port: int,
     delta: bool = False,
     cluster_name_for_xds: str = "xds_cluster",
@@ -145,7 +157,7 @@ def build_bootstrap(
         raise ValueError("node_id must not be empty")
     if not cluster_name_for_xds:
         raise ValueError("cluster_name_for_xds must not be empty")
-    xds_host, xds_port = parse_host_port(xds_address, what="xds_address")
+    xds_endpoints = parse_xds_addresses(xds_address)
     if not 0 <= admin_port <= 65535:
         raise ValueError(f"admin_port {admin_port} is not a port number (0-65535)")
     _require_ip(admin_address, "admin_address")
@@ -169,10 +181,10 @@ def build_bootstrap(
 
     cluster = _xds_cluster(bootstrap, template_cluster)
     cluster["name"] = cluster_name_for_xds
-    if _is_ip(xds_host):
+    if all(_is_ip(host) for host, _ in xds_endpoints):
         cluster["type"] = "STATIC"
         cluster.pop("dns_lookup_family", None)
-    else:
+    else:  # STRICT_DNS resolves each endpoint on its own; IP literals resolve to themselves
         cluster["type"] = "STRICT_DNS"
         cluster["dns_lookup_family"] = "V4_PREFERRED"
     cluster["load_assignment"] = {
@@ -180,7 +192,8 @@ def build_bootstrap(
         "endpoints": [
             {
                 "lb_endpoints": [
-                    {"endpoint": {"address": _socket_address(xds_host, xds_port)}},
+                    {"endpoint": {"address": _socket_address(host, port)}}
+                    for host, port in xds_endpoints
                 ]
             }
         ],
@@ -189,6 +202,25 @@ def build_bootstrap(
     admin = bootstrap.setdefault("admin", {})
     admin["address"] = _socket_address(admin_address, admin_port)
     return bootstrap
+
+
+def parse_xds_addresses(value: XdsAddresses, *, what: str = "xds_address") -> list[tuple[str, int]]:
+    """The control plane addresses as `(host, port)`s, in order; `ValueError` naming `what`.
+
+    Accepts one `HOST:PORT`, several separated by commas, or a sequence of either.
+    At least one is required and none may repeat.
+    """
+    items = [value] if isinstance(value, str) else list(value)
+    texts = [part.strip() for item in items for part in item.split(",")]
+    if not texts or any(not text for text in texts):
+        raise ValueError(f"{what} {value!r}: expected HOST:PORT[,HOST:PORT...]")
+    addresses = [parse_host_port(text, what=what) for text in texts]
+    seen: set[tuple[str, int]] = set()
+    for text, address in zip(texts, addresses, strict=True):
+        if address in seen:
+            raise ValueError(f"{what} {text!r} is given twice")
+        seen.add(address)
+    return addresses
 
 
 def parse_host_port(value: str, *, what: str = "address") -> tuple[str, int]:

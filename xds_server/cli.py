@@ -1,4 +1,10 @@
-"""The `xds-server` command: serve, bootstrap, demo."""
+"""The `xds-server` command: serve, bootstrap, demo.
+
+Exit codes: 0 after a deliberate stop (SIGTERM, SIGINT), 1 when the control
+plane cannot start (a port in use, a missing or unreadable source directory),
+2 for a usage error (a bad flag or value).  Each failure is one line on
+stderr, never a traceback.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +16,7 @@ import signal
 import sys
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from xds_server.settings import SOURCE_KUBERNETES, KubernetesSettings, Settings, split_host_port
 
@@ -32,8 +38,25 @@ def _namespaces(value: str) -> tuple[str, ...]:
     return names
 
 
+def _grace(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {value!r}") from None
+    if not 0 <= seconds <= 3600:
+        raise argparse.ArgumentTypeError(f"expected 0 to 3600 seconds, got {value!r}")
+    return seconds
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (the usage is one `--help` away)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="xds-server", description=__doc__)
+    parser = _Parser(prog="xds-server", description=__doc__)
     parser.add_argument("--log-level", help="DEBUG, INFO, WARNING, ERROR (default INFO)")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -57,11 +80,24 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--xds-listen", type=_host_port, default="127.0.0.1:15010")
     serve.add_argument("--admin-listen", type=_host_port, default="127.0.0.1:15014")
+    serve.add_argument(
+        "--grace-seconds",
+        type=_grace,
+        default=Settings.grace_seconds,
+        help="on SIGTERM: proxies are told to reconnect elsewhere at once, and what is "
+        "still running after this long is cut (default %(default)s)",
+    )
 
     boot = commands.add_parser("bootstrap", help="render an Envoy sidecar bootstrap")
     boot.add_argument("--node-id", required=True)
     boot.add_argument("--namespace", default="default")
-    boot.add_argument("--xds-address", type=_host_port, default="127.0.0.1:15010")
+    boot.add_argument(
+        "--xds-address",
+        action="append",
+        metavar="HOST:PORT[,HOST:PORT...]",
+        help="the control plane; repeat (or separate by commas) for replicas to fail over "
+        "between (default 127.0.0.1:15010)",
+    )
     boot.add_argument("--admin-port", type=int, required=True)
     boot.add_argument("--outbound-port", type=int, default=15001)
     boot.add_argument("--outbound-address", default="127.0.0.1")
@@ -119,7 +155,48 @@ def _run_cancellable(main: Coroutine[Any, Any, int | None]) -> int:
     return asyncio.run(runner())
 
 
+def _serve(settings: Settings) -> int:
+    """Run the control plane: the first SIGTERM/SIGINT drains it, a second cuts it short."""
+    from xds_server.app import ControlPlane, StartupError
+
+    async def runner() -> int:
+        plane = ControlPlane(settings)
+        task = asyncio.current_task()
+        assert task is not None
+        signals: list[str] = []
+
+        def on_signal(signum: signal.Signals) -> None:
+            signals.append(signum.name)
+            if len(signals) == 1:
+                logger.info("%s: shutting down (grace %.1f s)", signum.name, settings.grace_seconds)
+                plane.shutdown()
+            else:
+                logger.warning("%s again: stopping now", signum.name)
+                task.cancel()
+
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, on_signal, signum)
+        try:
+            await plane.run()
+        except StartupError as error:
+            print(f"xds-server: {error}", file=sys.stderr)
+            return 1
+        except asyncio.CancelledError:
+            return 0
+        return 0
+
+    return asyncio.run(runner())
+
+
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    finally:
+        logging.shutdown()  # flush every handler before the process exits
+
+
+def _main(argv: list[str] | None) -> int:
     args = _parser().parse_args(argv)
     default_level = "WARNING" if args.command == "demo" else "INFO"
     logging.basicConfig(
@@ -127,12 +204,11 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     if args.command == "serve":
-        from xds_server.app import ControlPlane
-
         settings = Settings(
             source=args.source,
             xds_listen=args.xds_listen,
             admin_listen=args.admin_listen,
+            grace_seconds=args.grace_seconds,
             kubernetes=KubernetesSettings(kubeconfig=args.kubeconfig, namespaces=args.namespaces),
         )
         try:  # validate early, with a clear message
@@ -143,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as error:  # ValueError, the client's ConfigException, OSError
             print(f"xds-server: {error}", file=sys.stderr)
             return 2
-        return _run_cancellable(ControlPlane(settings).run())
+        return _serve(settings)
     if args.command == "bootstrap":
         from xds_server.bootstrap import render_bootstrap
 
@@ -158,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
             text = render_bootstrap(
                 node_id=args.node_id,
                 namespace=args.namespace,
-                xds_address=args.xds_address,
+                xds_address=args.xds_address or ["127.0.0.1:15010"],
                 admin_port=args.admin_port,
                 delta=args.delta,
                 workload=args.workload,

@@ -54,17 +54,38 @@ class KubernetesSettings:
     backoff_max: float = 30.0
 
 
+@dataclass(frozen=True)
+class SupervisionSettings:
+    """How a long-running task (source, pipeline, admin) that failed is restarted.
+
+    The first restart comes after about `restart_initial` seconds, doubling (with
+    jitter) up to `restart_max` while the task keeps failing; a task that ran for
+    `healthy_after` seconds before failing starts again from `restart_initial`.
+    """
+
+    restart_initial: float = 0.1
+    restart_max: float = 10.0
+    healthy_after: float = 30.0
+
+
 SOURCE_KUBERNETES = "kubernetes"
 
 
 @dataclass(frozen=True)
 class Settings:
+    """Everything `xds-server serve` is told.
+
+    `grace_seconds` bounds a graceful shutdown (SIGTERM): connected proxies are
+    told to go at once, and whatever has not finished after that long is cut.
+    """
+
     source: str = "file:examples"
     xds_listen: str = "127.0.0.1:15010"
     admin_listen: str = "127.0.0.1:15014"
     debounce: DebounceSettings = DebounceSettings()
     grace_seconds: float = 2.0
     kubernetes: KubernetesSettings = KubernetesSettings()
+    supervision: SupervisionSettings = SupervisionSettings()
 
     @property
     def source_kind(self) -> str:
