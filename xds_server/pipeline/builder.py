@@ -15,22 +15,25 @@ and the admin view of its config stays its own.  A proxy from a new namespace
 adds that namespace's table; the table of a namespace whose last proxy left
 is dropped.
 
-A proxy running in a Pod the mesh knows is translated as that Pod says: when
-its node id is `POD.NAMESPACE`, or its INSTANCE_IP is the Pod's IP, the Pod's
-labels, service account and IP replace what its bootstrap declared (which was
-only a guess made at injection time), and a change to the Pod re-publishes
-that proxy, and only it.
+A proxy running in a Pod the mesh knows is translated as that Pod says (see
+`workloads`), and a change to the Pod re-publishes that proxy, and only it.
+
+One bad object costs only that object.  A batch is first planned (`plan`):
+the new mesh and every translation it needs, with nothing committed.  If a
+translation raises, `isolation` finds the object to blame and the batch is
+planned again without it: its upsert is not made (the mesh keeps its last
+good version), or, when its version already in the mesh is what fails next
+to the change, it is taken out.  It is listed in `object_errors` until its
+next change.  Only a plan that holds together is committed, so no proxy sees
+half of a poisoned batch; where no change is to blame, the unit that raised
+keeps its last good resources (`unit_errors`, `proxy_error`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections import Counter
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-
-from google.protobuf.message import Message
+from collections.abc import Callable
 
 from xds_server import translate
 from xds_server.cache import (
@@ -40,22 +43,26 @@ from xds_server.cache import (
     Snapshot,
     SnapshotCache,
 )
-from xds_server.model import ChangeSet, Kind, MeshSnapshot, Proxy, Workload
+from xds_server.model import ChangeSet, Kind, MeshSnapshot, ObjectKey, Proxy
 from xds_server.model.mesh import NamespacedName
-from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, Resource, make_resource
+from xds_server.pipeline import isolation
+from xds_server.pipeline.errors import ErrorTable, bounded, frames
+from xds_server.pipeline.isolation import shown_key
+from xds_server.pipeline.plan import (
+    Memo,
+    Plan,
+    Planner,
+    ProxyResources,
+    ProxyState,
+    proxy_failure,
+    proxy_resources,
+)
+from xds_server.pipeline.workloads import with_workload, workload_of, workloads_by_ip
+from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, Resource
 
 logger = logging.getLogger(__name__)
 
-
-@dataclass
-class _ProxyState:
-    declared: Proxy
-    """As the proxy's node metadata describes it."""
-    proxy: Proxy
-    """As translated: `declared`, with what its Pod says (see `with_workload`)."""
-    clusters: ResourceSet = field(default_factory=ResourceSet)
-    listeners: ResourceSet = field(default_factory=ResourceSet)
-    error: str | None = None
+__all__ = ["SnapshotBuilder", "with_workload", "workload_of", "workloads_by_ip"]
 
 
 class _OwnedSet:
@@ -79,55 +86,6 @@ class _OwnedSet:
         self.resources = self.resources.evolve(upserts, removals)
 
 
-def _resources(messages: Iterable[Message]) -> list[Resource]:
-    return [make_resource(m) for m in messages]
-
-
-def workloads_by_ip(mesh: MeshSnapshot) -> dict[str, list[Workload]]:
-    by_ip: dict[str, list[Workload]] = {}
-    for workload in mesh.workloads.values():
-        if workload.ip:
-            by_ip.setdefault(workload.ip, []).append(workload)
-    return by_ip
-
-
-def workload_of(
-    proxy: Proxy, mesh: MeshSnapshot, by_ip: dict[str, list[Workload]] | None = None
-) -> Workload | None:
-    """The Pod a proxy runs in: node id `POD.NAMESPACE`, else the one Pod with its INSTANCE_IP.
-
-    By IP, a Pod in the proxy's namespace wins; an IP several Pods share
-    (host-network Pods) names none of them.  `by_ip` (`workloads_by_ip(mesh)`)
-    saves a scan of every Pod when many proxies are looked up at once.
-    """
-    name, dot, namespace = proxy.node_id.rpartition(".")  # a namespace has no dots
-    if dot and (workload := mesh.workloads.get((namespace, name))) is not None:
-        return workload
-    if not proxy.ip:
-        return None
-    found = (by_ip if by_ip is not None else workloads_by_ip(mesh)).get(proxy.ip, [])
-    local = [workload for workload in found if workload.namespace == proxy.namespace]
-    candidates = local or found
-    return candidates[0] if len(candidates) == 1 else None
-
-
-def with_workload(
-    proxy: Proxy, mesh: MeshSnapshot, by_ip: dict[str, list[Workload]] | None = None
-) -> Proxy:
-    """`proxy` with the labels, service account, namespace and IP of its Pod, if known."""
-    workload = workload_of(proxy, mesh, by_ip)
-    if workload is None:
-        return proxy
-    return dataclasses.replace(
-        proxy,
-        namespace=workload.namespace,
-        workload=proxy.workload or workload.name,
-        labels=workload.labels,
-        service_account=workload.service_account,
-        ip=workload.ip or proxy.ip,
-    )
-
-
 class SnapshotBuilder:
     """Holds the current mesh and turns each ChangeSet into new snapshots in the cache."""
 
@@ -139,11 +97,15 @@ class SnapshotBuilder:
         self._route_tables: translate.OutboundRouteTables | None = None
         self._routes: dict[str, ResourceSet] = {}
         """By namespace: a set holding that namespace's outbound route table."""
-        self._proxies: dict[str, _ProxyState] = {}
+        self._proxies: dict[str, ProxyState] = {}
         self._proxies_in: Counter[str] = Counter()
         """How many proxies each namespace has (as translated): whose tables to keep."""
         self.synced = False
         self.generation = 0
+        self.object_errors: ErrorTable[ObjectKey] = ErrorTable()
+        """Upserts left out because translating them raised; cleared by their next change."""
+        self.unit_errors: ErrorTable[str] = ErrorTable()
+        """Units kept at their last good resources though no change was to blame."""
         # Test seam: lets a test alter a proxy's resources before they are published.
         self.resource_hook: Callable[[Proxy, Snapshot], Snapshot] | None = None
 
@@ -160,53 +122,95 @@ class SnapshotBuilder:
         state = self._proxies.get(node_id)
         return state.error if state else None
 
+    def translation_errors(self) -> list[tuple[str, str]]:
+        """(object or unit, error) for everything translation left out or kept as it was."""
+        objects = [(shown_key(key), error) for key, error in self.object_errors.items()]
+        return objects + self.unit_errors.items()
+
+    # -- a batch: plan, isolate, commit ------------------------------------------------
+
     def apply(self, changes: ChangeSet) -> None:
-        """Apply a (debounced) ChangeSet and publish every affected proxy's snapshot."""
-        mesh, touched = self.mesh.apply(changes)
-        self.mesh = mesh
+        """Apply a (debounced) ChangeSet and publish every affected proxy's snapshot.
+
+        Upserts whose translation raises are left out (see the module doc).
+        """
+        base = self.mesh
+        for key in (*changes.upserts, *changes.deletes):
+            self.object_errors.clear(key)  # the object's new state gets a fresh chance
+        memo: Memo = {}
+        dropped: set[ObjectKey] = set()
+        """Upserts not made: the mesh keeps the version it has."""
+        taken_out: set[ObjectKey] = set()
+        """Objects deleted from the mesh: their version in it is what raises."""
+        effective = changes
+        while True:  # each round leaves out one more object, at most twice each: this ends
+            if changes and not effective:
+                return  # every change was left out: nothing to publish
+            outcome = Planner(
+                self._proxies, self._proxies_in, self._route_tables, synced=self.synced
+            ).plan(base, effective, memo)
+            if isinstance(outcome, Plan):
+                break
+            for key, error in outcome:
+                if key in taken_out:  # cannot happen: it is in no mesh any more
+                    raise RuntimeError(f"{shown_key(key)} raises though it was taken out")
+                if key in changes.upserts and key not in dropped:
+                    dropped.add(key)
+                    kept = isolation.holds(base, key)
+                else:
+                    taken_out.add(key)
+                    kept = False
+                message = isolation.dropped_message(key, error, kept=kept)
+                self.object_errors.set(key, message)
+                logger.error("%s\n%s", message, frames(error))
+            effective = isolation.without(changes, dropped, taken_out)
+        self._commit(outcome)
+
+    def _commit(self, plan: Plan) -> None:
+        self.mesh = plan.mesh
         self.generation += 1
-        cluster_updates: dict[NamespacedName, list[Resource]] = {}
-        endpoint_updates: dict[NamespacedName, list[Resource]] = {}
-        for key in touched:
-            service = mesh.services.get(key)
-            if service is None:
-                cluster_updates[key] = []
-                endpoint_updates[key] = []
-                continue
-            cluster_updates[key] = _resources(translate.clusters_for_service(service))
-            endpoint_updates[key] = _resources(
-                translate.load_assignments_for_service(service, mesh.slices_of(service))
-            )
-        self._clusters.update(cluster_updates)
-        self._endpoints.update(endpoint_updates)
-        moved = self._refresh_workloads() if Kind.WORKLOAD in changes.kinds else []
-        if changes.kinds == {Kind.WORKLOAD}:
+        self._clusters.update(plan.cluster_updates)
+        self._endpoints.update(plan.endpoint_updates)
+        for unit, error in plan.unit_errors.items():
+            if error is None:
+                self.unit_errors.clear(unit)
+            else:
+                self.unit_errors.set(unit, error)
+                logger.error("%s", error)
+        for state, proxy in plan.moved:
+            self._count(state.proxy.namespace, -1)
+            self._count(proxy.namespace, +1)
+            state.proxy = proxy
+        if plan.changes.kinds == {Kind.WORKLOAD}:
             # Pods matter only to the proxies running in them: nothing mesh-wide changed.
             if self.synced:
-                for state in moved:
-                    self._publish(state, retranslate=True)
-            if moved:
+                for state, _ in plan.moved:
+                    self._publish_planned(state, plan)
+            if plan.moved:
                 self._drop_unused_routes()
             return
-        proxy_config_changed = not changes.endpoints_only
-        if Kind.SERVICE in changes.kinds:  # the route tables depend on Services alone
-            self._rebuild_routes()
-        elif moved:
+        if plan.route_tables is not None:
+            self._route_tables = plan.route_tables
+            self._routes = {
+                namespace: self._routes.get(namespace, ResourceSet()).replace_all(
+                    {resource.name: resource}
+                )
+                for namespace, resource in plan.route_resources.items()
+            }
+        elif plan.moved:
             self._drop_unused_routes()
         if self.synced:
             for state in self._proxies.values():
-                self._publish(state, retranslate=proxy_config_changed)
+                self._publish_planned(state, plan)
 
-    def _rebuild_routes(self) -> None:
-        """New route tables for the namespaces that have proxies, after a Service change."""
-        tables = translate.outbound_route_tables(self.mesh, self._route_tables)
-        routes: dict[str, ResourceSet] = {}
-        for namespace in self._namespaces():
-            resource = tables.resource(namespace)
-            routes[namespace] = self._routes.get(namespace, ResourceSet()).replace_all(
-                {resource.name: resource}
-            )
-        self._route_tables, self._routes = tables, routes
+    def _publish_planned(self, state: ProxyState, plan: Plan) -> None:
+        failure = plan.failed.get(state.declared.node_id)
+        if failure is not None:
+            state.error = failure
+            return
+        self._publish(state, plan.translated.get(state.declared.node_id))
+
+    # -- route tables and namespaces ----------------------------------------------------
 
     def _routes_of(self, namespace: str) -> ResourceSet:
         """`namespace`'s route table, built now if no proxy there had needed it yet."""
@@ -224,9 +228,6 @@ class SnapshotBuilder:
         for namespace in [ns for ns in self._routes if ns not in self._proxies_in]:
             del self._routes[namespace]
 
-    def _namespaces(self) -> list[str]:
-        return sorted(self._proxies_in)
-
     def _count(self, namespace: str, delta: int) -> None:
         """Count a proxy into (+1) or out of (-1) `namespace`."""
         count = self._proxies_in[namespace] + delta
@@ -235,18 +236,7 @@ class SnapshotBuilder:
         else:
             self._proxies_in.pop(namespace, None)
 
-    def _refresh_workloads(self) -> list[_ProxyState]:
-        """Re-read each proxy's Pod; the proxies whose translated identity changed."""
-        moved = []
-        by_ip = workloads_by_ip(self.mesh)
-        for state in self._proxies.values():
-            proxy = with_workload(state.declared, self.mesh, by_ip)
-            if proxy != state.proxy:
-                self._count(state.proxy.namespace, -1)
-                self._count(proxy.namespace, +1)
-                state.proxy = proxy
-                moved.append(state)
-        return moved
+    # -- proxies ------------------------------------------------------------------------
 
     def mark_synced(self) -> None:
         """The sources finished their initial load: proxies may now be served."""
@@ -254,13 +244,13 @@ class SnapshotBuilder:
             return
         self.synced = True
         for state in self._proxies.values():
-            self._publish(state, retranslate=True)
+            self._retranslate(state)
 
     def republish(self) -> None:
         """Rebuild every proxy's snapshot from the current mesh (after a hook changed)."""
         if self.synced:
             for state in self._proxies.values():
-                self._publish(state, retranslate=True)
+                self._retranslate(state)
 
     def add_proxy(self, proxy: Proxy) -> None:
         state = self._proxies.get(proxy.node_id)
@@ -268,11 +258,11 @@ class SnapshotBuilder:
             return
         if state is not None:
             self._count(state.proxy.namespace, -1)
-        state = _ProxyState(proxy, with_workload(proxy, self.mesh))
+        state = ProxyState(proxy, with_workload(proxy, self.mesh))
         self._proxies[proxy.node_id] = state
         self._count(state.proxy.namespace, +1)
         if self.synced:
-            self._publish(state, retranslate=True)
+            self._retranslate(state)
         self._drop_unused_routes()
 
     def remove_proxy(self, node_id: str) -> None:
@@ -282,21 +272,25 @@ class SnapshotBuilder:
             self._count(state.proxy.namespace, -1)
             self._drop_unused_routes()
 
-    def _publish(self, state: _ProxyState, *, retranslate: bool) -> None:
-        proxy, mesh = state.proxy, self.mesh
+    def _retranslate(self, state: ProxyState) -> None:
+        """Translate one proxy on the current mesh and publish it (outside any batch)."""
         try:
-            if retranslate:
-                state.clusters = state.clusters.replace_all(
-                    {r.name: r for r in _resources(translate.proxy_clusters(mesh, proxy))}
-                )
-                state.listeners = state.listeners.replace_all(
-                    {r.name: r for r in _resources(translate.proxy_listeners(mesh, proxy))}
-                )
-            routes = self._routes_of(proxy.namespace)
-        except Exception as error:  # a translation bug must not take down other proxies
-            logger.exception("translation failed for proxy %s", proxy.node_id)
-            state.error = f"translation failed: {error}"
+            translated = proxy_resources(self.mesh, state, state.proxy)
+        except Exception as error:  # one proxy's failure is that proxy's alone
+            state.error = proxy_failure(state.proxy.node_id, error)
             return
+        self._publish(state, translated)
+
+    def _publish(self, state: ProxyState, translated: ProxyResources | None) -> None:
+        """Publish `state`'s snapshot, with `translated` as its own resources if given."""
+        proxy = state.proxy
+        try:
+            routes = self._routes_of(proxy.namespace)
+        except Exception as error:
+            state.error = proxy_failure(proxy.node_id, error)
+            return
+        if translated is not None:
+            state.clusters, state.listeners = translated
         snapshot = Snapshot(
             resources={
                 CLUSTER: LayeredResources(state.clusters, self._clusters.resources),
@@ -311,6 +305,9 @@ class SnapshotBuilder:
         try:
             self.cache.set_snapshot(proxy.node_id, snapshot)
         except InconsistentSnapshotError as error:
-            state.error = str(error)
+            state.error = bounded(str(error))
+            return
+        except Exception as error:  # a bug in the check must not stop the other proxies
+            state.error = proxy_failure(proxy.node_id, error)
             return
         state.error = None

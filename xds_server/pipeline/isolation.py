@@ -1,0 +1,198 @@
+"""Finding the one change that makes translation raise, so only it is dropped.
+
+Sources validate what they send, but translation is code and values can
+still surprise it (a lone surrogate in a zone, a bug).  When translating a
+batch raises, the pipeline must not give up the batch, nor the process: it
+finds which upserted object is to blame, leaves that one out (the mesh keeps
+its last good version, or goes without it if it never had one) and applies
+everything else.
+
+The search is a bisection over the batch's upserts in a fixed order:
+`first_culprit` keeps a prefix that translates and a longer one that raises,
+and halves the gap until one object separates them.  That object is the
+culprit in a precise sense (adding it to what translated made it raise), so
+the answer is sound even when an object only fails in combination with
+another.  It costs O(log n) translations of the failing unit, and only when
+something failed; the common path pays nothing.
+
+A Service's clusters and load assignments depend on that Service and its
+EndpointSlices alone, so `service_culprit` searches a mesh of just those
+(cheap however large the batch): the Service first, then its slices, so a
+slice that only fails once its Service arrives is blamed, not the Service.
+Route tables and a proxy's resources depend on the whole mesh, so
+`mesh_culprit` bisects the batch's upserts (Services, then slices, then
+Pods) on the real one.  If translation raises even without any candidate,
+nothing is to blame and they return None: the caller then keeps the unit's
+last good resources instead.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TypeVar
+
+from xds_server import translate
+from xds_server.model import ChangeSet, Kind, MeshSnapshot, ObjectKey
+from xds_server.model.changes import MeshObject
+from xds_server.model.mesh import NamespacedName
+from xds_server.pipeline.errors import bounded, describe
+from xds_server.resources import Resource, make_resource
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Culprit = tuple[ObjectKey, BaseException]
+"""The upsert to blame, and what translating it raised."""
+
+_KIND_ORDER = {Kind.SERVICE: 0, Kind.ENDPOINT_SLICE: 1, Kind.WORKLOAD: 2}
+"""Candidates are tried Services first: a slice is blamed before the Service it needs."""
+
+MAX_SHOWN_KEY_CHARS = 300
+"""An object's kind, namespace and name as an error quotes them."""
+
+
+def first_culprit(
+    candidates: Sequence[T], attempt: Callable[[int], BaseException | None]
+) -> tuple[T, BaseException] | None:
+    """The candidate whose addition makes `attempt` raise, by bisection.
+
+    `attempt(n)` runs the translation with the first `n` candidates applied
+    and returns what it raised (None if it succeeded); the caller has seen it
+    raise with all of them.  None if it raises with none of them as well.
+    """
+    if not candidates or attempt(0) is not None:
+        return None
+    good, bad = 0, len(candidates)
+    error = attempt(bad)
+    if error is None:  # it failed for the caller, not now: nothing here to blame
+        return None
+    while bad - good > 1:
+        middle = (good + bad) // 2
+        found = attempt(middle)
+        if found is None:
+            good = middle
+        else:
+            bad, error = middle, found
+    return candidates[bad - 1], error
+
+
+def changes_of(deletes: Iterable[ObjectKey], upserts: Iterable[MeshObject]) -> ChangeSet:
+    changes = ChangeSet()
+    for key in deletes:
+        changes.delete(key)
+    for obj in upserts:
+        changes.upsert(obj)
+    return changes
+
+
+def without(
+    changes: ChangeSet, dropped: Iterable[ObjectKey], taken_out: Iterable[ObjectKey] = ()
+) -> ChangeSet:
+    """`changes` less the upserts of `dropped` (the mesh keeps their current version),
+    and deleting `taken_out` (objects whose current version is what raises)."""
+    removed = {*dropped, *taken_out}
+    return changes_of(
+        {*changes.deletes, *taken_out},
+        (obj for key, obj in changes.upserts.items() if key not in removed),
+    )
+
+
+def holds(mesh: MeshSnapshot, key: ObjectKey) -> bool:
+    """Whether `mesh` has a version of the object `key`."""
+    table: Mapping[NamespacedName, object] = {
+        Kind.SERVICE: mesh.services,
+        Kind.ENDPOINT_SLICE: mesh.endpoint_slices,
+        Kind.WORKLOAD: mesh.workloads,
+    }[key.kind]
+    return (key.namespace, key.name) in table
+
+
+def _raised(run: Callable[[], object]) -> BaseException | None:
+    try:
+        run()
+    except Exception as error:  # what the search is looking for
+        return error
+    return None
+
+
+# -- one Service's mesh-wide resources ------------------------------------------------
+
+
+def service_resources(
+    mesh: MeshSnapshot, key: NamespacedName
+) -> tuple[list[Resource], list[Resource]]:
+    """A Service's outbound clusters and load assignments, serialized (none if it is gone)."""
+    service = mesh.services.get(key)
+    if service is None:
+        return [], []
+    clusters = [make_resource(m) for m in translate.clusters_for_service(service)]
+    assignments = [
+        make_resource(m)
+        for m in translate.load_assignments_for_service(service, mesh.slices_of(service))
+    ]
+    return clusters, assignments
+
+
+def service_culprit(mesh: MeshSnapshot, key: NamespacedName) -> Culprit | None:
+    """The object that makes Service `key`'s resources raise in `mesh`, searched on it alone.
+
+    The Service comes first, then its slices by name: a Service is blamed only
+    if it raises without any slice, and a slice only if adding it to the
+    Service (and the slices before it) does, whichever of them changed.
+    """
+    service = mesh.services.get(key)
+    if service is None:
+        return None
+    candidates: list[MeshObject] = [service, *mesh.slices_of(service)]
+
+    def attempt(count: int) -> BaseException | None:
+        alone, _ = MeshSnapshot().apply(changes_of((), candidates[:count]))
+        return _raised(lambda: service_resources(alone, key))
+
+    found = first_culprit(candidates, attempt)
+    return None if found is None else (ObjectKey.of(found[0]), found[1])
+
+
+# -- whatever depends on the whole mesh: route tables, one proxy ---------------------
+
+
+def mesh_culprit(
+    base: MeshSnapshot,
+    changes: ChangeSet,
+    run: Callable[[MeshSnapshot], object],
+    kinds: frozenset[Kind] | None = None,
+) -> Culprit | None:
+    """The upsert (of `kinds`, else any) that makes `run(mesh)` raise.
+
+    The batch's deletes and its upserts of other kinds are applied in every
+    attempt: only the candidates come and go.
+    """
+    candidates = sorted(
+        (k for k in changes.upserts if kinds is None or k.kind in kinds),
+        key=lambda k: _KIND_ORDER[k.kind],
+    )
+    chosen = set(candidates)
+    given = [obj for k, obj in changes.upserts.items() if k not in chosen]
+
+    def attempt(count: int) -> BaseException | None:
+        upserts = [*given, *(changes.upserts[k] for k in candidates[:count])]
+        mesh, _ = base.apply(changes_of(changes.deletes, upserts))
+        return _raised(lambda: run(mesh))
+
+    return first_culprit(candidates, attempt)
+
+
+# -- what the errors say -----------------------------------------------------------------
+
+
+def shown_key(key: object) -> str:
+    return bounded(str(key), MAX_SHOWN_KEY_CHARS)
+
+
+def dropped_message(key: ObjectKey, error: BaseException, *, kept: bool) -> str:
+    """Why `key` is not applied; `kept`: the mesh keeps an earlier version of it."""
+    outcome = (
+        "its last good version stays in force" if kept else "it stays out of the mesh until fixed"
+    )
+    return f"{shown_key(key)}: not applied: translating it raised {describe(error)}; {outcome}"
