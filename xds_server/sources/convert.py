@@ -440,7 +440,7 @@ def convert(manifest: Mapping[str, Any], *, strict: bool = True) -> MeshObject |
         if miss is None:
             logger.debug("ignoring %s (%s)", ref, escaped(api_version))
             return None
-        meant = dict(manifest, kind=miss.kind)
-        raise ManifestError(ref, miss.field, miss.message, describe(meant)[1], miss.severity)
+        meant = describe(dict(manifest, kind=miss.kind))[1] if miss.kind else None
+        raise ManifestError(ref, miss.field, miss.message, meant, miss.severity)
     check_values(obj, manifest)
     return converter(obj, manifest)

@@ -11,7 +11,9 @@ reported, as a warning with a "did you mean":
   plural `s` or one or two typed letters (`Services`, `Service `,
   `endpointslice`, `Serivce`); one letter for a short kind (`Pods`, not `Job`);
 - a mesh kind under an apiVersion that differs only by case or space (`V1`),
-  or under another built-in Kubernetes group (`apps/v1`, `networking.k8s.io/v1`).
+  or under another built-in Kubernetes group (`apps/v1`, `networking.k8s.io/v1`);
+- a kind that cannot be any Kubernetes kind (not a CamelCase name of at most
+  63 characters), which no other tool would read either.
 
 A mesh kind in a third-party group (`serving.knative.dev/v1` Service) is
 another kind that shares the name, and is ignored.  A mesh kind in its own
@@ -21,6 +23,7 @@ an error, not a warning: the user meant that object, and it cannot be read.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -34,13 +37,16 @@ _WELL_KNOWN = frozenset({
 })  # fmt: skip
 """Real kinds a few letters from a mesh kind: never a typo of one."""
 _COMPARED_CHARS = 64
+_KIND_NAME = re.compile(r"[A-Za-z][A-Za-z0-9]{0,62}")
+"""What any Kubernetes kind looks like (a Go type name, CamelCase)."""
 
 
 @dataclass(frozen=True)
 class KindMiss:
     """A manifest that is probably meant as `kind`, and the message that says so."""
 
-    kind: str
+    kind: str | None
+    """The kind probably meant, when there is one."""
     field: str
     message: str
     severity: Severity = "warning"
@@ -94,6 +100,8 @@ def near_miss(api_version: str, kind: str, supported: Iterable[tuple[str, str]])
     version_of = {k: v for v, k in supported}
     if kind not in version_of:
         meant = _meant_kind(kind, version_of)
+        if meant is None and not _KIND_NAME.fullmatch(kind):
+            return KindMiss(None, "kind", f"'{escaped(kind)}' is not a Kubernetes kind name")
         if meant is None:
             return None
         return KindMiss(

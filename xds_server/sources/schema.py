@@ -440,6 +440,13 @@ def _field_name(field: str, name: Any) -> str:
     return key_path(field, name if isinstance(name, str) else show(name))
 
 
+_MAP_FIELDS = frozenset({
+    "labels", "annotations", "selector", "nodeSelector", "deprecatedTopology", "matchLabels",
+    "limits", "requests", "overhead", "data", "binaryData", "stringData",
+})  # fmt: skip
+"""Fields whose keys are data, shown as `field[key]` (the API server's notation for maps)."""
+
+
 def _holds_never(text: str) -> bool:
     return "\x00" in text or (not text.isascii() and _NEVER.search(text) is not None)
 
@@ -458,16 +465,24 @@ def check_values(obj: ObjectReader, manifest: Mapping[str, Any]) -> None:
         if id(value) in seen:
             continue
         seen.add(id(value))
-        items = value.items() if isinstance(value, Mapping) else enumerate(value)
+        is_map = isinstance(value, Mapping)
+        keyed = path.rpartition(".")[2] in _MAP_FIELDS
+        items = value.items() if is_map else enumerate(value)
         for key, item in items:
-            if isinstance(key, str) and _holds_never(key):
-                obj.fail(path or None, f"field name {show(key)} holds NUL or a lone surrogate")
+            if isinstance(key, str):
+                if _holds_never(key):
+                    obj.fail(path or None, f"field name {show(key)} holds NUL or a lone surrogate")
+                where = key_path(path, key) if keyed else _field_name(path, key)
+            elif is_map:
+                obj.fail(path or None, f"field names must be strings, got {show(key)}")
+            else:
+                where = f"{path}[{key}]"
             if isinstance(item, str):
                 if _holds_never(item):
                     bad = _NEVER.search(item)
                     assert bad is not None
                     obj.fail(
-                        _field_name(path, key),
+                        where,
                         f"must not contain NUL or lone surrogates "
                         f"(U+{ord(bad.group()):04X} at {bad.start()}), got {show(item)}",
                     )
@@ -475,14 +490,9 @@ def check_values(obj: ObjectReader, manifest: Mapping[str, Any]) -> None:
                 continue
             elif isinstance(item, int):
                 if item not in _INT64:
-                    obj.fail(_field_name(path, key), f"integer too large, got {show(item)}")
+                    obj.fail(where, f"integer too large, got {show(item)}")
             elif isinstance(item, (Mapping, list)):
                 if id(item) not in seen:
-                    where = (
-                        f"{path}[{key}]"
-                        if isinstance(key, int) and isinstance(value, list)
-                        else _field_name(path, key)
-                    )
                     pending.append((item, where))
             else:
-                obj.fail(_field_name(path, key), f"must be a JSON value, got {show(item)}")
+                obj.fail(where, f"must be a JSON value, got {show(item)}")

@@ -364,6 +364,14 @@ def _path(stack: list[_Frame], extra: str | None = None) -> str | None:
     return path or None
 
 
+def _alias_site(stack: list[_Frame]) -> Node:
+    """Where an alias being visited is written, as near as nodes tell: its key, or its list."""
+    frame = stack[-1]
+    if isinstance(frame.node, MappingNode):
+        return frame.children[frame.index - 2]
+    return frame.node
+
+
 def _collection(node: CollectionNode) -> _Frame | str:
     """A frame for a collection node, or why it cannot be one (tag, keys)."""
     if isinstance(node, SequenceNode):
@@ -440,11 +448,12 @@ def construct_checked(root: Node) -> Any:
                     value = built[ident]
                     size, height = extent[ident]
                     if len(stack) + height > limits.MAX_YAML_DEPTH:
-                        return DocumentFault(_path(stack), _too_deep(), node)
+                        return DocumentFault(_path(stack), _too_deep(), _alias_site(stack))
                 elif ident in open_ids:
                     return DocumentFault(
-                        _path(stack), "an alias refers to a node that contains it", node
-                    )
+                        _path(stack), "an alias refers to a node that contains it",
+                        _alias_site(stack),
+                    )  # fmt: skip
                 else:
                     if len(stack) >= limits.MAX_YAML_DEPTH:
                         return DocumentFault(_path(stack), _too_deep(), node)
@@ -552,11 +561,36 @@ class DocumentProblem:
 
 
 _MARKER = re.compile(r"^---(?=[ \t\r\n]|\Z)", re.MULTILINE)
-_TEXT_KIND = re.compile(r"^kind:[ \t]*([A-Za-z0-9./-]{1,253})[ \t]*$", re.MULTILINE)
-_TEXT_NAME = re.compile(
-    r"^metadata:[ \t]*\r?\n(?:[ \t]+.*\r?\n)*?[ \t]+name:[ \t]*([a-z0-9.-]{1,253})[ \t]*\r?$",
-    re.MULTILINE,
+_TEXT_KIND = re.compile(r"^kind:[ \t]*([A-Za-z0-9]{1,63})[ \t]*\r?$", re.MULTILINE)
+_TEXT_METADATA = re.compile(r"^metadata:[ \t]*(.*)$", re.MULTILINE)
+_TEXT_FIELD = re.compile(
+    r"(?:^[ \t]+|[{,][ \t]*)(name|namespace):[ \t]*([a-z0-9.-]{1,253})[ \t]*(?=[,}\r]|$)"
 )
+
+
+def _text_sketch(head: str) -> dict[str, Any]:
+    """kind and metadata name/namespace found in a document's text, without parsing it.
+
+    Only the usual layouts (`kind: X` at the top; `metadata:` followed by a
+    block or a flow mapping holding `name:`), which is all an error needs.
+    """
+    found: dict[str, Any] = {}
+    kind = _TEXT_KIND.search(head)
+    if kind:
+        found["kind"] = kind.group(1)
+    metadata = _TEXT_METADATA.search(head)
+    if metadata is None:
+        return found
+    lines = [metadata.group(1)] if metadata.group(1).strip() else []
+    if not lines:
+        for line in head[metadata.end() + 1 :].splitlines()[:50]:
+            if line.strip() and not line[:1].isspace():
+                break
+            lines.append(line)
+    fields = {m.group(1): m.group(2) for line in lines for m in _TEXT_FIELD.finditer(line)}
+    if "name" in fields:
+        found["metadata"] = fields
+    return found
 
 
 def _blank_oversized(text: str) -> tuple[str, list[DocumentProblem]]:
@@ -578,13 +612,7 @@ def _blank_oversized(text: str) -> tuple[str, list[DocumentProblem]]:
             parts.append(chunk)
             continue
         line = text.count("\n", 0, start) + 1
-        head = chunk[: 64 * 1024]
-        kind, name = _TEXT_KIND.search(head), _TEXT_NAME.search(head)
-        manifest: dict[str, Any] = {}
-        if kind:
-            manifest["kind"] = kind.group(1)
-        if name:
-            manifest["metadata"] = {"name": name.group(1)}
+        manifest = _text_sketch(chunk[: 64 * 1024])
         size = len(chunk.encode("utf-8", "surrogatepass"))
         problems.append(
             DocumentProblem(
