@@ -23,6 +23,7 @@ from envoy.config.listener.v3 import listener_pb2
 from google.protobuf import any_pb2
 
 from xds_server.admin import AdminView, ProxyView, SyncStatus, create_app
+from xds_server.admin.paging import DEFAULT_LIMIT, MAX_LIMIT, MAX_NAMES_SHOWN
 from xds_server.admin.views import sync_status
 from xds_server.cache import ResourceSet, Snapshot
 from xds_server.model import Proxy
@@ -386,7 +387,15 @@ async def test_a_connected_proxy_without_a_snapshot_has_an_empty_config() -> Non
 
     config = (await get(plane, f"/api/proxies/{NODE}/config")).json()
 
-    assert config == {"node_id": NODE, "snapshot_version": None, "types": []}
+    assert config == {
+        "node_id": NODE,
+        "snapshot_version": None,
+        "types": [],
+        "offset": 0,
+        "limit": DEFAULT_LIMIT,
+        "total": {},
+        "next_offset": None,
+    }
 
 
 # -- errors, readiness, health, metrics ---------------------------------------------------
@@ -409,6 +418,7 @@ async def test_errors_name_the_file_the_proxy_and_the_blamed_resource() -> None:
     errors = (await get(plane, "/api/errors")).json()
 
     assert errors["source"] == plane.errors
+    assert errors["translation"] == []  # this view does not offer them
     # Only the unresolved NACK: the LDS one was followed by an ACK.
     [cds_nack] = errors["nacks"]
     assert (cds_nack["node_id"], cds_nack["type"], cds_nack["resources"]) == (
@@ -571,3 +581,209 @@ async def test_a_node_id_in_a_link_is_url_quoted() -> None:
     text = (await get(evil_plane(), "/")).text
 
     assert f'href="proxies/{quote(EVIL, safe="")}"' in text
+
+
+# -- bounded responses: pages, and bounded text -----------------------------------------------
+
+MANY = 250
+"""More than one default page (100) of proxies, errors or resources."""
+
+
+@dataclass
+class TranslatingPlane(FakeControlPlane):
+    """A view that also lists the objects translation left out."""
+
+    dropped: list[tuple[str, str]] = field(default_factory=list)
+
+    def translation_errors(self) -> list[tuple[str, str]]:
+        return list(self.dropped)
+
+
+def many_proxies(count: int = MANY) -> list[ProxyView]:
+    return [
+        proxy_view(f"p-{i:03d}.default", synced(CLUSTER), stream_id=i + 1) for i in range(count)
+    ]
+
+
+PAGES = [
+    pytest.param({}, range(0, 100), 100, id="default-page"),
+    pytest.param({"offset": "100"}, range(100, 200), 200, id="second-page"),
+    pytest.param({"offset": "200"}, range(200, 250), None, id="last-page"),
+    pytest.param({"offset": "240", "limit": "5"}, range(240, 245), 245, id="small-page"),
+    pytest.param({"limit": str(MAX_LIMIT)}, range(0, 250), None, id="largest-page"),
+    pytest.param({"offset": "900"}, range(0), None, id="past-the-end"),
+]
+
+
+@pytest.mark.parametrize(("params", "expected", "next_offset"), PAGES)
+async def test_the_proxy_list_is_paged_with_its_total_and_next_page_in_headers(
+    params: dict[str, str], expected: range, next_offset: int | None
+) -> None:
+    plane = FakeControlPlane(views=many_proxies())
+
+    response = await get(plane, "/api/proxies", params=params)
+
+    assert response.status_code == 200
+    assert [row["node_id"] for row in response.json()] == [f"p-{i:03d}.default" for i in expected]
+    assert response.headers["x-total-count"] == str(MANY)
+    if next_offset is None:
+        assert "x-next-offset" not in response.headers
+        assert "link" not in response.headers
+    else:
+        assert response.headers["x-next-offset"] == str(next_offset)
+        assert f"offset={next_offset}" in response.headers["link"]
+        assert response.headers["link"].endswith('; rel="next"')
+
+
+@pytest.mark.parametrize(
+    ("path", "params", "field_name"),
+    [
+        ("/api/proxies", {"limit": str(MAX_LIMIT + 1)}, "limit"),
+        ("/api/proxies", {"limit": "0"}, "limit"),
+        ("/api/errors", {"offset": "-1"}, "offset"),
+        (f"/api/proxies/{NODE}/config", {"limit": "many"}, "limit"),
+        ("/", {"limit": str(10 * MAX_LIMIT)}, "limit"),
+    ],
+)
+async def test_a_page_out_of_bounds_is_a_422_naming_the_parameter(
+    path: str, params: dict[str, str], field_name: str
+) -> None:
+    plane = FakeControlPlane(views=[proxy_view(NODE)], snapshots={NODE: snapshot()})
+
+    response = await get(plane, path, params=params)
+
+    assert response.status_code == 422
+    [problem] = response.json()["detail"]
+    assert problem["loc"] == ["query", field_name]
+
+
+async def test_errors_are_paged_list_by_list_with_totals() -> None:
+    plane = TranslatingPlane(
+        errors=[f"file-{i:03d}.yaml: bad" for i in range(MANY)],
+        dropped=[(f"Service default/s-{i}", "not applied") for i in range(30)],
+        views=[proxy_view(f"n-{i}.default", snapshot_error="refused") for i in range(120)],
+    )
+
+    first = (await get(plane, "/api/errors")).json()
+    last = (await get(plane, "/api/errors", params={"offset": "200"})).json()
+
+    assert first["total"] == {
+        "source": MANY,
+        "translation": 30,
+        "nacks": 0,
+        "snapshots": 120,
+        "metadata": 0,
+    }
+    assert (len(first["source"]), len(first["translation"]), len(first["snapshots"])) == (
+        100,
+        30,
+        100,
+    )
+    assert first["translation"][0] == {"object": "Service default/s-0", "error": "not applied"}
+    assert (first["offset"], first["limit"], first["next_offset"]) == (0, DEFAULT_LIMIT, 100)
+    assert last["source"] == [f"file-{i:03d}.yaml: bad" for i in range(200, MANY)]
+    assert (last["translation"], last["snapshots"], last["next_offset"]) == ([], [], None)
+
+
+async def test_the_config_of_a_proxy_is_paged_per_type() -> None:
+    served = snapshot(*(cluster(f"c-{i:03d}") for i in range(MANY)))
+    plane = FakeControlPlane(views=[proxy_view(NODE)], snapshots={NODE: served})
+
+    first = (await get(plane, f"/api/proxies/{NODE}/config", params={"type": "CDS"})).json()
+    last = (
+        await get(plane, f"/api/proxies/{NODE}/config", params={"type": "CDS", "offset": "200"})
+    ).json()
+
+    [cds] = first["types"]
+    assert (cds["total"], len(cds["resources"]), first["next_offset"]) == (MANY, 100, 100)
+    assert cds["resources"][0]["name"] == "c-000"
+    [cds] = last["types"]
+    assert [r["name"] for r in cds["resources"]] == [f"c-{i:03d}" for i in range(200, MANY)]
+    assert last["next_offset"] is None
+
+
+async def test_the_pages_show_one_page_and_link_to_the_next() -> None:
+    plane = TranslatingPlane(
+        views=many_proxies(),
+        errors=[f"file-{i:03d}.yaml: bad" for i in range(150)],
+        dropped=[("EndpointSlice default/web-slice", "translating it raised ValueError")],
+        snapshots={"p-000.default": snapshot(*(cluster(f"c-{i:03d}") for i in range(MANY)))},
+    )
+
+    index = (await get(plane, "/")).text
+    second = (await get(plane, "/", params={"offset": "100"})).text
+    detail = (await get(plane, "/proxies/p-000.default", params={"type": "CDS"})).text
+
+    assert index.count('<a href="proxies/p-') == 100
+    assert "p-099.default" in index and "p-100.default" not in index
+    assert "Showing 1-100 of 250 proxies" in index
+    assert 'href="?offset=100&amp;limit=100">next</a>' in index
+    assert "p-100.default" in second and "p-099.default" not in second
+    assert "150 source error(s)" in index and "and 50 more" in index
+    assert index.count("<li>file-") == 100
+    assert "1 object(s) could not be translated" in index
+    assert "EndpointSlice default/web-slice: translating it raised ValueError" in index
+    assert detail.count('<details class="resource') == 100
+    assert "Showing 1-100 of 250 resources" in detail
+    assert 'href="?type=CDS&amp;offset=100&amp;limit=100">next</a>' in detail
+
+
+HUGE = "x" * 5_000_000 + "\ud800"
+
+
+async def test_huge_or_unencodable_error_text_is_cut_everywhere() -> None:
+    huge_nack = nack("2", message=HUGE, resources=tuple(f"r-{i}" for i in range(5000)))
+    plane = TranslatingPlane(
+        errors=[HUGE] * 3,
+        dropped=[(f"Service default/{HUGE}", HUGE)],
+        views=[
+            proxy_view(
+                NODE,
+                typed(CLUSTER, nonce="2", sent="v2", acked="v1", last_nack=huge_nack),
+                typed(ENDPOINT, nonce="1", names=tuple(f"n-{i}" for i in range(10_000))),
+                snapshot_error=HUGE,
+                metadata_error=HUGE,
+            )
+        ],
+        snapshots={NODE: snapshot(cluster("bad-cluster"))},
+    )
+
+    for path in ("/api/errors", "/api/proxies", f"/api/proxies/{NODE}", "/", f"/proxies/{NODE}"):
+        response = await get(plane, path)
+        assert response.status_code == 200, path
+        assert len(response.content) < 100_000, path
+    errors = (await get(plane, "/api/errors")).json()
+    texts = [
+        *errors["source"],
+        errors["translation"][0]["object"],
+        errors["translation"][0]["error"],
+        errors["nacks"][0]["message"],
+        errors["snapshots"][0]["error"],
+        errors["metadata"][0]["error"],
+    ]
+    assert all(1 <= len(text) <= 1000 and text.endswith("…") for text in texts)
+    assert errors["nacks"][0]["resources_total"] == 5000
+    assert len(errors["nacks"][0]["resources"]) == MAX_NAMES_SHOWN
+    [row] = (await get(plane, "/api/proxies")).json()
+    eds = row["types"][1]
+    assert (len(eds["names"]), eds["names_total"]) == (MAX_NAMES_SHOWN, 10_000)
+    assert "and 9900 more" in (await get(plane, f"/proxies/{NODE}")).text
+
+
+async def test_an_error_quoting_a_lone_surrogate_is_shown_escaped() -> None:
+    plane = TranslatingPlane(
+        errors=["services.yaml: Service default/x\ud800y: metadata.name: not a DNS label"],
+        dropped=[("EndpointSlice default/x\ud800y", "zone 'x\ud800y' raised")],
+    )
+
+    page = await get(plane, "/")
+    errors = (await get(plane, "/api/errors")).json()
+
+    assert page.status_code == 200
+    assert page.text.count("x\\ud800y") == 3
+    assert errors["source"] == [
+        "services.yaml: Service default/x\\ud800y: metadata.name: not a DNS label"
+    ]
+    assert errors["translation"] == [
+        {"object": "EndpointSlice default/x\\ud800y", "error": "zone 'x\\ud800y' raised"}
+    ]

@@ -34,7 +34,9 @@ from e2e_mesh import (
     write_documents,
 )
 
+from xds_server import translate
 from xds_server.app import ControlPlane
+from xds_server.model import Service
 from xds_server.sample_app import start_sample_app
 
 pytestmark = [pytest.mark.envoy, pytest.mark.timeout(120)]
@@ -50,6 +52,8 @@ class Admin:
 
     plane: ControlPlane
     url: str
+    backend_port: int
+    """Where the backend sample app listens (its slice's port)."""
 
     async def get(self, path: str, **params: str) -> httpx.Response:
         async with httpx.AsyncClient(base_url=self.url, timeout=5.0) as client:
@@ -72,7 +76,7 @@ async def admin(tmp_path: Path, free_port: Callable[[], int]) -> AsyncIterator[A
     write_documents(directory / "endpoints.yaml", slice_yaml("backend", [BACKEND], upstream_port))
     try:
         async with running_control_plane(directory, free_port) as plane:
-            yield Admin(plane, f"http://127.0.0.1:{plane.admin_port}")
+            yield Admin(plane, f"http://127.0.0.1:{plane.admin_port}", upstream_port)
     finally:
         await backend.close()
 
@@ -172,6 +176,100 @@ async def test_a_rejected_cluster_shows_as_nacked_with_its_name_until_fixed(
     await wait_synced(admin, sidecar)
     assert (await admin.json("/api/errors"))["nacks"] == []
     assert 'class="sync sync-nacked"' not in (await admin.get("/")).text
+
+
+async def envoy_hosts(sidecar: Sidecar, cluster: str) -> set[str]:
+    """The addresses Envoy itself holds for `cluster`."""
+    for status in await sidecar.envoy.clusters_async():
+        if status["name"] == cluster:
+            return {
+                host["address"]["socket_address"]["address"]
+                for host in status.get("host_statuses", [])
+            }
+    return set()
+
+
+POISON = "127.0.33.9"
+"""An address the injected failure refuses to translate."""
+ECHO = "127.0.33.3"
+
+
+async def test_an_object_whose_translation_raises_costs_only_that_object(
+    admin: Admin,
+    sidecar: Sidecar,
+    tmp_path: Path,
+    free_port: Callable[[], int],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    await wait_synced(admin, sidecar)
+    original = translate.load_assignments_for_service
+
+    def failing(service: Service, slices: Any) -> Any:
+        if any(POISON in e.addresses for eps in slices for e in eps.endpoints):
+            raise ValueError(f"injected: cannot translate {POISON}")
+        return original(service, slices)
+
+    monkeypatch.setattr(translate, "load_assignments_for_service", failing)
+    echo_port = free_port()
+    echo = await start_sample_app("echo", "v1", ECHO, echo_port)
+    directory = tmp_path / "manifests"
+    original_slice = (directory / "endpoints.yaml").read_text()
+    try:
+        write_documents(
+            directory / "endpoints.yaml",
+            slice_yaml("backend", [BACKEND, POISON], admin.backend_port),
+        )
+        write_documents(
+            directory / "echo.yaml", service_yaml("echo"), slice_yaml("echo", [ECHO], echo_port)
+        )
+
+        async def echo_answers() -> bool:
+            return await sidecar.who_answers("echo") == "echo v1"
+
+        await eventually(echo_answers, within=10, message="echo reachable through the sidecar")
+        # The poisoned slice was left out: Envoy keeps backend's last good endpoints.
+        assert await envoy_hosts(sidecar, BACKEND_CLUSTER) == {BACKEND}
+        assert await sidecar.who_answers("backend") == "backend v1"
+        [(shown, error)] = admin.plane.pipeline.translation_errors()
+        assert shown == "EndpointSlice default/backend-slice"
+        assert f"injected: cannot translate {POISON}" in error
+        assert (await admin.json("/readyz"))["ready"] is True
+
+        monkeypatch.undo()
+        (directory / "endpoints.yaml").write_text(original_slice)
+
+        async def cleared() -> bool:
+            return admin.plane.pipeline.translation_errors() == []
+
+        await eventually(cleared, within=10, message="the error cleared by the fix")
+        assert await envoy_hosts(sidecar, BACKEND_CLUSTER) == {BACKEND}
+    finally:
+        await echo.close()
+
+
+async def test_the_admin_lists_are_paged_against_a_real_proxy(
+    admin: Admin, sidecar: Sidecar
+) -> None:
+    await wait_synced(admin, sidecar)
+
+    response = await admin.get("/api/proxies", limit="1")
+    config = await admin.json(f"/api/proxies/{sidecar.node_id}/config", type="CDS", limit="1")
+    errors = await admin.json("/api/errors")
+
+    assert response.headers["x-total-count"] == "1"
+    assert [row["node_id"] for row in response.json()] == [sidecar.node_id]
+    [cds] = config["types"]
+    assert len(cds["resources"]) == 1
+    assert cds["total"] == len(await admin_clusters(admin, sidecar)) >= 1
+    assert config["next_offset"] == (1 if cds["total"] > 1 else None)
+    assert errors["total"] == dict.fromkeys(
+        ["source", "translation", "nacks", "snapshots", "metadata"], 0
+    )
+
+
+async def admin_clusters(admin: Admin, sidecar: Sidecar) -> list[str]:
+    config = await admin.json(f"/api/proxies/{sidecar.node_id}/config", type="CDS", limit=str(1000))
+    return [resource["name"] for resource in config["types"][0]["resources"]]
 
 
 def chromium() -> str | None:

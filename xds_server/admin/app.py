@@ -8,21 +8,28 @@ event loop that also runs the xDS streams (so they see a consistent moment
 and never race a stream's bookkeeping), then render JSON and HTML in a worker
 thread (the values they render are frozen), so converting a large config to
 JSON never stalls a push.
+
+Every response is bounded (see `paging`): lists come a page at a time
+(`?offset=&limit=`, 100 by default, 1,000 at most), names and messages are
+cut.  `/api/proxies` stays a JSON list and says its total and next page in
+headers; the other endpoints say so in their body.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Annotated, Any, Protocol
+from typing import Annotated, Any, Protocol, runtime_checkable
 
-from fastapi import FastAPI, HTTPException, Query, Response
+from fastapi import FastAPI, HTTPException, Query, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from xds_server.admin import page
+from xds_server.admin import page as html_page
 from xds_server.admin.config import config_json, parse_type, served_config
+from xds_server.admin.paging import Page, PageQuery
 from xds_server.admin.views import ProxyView, errors_json, newest_of_node, proxy_json
 from xds_server.cache import Snapshot
 from xds_server.resources import PUSH_ORDER
@@ -54,6 +61,22 @@ class AdminView(Protocol):
         ...
 
 
+@runtime_checkable
+class TranslationErrorsView(Protocol):
+    """What a view may add: the objects translation left out or kept as they were.
+
+    Optional, so a view that predates it still serves every page (without them).
+    """
+
+    def translation_errors(self) -> Sequence[tuple[str, str]]:
+        """(object or unit, error), each naming what it is about."""
+        ...
+
+
+def translation_errors(view: AdminView) -> Sequence[tuple[str, str]]:
+    return view.translation_errors() if isinstance(view, TranslationErrorsView) else ()
+
+
 TypeFilter = Annotated[
     str | None,
     Query(alias="type", description="Only this type: CDS, EDS, LDS, RDS, SDS, or a type URL"),
@@ -66,6 +89,16 @@ def _json(content: Any, status_code: int = 200) -> Response:
         status_code=status_code,
         media_type="application/json",
     )
+
+
+def _paging_headers(response: Response, request: Request, page: Page, total: int) -> None:
+    """A list body cannot say how long the list is: headers do (as GitHub's API does)."""
+    response.headers["X-Total-Count"] = str(total)
+    following = page.next_offset(total)
+    if following is not None:
+        response.headers["X-Next-Offset"] = str(following)
+        url = request.url.include_query_params(offset=following, limit=page.limit)
+        response.headers["Link"] = f'<{url}>; rel="next"'
 
 
 def _not_found(node_id: str) -> HTTPException:
@@ -95,22 +128,29 @@ def create_app(view: AdminView) -> FastAPI:
         return JSONResponse({"ready": ready, **detail}, status_code=200 if ready else 503)
 
     @app.get("/api/proxies")
-    async def proxies() -> Response:
-        """Every connected proxy with per-type status: SYNCED, STALE, NACKED or NOT SENT."""
+    async def proxies(request: Request, page: PageQuery) -> Response:
+        """One page of the connected proxies with per-type status: SYNCED, STALE, NACKED or
+        NOT SENT.  The body is the list; `X-Total-Count` says how many there are, and
+        `X-Next-Offset` and a `Link: rel="next"` header where the next page starts."""
         views = view.proxies()
-        return await run_in_threadpool(lambda: _json([proxy_json(v) for v in views]))
+        rows = page.of(views)
+        response = await run_in_threadpool(lambda: _json([proxy_json(v) for v in rows]))
+        _paging_headers(response, request, page, len(views))
+        return response
 
     @app.get("/api/proxies/{node_id:path}/config")
-    async def proxy_config(node_id: str, type_filter: TypeFilter = None) -> Response:
-        """The resources the control plane serves a proxy, per type, as JSON."""
+    async def proxy_config(
+        node_id: str, page: PageQuery, type_filter: TypeFilter = None
+    ) -> Response:
+        """One page of the resources the control plane serves a proxy, per type, as JSON."""
         type_urls = _selected_types(type_filter)
         snapshot = view.snapshot(node_id)
         if snapshot is None and newest_of_node(view.proxies(), node_id)[0] is None:
             raise _not_found(node_id)
 
         def render() -> Response:
-            served = served_config(snapshot, type_urls) if snapshot is not None else []
-            return _json(config_json(node_id, snapshot, served))
+            served = served_config(snapshot, type_urls, page) if snapshot is not None else []
+            return _json(config_json(node_id, snapshot, served, page))
 
         return await run_in_threadpool(render)
 
@@ -123,9 +163,11 @@ def create_app(view: AdminView) -> FastAPI:
         return _json({**proxy_json(newest), "streams_for_node": streams})
 
     @app.get("/api/errors")
-    async def errors() -> Response:
-        """Source errors, unresolved NACKs and refused snapshots, each naming its object."""
-        return _json(errors_json(view.source_errors(), view.proxies()))
+    async def errors(page: PageQuery) -> Response:
+        """Source errors, objects translation left out, unresolved NACKs, refused snapshots
+        and unreadable node metadata, each naming its object; one page of each list."""
+        source, views, dropped = view.source_errors(), view.proxies(), translation_errors(view)
+        return await run_in_threadpool(lambda: _json(errors_json(source, views, dropped, page)))
 
     @app.get("/metrics")
     async def metrics() -> Response:
@@ -133,35 +175,41 @@ def create_app(view: AdminView) -> FastAPI:
         return Response(content=body, media_type=content_type)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    async def index() -> HTMLResponse:
+    async def index(page: PageQuery) -> HTMLResponse:
         ready, detail = view.is_ready(), view.readiness_detail()
         source_errors, views = view.source_errors(), view.proxies()
+        dropped = translation_errors(view)
         text = await run_in_threadpool(
-            lambda: page.render_index(
+            lambda: html_page.render_index(
                 ready=ready,
                 readiness=detail,
                 source_errors=source_errors,
+                translation_errors=dropped,
                 views=views,
+                page=page,
                 now=datetime.now(UTC),
             )
         )
         return HTMLResponse(text)
 
     @app.get("/proxies/{node_id:path}", response_class=HTMLResponse, include_in_schema=False)
-    async def proxy_page(node_id: str, type_filter: TypeFilter = None) -> HTMLResponse:
+    async def proxy_page(
+        node_id: str, page: PageQuery, type_filter: TypeFilter = None
+    ) -> HTMLResponse:
         newest, streams = newest_of_node(view.proxies(), node_id)
         if newest is None:
-            return HTMLResponse(page.render_not_found(node_id), status_code=404)
+            return HTMLResponse(html_page.render_not_found(node_id), status_code=404)
         type_urls = _selected_types(type_filter)
         snapshot = view.snapshot(node_id)
 
         def render() -> str:
-            return page.render_proxy(
+            return html_page.render_proxy(
                 newest,
                 streams_for_node=streams,
                 snapshot_version=snapshot.version if snapshot is not None else None,
-                served=served_config(snapshot, type_urls) if snapshot is not None else [],
+                served=served_config(snapshot, type_urls, page) if snapshot is not None else [],
                 selected_type=type_urls[0] if type_filter is not None else None,
+                page=page,
                 now=datetime.now(UTC),
             )
 

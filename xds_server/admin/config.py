@@ -16,6 +16,7 @@ from typing import Any
 
 from google.protobuf import json_format, text_format
 
+from xds_server.admin.paging import FIRST_PAGE, Page
 from xds_server.admin.views import short_name
 from xds_server.cache import Snapshot
 from xds_server.resources import PUSH_ORDER, SHORT_NAMES, Resource, unpack
@@ -51,6 +52,9 @@ class ServedType:
     type_url: str
     version: str
     resources: tuple[ServedResource, ...]
+    """One page of them, by name."""
+    total: int
+    """How many resources of the type are served in all."""
 
     @property
     def short_name(self) -> str:
@@ -77,28 +81,38 @@ def resource_body(resource: Resource) -> dict[str, Any]:
     return body
 
 
-def served_config(snapshot: Snapshot, type_urls: Iterable[str] = PUSH_ORDER) -> list[ServedType]:
-    """Every resource of the requested types in `snapshot`, sorted by name."""
+def served_config(
+    snapshot: Snapshot, type_urls: Iterable[str] = PUSH_ORDER, page: Page = FIRST_PAGE
+) -> list[ServedType]:
+    """One page of the resources of each requested type in `snapshot`, sorted by name.
+
+    Only the page is converted to JSON: the cost is the page's, not the mesh's.
+    """
     served = []
     for type_url in type_urls:
         resources = snapshot.get(type_url)
+        names = page.of(sorted(resources))
         served.append(
             ServedType(
                 type_url=type_url,
                 version=snapshot.type_version(type_url) if resources else "",
                 resources=tuple(
                     ServedResource(name, resources[name].version, resource_body(resources[name]))
-                    for name in sorted(resources)
+                    for name in names
                 ),
+                total=len(resources),
             )
         )
     return served
 
 
 def config_json(
-    node_id: str, snapshot: Snapshot | None, served: list[ServedType]
+    node_id: str, snapshot: Snapshot | None, served: list[ServedType], page: Page = FIRST_PAGE
 ) -> dict[str, Any]:
-    """`/api/proxies/{node_id}/config`: per type, each resource's name, version and body."""
+    """`/api/proxies/{node_id}/config`: per type, each resource's name, version and body.
+
+    One page of each type (the same slice of each), with each type's `total`.
+    """
     return {
         "node_id": node_id,
         "snapshot_version": snapshot.version if snapshot is not None else None,
@@ -107,6 +121,7 @@ def config_json(
                 "type": served_type.short_name,
                 "type_url": served_type.type_url,
                 "version": served_type.version,
+                "total": served_type.total,
                 "resources": [
                     {"name": r.name, "version": r.version, "resource": r.body}
                     for r in served_type.resources
@@ -114,4 +129,5 @@ def config_json(
             }
             for served_type in served
         ],
+        **page.json({served_type.short_name: served_type.total for served_type in served}),
     }

@@ -17,13 +17,14 @@ import html
 import json
 import logging
 import string
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from importlib import resources
 from typing import Any
 from urllib.parse import quote
 
 from xds_server.admin.config import ServedType
+from xds_server.admin.paging import DEFAULT_LIMIT, FIRST_PAGE, MAX_NAMES_SHOWN, Page, shown
 from xds_server.admin.views import ProxyView, SyncStatus, short_name, sync_status
 from xds_server.resources import PUSH_ORDER
 from xds_server.server import NackStatus, StreamStatus, TypeStatus
@@ -94,8 +95,11 @@ def _badge(status: SyncStatus) -> str:
     )
 
 
-def _names(names: Iterable[str]) -> str:
-    return ", ".join(f"<code>{_esc(name)}</code>" for name in names) or "none named"
+def _names(names: Sequence[str]) -> str:
+    """At most `MAX_NAMES_SHOWN` names, then how many more."""
+    listed = ", ".join(f"<code>{_esc(shown(name))}</code>" for name in names[:MAX_NAMES_SHOWN])
+    more = len(names) - MAX_NAMES_SHOWN
+    return (listed + (f" and {more} more" if more > 0 else "")) or "none named"
 
 
 def _nack_text(nack: NackStatus) -> str:
@@ -103,12 +107,44 @@ def _nack_text(nack: NackStatus) -> str:
         f"<strong>{_esc(short_name(nack.type_url))} NACKED</strong> version "
         f"<code>{_esc(nack.rejected_version)}</code> (nonce {_esc(nack.nonce)}); "
         f"blamed: {_names(nack.resources)}<br>"
-        f'<span class="message">{_esc(nack.message)}</span>'
+        f'<span class="message">{_esc(shown(nack.message))}</span>'
     )
 
 
-def _error_list(errors: Sequence[str]) -> str:
-    return '<ul class="errors">' + "".join(f"<li>{_esc(e)}</li>" for e in errors) + "</ul>"
+def _error_list(errors: Sequence[str], api: str) -> str:
+    """The first `DEFAULT_LIMIT` errors, each bounded, then where to read the rest."""
+    items = "".join(f"<li>{_esc(shown(error))}</li>" for error in errors[:DEFAULT_LIMIT])
+    more = len(errors) - DEFAULT_LIMIT
+    note = (
+        f'<p class="small">and {more} more: <a href="{_esc(api)}">{_esc(api)}</a></p>'
+        if more > 0
+        else ""
+    )
+    return f'<ul class="errors">{items}</ul>{note}'
+
+
+def _pager(page: Page, total: int, what: str, query: Mapping[str, str] | None = None) -> str:
+    """`Showing 101-200 of 5000 proxies`, with links to the previous and next pages."""
+    if total <= page.limit and page.offset == 0:
+        return ""
+    first, last = min(page.offset + 1, total), min(page.offset + page.limit, total)
+    links = []
+    if page.offset > 0:
+        links.append(_page_link(max(0, page.offset - page.limit), page.limit, query, "previous"))
+    following = page.next_offset(total)
+    if following is not None:
+        links.append(_page_link(following, page.limit, query, "next"))
+    return (
+        f'<p class="pager small">Showing {first}-{last} of {total} {_esc(what)}. '
+        + " · ".join(links)
+        + "</p>"
+    )
+
+
+def _page_link(offset: int, limit: int, query: Mapping[str, str] | None, label: str) -> str:
+    params = {**(query or {}), "offset": str(offset), "limit": str(limit)}
+    href = "?" + "&".join(f"{quote(k)}={quote(v)}" for k, v in params.items())
+    return f'<a href="{_esc(href)}">{label}</a>'
 
 
 # -- the index: every proxy ------------------------------------------------------------
@@ -145,14 +181,38 @@ def _proxy_rows(view: ProxyView, now: datetime, columns: int) -> str:
     ]
     problems = [_nack_text(nack) for nack in view.unresolved_nacks()]
     if view.snapshot_error:
-        problems.append(f"<strong>snapshot refused</strong>: {_esc(view.snapshot_error)}")
+        problems.append(f"<strong>snapshot refused</strong>: {_esc(shown(view.snapshot_error))}")
     if view.metadata_error:
-        problems.append(f"<strong>invalid node metadata</strong>: {_esc(view.metadata_error)}")
+        problems.append(
+            f"<strong>invalid node metadata</strong>: {_esc(shown(view.metadata_error))}"
+        )
     rows.extend(
         f'<tr class="problem"><td></td><td colspan="{columns - 1}">{problem}</td></tr>'
         for problem in problems
     )
     return "".join(rows)
+
+
+def _problem_banners(
+    source_errors: Sequence[str], translation_errors: Sequence[tuple[str, str]]
+) -> str:
+    if source_errors:
+        banners = (
+            f'<div class="banner bad"><strong>{len(source_errors)} source error(s)</strong>: '
+            "these objects are not applied; the last good state of each stays in force."
+            f"{_error_list(source_errors, 'api/errors')}</div>"
+        )
+    else:
+        banners = '<div class="banner ok">No source errors.</div>'
+    if translation_errors:
+        banners += (
+            f'<div class="banner bad"><strong>{len(translation_errors)} object(s) could not '
+            "be translated</strong>: each keeps its last good version (or stays out of the "
+            "mesh); everything else is applied."
+            + _error_list([f"{obj}: {error}" for obj, error in translation_errors], "api/errors")
+            + "</div>"
+        )
+    return banners
 
 
 def render_index(
@@ -162,28 +222,23 @@ def render_index(
     source_errors: Sequence[str],
     views: Sequence[ProxyView],
     now: datetime,
+    translation_errors: Sequence[tuple[str, str]] = (),
+    page: Page = FIRST_PAGE,
 ) -> str:
-    """`/`: readiness, source errors, then one row per connected proxy."""
-    if source_errors:
-        errors = (
-            f'<div class="banner bad"><strong>{len(source_errors)} source error(s)</strong>: '
-            "these objects are not applied; the last good state of each stays in force."
-            f"{_error_list(source_errors)}</div>"
-        )
-    else:
-        errors = '<div class="banner ok">No source errors.</div>'
+    """`/`: readiness, errors, then one row per connected proxy, a page of them at a time."""
     columns = 4 + len(PUSH_ORDER)
     headers = "".join(f"<th>{_esc(short_name(url))}</th>" for url in PUSH_ORDER)
     if views:
-        rows = "".join(_proxy_rows(view, now, columns) for view in views)
+        rows = "".join(_proxy_rows(view, now, columns) for view in page.of(views))
     else:
         rows = f'<tr><td colspan="{columns}" class="muted">No proxy is connected.</td></tr>'
     body = (
         '<div id="live">'
-        f"{_readiness(ready, readiness)}{errors}"
+        f"{_readiness(ready, readiness)}{_problem_banners(source_errors, translation_errors)}"
         f"<h2>Proxies ({len(views)})</h2>"
         "<table><thead><tr><th>Node</th><th>Stream</th><th>Connected</th>"
         f"{headers}<th>Snapshot pushed</th></tr></thead><tbody>{rows}</tbody></table>"
+        f"{_pager(page, len(views), 'proxies')}"
         f'<p class="muted small">As of {_esc(now.strftime("%Y-%m-%d %H:%M:%S %Z"))}.</p>'
         "</div>"
     )
@@ -229,11 +284,11 @@ def _identity(view: ProxyView, streams_for_node: int, now: datetime) -> str:
 def _problems(view: ProxyView) -> str:
     parts = []
     if view.metadata_error:
-        parts.append(f"<strong>Invalid node metadata</strong>: {_esc(view.metadata_error)}")
+        parts.append(f"<strong>Invalid node metadata</strong>: {_esc(shown(view.metadata_error))}")
     if view.snapshot_error:
         parts.append(
             "<strong>Snapshot refused</strong> (the proxy keeps its last good config): "
-            f"{_esc(view.snapshot_error)}"
+            f"{_esc(shown(view.snapshot_error))}"
         )
     parts.extend(_nack_text(nack) for nack in view.unresolved_nacks())
     return "".join(f'<div class="banner bad">{part}</div>' for part in parts)
@@ -269,7 +324,7 @@ def _subscriptions(view: ProxyView) -> str:
             rows.append(
                 '<tr><td></td><td colspan="9" class="muted small">resolved NACK of version '
                 f"<code>{_esc(nack.rejected_version)}</code> at {_esc(nack.at.isoformat())}: "
-                f"{_esc(nack.message)}</td></tr>"
+                f"{_esc(shown(nack.message))}</td></tr>"
             )
     if not rows:
         return '<p class="muted">The proxy has not subscribed to any type yet.</p>'
@@ -289,13 +344,18 @@ def _type_filter(selected: str | None) -> str:
     return f'<p class="filters">Show: {"".join(links)}</p>'
 
 
-def _config(served: Sequence[ServedType], blamed: Mapping[str, frozenset[str]]) -> str:
+def _config(
+    served: Sequence[ServedType],
+    blamed: Mapping[str, frozenset[str]],
+    page: Page,
+    selected: str | None,
+) -> str:
     parts = []
     for served_type in served:
         suspects = blamed.get(served_type.type_url, frozenset())
         parts.append(
             f"<h3>{_esc(served_type.short_name)} "
-            f'<span class="muted small">{len(served_type.resources)} resource(s), version '
+            f'<span class="muted small">{served_type.total} resource(s), version '
             f"<code>{_esc(served_type.version or '-')}</code></span></h3>"
         )
         if not served_type.resources:
@@ -309,6 +369,8 @@ def _config(served: Sequence[ServedType], blamed: Mapping[str, frozenset[str]]) 
                 + (' <span class="sync sync-nacked">rejected</span>' if rejected else "")
                 + f"</summary><pre>{_esc(json.dumps(resource.body, indent=2))}</pre></details>"
             )
+        query = {"type": short_name(selected)} if selected is not None else None
+        parts.append(_pager(page, served_type.total, "resources", query))
     return "".join(parts)
 
 
@@ -320,8 +382,9 @@ def render_proxy(
     served: Sequence[ServedType],
     selected_type: str | None,
     now: datetime,
+    page: Page = FIRST_PAGE,
 ) -> str:
-    """`/proxies/{node_id}`: identity, problems, subscriptions, and the config served."""
+    """`/proxies/{node_id}`: identity, problems, subscriptions, and a page of the config."""
     api = "../api/" + proxy_path(view.node_id)
     blamed: dict[str, frozenset[str]] = {
         nack.type_url: frozenset(nack.resources) for nack in view.unresolved_nacks()
@@ -332,7 +395,7 @@ def render_proxy(
             "(sources not synced, or its metadata or snapshot was refused).</p>"
         )
     else:
-        config = _type_filter(selected_type) + _config(served, blamed)
+        config = _type_filter(selected_type) + _config(served, blamed, page, selected_type)
     body = (
         f'<p><a href="../">&larr; all proxies</a></p>'
         f"<h1>{_esc(view.node_id)}</h1>"

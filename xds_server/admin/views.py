@@ -6,18 +6,21 @@ in sync, and if not, why?".  This module turns the one into the other, the way
 `istioctl proxy-status` does: SYNCED, STALE (sent, no reply yet), NACKED (the
 latest response was rejected) or NOT SENT.  It is pure: the JSON API and the
 web page both render from the values here, and tests drive it with frozen
-status values, no server needed.
+status values, no server needed.  Everything a proxy or a manifest can make
+long is bounded here: messages are cut and name lists shortened, with their
+full count alongside (`names_total`, `resources_total`).
 """
 
 from __future__ import annotations
 
 import enum
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from xds_server.admin.paging import FIRST_PAGE, Page, shown, shown_names
 from xds_server.model import Proxy
 from xds_server.resources import PUSH_ORDER, SHORT_NAMES
 from xds_server.server import NackStatus, StreamStatus, TypeStatus
@@ -115,9 +118,10 @@ def nack_json(nack: NackStatus) -> dict[str, Any]:
         "rejected_version": nack.rejected_version,
         "kept_version": nack.kept_version,
         "nonce": nack.nonce,
-        "message": nack.message,
+        "message": shown(nack.message),
         "at": _when(nack.at),
-        "resources": list(nack.resources),
+        "resources": shown_names(nack.resources),
+        "resources_total": len(nack.resources),
     }
 
 
@@ -127,7 +131,8 @@ def type_json(status: TypeStatus) -> dict[str, Any]:
         "type_url": status.type_url,
         "status": sync_status(status).value,
         "wildcard": status.wildcard,
-        "names": list(status.names),
+        "names": shown_names(status.names),
+        "names_total": len(status.names),
         "version_sent": status.version_sent,
         "nonce": status.nonce,
         "acked_version": status.acked_version,
@@ -172,30 +177,46 @@ def proxy_json(view: ProxyView) -> dict[str, Any]:
         **identity_json(view.proxy),
         "sync": {short_name(url): view.sync(url).value for url in PUSH_ORDER},
         "types": [type_json(status) for status in stream.types.values()],
-        "snapshot_error": view.snapshot_error,
-        "metadata_error": view.metadata_error,
+        "snapshot_error": _shown_or_none(view.snapshot_error),
+        "metadata_error": _shown_or_none(view.metadata_error),
     }
 
 
-def errors_json(source_errors: list[str], views: Iterable[ProxyView]) -> dict[str, Any]:
-    """Everything wrong right now, each naming its object: file, proxy, resource."""
+def _shown_or_none(text: str | None) -> str | None:
+    return None if text is None else shown(text)
+
+
+def errors_json(
+    source_errors: Sequence[str],
+    views: Iterable[ProxyView],
+    translation_errors: Sequence[tuple[str, str]] = (),
+    page: Page = FIRST_PAGE,
+) -> dict[str, Any]:
+    """Everything wrong right now, each naming its object: file, object, proxy, resource.
+
+    Each list is cut to `page` (the same slice of each); `total` counts each in full.
+    """
     views = list(views)
-    return {
-        "source": source_errors,
-        "nacks": [
-            {"stream_id": view.stream.stream_id, **nack_json(nack)}
-            for view in views
-            for nack in view.unresolved_nacks()
-        ],
-        "snapshots": [
-            {"node_id": node_id, "error": error}
-            for node_id, error in _by_node((v.node_id, v.snapshot_error) for v in views)
-        ],
-        "metadata": [
-            {"node_id": node_id, "error": error}
-            for node_id, error in _by_node((v.node_id, v.metadata_error) for v in views)
+    lists: dict[str, list[Any]] = {
+        "source": [shown(error) for error in page.of(source_errors)],
+        "translation": [
+            {"object": shown(obj), "error": shown(error)}
+            for obj, error in page.of(translation_errors)
         ],
     }
+    totals = {"source": len(source_errors), "translation": len(translation_errors)}
+    nacks = [(view, nack) for view in views for nack in view.unresolved_nacks()]
+    lists["nacks"] = [
+        {"stream_id": view.stream.stream_id, **nack_json(nack)} for view, nack in page.of(nacks)
+    ]
+    totals["nacks"] = len(nacks)
+    for name, errors in (
+        ("snapshots", _by_node((v.node_id, v.snapshot_error) for v in views)),
+        ("metadata", _by_node((v.node_id, v.metadata_error) for v in views)),
+    ):
+        lists[name] = [{"node_id": node, "error": shown(error)} for node, error in page.of(errors)]
+        totals[name] = len(errors)
+    return {**lists, **page.json(totals)}
 
 
 def _by_node(errors: Iterable[tuple[str, str | None]]) -> list[tuple[str, str]]:
