@@ -162,11 +162,14 @@ def mesh_culprit(
     changes: ChangeSet,
     run: Callable[[MeshSnapshot], object],
     kinds: frozenset[Kind] | None = None,
+    meshes: dict[int, MeshSnapshot] | None = None,
 ) -> Culprit | None:
     """The upsert (of `kinds`, else any) that makes `run(mesh)` raise.
 
     The batch's deletes and its upserts of other kinds are applied in every
-    attempt: only the candidates come and go.
+    attempt: only the candidates come and go.  `meshes` keeps the mesh of each
+    attempt for the next search over the same batch and kinds (every proxy
+    that fails in one batch starts with the same one).
     """
     candidates = sorted(
         (k for k in changes.upserts if kinds is None or k.kind in kinds),
@@ -175,9 +178,13 @@ def mesh_culprit(
     chosen = set(candidates)
     given = [obj for k, obj in changes.upserts.items() if k not in chosen]
 
+    known = {} if meshes is None else meshes
+
     def attempt(count: int) -> BaseException | None:
-        upserts = [*given, *(changes.upserts[k] for k in candidates[:count])]
-        mesh, _ = base.apply(changes_of(changes.deletes, upserts))
+        mesh = known.get(count)
+        if mesh is None:
+            upserts = [*given, *(changes.upserts[k] for k in candidates[:count])]
+            mesh = known[count] = base.apply(changes_of(changes.deletes, upserts))[0]
         return _raised(lambda: run(mesh))
 
     return first_culprit(candidates, attempt)

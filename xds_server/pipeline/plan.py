@@ -196,6 +196,7 @@ class Planner:
             return None  # proxies keep their own resources and take the new endpoints
         else:
             states = list(self._proxies.values())
+        meshes: dict[int, MeshSnapshot] = {}  # shared by the searches of this batch
         for state in states:
             node_id = state.declared.node_id
             try:
@@ -207,7 +208,7 @@ class Planner:
                 def translate_it(mesh: MeshSnapshot, state: ProxyState = state) -> object:
                     return proxy_resources(mesh, state, with_workload(state.declared, mesh))
 
-                culprit = isolation.mesh_culprit(base, plan.changes, translate_it)
+                culprit = isolation.mesh_culprit(base, plan.changes, translate_it, meshes=meshes)
                 if culprit is not None:
                     return [culprit]
                 plan.failed[node_id] = proxy_failure(node_id, error)
