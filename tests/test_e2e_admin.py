@@ -233,13 +233,16 @@ async def test_an_object_whose_translation_raises_costs_only_that_object(
         [(shown, error)] = admin.plane.pipeline.translation_errors()
         assert shown == "EndpointSlice default/backend-slice"
         assert f"injected: cannot translate {POISON}" in error
+        [listed] = (await admin.json("/api/errors"))["translation"]
+        assert listed["object"] == "EndpointSlice default/backend-slice"
+        assert f"injected: cannot translate {POISON}" in listed["error"]
         assert (await admin.json("/readyz"))["ready"] is True
 
         monkeypatch.undo()
         (directory / "endpoints.yaml").write_text(original_slice)
 
         async def cleared() -> bool:
-            return admin.plane.pipeline.translation_errors() == []
+            return (await admin.json("/api/errors"))["translation"] == []
 
         await eventually(cleared, within=10, message="the error cleared by the fix")
         assert await envoy_hosts(sidecar, BACKEND_CLUSTER) == {BACKEND}

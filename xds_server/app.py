@@ -194,6 +194,10 @@ class ControlPlane:
     def source_errors(self) -> list[str]:
         return [str(error) for error in self.source.errors]
 
+    def translation_errors(self) -> list[tuple[str, str]]:
+        """Objects left out because translating them raised: (object, error)."""
+        return self.pipeline.translation_errors()
+
     def metrics(self) -> tuple[bytes, str]:
         return generate_latest(self.ads.metrics.registry), CONTENT_TYPE_LATEST
 
