@@ -2,9 +2,10 @@
 
 This is the embedded default: no cluster needed, `kubectl`-style YAML in a
 directory (recursively; `*.yaml` and `*.yml`, multi-document).  It owns the
-I/O only: listing and reading files, watching the directory with
-`watchfiles`, and reporting errors.  What the files mean and what changed is
-decided by the pure functions in `file_state`.
+scheduling of I/O and parsing: watching the directory with `watchfiles`,
+rescanning it, parsing what changed, and reporting errors.  Which files
+count and how their bytes are read within bounds is `file_read`'s; what the
+bytes mean and what changed is decided by the pure functions in `file_state`.
 
 Every filesystem event triggers a rescan of the whole directory that rereads
 every file but reparses only files whose bytes changed.  That keeps the
@@ -15,6 +16,23 @@ hidden `..data` directory (hidden files and directories are never read, so
 its timestamped copies do not count twice).  The directory's own identity is
 checked on every wake-up: if it is deleted or replaced, the watcher restarts
 on the new one; while it is missing, the objects last loaded stay in force.
+
+One large file must never hold back an edit to another.  A rescan parses
+small files in a thread and emits their changes at once; a file larger than
+`worker_parse_bytes` is queued for a worker process (`parse_worker`: a
+thread would hold the GIL against the event loop for the seconds a
+multi-megabyte file takes), and its changes are folded in and emitted when
+its parse ends.  All state changes (rescans, finished parses) are serialised
+by one lock, and a parse in flight is the file's only while the file still
+holds the bytes it parses: a rescan that finds newer bytes (or no file)
+cancels it, so a file always ends in the state of its latest bytes.  Objects
+defined in two files belong to the file folded in first, as ever; at start-up
+every file, large or small, is folded in at once, in path order.
+
+The native watcher can fail (the inotify watch limit; `watchfiles` cannot
+decode a file name that is not UTF-8): that is logged as one line, the
+directory is polled meanwhile, and native events are tried again after a
+capped backoff that resets once they have run healthily for a while.
 """
 
 from __future__ import annotations
@@ -22,58 +40,82 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import watchfiles
 
 from xds_server.model import ChangeSet
+from xds_server.sources import limits
+from xds_server.sources.file_read import (
+    ReadProblem,
+    list_directory,
+    list_manifest_files,
+    read_manifest,
+)
 from xds_server.sources.file_state import (
     DirectoryState,
     FileState,
     SourceError,
     digest_of,
     missing_directory_error,
-    parse_file,
 )
+from xds_server.sources.parse_worker import (
+    ParseCancelled,
+    ParserDied,
+    ParserProcess,
+    ParseTimeout,
+    parse_isolated,
+)
+
+__all__ = ["FileSource", "WatchMode", "list_manifest_files"]
 
 logger = logging.getLogger(__name__)
 
-SUFFIXES = (".yaml", ".yml")
 CHECK_INTERVAL_MS = 250
 """How often a quiet watcher wakes to check the directory is still the same one."""
 MISSING_POLL_S = 0.2
 """How often to look for a missing directory."""
 RETRY_S = 1.0
 MAX_RETRY_S = 30.0
-"""Pause before restarting a watcher that failed, doubling while it keeps failing."""
+"""Polling time before native file events are tried again, doubling while they keep failing."""
+HEALTHY_AFTER_S = 30.0
+"""Native events that ran this long before failing count as healthy: the backoff starts over."""
 POLL_DELAY_MS = 200
-"""Polling period once native file events have failed."""
+"""Polling period: when asked for, or while native file events are failing."""
+WORKER_PARSE_BYTES = 256 * 1024
+"""Files larger than this are parsed in the worker process (about 0.3 s of parsing here)."""
+PARSE_TIMEOUT_S = 120.0
+"""A parse in the worker taking longer is abandoned (16 MiB, the largest file, takes ~30 s)."""
+
+UNDECODABLE_NAME = "the name is not valid UTF-8 (undecodable bytes shown as \\x escapes): " \
+    "not read; rename it"  # fmt: skip
+
+WatchMode = Literal["events", "polling", "fallback-polling"]
 
 
-def list_manifest_files(directory: Path) -> list[Path]:
-    """Every manifest file under `directory`, sorted; hidden files and directories skipped."""
-    found: list[Path] = []
-    for root, dirs, files in os.walk(directory):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        found.extend(
-            Path(root, name)
-            for name in files
-            if name.endswith(SUFFIXES) and not name.startswith(".")
-        )
-    return sorted(found)
+@dataclass(eq=False)
+class _Job:
+    """A large file's bytes waiting for, or in, the worker process."""
+
+    path: Path
+    digest: str
+    data: bytes
+    previous: FileState | None
 
 
-def _parse_isolated(path: Path, data: bytes, previous: FileState | None) -> FileState:
-    """Parse one file such that no input, however odd, stops the other files loading."""
-    try:
-        return parse_file(path, data, previous)
-    except Exception as error:  # includes RecursionError from deep nesting
-        logger.exception("%s: unexpected failure while parsing", path)
-        kept = previous or FileState(path)
-        problem = SourceError(path, None, None, f"could not be parsed: {error!r}")
-        return FileState(path, digest_of(data), kept.objects, kept.lines, (problem,))
+@dataclass
+class _Scan:
+    """What one pass over the directory found."""
+
+    changed: dict[Path, FileState | None] = field(default_factory=dict)
+    large: list[_Job] = field(default_factory=list)
+    """Changed files to parse in the worker."""
+    superseded: set[Path] = field(default_factory=set)
+    """Files whose parse in flight no longer matches their bytes (or who are gone)."""
+    directory_error: SourceError | None = None
 
 
 def _identity(directory: Path) -> tuple[int, int] | None:
@@ -84,20 +126,45 @@ def _identity(directory: Path) -> tuple[int, int] | None:
     return (info.st_dev, info.st_ino)
 
 
+def _reason(error: BaseException) -> str:
+    """The innermost failure as one bounded line (`watchfiles` wraps its errors in groups)."""
+    while isinstance(error, BaseExceptionGroup) and error.exceptions:
+        error = error.exceptions[0]
+    return limits.clip(f"{type(error).__name__}: {error}", 300)
+
+
 class FileSource:
     """Watches a directory of manifests and emits what changed as ChangeSets."""
 
     def __init__(
-        self, directory: Path, *, debounce_ms: int = 50, force_polling: bool = False
+        self,
+        directory: Path,
+        *,
+        debounce_ms: int = 50,
+        force_polling: bool = False,
+        max_file_bytes: int = limits.MAX_FILE_BYTES,
+        worker_parse_bytes: int = WORKER_PARSE_BYTES,
+        parse_timeout: float = PARSE_TIMEOUT_S,
     ) -> None:
         """`force_polling` is for filesystems without change events (NFS, some bind mounts)."""
         self._directory = Path(directory)
         self._debounce_ms = debounce_ms
+        self._force_polling = force_polling
+        self._max_file_bytes = max_file_bytes
+        self._worker_parse_bytes = worker_parse_bytes
+        self._parse_timeout = parse_timeout
         self._state = DirectoryState()
         self._directory_error: SourceError | None = None
         self._reported: set[SourceError] = set()
-        self._polling = force_polling
         self._failures = 0
+        self._fallback_until = 0.0
+        self._mode: WatchMode = "polling" if force_polling else "events"
+        self._jobs: dict[Path, _Job] = {}
+        """Large files queued for or in the worker, oldest first; at most one per file."""
+        self._running: _Job | None = None
+        self._parser: ParserProcess | None = None
+        self._lock: asyncio.Lock | None = None  # made by run(), in its event loop
+        self._work: asyncio.Event | None = None
 
     @property
     def directory(self) -> Path:
@@ -109,44 +176,95 @@ class FileSource:
         found = self._state.errors()
         return [self._directory_error, *found] if self._directory_error else found
 
+    @property
+    def parsing(self) -> frozenset[Path]:
+        """Large files whose new bytes are queued for, or in, the worker process."""
+        return frozenset(self._jobs)
+
+    @property
+    def parser_pid(self) -> int | None:
+        """The worker process's id while it runs (it is started for the first large file)."""
+        return self._parser.pid if self._parser else None
+
+    @property
+    def watch_mode(self) -> WatchMode:
+        """`events` (native), `polling` (asked for), or `fallback-polling` while events fail."""
+        return self._mode
+
+    # -- scanning ------------------------------------------------------------------------------
+
     def load(self) -> ChangeSet:
         """Rescan the directory; return what changed since the last scan (at first: all).
 
-        Files that vanish take their objects with them; files whose bytes are
-        unchanged are not parsed again.  If the directory itself is missing,
-        nothing changes and the error says so.
+        Synchronous, for callers without an event loop: every changed file is
+        parsed here, large or small.  Files that vanish take their objects
+        with them; files whose bytes are unchanged are not parsed again.  If
+        the directory itself is missing, nothing changes and the error says so.
         """
+        if self._jobs:
+            raise RuntimeError("FileSource.load() called while run() is parsing files")
+        scan = self._scan(self._state, {}, inline=True)
+        self._state, changes = self._state.update(scan.changed)
+        self._directory_error = scan.directory_error
+        self._report()
+        self._log_changes(changes)
+        return changes
+
+    def _scan(self, state: DirectoryState, pending: Mapping[Path, str], *, inline: bool) -> _Scan:
+        """List and read the directory against `state`; parse changed small files (or all).
+
+        Runs in a thread; reads `state` and `pending` (the digest each queued
+        parse is for) and changes nothing.
+        """
+        scan = _Scan()
         if not self._directory.is_dir():
             detail = "not a directory" if self._directory.exists() else "directory not found"
-            self._directory_error = missing_directory_error(self._directory, detail)
-            self._report()
-            return ChangeSet()
-        self._directory_error = None
-        changed: dict[Path, FileState | None] = {}
-        present = list_manifest_files(self._directory)
-        for path in present:
-            previous = self._state.files.get(path)
-            try:
-                data = path.read_bytes()
-            except FileNotFoundError:
-                continue  # removed while we listed; its deletion is handled below
-            except OSError as error:
-                problem = SourceError(path, None, None, f"cannot read: {error.strerror}")
-                kept = previous or FileState(path)
-                changed[path] = FileState(path, "", kept.objects, kept.lines, (problem,))
-                continue
-            if previous is None or previous.digest != digest_of(data):
-                changed[path] = _parse_isolated(path, data, previous)
-        for path in self._state.files.keys() - set(present):
-            changed[path] = None
-        self._state, changes = self._state.update(changed)
-        self._report()
-        if changes:
-            logger.info(
-                "%s: %d objects changed, %d removed",
-                self._directory, len(changes.upserts), len(changes.deletes),
-            )  # fmt: skip
-        return changes
+            scan.directory_error = missing_directory_error(self._directory, detail)
+            return scan
+        listing = list_directory(self._directory)
+        present: set[Path] = set()
+        for path in listing.files:
+            if self._scan_file(path, state.files.get(path), pending.get(path), inline, scan):
+                present.add(path)
+        for path in listing.undecodable:
+            present.add(path)
+            error = SourceError(path, None, None, UNDECODABLE_NAME)
+            previous = state.files.get(path)
+            if previous is None or previous.errors != (error,):
+                scan.changed[path] = FileState(path, "undecodable name", errors=(error,))
+        for path in state.files.keys() - present:
+            scan.changed[path] = None
+        scan.superseded.update(pending.keys() - present)
+        return scan
+
+    def _scan_file(
+        self, path: Path, previous: FileState | None, pending: str | None, inline: bool, scan: _Scan
+    ) -> bool:
+        """Read one file into `scan`; False if it is gone."""
+        read = read_manifest(path, self._max_file_bytes)
+        if read is None:
+            return False
+        kept = previous or FileState(path)
+        if isinstance(read, ReadProblem):
+            error = SourceError(path, None, None, read.message)
+            if pending is not None:
+                scan.superseded.add(path)
+            state = FileState(path, read.marker, kept.objects, kept.lines, (error,))
+            if previous != state:
+                scan.changed[path] = state
+            return True
+        digest = digest_of(read)
+        if pending is not None:
+            if pending == digest and not inline:
+                return True  # its parse is in flight
+            scan.superseded.add(path)
+        if previous is not None and previous.digest == digest:
+            return True
+        if len(read) > self._worker_parse_bytes and not inline:
+            scan.large.append(_Job(path, digest, read, previous))
+        else:
+            scan.changed[path] = parse_isolated(path, read, previous)
+        return True
 
     def _report(self) -> None:
         """Log each new error once, and each fixed one as resolved."""
@@ -157,26 +275,155 @@ class FileSource:
             logger.info("resolved: %s", error)
         self._reported = current
 
-    async def _rescan(self, emit: Callable[[ChangeSet], None]) -> None:
-        try:
-            changes = await asyncio.to_thread(self.load)
-        except Exception:  # a bug, not bad input (load reports that); the next change retries
-            logger.exception("%s: rescan failed", self._directory)
-            return
+    def _log_changes(self, changes: ChangeSet) -> None:
         if changes:
-            emit(changes)  # outside the try: a failing consumer must not go unnoticed
+            logger.info(
+                "%s: %d objects changed, %d removed",
+                self._directory, len(changes.upserts), len(changes.deletes),
+            )  # fmt: skip
+
+    # -- the event loop's side: rescans and large files ----------------------------------------
 
     async def run(
         self, emit: Callable[[ChangeSet], None], ready: asyncio.Event | None = None
     ) -> None:
-        """Load, emit the initial state, set `ready`, then emit every change until cancelled."""
-        emit(await asyncio.to_thread(self.load))
-        if ready is not None:
-            ready.set()
+        """Load, emit the initial state, set `ready`, then emit every change until cancelled.
+
+        The initial state includes every file, large ones too.  The worker
+        process (if one was started) is stopped when this returns or raises.
+        """
+        self._lock, self._work = asyncio.Lock(), asyncio.Event()
+        self._jobs.clear()
+        try:
+            changes = await self._initial_load()
+            emit(changes)
+            if ready is not None:
+                ready.set()
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(self._parse_large_files(emit), name="parse-large-files")
+                await self._watch_forever(emit)
+        finally:
+            self._jobs.clear()
+            if self._parser is not None:
+                self._parser.close()
+
+    async def _initial_load(self) -> ChangeSet:
+        assert self._lock is not None
+        async with self._lock:
+            state = self._state
+            scan = await asyncio.to_thread(self._scan, state, {}, inline=False)
+            for job in scan.large:
+                scan.changed[job.path] = await self._parse_in_worker(job) or job.previous
+            self._state, changes = await asyncio.to_thread(state.update, scan.changed)
+            self._directory_error = scan.directory_error
+            self._report()
+        self._log_changes(changes)
+        return changes
+
+    async def _rescan(self, emit: Callable[[ChangeSet], None]) -> None:
+        """Fold in every changed small file and emit; queue changed large files."""
+        assert self._lock is not None
+        try:
+            async with self._lock:
+                state = self._state
+                pending = {path: job.digest for path, job in self._jobs.items()}
+                scan = await asyncio.to_thread(self._scan, state, pending, inline=False)
+                for path in scan.superseded:
+                    self._cancel_parse(path)
+                self._state, changes = await asyncio.to_thread(state.update, scan.changed)
+                self._directory_error = scan.directory_error
+                for job in scan.large:
+                    self._queue_parse(job)
+                self._report()
+        except Exception:  # a bug, not bad input (that is reported); the next change retries
+            logger.exception("%s: rescan failed", self._directory)
+            return
+        self._log_changes(changes)
+        if changes:
+            emit(changes)  # outside the try: a failing consumer must not go unnoticed
+
+    def _queue_parse(self, job: _Job) -> None:
+        assert self._work is not None
+        self._jobs[job.path] = job
+        self._work.set()
+
+    def _cancel_parse(self, path: Path) -> None:
+        job = self._jobs.pop(path, None)
+        if job is not None and job is self._running and self._parser is not None:
+            self._parser.cancel()
+
+    async def _parse_large_files(self, emit: Callable[[ChangeSet], None]) -> None:
+        """Parse queued large files one at a time, folding each in when it is still current."""
+        assert self._lock is not None and self._work is not None
+        while True:
+            job = next(iter(self._jobs.values()), None)
+            if job is None:
+                self._work.clear()
+                await self._work.wait()
+                continue
+            self._running = job
+            try:
+                parsed = await self._parse_in_worker(job)
+            finally:
+                self._running = None
+            if parsed is None:  # cancelled: newer bytes are queued, or the file is gone
+                continue
+            async with self._lock:
+                if self._jobs.get(job.path) is not job:
+                    continue  # superseded while its result waited for the lock
+                del self._jobs[job.path]
+                try:
+                    self._state, changes = await asyncio.to_thread(
+                        self._state.update, {job.path: parsed}
+                    )
+                except Exception:  # a bug; the file is parsed again when it changes
+                    logger.exception("%s: folding in a parsed file failed", job.path)
+                    continue
+                self._report()
+            self._log_changes(changes)
+            if changes:
+                emit(changes)
+
+    async def _parse_in_worker(self, job: _Job) -> FileState | None:
+        """The file's next state, parsed in the worker; None if the parse was cancelled.
+
+        A worker that dies or overruns `parse_timeout` is an error on the
+        file, whose last good objects stay in force until it changes again.
+        """
+        if self._parser is None:
+            self._parser = ParserProcess(self._parse_timeout)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            state = await self._parser.parse(job.path, job.data, job.previous)
+        except ParseCancelled:
+            return None
+        except ParserDied:
+            message = ("the parser process died while parsing this file (killed, or out of "
+                       "memory); it is parsed again when it changes")  # fmt: skip
+        except ParseTimeout:
+            message = (f"parsing took longer than {self._parse_timeout:g} s and was abandoned; "
+                       "it is parsed again when it changes")  # fmt: skip
+        else:
+            logger.info(
+                "%s: %s bytes parsed in the worker process in %.1f s",
+                job.path, f"{len(job.data):,}", loop.time() - started,
+            )  # fmt: skip
+            return state
+        kept = job.previous or FileState(job.path)
+        error = SourceError(job.path, None, None, message)
+        return FileState(job.path, job.digest, kept.objects, kept.lines, (error,))
+
+    # -- watching ------------------------------------------------------------------------------
+
+    async def _watch_forever(self, emit: Callable[[ChangeSet], None]) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             identity = _identity(self._directory)
             if identity is None:
                 await self._wait_for_directory()
+            elif loop.time() < self._fallback_until:
+                await self._poll(emit, identity)
             else:
                 await self._watch(emit, identity)
             await self._rescan(emit)
@@ -186,8 +433,21 @@ class FileSource:
             await asyncio.sleep(MISSING_POLL_S)
         logger.info("%s: directory is back", self._directory)
 
+    async def _poll(self, emit: Callable[[ChangeSet], None], identity: tuple[int, int]) -> None:
+        """Rescan every POLL_DELAY_MS until native events are due again or the directory changes."""
+        loop = asyncio.get_running_loop()
+        while loop.time() < self._fallback_until:
+            await asyncio.sleep(POLL_DELAY_MS / 1000)
+            if _identity(self._directory) != identity:
+                return
+            await self._rescan(emit)
+        logger.info("%s: watching for file events again", self._directory)
+
     async def _watch(self, emit: Callable[[ChangeSet], None], identity: tuple[int, int]) -> None:
         """Rescan on every wake-up until the directory is gone or replaced, or the watcher fails."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        self._mode = "polling" if self._force_polling else "events"
         wake_ups = self._wake_ups(identity)
         async with contextlib.aclosing(wake_ups):
             while True:
@@ -195,23 +455,25 @@ class FileSource:
                     await anext(wake_ups)
                 except StopAsyncIteration:
                     return
-                except Exception:
+                except Exception as error:
                     if _identity(self._directory) != identity:
                         return  # the directory went away under the watcher
-                    await self._watcher_failed()
+                    self._watcher_failed(error, loop.time() - started)
                     return
-                self._failures = 0
                 await self._rescan(emit)
 
-    async def _watcher_failed(self) -> None:
-        """Native file events failed (e.g. the inotify watch limit): poll from now on."""
+    def _watcher_failed(self, error: Exception, ran_for: float) -> None:
+        """Poll for a while (doubling while failures repeat), then try native events again."""
+        if ran_for >= HEALTHY_AFTER_S:
+            self._failures = 0
         self._failures += 1
-        self._polling = True
         delay = min(RETRY_S * 2 ** (self._failures - 1), MAX_RETRY_S)
-        logger.exception(
-            "%s: watcher failed; polling for changes instead, in %.0fs", self._directory, delay
-        )
-        await asyncio.sleep(delay)
+        self._fallback_until = asyncio.get_running_loop().time() + delay
+        self._mode = "fallback-polling"
+        logger.warning(
+            "%s: file watcher failed (%s); polling every %d ms, watching again in %.0f s",
+            self._directory, _reason(error), POLL_DELAY_MS, delay,
+        )  # fmt: skip
 
     async def _wake_ups(self, identity: tuple[int, int]) -> AsyncGenerator[None, None]:
         """Yields when the directory should be rescanned; ends when it is gone or replaced.
@@ -226,7 +488,7 @@ class FileSource:
             debounce=self._debounce_ms * 10,  # longest a burst is held back
             rust_timeout=CHECK_INTERVAL_MS,
             yield_on_timeout=True,
-            force_polling=True if self._polling else None,
+            force_polling=True if self._force_polling else None,
             poll_delay_ms=POLL_DELAY_MS,
         )
         started = False
@@ -235,6 +497,6 @@ class FileSource:
                 if _identity(self._directory) != identity:
                     logger.warning("%s: directory removed or replaced", self._directory)
                     return
-                if batch or not started or self._polling:  # polling: rescan on every tick
+                if batch or not started or self._force_polling:  # polling: rescan every tick
                     started = True
                     yield
