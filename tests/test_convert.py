@@ -464,6 +464,8 @@ HOSTILE = [
     ({**with_metadata(), "status": {"loadBalancer": {"ingress": [{"ip": 2**64}]}}},
      "status.loadBalancer.ingress[0].ip", "integer too large"),
     ({**with_metadata(), "status": {b"raw": 1}}, "status", "field names must be strings"),
+    ({**big_slice(1), "endpoints": [{"addresses": ["10.0.0.1"], "zone": "x\ud800y"}]},
+     "endpoints[0].zone", "lone surrogates (U+D800 at 1)"),
     (endpoints('[{addresses: [10.0.0.1], zone: "x\\ty"}]'), "endpoints[0].zone",
      "control characters or lone surrogates (U+0009 at 1)"),
     (endpoints('[{addresses: [10.0.0.1], zone: "x\\u2028y"}]'), "endpoints[0].zone", "U+2028"),

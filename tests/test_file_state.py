@@ -49,7 +49,7 @@ LAUGHS = "".join(
 @pytest.mark.parametrize(
     ("text", "line", "object_ref", "field", "message", "severity"),
     [
-        pytest.param(nested(600), 1, None, "a" + "[0]" * 63, "nested too deeply", "error",
+        pytest.param(nested(600), 1, "object", "a" + "[0]" * 63, "nested too deeply", "error",
                      id="deep-nesting-names-the-field"),
         (svc(kind="Services"), 2, "Services default/x", "kind", "did you mean 'Service'",
          "warning"),
@@ -65,7 +65,7 @@ LAUGHS = "".join(
          "must be an integer 1-65535, got '1:20'", "error"),
         (svc(port="!!python/name:os.system ''"), 4, "Service default/x", "spec.ports[0].port",
          "unsupported YAML tag", "error"),
-        ("a: &a [x, x, x, x, x, x, x, x, x, x]\n" + LAUGHS, 6, None, "f",
+        ("a: &a [x, x, x, x, x, x, x, x, x, x]\n" + LAUGHS, 6, "object", "f",
          "aliases expand this", "error"),
         ("null\n", 1, None, None, "document is null", "warning"),
         ("hello\n", 1, None, None, "a manifest must be a mapping", "error"),

@@ -33,7 +33,12 @@ from xds_server.model.changes import MeshObject
 from xds_server.sources import limits
 from xds_server.sources.convert import ManifestError, convert, describe
 from xds_server.sources.schema import Severity, show
-from xds_server.sources.yaml_reader import Document, DocumentProblem, read_documents
+from xds_server.sources.yaml_reader import (
+    NOT_A_MANIFEST,
+    Document,
+    DocumentProblem,
+    read_documents,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -128,9 +133,6 @@ def _not_utf8(path: Path, data: bytes, error: UnicodeDecodeError) -> SourceError
     return SourceError(path, None, None, f"not UTF-8 text: {error.reason} ({where})")
 
 
-_NOT_A_MANIFEST = "a manifest must be a mapping (an object with apiVersion and kind)"
-
-
 def _manifests(
     path: Path, document: Document, errors: list[SourceError]
 ) -> Iterator[tuple[yaml.Node, Mapping[str, Any]]]:
@@ -147,7 +149,7 @@ def _manifests(
             if isinstance(value, list) and value and isinstance(value[0], Mapping)
             else ""
         )
-        errors.append(SourceError(path, None, None, f"{_NOT_A_MANIFEST}, got {show(value)}{hint}",
+        errors.append(SourceError(path, None, None, f"{NOT_A_MANIFEST}, got {show(value)}{hint}",
                                   line))  # fmt: skip
         return
     if value.get("kind") != "List":
@@ -167,7 +169,7 @@ def _manifests(
             yield item_node, item
         else:
             errors.append(SourceError(path, "List", f"items[{i}]",
-                                      f"{_NOT_A_MANIFEST}, got {show(item)}",
+                                      f"{NOT_A_MANIFEST}, got {show(item)}",
                                       item_node.start_mark.line + 1))  # fmt: skip
 
 
@@ -190,7 +192,8 @@ class _Parse:
             self.lines[key] = self.kept_lines.get(key, line)
 
     def problem(self, problem: DocumentProblem) -> None:
-        ref, key = describe(problem.manifest) if problem.manifest else (None, None)
+        named = problem.manifest or problem.field  # a field is in some object, named or not
+        ref, key = describe(problem.manifest) if named else (None, None)
         self.errors.append(SourceError(self.path, ref, problem.field, problem.message,
                                        problem.line))  # fmt: skip
         self.keep(key, problem.line)

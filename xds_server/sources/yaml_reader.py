@@ -56,6 +56,7 @@ from xds_server.sources import limits
 
 __all__ = [
     "NATIVE_COMPOSE",
+    "NOT_A_MANIFEST",
     "Document",
     "DocumentProblem",
     "ManifestLoader",
@@ -560,6 +561,7 @@ class DocumentProblem:
     message: str
 
 
+NOT_A_MANIFEST = "a manifest must be a mapping (an object with apiVersion and kind)"
 _MARKER = re.compile(r"^---(?=[ \t\r\n]|\Z)", re.MULTILINE)
 _TEXT_KIND = re.compile(r"^kind:[ \t]*([A-Za-z0-9]{1,63})[ \t]*\r?$", re.MULTILINE)
 _TEXT_METADATA = re.compile(r"^metadata:[ \t]*(.*)$", re.MULTILINE)
@@ -661,7 +663,10 @@ def read_documents(
             value = construct_checked(node)
             if isinstance(value, DocumentFault):
                 line = value.node.start_mark.line + 1
-                found.append(DocumentProblem(line, sketch(node), value.field, value.message))
+                message = value.message
+                if isinstance(node, ScalarNode):  # not even an object: say that first
+                    message = f"{NOT_A_MANIFEST}, got a scalar: {message}"
+                found.append(DocumentProblem(line, sketch(node), value.field, message))
             else:
                 found.append(Document(node, value))
     finally:
