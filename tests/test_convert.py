@@ -18,7 +18,7 @@ from xds_server.model import (
 )
 from xds_server.sources import limits
 from xds_server.sources.convert import ManifestError, convert
-from xds_server.sources.schema import show
+from xds_server.sources.object_reader import show
 from xds_server.sources.yaml_reader import Document, read_documents
 
 

@@ -50,6 +50,14 @@ from xds_server.model.changes import MeshObject
 from xds_server.model.types import labels_of
 from xds_server.sources import limits
 from xds_server.sources.kinds import near_miss
+from xds_server.sources.object_reader import (
+    ManifestError,
+    ObjectReader,
+    check_values,
+    escaped,
+    key_path,
+    show,
+)
 from xds_server.sources.schema import (
     ADDRESS_TYPES,
     CONDITION_FIELDS,
@@ -77,13 +85,7 @@ from xds_server.sources.schema import (
     SLICE_FIELDS,
     SLICE_PORT_FIELDS,
     TRAFFIC_POLICIES,
-    ManifestError,
     NameRule,
-    ObjectReader,
-    check_values,
-    escaped,
-    key_path,
-    show,
 )
 
 __all__ = ["SERVICE_NAME_LABEL", "ManifestError", "convert", "describe"]

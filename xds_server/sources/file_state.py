@@ -32,7 +32,8 @@ from xds_server.model import ChangeSet, ObjectKey
 from xds_server.model.changes import MeshObject
 from xds_server.sources import limits
 from xds_server.sources.convert import ManifestError, convert, describe
-from xds_server.sources.schema import Severity, show
+from xds_server.sources.object_reader import show
+from xds_server.sources.schema import Severity
 from xds_server.sources.yaml_reader import (
     NOT_A_MANIFEST,
     Document,

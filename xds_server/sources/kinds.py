@@ -27,7 +27,8 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from xds_server.sources.schema import Severity, escaped
+from xds_server.sources.object_reader import escaped
+from xds_server.sources.schema import Severity
 
 __all__ = ["KindMiss", "near_miss"]
 
