@@ -7,9 +7,15 @@ folds changed files in and returns the `ChangeSet` that takes the mesh from
 the old directory contents to the new.  No I/O happens here, so every error
 rule is a table-driven test away:
 
-- a file that is not valid YAML keeps all its previous objects in force;
+- a file that is not valid YAML (or not UTF-8) keeps all its previous
+  objects in force;
 - an invalid object keeps its previous good version, and the file's other
-  objects still apply;
+  objects still apply; so does a document refused before it is built (too
+  big, too deep, an alias bomb, a duplicate key: see `yaml_reader`), and a
+  near miss of a mesh kind (`kind: Services`), reported as a warning;
+- a conversion that fails unexpectedly costs that object only;
+- documents that are null, or not objects at all, are reported (a null one
+  as a warning); kinds the mesh does not read are ignored quietly;
 - an object defined in two files is taken from the file that defined it
   first; the other definition is an error naming both files, and takes over
   only when the first goes away.  A rename, or an object moved between files
