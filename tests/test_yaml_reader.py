@@ -246,3 +246,30 @@ def test_the_default_reader_is_faster_than_the_pure_python_one_on_a_large_slice(
         assert isinstance(document, Document)
         assert document.value == yaml.safe_load(text)
     assert timings[ManifestLoader] * 2 < timings[PurePythonLoader]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        slice_text(20),
+        "base: &b {a: 1}\nm: {<<: *b, c: [1, 2, *b]}\nt: 2024-01-01\np: 1:20\n---\nx: ~\n",
+        "kind: A\nkind: B\n",
+        nested(limits.MAX_YAML_DEPTH - 2),
+        BILLION_LAUGHS,
+    ],
+    ids=["slice", "aliases", "duplicate", "nested", "bomb"],
+)
+def test_an_old_libyaml_composes_through_the_iterative_composer_alike(
+    text: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """libyaml before 0.2.6 has no nesting limit, so its events are composed here instead."""
+    if ManifestLoader is PurePythonLoader:
+        pytest.skip("PyYAML has no libyaml here")
+    native = read_documents(text)
+    monkeypatch.setattr(yaml_reader, "NATIVE_COMPOSE", False)
+    composed_here = read_documents(text)
+    assert [getattr(d, "value", d) for d in composed_here] == [
+        getattr(d, "value", d) for d in native
+    ]
+    with pytest.raises(yaml.YAMLError, match="nested too deeply"):
+        read_documents(nested(500))
