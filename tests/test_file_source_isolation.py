@@ -18,6 +18,8 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -37,8 +39,9 @@ from file_source_fixtures import (
 
 from xds_server.model import ObjectKey
 from xds_server.sources import limits
-from xds_server.sources.file import RETRY_S, FileSource
+from xds_server.sources.file import FileSource
 from xds_server.sources.file_read import ReadProblem, read_manifest
+from xds_server.sources.file_watch import RETRY_S
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -340,3 +343,36 @@ def test_load_parses_large_files_inline_without_a_worker(tmp_path: Path) -> None
     source = FileSource(tmp_path, worker_parse_bytes=WORKER)
     assert keys_of("old", set(source.load().upserts))
     assert source.parser_pid is None and source.errors == []
+
+
+WORKER_OWNER = """\
+import asyncio, sys
+from pathlib import Path
+from xds_server.sources.parse_worker import ParserProcess
+
+async def main() -> None:
+    parser = ParserProcess(time_limit=10)
+    await parser.parse(Path("a.yaml"), b"a: 1\\n", None)
+    print(parser.pid, flush=True)
+    await asyncio.sleep(60)
+
+if __name__ == "__main__":
+    asyncio.run(main())
+"""
+
+
+def test_the_worker_ends_when_the_control_plane_is_killed(tmp_path: Path) -> None:
+    script = tmp_path / "owner.py"
+    script.write_text(WORKER_OWNER)
+    owner = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert owner.stdout is not None
+        worker = int(owner.stdout.readline())
+        assert alive(worker)
+    finally:
+        owner.kill()
+        owner.wait(timeout=10)
+    deadline = time.monotonic() + 5
+    while alive(worker) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not alive(worker), "the worker outlived its SIGKILLed parent"

@@ -2,20 +2,19 @@
 
 This is the embedded default: no cluster needed, `kubectl`-style YAML in a
 directory (recursively; `*.yaml` and `*.yml`, multi-document).  It owns the
-scheduling of I/O and parsing: watching the directory with `watchfiles`,
-rescanning it, parsing what changed, and reporting errors.  Which files
-count and how their bytes are read within bounds is `file_read`'s; what the
-bytes mean and what changed is decided by the pure functions in `file_state`.
+scheduling of rescans and parses and the reporting of errors.  When to
+rescan is `file_watch`'s; which files count and how their bytes are read
+within bounds is `file_read`'s; what the bytes mean and what changed is
+decided by the pure functions in `file_state`.
 
-Every filesystem event triggers a rescan of the whole directory that rereads
-every file but reparses only files whose bytes changed.  That keeps the
-watcher simple and correct for every way a directory changes: editors that
-save by rename, files moved between subdirectories, and a Kubernetes
+Every wake-up of the watcher triggers a rescan of the whole directory that
+rereads every file but reparses only files whose bytes changed.  That keeps
+the watcher simple and correct for every way a directory changes: editors
+that save by rename, files moved between subdirectories, and a Kubernetes
 ConfigMap volume, whose files are symlinks swapped all at once through a
 hidden `..data` directory (hidden files and directories are never read, so
-its timestamped copies do not count twice).  The directory's own identity is
-checked on every wake-up: if it is deleted or replaced, the watcher restarts
-on the new one; while it is missing, the objects last loaded stay in force.
+its timestamped copies do not count twice).  While the directory is
+missing, the objects last loaded stay in force.
 
 One large file must never hold back an edit to another.  A rescan parses
 small files in a thread and emits their changes at once; a file larger than
@@ -28,24 +27,15 @@ holds the bytes it parses: a rescan that finds newer bytes (or no file)
 cancels it, so a file always ends in the state of its latest bytes.  Objects
 defined in two files belong to the file folded in first, as ever; at start-up
 every file, large or small, is folded in at once, in path order.
-
-The native watcher can fail (the inotify watch limit; `watchfiles` cannot
-decode a file name that is not UTF-8): that is logged as one line, the
-directory is polled meanwhile, and native events are tried again after a
-capped backoff that resets once they have run healthily for a while.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncGenerator, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
-
-import watchfiles
 
 from xds_server.model import ChangeSet
 from xds_server.sources import limits
@@ -62,6 +52,7 @@ from xds_server.sources.file_state import (
     digest_of,
     missing_directory_error,
 )
+from xds_server.sources.file_watch import DirectoryWatcher, WatchMode
 from xds_server.sources.parse_worker import (
     ParseCancelled,
     ParserDied,
@@ -74,26 +65,14 @@ __all__ = ["FileSource", "WatchMode", "list_manifest_files"]
 
 logger = logging.getLogger(__name__)
 
-CHECK_INTERVAL_MS = 250
-"""How often a quiet watcher wakes to check the directory is still the same one."""
-MISSING_POLL_S = 0.2
-"""How often to look for a missing directory."""
-RETRY_S = 1.0
-MAX_RETRY_S = 30.0
-"""Polling time before native file events are tried again, doubling while they keep failing."""
-HEALTHY_AFTER_S = 30.0
-"""Native events that ran this long before failing count as healthy: the backoff starts over."""
-POLL_DELAY_MS = 200
-"""Polling period: when asked for, or while native file events are failing."""
 WORKER_PARSE_BYTES = 256 * 1024
 """Files larger than this are parsed in the worker process (about 0.3 s of parsing here)."""
 PARSE_TIMEOUT_S = 120.0
 """A parse in the worker taking longer is abandoned (16 MiB, the largest file, takes ~30 s)."""
 
-UNDECODABLE_NAME = "the name is not valid UTF-8 (undecodable bytes shown as \\x escapes): " \
-    "not read; rename it"  # fmt: skip
-
-WatchMode = Literal["events", "polling", "fallback-polling"]
+UNDECODABLE_NAME = (
+    "the name is not valid UTF-8 (undecodable bytes shown as \\x escapes): not read; rename it"
+)
 
 
 @dataclass(eq=False)
@@ -118,21 +97,6 @@ class _Scan:
     directory_error: SourceError | None = None
 
 
-def _identity(directory: Path) -> tuple[int, int] | None:
-    try:
-        info = directory.stat()
-    except OSError:
-        return None
-    return (info.st_dev, info.st_ino)
-
-
-def _reason(error: BaseException) -> str:
-    """The innermost failure as one bounded line (`watchfiles` wraps its errors in groups)."""
-    while isinstance(error, BaseExceptionGroup) and error.exceptions:
-        error = error.exceptions[0]
-    return limits.clip(f"{type(error).__name__}: {error}", 300)
-
-
 class FileSource:
     """Watches a directory of manifests and emits what changed as ChangeSets."""
 
@@ -148,17 +112,15 @@ class FileSource:
     ) -> None:
         """`force_polling` is for filesystems without change events (NFS, some bind mounts)."""
         self._directory = Path(directory)
-        self._debounce_ms = debounce_ms
-        self._force_polling = force_polling
         self._max_file_bytes = max_file_bytes
         self._worker_parse_bytes = worker_parse_bytes
         self._parse_timeout = parse_timeout
         self._state = DirectoryState()
         self._directory_error: SourceError | None = None
         self._reported: set[SourceError] = set()
-        self._failures = 0
-        self._fallback_until = 0.0
-        self._mode: WatchMode = "polling" if force_polling else "events"
+        self._watcher = DirectoryWatcher(
+            self._directory, debounce_ms=debounce_ms, force_polling=force_polling
+        )
         self._jobs: dict[Path, _Job] = {}
         """Large files queued for or in the worker, oldest first; at most one per file."""
         self._running: _Job | None = None
@@ -189,7 +151,7 @@ class FileSource:
     @property
     def watch_mode(self) -> WatchMode:
         """`events` (native), `polling` (asked for), or `fallback-polling` while events fail."""
-        return self._mode
+        return self._watcher.mode
 
     # -- scanning ------------------------------------------------------------------------------
 
@@ -301,7 +263,7 @@ class FileSource:
                 ready.set()
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(self._parse_large_files(emit), name="parse-large-files")
-                await self._watch_forever(emit)
+                await self._watcher.run(lambda: self._rescan(emit))
         finally:
             self._jobs.clear()
             if self._parser is not None:
@@ -413,90 +375,3 @@ class FileSource:
         kept = job.previous or FileState(job.path)
         error = SourceError(job.path, None, None, message)
         return FileState(job.path, job.digest, kept.objects, kept.lines, (error,))
-
-    # -- watching ------------------------------------------------------------------------------
-
-    async def _watch_forever(self, emit: Callable[[ChangeSet], None]) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            identity = _identity(self._directory)
-            if identity is None:
-                await self._wait_for_directory()
-            elif loop.time() < self._fallback_until:
-                await self._poll(emit, identity)
-            else:
-                await self._watch(emit, identity)
-            await self._rescan(emit)
-
-    async def _wait_for_directory(self) -> None:
-        while _identity(self._directory) is None:  # noqa: ASYNC110 (no event to wait on)
-            await asyncio.sleep(MISSING_POLL_S)
-        logger.info("%s: directory is back", self._directory)
-
-    async def _poll(self, emit: Callable[[ChangeSet], None], identity: tuple[int, int]) -> None:
-        """Rescan every POLL_DELAY_MS until native events are due again or the directory changes."""
-        loop = asyncio.get_running_loop()
-        while loop.time() < self._fallback_until:
-            await asyncio.sleep(POLL_DELAY_MS / 1000)
-            if _identity(self._directory) != identity:
-                return
-            await self._rescan(emit)
-        logger.info("%s: watching for file events again", self._directory)
-
-    async def _watch(self, emit: Callable[[ChangeSet], None], identity: tuple[int, int]) -> None:
-        """Rescan on every wake-up until the directory is gone or replaced, or the watcher fails."""
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        self._mode = "polling" if self._force_polling else "events"
-        wake_ups = self._wake_ups(identity)
-        async with contextlib.aclosing(wake_ups):
-            while True:
-                try:
-                    await anext(wake_ups)
-                except StopAsyncIteration:
-                    return
-                except Exception as error:
-                    if _identity(self._directory) != identity:
-                        return  # the directory went away under the watcher
-                    self._watcher_failed(error, loop.time() - started)
-                    return
-                await self._rescan(emit)
-
-    def _watcher_failed(self, error: Exception, ran_for: float) -> None:
-        """Poll for a while (doubling while failures repeat), then try native events again."""
-        if ran_for >= HEALTHY_AFTER_S:
-            self._failures = 0
-        self._failures += 1
-        delay = min(RETRY_S * 2 ** (self._failures - 1), MAX_RETRY_S)
-        self._fallback_until = asyncio.get_running_loop().time() + delay
-        self._mode = "fallback-polling"
-        logger.warning(
-            "%s: file watcher failed (%s); polling every %d ms, watching again in %.0f s",
-            self._directory, _reason(error), POLL_DELAY_MS, delay,
-        )  # fmt: skip
-
-    async def _wake_ups(self, identity: tuple[int, int]) -> AsyncGenerator[None, None]:
-        """Yields when the directory should be rescanned; ends when it is gone or replaced.
-
-        The first wake-up (at most CHECK_INTERVAL_MS after the watch starts)
-        always yields, so writes made before the watch was in place are not missed.
-        """
-        watcher = watchfiles.awatch(
-            self._directory,
-            watch_filter=None,
-            step=self._debounce_ms,  # quiet period that ends a burst
-            debounce=self._debounce_ms * 10,  # longest a burst is held back
-            rust_timeout=CHECK_INTERVAL_MS,
-            yield_on_timeout=True,
-            force_polling=True if self._force_polling else None,
-            poll_delay_ms=POLL_DELAY_MS,
-        )
-        started = False
-        async with contextlib.aclosing(watcher) as events:
-            async for batch in events:
-                if _identity(self._directory) != identity:
-                    logger.warning("%s: directory removed or replaced", self._directory)
-                    return
-                if batch or not started or self._force_polling:  # polling: rescan every tick
-                    started = True
-                    yield

@@ -12,7 +12,8 @@ happened, for the caller to report on the file: `ParserDied` (killed, out of
 memory), `ParseTimeout` (the parse ran past its bound; the child is killed,
 as a `ProcessPoolExecutor` cannot abandon a running call), and
 `ParseCancelled` (the caller killed the parse because its result was no
-longer wanted).  The child's pid is learnt from a first call, so killing it
+longer wanted).  The child ends itself if the control plane dies (even by
+SIGKILL), so no worker is left behind.  The child's pid is learnt from a first call, so killing it
 needs no private API; only a busy worker is killed (an idle one is asked to
 exit), so a pid is never signalled after its process may have been reaped.
 
@@ -29,6 +30,8 @@ import logging
 import multiprocessing
 import os
 import signal
+import threading
+import time
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -53,8 +56,27 @@ START_TIMEOUT_S = 60.0
 """A worker that has not started (imported the parser) in this time is given up on."""
 
 
+ORPHAN_CHECK_S = 0.5
+"""How often the worker checks that its parent is still alive."""
+
+
 def _worker_pid() -> int:
     return os.getpid()
+
+
+def _exit_with_parent(parent: int) -> None:
+    """Worker initializer: end the worker when the control plane ends, however it ends.
+
+    A `ProcessPoolExecutor` worker outlives a parent killed with SIGKILL (it
+    waits on its call queue for good); this watchdog thread ends it instead.
+    """
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(ORPHAN_CHECK_S)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 class ParserDied(Exception):
@@ -144,7 +166,12 @@ class ParserProcess:
         pool = self._pool
         if pool is None:
             context = multiprocessing.get_context("spawn")
-            pool = self._pool = ProcessPoolExecutor(max_workers=1, mp_context=context)
+            pool = self._pool = ProcessPoolExecutor(
+                max_workers=1,
+                mp_context=context,
+                initializer=_exit_with_parent,
+                initargs=(os.getpid(),),
+            )
             try:
                 pid = await asyncio.wrap_future(pool.submit(_worker_pid))
             except BaseException:
