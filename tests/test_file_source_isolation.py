@@ -338,6 +338,17 @@ async def test_a_parse_that_overruns_its_bound_is_abandoned_with_an_error(tmp_pa
         assert source.errors == []
 
 
+async def test_stopping_the_source_mid_parse_stops_the_worker(tmp_path: Path) -> None:
+    async with running_source(tmp_path, worker_parse_bytes=WORKER) as (source, _):
+        replace_file(tmp_path / "f.yaml", large("long", 2 * LARGE))  # ~3 s of parsing
+        await until(lambda: source.parser_pid is not None)
+        worker = source.parser_pid
+        assert worker is not None and tmp_path / "f.yaml" in source.parsing
+    stopped = time.monotonic()
+    await until(lambda: not alive(worker))
+    assert time.monotonic() - stopped < 1.0
+
+
 def test_load_parses_large_files_inline_without_a_worker(tmp_path: Path) -> None:
     write(tmp_path / "f.yaml", OLD)
     source = FileSource(tmp_path, worker_parse_bytes=WORKER)

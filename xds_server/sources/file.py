@@ -266,6 +266,7 @@ class FileSource:
                 await self._watcher.run(lambda: self._rescan(emit))
         finally:
             self._jobs.clear()
+            self._running = None
             if self._parser is not None:
                 self._parser.close()
 

@@ -125,6 +125,9 @@ class ParserProcess:
         except TimeoutError:
             self._kill()
             raise ParseTimeout(f"parsing took longer than {self._time_limit:g} s") from None
+        except asyncio.CancelledError:
+            self._kill()  # nobody waits for the result: stop the work too
+            raise
         finally:
             self._busy = False
 
