@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -41,7 +42,7 @@ import sys
 import tempfile
 import time
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -121,11 +122,28 @@ class Culprit:
     crash_loop: bool | None = None
 
 
+@dataclass(frozen=True)
+class Record:
+    """What a run keeps of a mutation once written (not its bytes: they may be megabytes)."""
+
+    category: str
+    description: str
+    expect: str
+    literal: str
+
+    @classmethod
+    def of(cls, mutation: Mutation) -> Record:
+        return cls(
+            mutation.category, mutation.description[:200], mutation.expect.value,
+            mutation.literal(300),
+        )  # fmt: skip
+
+
 @dataclass
 class Run:
     """Everything one fuzz run saw: outcomes per mutation, violations, and samples."""
 
-    mutations: dict[int, Mutation] = field(default_factory=dict)
+    mutations: dict[int, Record] = field(default_factory=dict)
     outcomes: dict[int, Outcome] = field(default_factory=dict)
     violations: list[Violation] = field(default_factory=list)
     culprits: list[Culprit] = field(default_factory=list)
@@ -151,6 +169,13 @@ class Run:
 
     counts: Counter[str] = field(default_factory=Counter)
     """Every violation per check; `violations` keeps the first few per check and batch."""
+
+    in_flight_targets: list[int] = field(default_factory=list)
+    """Those of `in_flight` that replace a good file."""
+
+    def suspects_for_traffic(self) -> list[int]:
+        """Who broke the good services' traffic: their own files first, if any was touched."""
+        return self.in_flight_targets or self.in_flight
 
     def violate(self, check: str, detail: str, suspects: Iterable[int] = ()) -> None:
         self.counts[check] += 1
@@ -477,7 +502,7 @@ async def load_loop(mesh: Mesh, run: Run, stop: asyncio.Event, *, max_requests: 
                 problem = f"{type(error).__name__}: {error}"
             if problem:
                 run.failed_requests += 1
-                run.violate("request", f"{host}: {problem}", run.in_flight)
+                run.violate("request", f"{host}: {problem}", run.suspects_for_traffic())
             await asyncio.sleep(0.02)
 
 
@@ -606,8 +631,9 @@ class Fuzzer:
         run, mesh = self.run, self.mesh
         run.batch = number
         run.in_flight = [m.index for m in mutations]
+        run.in_flight_targets = [m.index for m in mutations if m.target]
         for mutation in mutations:
-            run.mutations[mutation.index] = mutation
+            run.mutations[mutation.index] = Record.of(mutation)
         for mutation in mutations:
             write_mutation(mesh, mutation)
         sentinel = write_sentinel(mesh, number)
@@ -637,7 +663,7 @@ class Fuzzer:
             "batch %d: %d mutations, sentinel %.2fs, collect %.2fs, clear %.2fs", number,
             len(mutations), latency or -1, collected - arrived, time.monotonic() - collected,
         )  # fmt: skip
-        run.in_flight = []
+        run.in_flight, run.in_flight_targets = [], []
 
     async def collect(self, mutations: Sequence[Mutation]) -> None:
         """Wait (bounded) for every file expected to be rejected; record every outcome."""
@@ -804,24 +830,29 @@ class Fuzzer:
         run.restarting = False
 
 
-def batches(mutations: Iterable[Mutation], size: int) -> list[list[Mutation]]:
-    """Groups of `size`, each touching any good file at most once (its restore is per batch)."""
-    out: list[list[Mutation]] = []
-    pending = list(mutations)
-    while pending:
+def batches(mutations: Iterable[Mutation], size: int) -> Iterator[list[Mutation]]:
+    """Groups of `size`, each touching any good file at most once (its restore is per batch).
+
+    Lazy: a mutation that must wait for the next group is held, the rest stream through.
+    """
+    held: list[Mutation] = []
+    source = iter(mutations)
+    while True:
         batch: list[Mutation] = []
         targets: set[str] = set()
-        rest: list[Mutation] = []
-        for mutation in pending:
-            if len(batch) < size and (mutation.target is None or mutation.target not in targets):
-                batch.append(mutation)
-                if mutation.target:
-                    targets.add(mutation.target)
-            else:
-                rest.append(mutation)
-        out.append(batch)
-        pending = rest
-    return out
+        waiting, held = held, []
+        for mutation in itertools.chain(waiting, source):
+            if mutation.target is not None and mutation.target in targets:
+                held.append(mutation)
+                continue
+            batch.append(mutation)
+            if mutation.target:
+                targets.add(mutation.target)
+            if len(batch) == size:
+                break
+        if not batch:
+            return
+        yield batch
 
 
 @dataclass
@@ -859,11 +890,12 @@ async def _fuzz(mesh: Mesh, options: Options) -> dict[str, Any]:
     assert mesh.plane is not None
     run.baseline_rss_kb = rss_kb(mesh.plane.pid)[0]
     mutator = ManifestMutator(options.seed, mesh.good)
-    corpus = list(mutator.corpus(options.budget) if options.regressions else
-                  mutator.random(options.budget))  # fmt: skip
-    corpus.extend(options.extra)
+    corpus = itertools.chain(
+        mutator.corpus(options.budget) if options.regressions else mutator.random(options.budget),
+        options.extra,
+    )
     stop = asyncio.Event()
-    max_requests = 100 * (len(corpus) + 100)
+    max_requests = 100 * (options.budget + len(options.extra) + 100)
     fuzzer = Fuzzer(mesh, run)
     began = time.monotonic()
     async with asyncio.TaskGroup() as tasks:
@@ -935,13 +967,8 @@ def figures(run: Run, options: Options) -> dict[str, Any]:
         "ms_per_mutation": round(1000 * run.fuzz_seconds / max(len(outcomes), 1), 1),
         "per_category": {name: dict(counts) for name, counts in sorted(per_category.items())},
         "mutations": {
-            str(i): {
-                "category": m.category,
-                "description": m.description[:200],
-                "expect": m.expect.value,
-                "literal": m.literal(300),
-            }
-            for i, m in run.mutations.items()
+            str(i): asdict(record)
+            for i, record in run.mutations.items()
             if any(i in v.suspects for v in run.violations)
         },
     }

@@ -33,7 +33,7 @@ import enum
 import random
 import re
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import yaml
@@ -337,6 +337,17 @@ class Context:
             return endpoint_slice(f"{self.name}-slice", self.name, [ip], port)
         return pod(self.name, ip)
 
+    def companion(self, document: dict[str, Any]) -> dict[str, Any] | None:
+        """The valid object that makes `document` reach translation: a Service's slice, a
+        slice's Service (a slice without its Service, or the reverse, is never translated)."""
+        if document["kind"] == "Service":
+            port = document["spec"]["ports"][0]["port"]
+            ip = f"{FUZZ_IP_PREFIX}{self.rng.randint(1, 254)}"
+            return endpoint_slice(f"{self.name}-slice", self.name, [ip], port)
+        if document["kind"] == "EndpointSlice":
+            return service(self.name, document["ports"][0]["port"])
+        return None
+
     def good_target(self, probability: float = 0.4) -> tuple[GoodFile, int] | None:
         """Sometimes: a good file and the index of the document in it to break."""
         if not self.good or self.rng.random() >= probability:
@@ -345,25 +356,33 @@ class Context:
         return good, self.rng.randrange(len(good.documents))
 
 
+Mutate = Callable[[dict[str, Any]], str]
+"""Breaks one document in place and says what it did."""
+
+
 def _doc_draft(
     ctx: Context,
-    description: str,
     expect: Expect,
-    mutate: Callable[[dict[str, Any]], None],
+    mutate: Mutate,
     *,
     kind: str | None = None,
     in_good_file: bool = False,
 ) -> Draft:
-    """Apply `mutate` to a base document, or (if `in_good_file`) to a copy of a good one."""
+    """Apply `mutate` to a base document, or (if `in_good_file`) to a copy of a good one.
+
+    A good file's document may be of another kind than `kind`: `mutate` then
+    breaks that kind's nearest equivalent, keeping the object's identity.
+    """
     target = ctx.good_target() if in_good_file and expect is Expect.REJECT else None
     if target is None:
         document = ctx.base(kind)
-        mutate(document)
-        return Draft(description, render([document]), expect)
+        partner = ctx.companion(document) if ctx.rng.random() < 0.7 else None
+        what = mutate(document)
+        return Draft(what, render([document] if partner is None else [document, partner]), expect)
     good, position = target
     documents = [copy.deepcopy(d) for d in good.documents]
-    mutate(documents[position])
-    return Draft(f"{description} (in {good.name})", render(documents), expect, target=good.name)
+    what = mutate(documents[position])
+    return Draft(f"{what} (in {good.name})", render(documents), expect, target=good.name)
 
 
 def _kind_of(document: dict[str, Any]) -> str:
@@ -386,22 +405,19 @@ def _good_kind(ctx: Context) -> str:
 
 
 def wrong_type(ctx: Context) -> Draft:
-    state: dict[str, Any] = {}
+    in_good = ctx.rng.random() < 0.25
 
-    def mutate(document: dict[str, Any]) -> None:
+    def mutate(document: dict[str, Any]) -> str:
         candidates = [
             (path, kind) for path, kind in FIELDS[_kind_of(document)]
-            if _exists(document, path) and (not state.get("good") or path not in IDENTITY)
+            if _exists(document, path) and not (in_good and path in IDENTITY)
         ]  # fmt: skip
         path, kind = ctx.rng.choice(candidates)
         value = ctx.rng.choice(WRONG_VALUES[kind])
         set_at(document, path, value)
-        state["what"] = f"{_show_path(path)} = {value!r}"
+        return f"wrong type: {_kind_of(document)} {_show_path(path)} = {value!r}"
 
-    in_good = ctx.rng.random() < 0.25
-    state["good"] = in_good
-    draft = _doc_draft(ctx, "", Expect.REJECT, mutate, in_good_file=in_good)
-    return replace(draft, description=f"wrong type: {state['what']}{draft.description}")
+    return _doc_draft(ctx, Expect.REJECT, mutate, in_good_file=in_good)
 
 
 def missing_field(ctx: Context) -> Draft:
@@ -411,18 +427,13 @@ def missing_field(ctx: Context) -> Draft:
     expect = Expect.REJECT if required else Expect.ACCEPT
     in_good = required and path not in IDENTITY and kind != "Pod"
 
-    def mutate(document: dict[str, Any]) -> None:
-        if _kind_of(document) == kind:
-            delete_at(document, path)
-        else:  # a good file's document of another kind: drop its own required field
-            other = [p for p in REQUIRED[_kind_of(document)] if p not in IDENTITY]
-            delete_at(document, other[0])
+    def mutate(document: dict[str, Any]) -> str:
+        here = _kind_of(document)
+        gone = path if here == kind else next(p for p in REQUIRED[here] if p not in IDENTITY)
+        delete_at(document, gone)
+        return f"missing {'required' if required else 'optional'} {here} field {_show_path(gone)}"
 
-    word = "required" if required else "optional"
-    return _doc_draft(
-        ctx, f"missing {word} {kind} field {_show_path(path)}", expect, mutate,
-        kind=kind, in_good_file=in_good,
-    )  # fmt: skip
+    return _doc_draft(ctx, expect, mutate, kind=kind, in_good_file=in_good)
 
 
 PORT_PATHS = {
@@ -439,14 +450,13 @@ def out_of_range(ctx: Context) -> Draft:
     if path[-1] == "port":
         value = ctx.rng.choice((0, value))  # 0 is "unset" for targetPort and nodePort
 
-    def mutate(document: dict[str, Any]) -> None:
-        kind_here = _kind_of(document)
-        set_at(document, path if kind_here == kind else PORT_PATHS[kind_here][0], value)
+    def mutate(document: dict[str, Any]) -> str:
+        here = _kind_of(document)
+        where = path if here == kind else PORT_PATHS[here][0]
+        set_at(document, where, value)
+        return f"{here} {_show_path(where)} = {value}"
 
-    return _doc_draft(
-        ctx, f"{kind} {_show_path(path)} = {value}", Expect.REJECT, mutate,
-        kind=kind, in_good_file=True,
-    )  # fmt: skip
+    return _doc_draft(ctx, Expect.REJECT, mutate, kind=kind, in_good_file=True)
 
 
 def huge_integer(ctx: Context) -> Draft:
@@ -463,14 +473,13 @@ def huge_integer(ctx: Context) -> Draft:
     }
     path = ctx.rng.choice(paths[kind])
 
-    def mutate(document: dict[str, Any]) -> None:
+    def mutate(document: dict[str, Any]) -> str:
         here = _kind_of(document)
-        set_at(document, path if here == kind else paths[here][0], Raw(text))
+        where = path if here == kind else paths[here][0]
+        set_at(document, where, Raw(text))
+        return f"{here} {_show_path(where)} = a {digits}-digit number ({text[:12]}...)"
 
-    return _doc_draft(
-        ctx, f"{kind} {_show_path(path)} = a {digits}-digit number ({text[:12]}...)",
-        Expect.REJECT, mutate, kind=kind, in_good_file=True,
-    )  # fmt: skip
+    return _doc_draft(ctx, Expect.REJECT, mutate, kind=kind, in_good_file=True)
 
 
 BAD_IPS = (
@@ -491,33 +500,28 @@ def bad_ip(ctx: Context) -> Draft:
         address = ctx.rng.choice(BAD_IPS[-4:] + NOT_IPV6)
     else:
         address = ctx.rng.choice(BAD_IPS)
-    done: list[str] = []
 
-    def mutate(document: dict[str, Any]) -> None:
+    def mutate(document: dict[str, Any]) -> str:
         here = _kind_of(document)
         if here == "EndpointSlice":
             if where == "ipv6-slice":
                 document["addressType"] = "IPv6"
             set_at(document, ("endpoints", 0, "addresses", 0), address)
-            done.append(f"address {address!r} in an {document['addressType']} slice")
-        else:
-            value = address if where in ("cluster-ip", "pod-ip") else "1.2.3.999"
-            field = ("spec", "clusterIP") if here == "Service" else ("status", "podIP")
-            set_at(document, field, value)
-            done.append(f"{_show_path(field)} {value!r}")
+            return f"invalid IP: address {address!r} in an {document['addressType']} slice"
+        value = address if where in ("cluster-ip", "pod-ip") else "1.2.3.999"
+        field = ("spec", "clusterIP") if here == "Service" else ("status", "podIP")
+        set_at(document, field, value)
+        return f"invalid IP: {here} {_show_path(field)} {value!r}"
 
     kind = {"cluster-ip": "Service", "pod-ip": "Pod"}.get(where, "EndpointSlice")
-    draft = _doc_draft(
-        ctx, "", Expect.REJECT, mutate, kind=kind, in_good_file=where != "pod-ip"
-    )  # fmt: skip
-    return replace(draft, description=f"invalid IP: {done[0]}{draft.description}")
+    return _doc_draft(ctx, Expect.REJECT, mutate, kind=kind, in_good_file=where != "pod-ip")
 
 
 def valid_ip(ctx: Context) -> Draft:
     """Other address families and forms Kubernetes accepts, or may: never a crash."""
     choice = ctx.rng.choice(("ipv6", "fqdn", "cluster-ip-v6", "cluster-ips-dual"))
 
-    def mutate(document: dict[str, Any]) -> None:
+    def mutate(document: dict[str, Any]) -> str:
         if choice == "ipv6":
             document["addressType"] = "IPv6"
             set_at(document, ("endpoints", 0, "addresses", 0), "fd00::88:1")
@@ -529,9 +533,10 @@ def valid_ip(ctx: Context) -> Draft:
         else:
             document["spec"]["clusterIP"] = f"127.0.89.{ctx.index % 250 + 1}"
             document["spec"]["clusterIPs"] = [document["spec"]["clusterIP"], "fd00::1"]
+        return f"other address form: {choice}"
 
     kind = "EndpointSlice" if choice in ("ipv6", "fqdn") else "Service"
-    return _doc_draft(ctx, f"other address form: {choice}", Expect.EITHER, mutate, kind=kind)
+    return _doc_draft(ctx, Expect.EITHER, mutate, kind=kind)
 
 
 LONG_FIELDS: tuple[tuple[str, Path, int, int, str], ...] = (
@@ -571,18 +576,17 @@ def long_string(ctx: Context) -> Draft:
     value = Raw(_filler(size, style))
     on_identity = path in IDENTITY
 
-    def mutate(document: dict[str, Any]) -> None:
-        if _kind_of(document) == kind:
+    def mutate(document: dict[str, Any]) -> str:
+        here = _kind_of(document)
+        if here == kind:
             set_at(document, path, value)
-        else:
-            document.setdefault("metadata", {}).setdefault("annotations", {})["note"] = Raw(
-                _filler(300_000, "text")
-            )  # over the 256 KiB of annotations: rejected, identity kept
+            return f"{kind} {_show_path(path)} of {size:,} characters"
+        # Over the 256 KiB of annotations: rejected, identity kept.
+        size_over = limits.MAX_ANNOTATIONS_BYTES + 1
+        set_at(document, ("metadata", "annotations", "note"), Raw(_filler(size_over, "text")))
+        return f"{here} metadata.annotations.note of {size_over:,} characters"
 
-    return _doc_draft(
-        ctx, f"{kind} {_show_path(path)} of {size:,} characters", expect, mutate,
-        kind=kind, in_good_file=not on_identity,
-    )  # fmt: skip
+    return _doc_draft(ctx, expect, mutate, kind=kind, in_good_file=not on_identity)
 
 
 UNICODE_VALUES: tuple[tuple[str, str, bool], ...] = (
@@ -631,17 +635,15 @@ def unicode_text(ctx: Context) -> Draft:
     else:
         expect = Expect.ACCEPT if path[-1] == "note" else Expect.EITHER
 
-    def mutate(document: dict[str, Any]) -> None:
-        if _kind_of(document) == kind:
-            set_at(document, path, Raw(text))
-        else:  # a good file's document of another kind: break an ASCII-only field
-            set_at(document, ("metadata", "labels"), {"app": Raw(text)})
+    def mutate(document: dict[str, Any]) -> str:
+        here = _kind_of(document)
+        # A good file's document of another kind: break an ASCII-only field (a label value).
+        where = path if here == kind else ("metadata", "labels", "app")
+        set_at(document, where, Raw(text))
+        return f"{what} in {here} {_show_path(where)}"
 
     good = expect is Expect.REJECT and path not in IDENTITY
-    return _doc_draft(
-        ctx, f"{what} in {kind} {_show_path(path)}", expect, mutate,
-        kind=kind, in_good_file=good,
-    )  # fmt: skip
+    return _doc_draft(ctx, expect, mutate, kind=kind, in_good_file=good)
 
 
 INVALID_BYTES = (
@@ -821,21 +823,15 @@ def yaml11(ctx: Context) -> Draft:
         "name": ("metadata", "name"), "app": ("spec", "selector", "app"),
     }  # fmt: skip
 
-    done: list[str] = []
-
-    def mutate(document: dict[str, Any]) -> None:
+    def mutate(document: dict[str, Any]) -> str:
         if _kind_of(document) == "Service":
             set_at(document, paths[field], Raw(raw))
-            done.append(f"{field}: {raw}")
-        else:  # a good file's slice
-            set_at(document, ("ports", 0, "port"), Raw("1:20"))
-            done.append("slice port: 1:20")
+            return f"{field}: {raw}"
+        set_at(document, ("ports", 0, "port"), Raw("1:20"))  # a good file's slice
+        return "EndpointSlice ports[0].port: 1:20"
 
-    draft = _doc_draft(
-        ctx, "", expect, mutate, kind="Service",
-        in_good_file=field not in ("name",) and expect is Expect.REJECT,
-    )  # fmt: skip
-    return replace(draft, description=done[0] + draft.description)
+    in_good = field != "name" and expect is Expect.REJECT
+    return _doc_draft(ctx, expect, mutate, kind="Service", in_good_file=in_good)
 
 
 def null_document(ctx: Context) -> Draft:
@@ -1078,9 +1074,10 @@ def regressions(good: Sequence[GoodFile] = ()) -> list[Mutation]:
     """The fixed cases, indices 0..N-1; with `good`, also those that break a good file."""
     surrogate_zone = endpoint_slice("fz-zone-slice", "fz-zone", [f"{FUZZ_IP_PREFIX}3"], 8080)
     surrogate_zone["endpoints"][0]["zone"] = Raw('"x\\uD800y"')
+    zone_service = service("fz-zone", 8080)
     cases: list[tuple[str, str, bytes, Expect, bytes]] = [
         ("unicode", "issue 6: a lone surrogate in an EndpointSlice zone crashed translation",
-         render([surrogate_zone]), Expect.REJECT, b".yaml"),
+         render([zone_service, surrogate_zone]), Expect.REJECT, b".yaml"),
         ("huge-integer", "issue 6: a 5,000-digit port was an 'unexpected failure' (traceback)",
          b"apiVersion: v1\nkind: Service\nmetadata: {name: fz-digits}\nspec:\n  ports:\n"
          b"  - {name: http, port: " + b"9" * 5000 + b"}\n", Expect.REJECT, b".yaml"),
