@@ -929,6 +929,8 @@ def figures(run: Run, options: Options) -> dict[str, Any]:
             "warned" if o.warned else "accepted"
         )  # fmt: skip
         per_category[o.category][verdict] += 1
+        if o.reported and o.names_field:
+            per_category[o.category]["names-field"] += 1
     for v in run.violations:
         for index in v.suspects if v.check in ("unreported", "false-rejection") else ():
             per_category[run.mutations[index].category][v.check] += 1
@@ -982,7 +984,8 @@ def print_table(result: dict[str, Any]) -> None:
                 "longest_error_chars", "longest_log_line_chars", "max_errors_response_bytes",
                 "seconds", "ms_per_mutation"):  # fmt: skip
         print(f"  {key:28} {result[key]}")
-    columns = ("tried", "rejected", "warned", "accepted", "unreported", "false-rejection")
+    columns = ("tried", "rejected", "names-field", "warned", "accepted", "unreported",
+               "false-rejection")  # fmt: skip
     print(f"  per category: {' / '.join(columns)}")
     for name, counts in result["per_category"].items():
         print(f"    {name:16}" + "".join(f"{counts.get(c, 0):6}" for c in columns))
