@@ -232,7 +232,8 @@ class FileSource:
         """Log each new error once, and each fixed one as resolved."""
         current = set(self.errors)
         for error in sorted(current - self._reported, key=str):
-            logger.error("%s", error)
+            level = logging.WARNING if error.severity == "warning" else logging.ERROR
+            logger.log(level, "%s", error)
         for error in sorted(self._reported - current, key=str):
             logger.info("resolved: %s", error)
         self._reported = current
