@@ -31,6 +31,10 @@ ignores `labelSelector`, `timeoutSeconds`, `limit` and `continue`.
   answers 503 for the named resources (or "*") as an API server being
   restarted does.
 
+`served_api()` serves one emulator on a fixed port that a test can take away
+(`ServedApi.stop`: every connection reset, new ones refused, as when the API
+server process dies) and bring back with the same state (`ServedApi.start`).
+
 Writes go through the test's own methods (`create`, `replace`, `apply`,
 `patch`, `delete`) or over HTTP (POST, PUT, PATCH as a JSON merge patch,
 DELETE).  `list_requests`/`watch_requests` show what the client asked.
@@ -51,6 +55,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import aiohttp.test_utils
 import aiohttp.web
 import attrs
 import kmock
@@ -656,7 +661,11 @@ def kube_configuration(api_server: ApiServerEmulator) -> client.Configuration:
 @pytest.fixture
 def kubeconfig(api_server: ApiServerEmulator, tmp_path: Path) -> Path:
     """A kubeconfig file for the emulated API server (as `--kubeconfig` takes)."""
-    path = tmp_path / "kubeconfig"
+    return write_kubeconfig(tmp_path / "kubeconfig", str(api_server.url))
+
+
+def write_kubeconfig(path: Path, url: str) -> Path:
+    """A kubeconfig at `path` naming the API server at `url`; returns `path`."""
     path.write_text(
         textwrap.dedent(
             f"""\
@@ -664,7 +673,7 @@ def kubeconfig(api_server: ApiServerEmulator, tmp_path: Path) -> Path:
             kind: Config
             clusters:
               - name: emulated
-                cluster: {{server: "{str(api_server.url).rstrip("/")}"}}
+                cluster: {{server: "{url.rstrip("/")}"}}
             users:
               - name: tester
                 user: {{token: not-checked}}
@@ -676,6 +685,59 @@ def kubeconfig(api_server: ApiServerEmulator, tmp_path: Path) -> Path:
         )
     )
     return path
+
+
+@dataclass
+class ServedApi:
+    """An emulator served on one 127.0.0.1 port, which the test can stop and start again.
+
+    Served by aiohttp's raw test server, as `kmock.Server` serves it, but without
+    kmock's test client and its process-wide DNS interception, which must be
+    exited in the reverse order of entry: several of these start and stop in any order.
+    """
+
+    emulator: ApiServerEmulator
+    port: int = 0
+    _server: aiohttp.test_utils.RawTestServer | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def serving(self) -> bool:
+        return self._server is not None
+
+    async def start(self) -> None:
+        """Listen again, on the same port (a free one the first time), with the same state."""
+        assert self._server is None, "already serving"
+        server = aiohttp.test_utils.RawTestServer(
+            self.emulator, host="127.0.0.1", port=self.port or None
+        )
+        await server.start_server()
+        assert server.port is not None
+        self._server, self.port = server, server.port
+
+    async def stop(self) -> None:
+        """Go away as a killed API server does: open watches reset, the port refuses."""
+        assert self._server is not None, "not serving"
+        server, self._server = self._server, None
+        self.emulator.drop_watches()
+        await server.close()
+
+
+@contextlib.asynccontextmanager
+async def served_api() -> AsyncIterator[ServedApi]:
+    """A `ServedApi`, serving on entry; stopped (if serving) on exit."""
+    async with ApiServerEmulator() as emulator:
+        served = ServedApi(emulator)
+        await served.start()
+        try:
+            yield served
+        finally:
+            emulator.end_watches()
+            if served.serving:
+                await served.stop()
 
 
 @contextlib.contextmanager

@@ -46,8 +46,8 @@ from xds_server.pipeline.builder import workload_of
 from xds_server.resources import LISTENER
 from xds_server.settings import KubernetesSettings, Settings
 from xds_server.sources.k8s_kinds import MESH_KINDS, WatchedKind, convert_from_api, core_v1_lists
+from xds_server.sources.k8s_retry import Backoff
 from xds_server.sources.k8s_state import WatchedObjects
-from xds_server.sources.k8s_watch import Backoff
 from xds_server.sources.kubernetes import KubernetesSource, load_configuration
 
 pytest_plugins = ("kube_fixtures",)

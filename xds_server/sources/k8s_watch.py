@@ -15,15 +15,19 @@ official (synchronous) client and run in a thread of its own:
    and a `timeoutSeconds` the server ends the stream after.  When it does,
    watch again from where we are: no relist.
 3. `410 Gone` (an ERROR event with code 410, or an HTTP 410): our
-   resourceVersion is older than the server keeps history for.  Go to 1.
+   resourceVersion is older than the server keeps history for.  Go to 1, at
+   once: the 410 itself proves the server is back, whatever failed before it.
 4. Any other failure (connection refused or reset, a silent connection hitting
    the client-side read timeout, an HTTP error, an ERROR event, bad JSON):
-   report it, wait with exponential backoff and jitter, and watch again from
-   the same resourceVersion.  When the server itself keeps refusing the watch
-   (an ERROR event, or an HTTP error other than 429 and 503, which only say
-   "later") a few times in a row, relist: that gets us out of a
-   resourceVersion it will not serve, e.g. one "too large" for a lagging API
-   server.  An outage (refused connections, 503) resumes without a relist.
+   report it, wait, and watch again from the same resourceVersion.  How long
+   to wait is `k8s_retry.RetryPolicy`'s call: short probes (at most a second
+   apart) while the API is unreachable, so its return is noticed at once;
+   patient exponential backoff when it answers but refuses.  When the server
+   itself keeps refusing the watch (an ERROR event, or an HTTP error other
+   than 429 and 503, which only say "later") a few times in a row, relist:
+   that gets us out of a resourceVersion it will not serve, e.g. one "too
+   large" for a lagging API server.  An outage (refused connections, 503)
+   resumes without a relist, unless the history moved on meanwhile (410).
 
 The loop never ends on an error: only `stop` ends it.  What it learns goes to
 `report` as `WatchReport`s (a ChangeSet, whether a full list just completed,
@@ -47,21 +51,18 @@ from kubernetes.client.exceptions import ApiException
 from xds_server.model import ChangeSet
 from xds_server.settings import KubernetesSettings
 from xds_server.sources.k8s_kinds import ListFunction, WatchedKind
+from xds_server.sources.k8s_retry import ResourceExpired, RetryPolicy, WatchFailed
 from xds_server.sources.k8s_state import (
     KubernetesSourceError,
     WatchedObjects,
     resource_version_of,
 )
 
-__all__ = ["Backoff", "ResourceWatch", "WatchReport"]
+__all__ = ["ResourceWatch", "WatchReport"]
 
 logger = logging.getLogger(__name__)
 
 HTTP_GONE = 410
-RELIST_AFTER_REFUSALS = 3
-"""Consecutive watches the server refused after which we relist instead of resuming."""
-LATER_STATUSES = frozenset({429, 503})
-"""HTTP statuses that mean "come back later", not "this watch is wrong"."""
 MIN_HEALTHY_WATCH_S = 1.0
 """A watch the server ends sooner than this, with no event, counts as a failure
 (so a server that closes every watch at once cannot make us spin)."""
@@ -77,32 +78,6 @@ class WatchReport:
     """A full list has just been applied."""
     errors: tuple[KubernetesSourceError, ...] | None = None
     """The watch's problems now, when they changed (None: unchanged)."""
-
-
-class ResourceExpired(Exception):
-    """410: the resourceVersion (or continue token) is older than the server's history."""
-
-
-class WatchFailed(Exception):
-    """The server ended a watch with an ERROR event other than 410."""
-
-
-class Backoff:
-    """Exponential backoff with jitter: initial * 2^(n-1), capped, times a random 0.5-1."""
-
-    def __init__(self, initial: float, maximum: float, rng: random.Random) -> None:
-        self._initial = initial
-        self._maximum = maximum
-        self._rng = rng
-        self.failures = 0
-
-    def next(self) -> float:
-        self.failures += 1
-        delay = min(self._maximum, self._initial * 2.0 ** (self.failures - 1))
-        return delay * self._rng.uniform(0.5, 1.0)
-
-    def reset(self) -> None:
-        self.failures = 0
 
 
 def _lines(response: Any) -> Iterator[str]:
@@ -142,7 +117,11 @@ class ResourceWatch:
         report: Callable[[WatchReport], None],
         *,
         rng: random.Random | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], object] | None = None,
     ) -> None:
+        """`monotonic` and `sleep` (default: a wait that `stop` cuts short) are the
+        watch's clock, which tests replace with a fake one."""
         self.kind = kind
         self.namespace = namespace
         self.name = kind.describe(namespace)
@@ -157,6 +136,9 @@ class ResourceWatch:
         self._response: Any = None
         self._response_lock = threading.Lock()
         self._stop = threading.Event()
+        self._monotonic = monotonic
+        self._sleep = sleep or self._stop.wait
+        self._retry = RetryPolicy(settings.backoff_initial, settings.backoff_max, self._rng)
 
     # -- control, from other threads --------------------------------------
     def stop(self) -> None:
@@ -170,9 +152,7 @@ class ResourceWatch:
     # -- the loop ------------------------------------------------------------
     def run(self) -> None:
         """List and watch until `stop()`; never raises."""
-        backoff = Backoff(self._settings.backoff_initial, self._settings.backoff_max, self._rng)
         need_list = True
-        refusals = 0
         while not self._stop.is_set():
             delay = 0.0
             operation = "list"
@@ -181,28 +161,19 @@ class ResourceWatch:
                     self._list()
                     need_list = False
                 operation = "watch"
-                if self._watch():
-                    backoff.reset()
-                    refusals = 0
-                else:
-                    delay = backoff.next()
+                delay = self._retry.watch_ended(self._watch())
             except ResourceExpired as error:
                 need_list = True
-                # Relist at once, unless the last relist did not get us anywhere either.
-                delay = backoff.next() if backoff.failures else 0.0
-                backoff.failures = max(backoff.failures, 1)
-                logger.info("%s: %s; relisting", self.name, error)
+                delay = self._retry.expired()
+                logger.info("%s: %s; relisting%s", self.name, error, _after(delay))
             except Exception as error:
                 if self._stop.is_set():
                     break
-                delay = backoff.next()
-                if _refused(error):
-                    refusals += 1
-                    if refusals >= RELIST_AFTER_REFUSALS:
-                        need_list, refusals = True, 0
+                retry = self._retry.failed(error)
+                delay, need_list = retry.delay, need_list or retry.relist
                 self._failed(operation, error, delay)
-            if delay:
-                self._stop.wait(delay)
+            if delay and not self._stop.is_set():
+                self._sleep(delay)
         logger.debug("%s: stopped", self.name)
 
     def _list(self) -> None:
@@ -246,7 +217,7 @@ class ResourceWatch:
             "timeout_seconds": timeout_seconds,
         }
         read_timeout = timeout_seconds + self._settings.read_timeout_margin
-        started = time.monotonic()
+        started = self._monotonic()
         response = self._call(params, (self._settings.connect_timeout, read_timeout))
         events = 0
         with self._response_lock:
@@ -260,6 +231,8 @@ class ResourceWatch:
                 self._send(ChangeSet())
             for line in _lines(response):
                 self._event(json.loads(line))
+                if not events:
+                    self._retry.progressed()
                 events += 1
                 if self._stop.is_set():
                     break
@@ -268,7 +241,7 @@ class ResourceWatch:
                 self._response = None
             response.close()
             response.release_conn()
-        return events > 0 or time.monotonic() - started >= min(
+        return events > 0 or self._monotonic() - started >= min(
             MIN_HEALTHY_WATCH_S, timeout_seconds / 2
         )
 
@@ -295,11 +268,15 @@ class ResourceWatch:
         if self.kind.label_selector:
             params["label_selector"] = self.kind.label_selector
         try:
-            return self._list_function(**params, _preload_content=False, _request_timeout=timeout)
+            response = self._list_function(
+                **params, _preload_content=False, _request_timeout=timeout
+            )
         except ApiException as error:
             if error.status == HTTP_GONE:
                 raise ResourceExpired(_describe_api_error(error)) from None
             raise
+        self._retry.answered()
+        return response
 
     # -- reporting -----------------------------------------------------------
     def _failed(self, verb: str, error: Exception, delay: float) -> None:
@@ -323,11 +300,8 @@ class ResourceWatch:
         self._report(WatchReport(self.name, changes, synced, errors if changed_errors else None))
 
 
-def _refused(error: Exception) -> bool:
-    """The server answered, and not with "later": the watch itself may be the problem."""
-    if isinstance(error, WatchFailed):
-        return True
-    return isinstance(error, ApiException) and error.status not in LATER_STATUSES
+def _after(delay: float) -> str:
+    return f" in {delay:.1f}s" if delay else ""
 
 
 def _shutdown(response: Any) -> None:

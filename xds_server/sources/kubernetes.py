@@ -8,7 +8,9 @@ back until each watch has applied its first full list, emits them as one
 ChangeSet and sets `ready` (the pipeline's `initial_sync` opens the gate to
 proxies on it), so no proxy is ever served a half-listed mesh.  After that
 every change is emitted as it arrives; an API server outage keeps the last
-known mesh in force and readiness stays true.
+known mesh in force and readiness stays true, and when the API is back the
+watches notice within a second and catch up (relisting at once if its
+history moved on; see `k8s_retry`).
 
 Why threads.  The official `kubernetes` client, which the product already
 depends on, is synchronous (urllib3).  Each watch runs in a thread of its
@@ -46,8 +48,9 @@ from kubernetes import client, config
 from xds_server.model import ChangeSet
 from xds_server.settings import KubernetesSettings
 from xds_server.sources.k8s_kinds import MESH_KINDS, WatchedKind
+from xds_server.sources.k8s_retry import Backoff
 from xds_server.sources.k8s_state import KubernetesSourceError
-from xds_server.sources.k8s_watch import Backoff, ResourceWatch, WatchReport
+from xds_server.sources.k8s_watch import ResourceWatch, WatchReport
 
 __all__ = ["KubernetesSource", "KubernetesSourceError", "load_configuration"]
 
@@ -89,17 +92,35 @@ def load_configuration(kubeconfig: Path | None = None) -> client.Configuration:
     return configuration
 
 
-def _keepalive_options() -> list[tuple[int, int, int]]:
-    """TCP keepalive (probes after 30 s idle, every 15 s, 4 of them), so a peer that
-    vanished without a reset is noticed in about 90 s even between watch timeouts.
+KEEPALIVE_IDLE_S, KEEPALIVE_INTERVAL_S, KEEPALIVE_PROBES = 15, 5, 3
+UNACKNOWLEDGED_MAX_S = 30
+"""How long sent data may stay unacknowledged before the kernel gives up on the connection."""
 
-    Keeps urllib3's default of no Nagle; options the platform lacks are left out.
+
+def _keepalive_options() -> list[tuple[int, int, int]]:
+    """Socket options so a vanished API server is noticed in about 30 s, on any request.
+
+    A watch is mostly silent, and the only client-side bound on a silent read
+    is its read timeout: the watch's `timeoutSeconds` plus a margin, 5-10
+    minutes.  TCP keepalive (a probe after 15 s idle, every 5 s, 3 of them)
+    ends a connection whose peer vanished without a reset (a crashed node, a
+    partition) in about 30 s.  Keepalive does not run while data we sent is
+    unacknowledged, which is the state of a request written to a dead pooled
+    connection, whose headers would otherwise be awaited for the same read
+    timeout; `TCP_USER_TIMEOUT` (Linux) bounds that to 30 s too.  Each probe
+    is one empty segment per idle connection every 15 s.  Keeps urllib3's
+    default of no Nagle; options the platform lacks are left out.
     """
     options = [
         (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),
         (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1),
     ]
-    for name, value in (("TCP_KEEPIDLE", 30), ("TCP_KEEPINTVL", 15), ("TCP_KEEPCNT", 4)):
+    for name, value in (
+        ("TCP_KEEPIDLE", KEEPALIVE_IDLE_S),
+        ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL_S),
+        ("TCP_KEEPCNT", KEEPALIVE_PROBES),
+        ("TCP_USER_TIMEOUT", UNACKNOWLEDGED_MAX_S * 1000),
+    ):
         if hasattr(socket, name):
             options.append((socket.IPPROTO_TCP, getattr(socket, name), value))
     return options
