@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager, suppress
 from typing import Any
 
@@ -279,21 +279,53 @@ _peers = itertools.count(40000)
 
 
 class FakeContext:
-    """Captures what the servicer writes and how it ends the call."""
+    """Captures what the servicer writes and how it ends the call.
 
-    def __init__(self) -> None:
+    `stop_reading()` makes writes block, as a proxy that no longer reads its
+    stream (its flow-control window full) does; `resume_reading()` lets them
+    through.  `writes_started` counts every write the servicer attempted.
+    """
+
+    def __init__(self, peer: str | None = None) -> None:
         self.written: asyncio.Queue[Any] = asyncio.Queue()
         self.code: grpc.StatusCode | None = None
         self.details = ""
-        self._peer = f"ipv4:127.0.0.1:{next(_peers)}"
+        self._peer = peer or f"ipv4:127.0.0.1:{next(_peers)}"
+        self._reading = asyncio.Event()
+        self._reading.set()
+        self.writes_started = 0
+        self.done_callbacks: list[Callable[[Any], None]] = []
+
+    def stop_reading(self) -> None:
+        self._reading.clear()
+
+    def resume_reading(self) -> None:
+        self._reading.set()
 
     async def write(self, message: Any) -> None:
+        self.writes_started += 1
+        await self._reading.wait()
         self.written.put_nowait(message)
 
     async def abort(self, code: grpc.StatusCode, details: str = "") -> None:
         self.code = code
         self.details = details
         raise FakeAbort(f"{code}: {details}")
+
+    def set_code(self, code: grpc.StatusCode) -> None:
+        self.code = code
+
+    def set_details(self, details: str) -> None:
+        self.details = details
+
+    def add_done_callback(self, callback: Callable[[Any], None]) -> None:
+        self.done_callbacks.append(callback)
+
+    def call_done(self) -> None:
+        """gRPC is done with the call (its status went out, or the connection went)."""
+        callbacks, self.done_callbacks = self.done_callbacks, []
+        for callback in callbacks:
+            callback(self)
 
     def peer(self) -> str:
         return self._peer
@@ -311,6 +343,10 @@ class RequestQueue:
     def end(self) -> None:
         self._queue.put_nowait(None)
 
+    def pending(self) -> int:
+        """Requests sent that the servicer has not read yet."""
+        return self._queue.qsize()
+
     def __aiter__(self) -> RequestQueue:
         return self
 
@@ -324,9 +360,11 @@ class RequestQueue:
 class FakeStream:
     """One proxy's ADS stream (SotW or Delta) against a servicer."""
 
-    def __init__(self, servicer: AggregatedDiscoveryServer, *, delta: bool = False) -> None:
+    def __init__(
+        self, servicer: AggregatedDiscoveryServer, *, delta: bool = False, peer: str | None = None
+    ) -> None:
         self.servicer = servicer
-        self.context = FakeContext()
+        self.context = FakeContext(peer)
         self.requests = RequestQueue()
         self.sent_requests = 0
         handler = servicer.DeltaAggregatedResources if delta else servicer.StreamAggregatedResources

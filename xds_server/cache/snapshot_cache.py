@@ -2,13 +2,16 @@
 
 Streams wait on `watch(node_id, seen)`; `set_snapshot` wakes only the streams
 of that node.  A proxy with no snapshot yet simply waits (it is never served
-an empty mesh by accident).
+an empty mesh by accident).  The event a node's watchers wait on is dropped
+when the last of them stops waiting, so clients that connect under ever new
+node ids (and never get a snapshot) leave nothing behind.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 
 from xds_server.cache.snapshot import InconsistentSnapshotError, Snapshot, find_problems
 
@@ -19,6 +22,7 @@ class SnapshotCache:
     def __init__(self) -> None:
         self._snapshots: dict[str, Snapshot] = {}
         self._changed: dict[str, asyncio.Event] = {}
+        self._watchers: Counter[str] = Counter()
         self.rejected: dict[str, InconsistentSnapshotError] = {}
 
     def set_snapshot(self, node_id: str, snapshot: Snapshot, *, check: bool = True) -> None:
@@ -55,4 +59,16 @@ class SnapshotCache:
             event = self._changed.get(node_id)
             if event is None:
                 event = self._changed[node_id] = asyncio.Event()
-            await event.wait()
+            self._watchers[node_id] += 1
+            try:
+                await event.wait()
+            finally:
+                self._watchers[node_id] -= 1
+                if self._watchers[node_id] <= 0:
+                    del self._watchers[node_id]
+                    if self._changed.get(node_id) is event:
+                        del self._changed[node_id]
+
+    def watched_nodes(self) -> int:
+        """How many node ids have a stream waiting for their first or next snapshot."""
+        return len(self._changed)

@@ -1,6 +1,7 @@
 """The gRPC Aggregated Discovery Service: SotW and Delta streams over a snapshot cache."""
 
 from xds_server.server.grpc_server import GRPC_OPTIONS, bind_grpc_server, build_grpc_server
+from xds_server.server.limits import ServerLimits
 from xds_server.server.metrics import ServerMetrics
 from xds_server.server.servicer import AggregatedDiscoveryServer, NodeObserver
 from xds_server.server.state import NackStatus, StreamKind, StreamStatus, TypeStatus
@@ -12,6 +13,7 @@ __all__ = [
     "NackStatus",
     "NodeObserver",
     "ProtocolError",
+    "ServerLimits",
     "ServerMetrics",
     "StreamKind",
     "StreamStatus",

@@ -23,25 +23,38 @@ from envoy.service.discovery.v3.discovery_pb2 import (
 )
 
 from xds_server.resources import Resource
+from xds_server.server.limits import shown
 from xds_server.server.state import TypeState
-from xds_server.server.stream import AdsStream, Push
+from xds_server.server.stream import AdsStream, Push, too_long
 
 logger = logging.getLogger(__name__)
 
 
 class DeltaStream(AdsStream[DeltaDiscoveryRequest]):
     kind = "delta"
+    _request_type = "DeltaDiscoveryRequest"
 
     async def _on_request(self, request: DeltaDiscoveryRequest) -> None:
-        found = self._accept(request, None)  # Delta requests carry no version
+        names = (
+            len(request.resource_names_subscribe)
+            + len(request.resource_names_unsubscribe)
+            + len(request.initial_resource_versions)
+        )
+        found = self._accept(request, None, names)  # Delta requests carry no version
         if found is None:
             return
         state, first = found
         change = state.update_delta(
             request.resource_names_subscribe, request.resource_names_unsubscribe
         )
+        self._check_subscription(change)
         if first:
+            longest = self.limits.max_name_length
             for name, version in request.initial_resource_versions.items():
+                if len(name) > longest:
+                    raise too_long("initial_resource_versions key", name, longest)
+                if len(version) > longest:
+                    raise too_long(f"initial_resource_versions[{shown(name)}]", version, longest)
                 if state.wants(name):
                     state.sent[name] = version
         else:

@@ -27,7 +27,12 @@ class _TypeCounters:
 
 
 class ServerMetrics:
-    """Counters of responses, bytes, ACKs and NACKs by type; a gauge of open streams."""
+    """Counters of responses, bytes, ACKs and NACKs by type; a gauge of open streams;
+    streams refused and streams ended with an error status, by reason.
+
+    `xds_stream_errors{code="INTERNAL"}` counts failures of the server itself
+    (an exception escaping a stream): it should stay at zero whatever clients send.
+    """
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
@@ -55,6 +60,18 @@ class ServerMetrics:
             ["kind"],
             registry=self.registry,
         )
+        self.streams_refused = Counter(
+            "xds_streams_refused",
+            "ADS streams refused before serving, by reason (peer_limit, shutting_down).",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.stream_errors = Counter(
+            "xds_stream_errors",
+            "ADS streams ended with an error status, by gRPC status code.",
+            ["code"],
+            registry=self.registry,
+        )
         self._by_type = {type_url: _TypeCounters(self, type_url) for type_url in PUSH_ORDER}
         self._streams = {kind: self.streams.labels(kind=kind) for kind in ("sotw", "delta")}
 
@@ -74,3 +91,9 @@ class ServerMetrics:
 
     def stream_closed(self, kind: str) -> None:
         self._streams[kind].dec()
+
+    def stream_refused(self, reason: str) -> None:
+        self.streams_refused.labels(reason=reason).inc()
+
+    def stream_failed(self, code: str) -> None:
+        self.stream_errors.labels(code=code).inc()

@@ -3,12 +3,21 @@
 The servicer owns the set of open streams, counts streams per node (so an
 observer hears of a node when its first stream says who it is and of its
 departure when its last stream closes), keeps the latest unresolved NACK of
-every (node, type) for the admin view, and turns `ProtocolError` into a gRPC
-status.  All protocol logic lives in the stream classes.
+every (node, type) of a connected node for the admin view, and turns
+`ProtocolError` into a gRPC status.  All protocol logic lives in the stream
+classes.
+
+It also counts streams per peer address (the port left out, so one host's
+connections count together) and refuses the stream beyond
+`ServerLimits.max_streams_per_peer` with RESOURCE_EXHAUSTED, logging that once
+per peer until the peer is back under its limit.  Whatever a stream raises
+ends that stream only: a `ProtocolError` with its status, anything else with
+INTERNAL (logged with its traceback, and counted in `xds_stream_errors`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 from collections import Counter
@@ -21,7 +30,9 @@ from envoy.service.discovery.v3.discovery_pb2 import DeltaDiscoveryRequest, Disc
 from prometheus_client import CollectorRegistry
 
 from xds_server.cache import SnapshotCache
+from xds_server.resources import KNOWN_TYPES
 from xds_server.server.delta import DeltaStream
+from xds_server.server.limits import ServerLimits
 from xds_server.server.metrics import ServerMetrics
 from xds_server.server.sotw import SotwStream
 from xds_server.server.state import NackStatus, StreamStatus
@@ -47,13 +58,18 @@ class AggregatedDiscoveryServer:
         observer: NodeObserver | None = None,
         *,
         registry: CollectorRegistry | None = None,
+        limits: ServerLimits | None = None,
     ) -> None:
         self.cache = cache
         self.observer = observer
+        self.limits = limits if limits is not None else ServerLimits()
         self.metrics = ServerMetrics(registry)
         self._ids = itertools.count(1)
         self._streams: dict[int, AdsStream[Any]] = {}
         self._streams_of_node: Counter[str] = Counter()
+        self._streams_of_peer: Counter[str] = Counter()
+        self._peers_refused: set[str] = set()
+        """Peers at their stream limit whose refusal was logged (once each)."""
         self._nacks: dict[tuple[str, str], NackStatus] = {}
         self._closing = False
 
@@ -71,8 +87,14 @@ class AggregatedDiscoveryServer:
 
     async def _serve(self, stream: AdsStream[Any], requests: AsyncIterator[Any]) -> None:
         if self._closing:
+            self.metrics.stream_refused("shutting_down")
             await stream.context.abort(grpc.StatusCode.UNAVAILABLE, "the server is shutting down")
             return
+        peer = peer_address(stream.context.peer())
+        if self._streams_of_peer[peer] >= self.limits.max_streams_per_peer:
+            await self._refuse(stream, peer)
+            return
+        self._streams_of_peer[peer] += 1
         self._streams[stream.stream_id] = stream
         self.metrics.stream_opened(stream.kind)
         try:
@@ -86,12 +108,44 @@ class AggregatedDiscoveryServer:
                 stream.context.peer(),
                 error.details,
             )
-            await stream.context.abort(error.code, error.details)
+            self.metrics.stream_failed(error.code.name)
+            await _end_call(stream, error.code, error.details)
         except Exception:
             logger.exception("%s stream %d failed", stream.kind, stream.stream_id)
-            await stream.context.abort(grpc.StatusCode.INTERNAL, "internal error in the server")
+            self.metrics.stream_failed(grpc.StatusCode.INTERNAL.name)
+            await _end_call(stream, grpc.StatusCode.INTERNAL, "internal error in the server")
         finally:
             self._stream_ended(stream)
+            if stream.write_abandoned:
+                # gRPC holds the call (an unsent response, then the status) until the
+                # proxy reads or its connection goes: until then it counts for its peer.
+                stream.context.add_done_callback(lambda _: self._peer_stream_ended(peer))
+            else:
+                self._peer_stream_ended(peer)
+
+    async def _refuse(self, stream: AdsStream[Any], peer: str) -> None:
+        limit = self.limits.max_streams_per_peer
+        self.metrics.stream_refused("peer_limit")
+        if peer not in self._peers_refused:
+            self._peers_refused.add(peer)
+            logger.warning(
+                "refusing ADS streams from %s beyond its %d open streams "
+                "(max_streams_per_peer); logged once until it is under the limit",
+                peer,
+                limit,
+            )
+        await stream.context.abort(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"{peer} already has {limit} open ADS streams, the limit (max_streams_per_peer)",
+        )
+
+    def _peer_stream_ended(self, peer: str) -> None:
+        self._streams_of_peer[peer] -= 1
+        left = self._streams_of_peer[peer]
+        if left <= 0:
+            del self._streams_of_peer[peer]
+        if left < self.limits.max_streams_per_peer:
+            self._peers_refused.discard(peer)
 
     # --- called by streams ----------------------------------------------------
 
@@ -129,6 +183,8 @@ class AggregatedDiscoveryServer:
         if self._streams_of_node[node_id] > 0:
             return
         del self._streams_of_node[node_id]
+        for type_url in KNOWN_TYPES:  # a NACK of a node that is gone is stale
+            self._nacks.pop((node_id, type_url), None)
         if self.observer is not None:
             try:
                 self.observer.node_disconnected(node_id)
@@ -142,7 +198,7 @@ class AggregatedDiscoveryServer:
         return [self._streams[key].status() for key in sorted(self._streams)]
 
     def nacks(self, node_id: str | None = None) -> list[NackStatus]:
-        """The latest NACK of each (node, type) not since resolved by an ACK."""
+        """The latest NACK of each (connected node, type) not since resolved by an ACK."""
         return [
             nack
             for (nack_node, _), nack in sorted(self._nacks.items())
@@ -161,3 +217,34 @@ class AggregatedDiscoveryServer:
         self._closing = True
         for stream in list(self._streams.values()):
             stream.close()
+
+
+ABORT_WAIT_SECONDS = 1.0
+"""How long ending a call waits for its status to go out (see `_end_call`)."""
+
+
+async def _end_call(stream: AdsStream[Any], code: grpc.StatusCode, details: str) -> None:
+    """End the call with `code` without waiting on a proxy that does not read.
+
+    A status queues behind the responses the proxy has not read: `abort` would
+    wait for it to go out, for good with a stuck proxy, holding the handler and
+    its stream.  So a stream that abandoned a write sets the status and returns,
+    and `abort` is given `ABORT_WAIT_SECONDS`.  Either way gRPC keeps the status
+    queued, and a proxy that reads again still gets it.
+    """
+    if stream.write_abandoned:
+        stream.context.set_code(code)
+        stream.context.set_details(details)
+        return
+    try:
+        await asyncio.wait_for(stream.context.abort(code, details), ABORT_WAIT_SECONDS)
+    except TimeoutError:
+        stream.write_abandoned = True  # the status waits behind responses not yet read
+
+
+def peer_address(peer: str) -> str:
+    """A gRPC peer (`ipv4:10.0.0.1:5000`, `ipv6:[::1]:5000`, `unix:/path`) without its port."""
+    host, colon, port = peer.rpartition(":")
+    if colon and port.isdigit() and host.count(":") >= 1:
+        return host
+    return peer

@@ -36,13 +36,15 @@ logger = logging.getLogger(__name__)
 
 class SotwStream(AdsStream[DiscoveryRequest]):
     kind = "sotw"
+    _request_type = "DiscoveryRequest"
 
     async def _on_request(self, request: DiscoveryRequest) -> None:
-        found = self._accept(request, request.version_info)
+        found = self._accept(request, request.version_info, len(request.resource_names))
         if found is None:
             return
         state, first = found
         change = state.update_sotw(request.resource_names)
+        self._check_subscription(change)
         if first:
             # What the proxy says it holds (from an earlier stream), before we send anything.
             state.acked_version = request.version_info

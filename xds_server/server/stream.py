@@ -15,6 +15,24 @@ does almost nothing.
 
 Protocol misuse raises `ProtocolError`, which the servicer turns into a gRPC
 status; a NACK is recorded as data and answered with nothing.
+
+What a stream may hold is bounded (`ServerLimits`), so a proxy that floods or
+never reads costs its own stream and nothing else:
+
+* Requests: the reader task puts at most `request_queue` requests in the
+  inbox; when it is full the reader stops reading and gRPC's flow control
+  holds the client back.  Garbage on the wire (not a valid protobuf) ends the
+  stream with INVALID_ARGUMENT.  Request sizes, name counts, string lengths
+  and the stream's total subscription are checked before anything is kept.
+* Responses: one response at a time is in flight; the loop awaits its write,
+  and neither re-arms the snapshot watch nor takes the next request meanwhile.
+  So pushes coalesce by construction: snapshots published while a write is
+  blocked are skipped, and the next pass sends the difference from what the
+  stream last processed to the newest snapshot (for SotW the latest full
+  state, for Delta the union of the changes, diffed against what the proxy
+  holds).  A write that does not complete within `stuck_stream_seconds` ends
+  the stream with RESOURCE_EXHAUSTED: a proxy stuck that long is not coming
+  back, and its reconnect starts from a clean state.
 """
 
 from __future__ import annotations
@@ -23,7 +41,7 @@ import abc
 import asyncio
 import itertools
 import logging
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import MappingProxyType
@@ -31,11 +49,26 @@ from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 import grpc
 from envoy.config.core.v3.base_pb2 import Node
+from google.protobuf.message import DecodeError
 
 from xds_server.cache import Snapshot, SnapshotCache
 from xds_server.resources import KNOWN_TYPES, PUSH_ORDER, SHORT_NAMES, Resource
+from xds_server.server.limits import (
+    MAX_NACK_MESSAGE_CHARS,
+    MAX_REMEMBERED_UNSERVED_TYPES,
+    MAX_SHOWN_CHARS,
+    ServerLimits,
+    clip,
+    shown,
+)
 from xds_server.server.metrics import ServerMetrics
-from xds_server.server.state import NackStatus, StreamKind, StreamStatus, TypeState
+from xds_server.server.state import (
+    NackStatus,
+    StreamKind,
+    StreamStatus,
+    SubscriptionChange,
+    TypeState,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +93,12 @@ class StreamContext(Protocol):
 
     async def abort(self, code: grpc.StatusCode, details: str) -> None: ...
 
+    def set_code(self, code: grpc.StatusCode) -> None: ...
+
+    def set_details(self, details: str) -> None: ...
+
+    def add_done_callback(self, callback: Callable[[Any], None]) -> None: ...
+
     def peer(self) -> str: ...
 
 
@@ -68,6 +107,7 @@ class StreamHost(Protocol):
 
     cache: SnapshotCache
     metrics: ServerMetrics
+    limits: ServerLimits
 
     def node_identified(self, stream: AdsStream[Any]) -> None: ...
 
@@ -108,13 +148,20 @@ class _EndOfStream:
 _END = _EndOfStream()
 
 
+class _Closed(Exception):
+    """`close` was called while the stream was blocked writing."""
+
+
 class AdsStream(abc.ABC, Generic[RequestT]):
     """One ADS stream: its node, its per-type state, and the loop that serves it."""
 
     kind: ClassVar[StreamKind]
+    _request_type: ClassVar[str]
+    """The request message's name, for errors."""
 
     def __init__(self, host: StreamHost, stream_id: int, context: StreamContext) -> None:
         self.host = host
+        self.limits = host.limits
         self.stream_id = stream_id
         self.context = context
         self.node: Node | None = None
@@ -124,7 +171,14 @@ class AdsStream(abc.ABC, Generic[RequestT]):
         self.pushed_version: str | None = None
         self.types: dict[str, TypeState] = {}
         self._nonces = itertools.count(1)
-        self._inbox: asyncio.Queue[RequestT | _EndOfStream | Exception] = asyncio.Queue()
+        self._inbox: asyncio.Queue[RequestT | _EndOfStream | Exception] = asyncio.Queue(
+            maxsize=self.limits.request_queue
+        )
+        self._closing = asyncio.Event()
+        self._write_deadline: asyncio.Timeout | None = None
+        self.write_abandoned = False
+        """A response was left half-written: gRPC holds it, and then the call's
+        status, until the proxy reads again or its connection goes."""
         self._ignored_types: set[str] = set()
         self.requests_handled = 0
 
@@ -136,19 +190,24 @@ class AdsStream(abc.ABC, Generic[RequestT]):
         inbox: asyncio.Future[RequestT | _EndOfStream | Exception] = asyncio.ensure_future(
             self._inbox.get()
         )
+        closing = asyncio.ensure_future(self._closing.wait())
         watch: asyncio.Future[Snapshot] | None = None
         try:
-            while True:
+            while not self._closing.is_set():
                 if watch is None and self.node_id is not None:
                     watch = asyncio.ensure_future(
                         self.host.cache.watch(self.node_id, self.snapshot)
                     )
-                waiting: set[asyncio.Future[Any]] = {inbox} if watch is None else {inbox, watch}
+                waiting: set[asyncio.Future[Any]] = {inbox, closing}
+                if watch is not None:
+                    waiting.add(watch)
                 done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
                 if inbox in done:
                     item = inbox.result()
                     if isinstance(item, _EndOfStream):
                         return
+                    if isinstance(item, ProtocolError):
+                        raise item
                     if isinstance(item, Exception):
                         logger.info("stream %d: reading requests failed: %r", self.stream_id, item)
                         return
@@ -159,24 +218,38 @@ class AdsStream(abc.ABC, Generic[RequestT]):
                     snapshot = watch.result()
                     watch = None
                     await self._on_snapshot(snapshot)
+        except _Closed:
+            return
         finally:
-            tasks = [task for task in (reader, inbox, watch) if task is not None]
+            tasks = [task for task in (reader, inbox, closing, watch) if task is not None]
             for task in tasks:
                 task.cancel()
             await asyncio.wait(tasks)
 
     def close(self) -> None:
-        """End the stream after the request being handled (server shutdown)."""
-        self._inbox.put_nowait(_END)
+        """End the stream (status OK) after the request being handled, or at once if
+        it is blocked writing to its proxy (server shutdown)."""
+        self._closing.set()
+        if self._write_deadline is not None:
+            self._write_deadline.reschedule(asyncio.get_running_loop().time())
 
     async def _read(self, requests: AsyncIterator[RequestT]) -> None:
+        """Read requests into the bounded inbox, in order, then the end of the stream."""
         try:
             async for request in requests:
-                self._inbox.put_nowait(request)
+                await self._inbox.put(request)
+        except DecodeError as error:  # the client sent bytes that are not a request
+            await self._inbox.put(
+                ProtocolError(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"a request is not a valid {self._request_type}: "
+                    f"{clip(str(error), 4 * MAX_SHOWN_CHARS)}",
+                )
+            )
         except Exception as error:  # a broken transport ends the stream, not the server
-            self._inbox.put_nowait(error)
+            await self._inbox.put(error)
         else:
-            self._inbox.put_nowait(_END)
+            await self._inbox.put(_END)
 
     async def _on_snapshot(self, snapshot: Snapshot) -> None:
         """Send what changed between the last processed snapshot and `snapshot`."""
@@ -220,7 +293,21 @@ class AdsStream(abc.ABC, Generic[RequestT]):
         """Take the node from the stream's first request; later ones may omit it."""
         has_node = request.HasField("node")
         node_id = str(request.node.id) if has_node else ""
+        if len(node_id) > self.limits.max_name_length:
+            raise too_long("node.id", node_id, self.limits.max_name_length)
+        if not node_id.isprintable():  # it goes into log lines and the admin page
+            raise ProtocolError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"node.id {shown(node_id)} holds control or separator characters",
+            )
         if self.node_id is None:
+            size = request.node.ByteSize() if has_node else 0
+            if size > self.limits.max_node_bytes:
+                raise ProtocolError(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"the node is {size} bytes; the limit is {self.limits.max_node_bytes} "
+                    "(max_node_bytes)",
+                )
             if not node_id:
                 raise ProtocolError(
                     grpc.StatusCode.INVALID_ARGUMENT,
@@ -232,14 +319,28 @@ class AdsStream(abc.ABC, Generic[RequestT]):
         elif node_id and node_id != self.node_id:
             raise ProtocolError(
                 grpc.StatusCode.INVALID_ARGUMENT,
-                f"node id changed on the stream from {self.node_id!r} to {node_id!r}",
+                f"node id changed on the stream from {shown(self.node_id)} to {shown(node_id)}",
             )
 
-    def _accept(self, request: Any, version_info: str | None) -> tuple[TypeState, bool] | None:
-        """The steps every request takes first, in both variants: identify the node,
-        find the type's state, and count the request as an ACK or NACK of our last
-        response.  Returns the state and whether this is the type's first request,
-        or None for a type we do not serve."""
+    def _accept(
+        self, request: Any, version_info: str | None, names: int
+    ) -> tuple[TypeState, bool] | None:
+        """The steps every request takes first, in both variants: check its sizes
+        (`names` resource names in all), identify the node, find the type's state,
+        and count the request as an ACK or NACK of our last response.  Returns the
+        state and whether this is the type's first request, or None for a type we
+        do not serve."""
+        limits = self.limits
+        if names > limits.max_names_per_request:
+            raise ProtocolError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"a request names {names} resources; the limit is "
+                f"{limits.max_names_per_request} (max_names_per_request)",
+            )
+        if len(request.response_nonce) > limits.max_name_length:
+            raise too_long("response_nonce", request.response_nonce, limits.max_name_length)
+        if version_info is not None and len(version_info) > limits.max_name_length:
+            raise too_long("version_info", version_info, limits.max_name_length)
         self._identify(request)
         found = self._state_for(request.type_url)
         if found is None:
@@ -262,16 +363,21 @@ class AdsStream(abc.ABC, Generic[RequestT]):
         """
         if not type_url:
             raise ProtocolError(grpc.StatusCode.INVALID_ARGUMENT, "request without a type_url")
+        if len(type_url) > self.limits.max_name_length:
+            raise too_long("type_url", type_url, self.limits.max_name_length)
         if not type_url.startswith(_TYPE_URL_PREFIX):
             raise ProtocolError(
                 grpc.StatusCode.INVALID_ARGUMENT,
-                f"unknown type URL {type_url!r}: expected {_TYPE_URL_PREFIX}<message type>",
+                f"unknown type URL {shown(type_url)}: expected {_TYPE_URL_PREFIX}<message type>",
             )
         if type_url not in KNOWN_TYPES:
-            if type_url not in self._ignored_types:
-                self._ignored_types.add(type_url)
+            ignored = self._ignored_types
+            if type_url not in ignored and len(ignored) < MAX_REMEMBERED_UNSERVED_TYPES:
+                ignored.add(type_url)
                 logger.warning(
-                    "node %s asked for unsupported type %s; ignoring it", self.node_id, type_url
+                    "node %s asked for unsupported type %s; ignoring it",
+                    self.node_id,
+                    shown(type_url),
                 )
             return None
         state = self.types.get(type_url)
@@ -307,7 +413,7 @@ class AdsStream(abc.ABC, Generic[RequestT]):
             self.host.metrics.ack(state.type_url)
             self.host.ack_received(node_id, state.type_url)
             return
-        message = str(error.message)
+        message = clip(str(error.message), MAX_NACK_MESSAGE_CHARS)
         named = tuple(name for name in state.in_flight if name and name in message)
         nack = NackStatus(
             node_id=node_id,
@@ -334,6 +440,25 @@ class AdsStream(abc.ABC, Generic[RequestT]):
             nack.message,
         )
 
+    def _check_subscription(self, change: SubscriptionChange) -> None:
+        """Refuse names too long to be real and a subscription beyond the stream's bound.
+
+        Only the names a request added are measured: Envoy repeats its whole
+        list on every ACK, and those names were measured when they were added.
+        """
+        limits = self.limits
+        if change.added:
+            longest = max(change.added, key=len)
+            if len(longest) > limits.max_name_length:
+                raise too_long("a resource name", longest, limits.max_name_length)
+        total = sum(len(state.names) for state in self.types.values())
+        if total > limits.max_subscribed_names:
+            raise ProtocolError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"the stream subscribes to {total} resource names; the limit is "
+                f"{limits.max_subscribed_names} (max_subscribed_names)",
+            )
+
     def _next_nonce(self) -> str:
         return str(next(self._nonces))
 
@@ -348,7 +473,29 @@ class AdsStream(abc.ABC, Generic[RequestT]):
         state.responses += 1
         state.bytes_sent += size
         self.host.metrics.response_sent(state.type_url, self.kind, size)
-        await self.context.write(response)
+        await self._write(response)
+
+    async def _write(self, response: Any) -> None:
+        """Write one response, waiting at most `stuck_stream_seconds` for the proxy
+        to make room for it (gRPC buffers about one flow-control window)."""
+        if self._closing.is_set():
+            raise _Closed
+        seconds = self.limits.stuck_stream_seconds
+        try:
+            async with asyncio.timeout(seconds) as deadline:
+                self._write_deadline = deadline
+                await self.context.write(response)
+        except TimeoutError:
+            self.write_abandoned = True
+            if self._closing.is_set():
+                raise _Closed from None
+            raise ProtocolError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"the proxy took no response for {seconds:g} s (its receive window is "
+                "full; stuck_stream_seconds); disconnecting it",
+            ) from None
+        finally:
+            self._write_deadline = None
 
     def status(self) -> StreamStatus:
         return StreamStatus(
@@ -363,6 +510,14 @@ class AdsStream(abc.ABC, Generic[RequestT]):
                 {url: self.types[url].status() for url in PUSH_ORDER if url in self.types}
             ),
         )
+
+
+def too_long(what: str, value: str, limit: int) -> ProtocolError:
+    """The INVALID_ARGUMENT for a client-sent string longer than `max_name_length`."""
+    return ProtocolError(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        f"{what} {shown(value)} is {len(value)} characters; the limit is {limit} (max_name_length)",
+    )
 
 
 def _describe_blamed(names: tuple[str, ...]) -> str:
