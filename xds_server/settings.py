@@ -40,18 +40,21 @@ class KubernetesSettings:
     that watch's timeout plus `read_timeout_margin`, which is how a dead
     connection is noticed even when no TCP reset ever arrives.  Failed
     requests are retried after `backoff_initial` seconds, doubling up to
-    `backoff_max`, with jitter.
+    `backoff_max`, with jitter, when the server refuses them (4xx, errors);
+    while it is unreachable (refused connections, 5xx, cut streams) retries are
+    at most `outage_probe_max` apart, so its return is noticed within a second.
     """
 
     kubeconfig: Path | None = None
     namespaces: tuple[str, ...] = ()
     watch_timeout: float = 300.0
     read_timeout_margin: float = 30.0
-    connect_timeout: float = 10.0
+    connect_timeout: float = 3.0
     list_timeout: float = 60.0
     list_page_size: int = 500
     backoff_initial: float = 0.5
     backoff_max: float = 30.0
+    outage_probe_max: float = 1.0
 
 
 @dataclass(frozen=True)

@@ -138,7 +138,12 @@ class ResourceWatch:
         self._stop = threading.Event()
         self._monotonic = monotonic
         self._sleep = sleep or self._stop.wait
-        self._retry = RetryPolicy(settings.backoff_initial, settings.backoff_max, self._rng)
+        self._retry = RetryPolicy(
+            settings.backoff_initial,
+            settings.backoff_max,
+            self._rng,
+            probe_max=settings.outage_probe_max,
+        )
 
     # -- control, from other threads --------------------------------------
     def stop(self) -> None:
