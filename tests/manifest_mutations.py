@@ -983,7 +983,7 @@ def bad_file_name(ctx: Context) -> Draft:
     tails: dict[str, tuple[bytes, Expect]] = {
         "not-utf8": (b"\xff\xfe.yaml", Expect.REJECT),
         "newline": (b"a\nb.yaml", Expect.EITHER),
-        "long": (b"n" * 240 + b".yaml", Expect.ACCEPT),
+        "long": (b"n" * 236 + b".yaml", Expect.ACCEPT),  # 248 bytes: staging adds 5
         "unicode": ("é ☃ 😀.yaml".encode(), Expect.ACCEPT),
         "upper-suffix": (b"x.YAML", Expect.EITHER),
         "backup": (b"x.yaml~", Expect.EITHER),
