@@ -786,6 +786,7 @@ class Fuzzer:
         await self.restart()
         if len(mutations) == 1:
             await self.blame(mutations[0], failure, component)
+            self.log_offset = _log_size(mesh)
             return
         for i, mutation in enumerate(mutations):  # replay one at a time
             replay = number * 1000 + 500 + i

@@ -1106,6 +1106,9 @@ def regressions(good: Sequence[GoodFile] = ()) -> list[Mutation]:
         ("long-string", "issue 6: a 5 MB name made a 10-million-character error",
          b"apiVersion: v1\nkind: Service\nmetadata: {name: " + b"a" * 5_000_000 + b"}\n"
          b"spec:\n  ports:\n  - {name: http, port: 80}\n", Expect.REJECT, b".yaml"),
+        ("alias-bomb", "fuzz: a recursive alias was accepted silently (in a field never read)",
+         b"apiVersion: v1\nkind: Service\nmetadata: {name: fz-recursive}\nspec:\n  ports:\n"
+         b"  - {name: http, port: 80}\nstatus: &a {b: [*a]}\n", Expect.REJECT, b".yaml"),
         ("bad-file-name", "issue 6: a file name that is not UTF-8 made the watcher raise",
          b"apiVersion: v1\nkind: Service\nmetadata: {name: fz-bad-name}\nspec:\n  ports:\n"
          b"  - {name: http, port: 80}\n", Expect.REJECT, b"\xff\xfe.yaml"),
@@ -1114,6 +1117,7 @@ def regressions(good: Sequence[GoodFile] = ()) -> list[Mutation]:
         Mutation(i, category, description, data, expect, tail=tail)
         for i, (category, description, data, expect, tail) in enumerate(cases)
     ]
+    found.extend(_good_file_regressions(good, len(found)))
     target = _good_slice(good)
     if target is not None:
         file, position = target
@@ -1127,6 +1131,38 @@ def regressions(good: Sequence[GoodFile] = ()) -> list[Mutation]:
                 Expect.REJECT, target=file.name,
             )
         )  # fmt: skip
+    return found
+
+
+def _good_file_regressions(good: Sequence[GoodFile], start: int) -> list[Mutation]:
+    """Cases found by this fuzzer that broke a good service's traffic (before issue 6's fixes)."""
+    found: list[Mutation] = []
+    for file in good:
+        for position, document in enumerate(file.documents):
+            kind = document.get("kind")
+            if kind == "EndpointSlice" and not any(m.target == file.name for m in found):
+                text = file.data().decode()
+                parts = text.split("---\n")
+                offset = sum(len(p) + 4 for p in parts[:position])
+                head = "apiVersion: discovery.k8s.io/v1\n"
+                at = text.index(head, offset) + len(head)
+                data = (text[:at] + "apiVersion: v2\n" + text[at:]).encode()
+                found.append(Mutation(
+                    start + len(found), "duplicate-key",
+                    f"fuzz: a second apiVersion key in a good slice ({file.name}) dropped it "
+                    "silently: its Service answered 503", data, Expect.REJECT, target=file.name,
+                ))  # fmt: skip
+            if kind == "Service" and not any(m.target == file.name for m in found):
+                documents = [copy.deepcopy(d) for d in file.documents]
+                documents[position]["spec"]["ports"][0]["appProtocol"] = Raw(
+                    '"rtl \\u202E override"'
+                )
+                found.append(Mutation(
+                    start + len(found), "unicode",
+                    f"fuzz: a free-text appProtocol on a good Service ({file.name}) was accepted "
+                    "and its HTTP route vanished (404)", render(documents), Expect.REJECT,
+                    target=file.name,
+                ))  # fmt: skip
     return found
 
 
