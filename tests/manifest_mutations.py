@@ -498,8 +498,8 @@ def bad_ip(ctx: Context) -> Draft:
         address = ctx.rng.choice(BAD_IPS + NOT_IPV4)
     elif where == "ipv6-slice":
         address = ctx.rng.choice(BAD_IPS[-4:] + NOT_IPV6)
-    else:
-        address = ctx.rng.choice(BAD_IPS)
+    else:  # an empty clusterIP or podIP is "none yet", not an error
+        address = ctx.rng.choice([ip for ip in BAD_IPS if ip])
 
     def mutate(document: dict[str, Any]) -> str:
         here = _kind_of(document)

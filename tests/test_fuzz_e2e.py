@@ -106,7 +106,7 @@ async def test_hostile_manifests_never_take_the_mesh_down(tmp_path: Path, budget
     bench.print_table(result)
     # The run did what it claims: every mutation tried, traffic flowing all along.
     assert result["tried"] == budget + len(regressions(bench.good_files(1)))
-    assert result["requests"] >= result["tried"], "the load loop did not keep up"
+    assert result["requests"] >= 5 * result["seconds"], "the load loop did not run throughout"
     assert result["rejected"] > 0 and result["accepted"] > 0
     if budget >= 500:
         assert set(result["per_category"]) == {name for name, _, _ in CATEGORIES}
