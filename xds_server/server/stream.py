@@ -392,7 +392,9 @@ class AdsStream(abc.ABC, Generic[RequestT]):
         """Count an ACK or NACK of the latest response; ignore stale or repeated nonces.
 
         `version_info` is what a SotW proxy says it now runs; Delta requests
-        carry none (None), and an ACK there accepts the version last sent.
+        carry none (None), and an ACK there accepts the version last sent.  A
+        SotW "ACK" naming a version that response did not carry is no ACK: it
+        is ignored, so a confused or lying client cannot show as in sync.
         """
         if not nonce or nonce == state.answered_nonce:
             return
@@ -401,8 +403,18 @@ class AdsStream(abc.ABC, Generic[RequestT]):
                 "node %s: %s request with stale nonce %s (latest %s)",
                 self.node_id,
                 SHORT_NAMES[state.type_url],
-                nonce,
+                shown(nonce),
                 state.nonce or "none",
+            )
+            return
+        if error is None and version_info is not None and version_info != state.version_sent:
+            logger.debug(
+                "node %s: %s ACK of nonce %s names version %s, not the %s sent; ignored",
+                self.node_id,
+                SHORT_NAMES[state.type_url],
+                nonce,
+                shown(version_info),
+                state.version_sent,
             )
             return
         state.answered_nonce = nonce
