@@ -40,6 +40,7 @@ from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from xds_server.cache import Snapshot, SnapshotCache
 from xds_server.resources import CLUSTER, ENDPOINT, ROUTE
 from xds_server.server import AggregatedDiscoveryServer, ServerLimits, bind_grpc_server
+from xds_server.server.budget import NameBudget
 from xds_server.server.limits import MAX_NACK_MESSAGE_CHARS, MAX_REMEMBERED_UNSERVED_TYPES
 from xds_server.server.servicer import peer_address
 
@@ -548,6 +549,65 @@ async def test_closing_the_server_ends_a_stuck_stream_at_once() -> None:
     await eventually(lambda: stream.context.writes_started == 1)
     servicer.close()
     assert await asyncio.wait_for(stream.aborted(), 1.0) is None  # status OK, no waiting
+
+
+# --- the names a peer may make the server walk ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("charges", "pauses"),
+    [
+        pytest.param([(0.0, 500), (0.0, 500)], [0.0, 0.0], id="within the burst: no wait"),
+        pytest.param([(0.0, 1000), (0.0, 500)], [0.0, 0.5], id="past it: wait off the debt"),
+        pytest.param([(0.0, 1000), (0.5, 500)], [0.0, 0.0], id="refilled at the rate"),
+        pytest.param([(0.0, 1000), (10.0, 1500)], [0.0, 0.5], id="saved up to the burst only"),
+        pytest.param([(0.0, 0), (0.0, 0)], [0.0, 0.0], id="nothing walked, nothing charged"),
+    ],
+)
+def test_a_peer_has_a_budget_of_names_per_second(
+    charges: list[tuple[float, int]], pauses: list[float]
+) -> None:
+    now = [0.0]
+    budget = NameBudget(rate=1000, burst=1000, clock=lambda: now[0])
+    taken = []
+    for at, names in charges:
+        now[0] = at
+        taken.append(budget.charge(names))
+    assert taken == pytest.approx(pauses)
+
+
+async def test_a_peer_flooding_subscription_changes_waits_and_others_do_not(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, "xds_server.server")
+    limits = ServerLimits(max_names_per_second=2000, max_names_per_request=1000)
+    servicer = servicer_with(limits)
+    loop = asyncio.get_running_loop()
+    flood = FakeStream(servicer)
+    flood.send(request(ENDPOINT, *names(1000, "a"), node_id=NODE))
+    for round in range(1, 4):  # each a different list of 1,000 names: 4,000 in all
+        flood.send(request(ENDPOINT, *names(1000, f"r{round}-")))
+    started = loop.time()
+
+    elsewhere = FakeStream(servicer, peer="ipv4:127.0.0.2:40000")
+    elsewhere.send(request(ENDPOINT, *names(1000, "b"), node_id=NODE))
+    await elsewhere.settled()
+    assert loop.time() - started < 0.3, "another peer waited for the flooding one"
+
+    await flood.settled()
+    # 2,000 names free (the burst); the third request leaves the peer 1,000 names
+    # in debt, so the fourth is taken half a second later.
+    assert loop.time() - started >= 0.45
+    assert servicer.metrics.registry.get_sample_value("xds_requests_paused_total") >= 1
+    assert caplog.text.count("past its budget of 2000 resource names per second") == 1
+
+    # An ACK that repeats an unchanged list walks nothing and waits for nothing.
+    await asyncio.sleep(0.6)  # the fourth request's debt is paid off
+    acks_from = loop.time()
+    for _ in range(20):
+        flood.send(request(ENDPOINT, *names(1000, "r3-")))
+    await flood.settled()
+    assert loop.time() - acks_from < 0.3
 
 
 # --- what streams leave behind ---------------------------------------------------------------

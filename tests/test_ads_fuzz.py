@@ -469,6 +469,7 @@ class HostileClients:
         + ["never_reads"] * 8
         + ["burst"] * 3
         + ["oversized"] * 2
+        + ["flood"] * 2
     )
 
     def __init__(self, channels: list[grpc.aio.Channel], seed: int) -> None:
@@ -507,6 +508,17 @@ class HostileClients:
             call = stub(channel).StreamAggregatedResources()
             huge = request(CLUSTER, *(f"{i:08d}" * 50 for i in range(11_000)), node_id="x")
             await self._conversation(call, [huge], rng, mutator)
+        elif kind == "flood":  # large subscription changes back to back (the name budget)
+            call = stub(channel).DeltaAggregatedResources()
+            messages = [
+                delta_request(
+                    ENDPOINT,
+                    (f"flood-{index}-{round}-{i}" for i in range(rng.randint(10_000, 40_000))),
+                    node_id=mutator.node_id if round == 0 else None,
+                )
+                for round in range(rng.randint(3, 8))
+            ]
+            await self._conversation(call, messages, rng, mutator)
         elif kind == "never_reads":
             call = stub(channel).DeltaAggregatedResources()
             with contextlib.suppress(*CALL_ENDED):
@@ -887,6 +899,9 @@ async def test_hostile_ads_clients_never_hurt_the_server_or_the_healthy_proxies(
             figures = {
                 **report,
                 "server-side stream errors": server_errors,
+                "requests paused by the name budget": registry.get_sample_value(
+                    "xds_requests_paused_total"
+                ),
                 "edits pushed": generation,
                 "live RSS MiB after warm-up / after fuzz": (round(rss_before), round(rss_after)),
                 "Python blocks after warm-up / after fuzz": (blocks_before, blocks_after),

@@ -25,7 +25,7 @@ from envoy.service.discovery.v3.discovery_pb2 import (
 from xds_server.resources import Resource
 from xds_server.server.limits import shown
 from xds_server.server.state import TypeState
-from xds_server.server.stream import AdsStream, Push, too_long
+from xds_server.server.stream import AdsStream, Push, present, too_long
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ class DeltaStream(AdsStream[DeltaDiscoveryRequest]):
     kind = "delta"
     _request_type = "DeltaDiscoveryRequest"
 
-    async def _on_request(self, request: DeltaDiscoveryRequest) -> None:
+    async def _on_request(self, request: DeltaDiscoveryRequest) -> int:
         names = (
             len(request.resource_names_subscribe)
             + len(request.resource_names_unsubscribe)
@@ -42,7 +42,7 @@ class DeltaStream(AdsStream[DeltaDiscoveryRequest]):
         )
         found = self._accept(request, None, names)  # Delta requests carry no version
         if found is None:
-            return
+            return names
         state, first = found
         change = state.update_delta(
             request.resource_names_subscribe, request.resource_names_unsubscribe
@@ -62,13 +62,14 @@ class DeltaStream(AdsStream[DeltaDiscoveryRequest]):
             for name in change.added:
                 state.sent.pop(name, None)
         if self.snapshot is None:
-            return  # the first snapshot will bring every subscribed type up to date
+            return names  # the first snapshot brings every subscribed type up to date
         push = Push()
         if first or change.became_wildcard:
             push.everything.add(state.type_url)
         elif change.added:
             push.add(state.type_url, change.added)
         await self._push(push)
+        return names
 
     def _catch_up(self, push: Push, state: TypeState) -> None:
         push.everything.add(state.type_url)
@@ -83,22 +84,21 @@ class DeltaStream(AdsStream[DeltaDiscoveryRequest]):
             names = set(resources) if state.wildcard else set(state.names)
             names.update(state.sent)
         forced = push.forced.get(type_url, set())
+        sent = state.sent
         updated: list[Resource] = []
-        removed: list[str] = []
-        for name in names:
-            if not state.wants(name):
-                continue
-            resource = resources.get(name)
-            if resource is None:
-                if name in state.sent:
-                    del state.sent[name]
-                    removed.append(name)
-            elif name in forced or state.sent.get(name) != resource.version:
+        for name in present(names, resources):
+            resource = resources[name]
+            if state.wants(name) and (name in forced or sent.get(name) != resource.version):
                 updated.append(resource)
+        removed = [
+            name for name in present(names, sent) if name not in resources and state.wants(name)
+        ]
         if not updated and not removed:
             return []
+        for name in removed:
+            del sent[name]
         for resource in updated:
-            state.sent[resource.name] = resource.version
+            sent[resource.name] = resource.version
         version = self.snapshot.version
         response = DeltaDiscoveryResponse(
             system_version_info=version,

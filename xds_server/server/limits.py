@@ -22,6 +22,9 @@ gRPC server together, and quoted in the error a client gets when it hits one:
   client back), has at most one response in flight, and ends with
   RESOURCE_EXHAUSTED a stream whose proxy has taken no response for
   `stuck_stream_seconds` (its receive window full).
+* A peer's requests wait once they have made the server walk more than
+  `max_names_per_second` resource names (a token bucket), so that one client
+  flooding large subscription changes cannot hold up everyone's pushes.
 
 The defaults fit a mesh of 10,000 services (an EDS subscription of 10,000
 names, a Delta reconnect declaring 10,000 versions) with room to spare.
@@ -59,9 +62,13 @@ class ServerLimits:
     about 60 KiB, mostly its list of extensions); the observer decodes its metadata."""
     max_streams_per_peer: int = 128
     """Open ADS streams from one peer address (any port); the next is refused."""
+    max_names_per_second: int = 200_000
+    """Resource names one peer's subscription changes may make the server walk per
+    second (a burst of `max_names_per_request` or this, whichever is more);
+    past it the peer's next requests wait (see `xds_server.server.budget`)."""
     max_streams_per_connection: int = 100
     """HTTP/2 concurrent streams on one connection (`grpc.max_concurrent_streams`)."""
-    request_queue: int = 32
+    request_queue: int = 4
     """Requests a stream reads ahead of the one it handles; then it stops reading."""
     stuck_stream_seconds: float = 60.0
     """A stream whose proxy has taken no response for this long is disconnected."""

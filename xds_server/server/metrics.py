@@ -72,6 +72,11 @@ class ServerMetrics:
             ["code"],
             registry=self.registry,
         )
+        self.requests_paused = Counter(
+            "xds_requests_paused",
+            "Requests held back because their peer was past max_names_per_second.",
+            registry=self.registry,
+        )
         self._by_type = {type_url: _TypeCounters(self, type_url) for type_url in PUSH_ORDER}
         self._streams = {kind: self.streams.labels(kind=kind) for kind in ("sotw", "delta")}
 
@@ -94,6 +99,9 @@ class ServerMetrics:
 
     def stream_refused(self, reason: str) -> None:
         self.streams_refused.labels(reason=reason).inc()
+
+    def request_paused(self) -> None:
+        self.requests_paused.inc()
 
     def stream_failed(self, code: str) -> None:
         self.stream_errors.labels(code=code).inc()

@@ -31,6 +31,7 @@ from prometheus_client import CollectorRegistry
 
 from xds_server.cache import SnapshotCache
 from xds_server.resources import KNOWN_TYPES
+from xds_server.server.budget import NameBudget
 from xds_server.server.delta import DeltaStream
 from xds_server.server.limits import ServerLimits
 from xds_server.server.metrics import ServerMetrics
@@ -68,6 +69,8 @@ class AggregatedDiscoveryServer:
         self._streams: dict[int, AdsStream[Any]] = {}
         self._streams_of_node: Counter[str] = Counter()
         self._streams_of_peer: Counter[str] = Counter()
+        self._budgets: dict[str, NameBudget] = {}
+        """Per peer with open streams: the names its requests may still make us walk."""
         self._peers_refused: set[str] = set()
         """Peers at their stream limit whose refusal was logged (once each)."""
         self._nacks: dict[tuple[str, str], NackStatus] = {}
@@ -95,6 +98,11 @@ class AggregatedDiscoveryServer:
             await self._refuse(stream, peer)
             return
         self._streams_of_peer[peer] += 1
+        if peer not in self._budgets:
+            limits = self.limits
+            burst = max(limits.max_names_per_second, limits.max_names_per_request)
+            loop = asyncio.get_running_loop()
+            self._budgets[peer] = NameBudget(limits.max_names_per_second, burst, loop.time)
         self._streams[stream.stream_id] = stream
         self.metrics.stream_opened(stream.kind)
         try:
@@ -144,6 +152,7 @@ class AggregatedDiscoveryServer:
         left = self._streams_of_peer[peer]
         if left <= 0:
             del self._streams_of_peer[peer]
+            self._budgets.pop(peer, None)
         if left < self.limits.max_streams_per_peer:
             self._peers_refused.discard(peer)
 
@@ -170,6 +179,23 @@ class AggregatedDiscoveryServer:
 
     def ack_received(self, node_id: str, type_url: str) -> None:
         self._nacks.pop((node_id, type_url), None)
+
+    def names_read(self, stream: AdsStream[Any], count: int) -> float:
+        budget = self._budgets.get(peer_address(stream.context.peer()))
+        if budget is None:
+            return 0.0
+        pause = budget.charge(count)
+        if pause > 0:
+            self.metrics.request_paused()
+            if not budget.warned:
+                budget.warned = True
+                logger.warning(
+                    "%s is past its budget of %d resource names per second "
+                    "(max_names_per_second): its requests wait; logged once",
+                    peer_address(stream.context.peer()),
+                    self.limits.max_names_per_second,
+                )
+        return pause
 
     def _stream_ended(self, stream: AdsStream[Any]) -> None:
         if self._streams.pop(stream.stream_id, None) is None:

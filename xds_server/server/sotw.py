@@ -23,13 +23,13 @@ never answered.  Only ACK/NACK accounting ignores them.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 
 from envoy.service.discovery.v3.discovery_pb2 import DiscoveryRequest, DiscoveryResponse
 
+from xds_server.cache import ResourceMap
 from xds_server.resources import SHORT_NAMES, Resource
 from xds_server.server.state import FULL_STATE_TYPES, TypeState
-from xds_server.server.stream import AdsStream, Push
+from xds_server.server.stream import AdsStream, Push, present
 
 logger = logging.getLogger(__name__)
 
@@ -38,10 +38,11 @@ class SotwStream(AdsStream[DiscoveryRequest]):
     kind = "sotw"
     _request_type = "DiscoveryRequest"
 
-    async def _on_request(self, request: DiscoveryRequest) -> None:
-        found = self._accept(request, request.version_info, len(request.resource_names))
+    async def _on_request(self, request: DiscoveryRequest) -> int:
+        names = len(request.resource_names)
+        found = self._accept(request, request.version_info, names)
         if found is None:
-            return
+            return names
         state, first = found
         change = state.update_sotw(request.resource_names)
         self._check_subscription(change)
@@ -51,7 +52,7 @@ class SotwStream(AdsStream[DiscoveryRequest]):
             if state.wildcard and state.type_url in FULL_STATE_TYPES:
                 state.version_sent = request.version_info
         if self.snapshot is None:
-            return  # the first snapshot will bring every subscribed type up to date
+            return change.names_read  # the first snapshot brings every type up to date
         push = Push()
         if first:
             self._catch_up(push, state)
@@ -60,6 +61,7 @@ class SotwStream(AdsStream[DiscoveryRequest]):
         elif change.added:
             push.add(state.type_url, change.added)
         await self._push(push)
+        return change.names_read
 
     def _catch_up(self, push: Push, state: TypeState) -> None:
         assert self.snapshot is not None
@@ -85,10 +87,9 @@ class SotwStream(AdsStream[DiscoveryRequest]):
         if everything:
             changed = _subscribed(state, resources)
         else:
+            candidates = push.candidates.get(type_url, set())
             changed = [
-                resources[name]
-                for name in push.candidates.get(type_url, ())
-                if name in resources and state.wants(name)
+                resources[name] for name in present(candidates, resources) if state.wants(name)
             ]
         version = ""
         if type_url in FULL_STATE_TYPES:
@@ -111,8 +112,8 @@ class SotwStream(AdsStream[DiscoveryRequest]):
         return changed
 
 
-def _subscribed(state: TypeState, resources: Mapping[str, Resource]) -> list[Resource]:
-    """Every resource the subscription covers that exists."""
+def _subscribed(state: TypeState, resources: ResourceMap) -> list[Resource]:
+    """Every resource the subscription covers that exists, by name."""
     if state.wildcard:
         return list(resources.values())
-    return [resources[name] for name in sorted(state.names) if name in resources]
+    return [resources[name] for name in sorted(present(state.names, resources))]

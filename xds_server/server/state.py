@@ -86,10 +86,15 @@ class StreamStatus:
 
 @dataclass(frozen=True, slots=True)
 class SubscriptionChange:
-    """What a request added to a subscription: the names the proxy must now be sent."""
+    """What a request added to a subscription: the names the proxy must now be sent.
+
+    `names_read` is how many names applying it walked: 0 when Envoy repeated an
+    unchanged list (the common ACK), the whole list otherwise.
+    """
 
     added: frozenset[str] = frozenset()
     became_wildcard: bool = False
+    names_read: int = 0
 
     def __bool__(self) -> bool:
         return self.became_wildcard or bool(self.added)
@@ -165,6 +170,7 @@ class TypeState:
         change = SubscriptionChange(
             added=frozenset(requested - self.names),
             became_wildcard=wildcard and not self.wildcard,
+            names_read=len(self._last_sotw_names),
         )
         self.wildcard = wildcard
         self.names = requested
@@ -178,32 +184,37 @@ class TypeState:
         Names the proxy drops are forgotten from `sent`: Envoy deletes them
         from its cache, so a later subscription must deliver them again and
         a later deletion must not be announced.
+
+        Both lists are applied as sets, subscriptions first (a name in both
+        ends unsubscribed): a request may name 100,000 resources.
         """
-        subscribe = list(subscribe)
-        if self.legacy_wildcard and not subscribe:
+        requested = set(subscribe)
+        if self.legacy_wildcard and not requested:
             change = self._become_wildcard()
         else:
-            added: set[str] = set()
             became_wildcard = False
-            for name in subscribe:
+            if requested:
                 self.legacy_wildcard = False
-                if name == WILDCARD:
-                    became_wildcard |= not self.wildcard
-                    self.wildcard = True
-                elif name not in self.names:
-                    self.names.add(name)
-                    added.add(name)
+            if WILDCARD in requested:
+                requested.discard(WILDCARD)
+                became_wildcard = not self.wildcard
+                self.wildcard = True
+            added = requested - self.names
+            self.names |= added
             change = SubscriptionChange(frozenset(added), became_wildcard)
-        for name in unsubscribe:
-            if name == WILDCARD:
-                self.legacy_wildcard = False
-                if self.wildcard:
-                    self.wildcard = False
-                    self.sent = {n: v for n, v in self.sent.items() if n in self.names}
-            else:
-                self.names.discard(name)
-                if not self.wildcard:
-                    self.sent.pop(name, None)
+        gone = set(unsubscribe)
+        drops_wildcard = WILDCARD in gone
+        gone.discard(WILDCARD)
+        self.names -= gone
+        if drops_wildcard:
+            self.legacy_wildcard = False
+            if self.wildcard:
+                self.wildcard = False
+                self.sent = {n: v for n, v in self.sent.items() if n in self.names}
+                return change
+        if not self.wildcard:
+            for name in gone:
+                self.sent.pop(name, None)
         return change
 
     def _become_wildcard(self) -> SubscriptionChange:

@@ -24,6 +24,9 @@ never reads costs its own stream and nothing else:
   holds the client back.  Garbage on the wire (not a valid protobuf) ends the
   stream with INVALID_ARGUMENT.  Request sizes, name counts, string lengths
   and the stream's total subscription are checked before anything is kept.
+  Once the stream's peer has made the server walk more resource names than
+  its budget allows (`xds_server.server.budget`), the stream waits before it
+  takes its next request.
 * Responses: one response at a time is in flight; the loop awaits its write,
   and neither re-arms the snapshot watch nor takes the next request meanwhile.
   So pushes coalesce by construction: snapshots published while a write is
@@ -41,7 +44,7 @@ import abc
 import asyncio
 import itertools
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import MappingProxyType
@@ -51,7 +54,7 @@ import grpc
 from envoy.config.core.v3.base_pb2 import Node
 from google.protobuf.message import DecodeError
 
-from xds_server.cache import Snapshot, SnapshotCache
+from xds_server.cache import LayeredResources, Snapshot, SnapshotCache
 from xds_server.resources import KNOWN_TYPES, PUSH_ORDER, SHORT_NAMES, Resource
 from xds_server.server.limits import (
     MAX_NACK_MESSAGE_CHARS,
@@ -114,6 +117,10 @@ class StreamHost(Protocol):
     def nack_received(self, nack: NackStatus) -> None: ...
 
     def ack_received(self, node_id: str, type_url: str) -> None: ...
+
+    def names_read(self, stream: AdsStream[Any], count: int) -> float:
+        """Charge `count` names to the stream's peer; the seconds it must now wait."""
+        ...
 
 
 @dataclass
@@ -211,8 +218,11 @@ class AdsStream(abc.ABC, Generic[RequestT]):
                     if isinstance(item, Exception):
                         logger.info("stream %d: reading requests failed: %r", self.stream_id, item)
                         return
-                    await self._on_request(item)
+                    names = await self._on_request(item)
                     self.requests_handled += 1
+                    pause = self.host.names_read(self, names) if names else 0.0
+                    if pause > 0:  # the peer is over its budget: its requests wait
+                        await asyncio.wait({closing}, timeout=pause)
                     inbox = asyncio.ensure_future(self._inbox.get())
                 if watch is not None and watch in done:
                     snapshot = watch.result()
@@ -277,7 +287,8 @@ class AdsStream(abc.ABC, Generic[RequestT]):
     # --- variant-specific -----------------------------------------------------
 
     @abc.abstractmethod
-    async def _on_request(self, request: RequestT) -> None: ...
+    async def _on_request(self, request: RequestT) -> int:
+        """Handle one request; return how many resource names it made us walk."""
 
     @abc.abstractmethod
     def _catch_up(self, push: Push, state: TypeState) -> None:
@@ -459,10 +470,9 @@ class AdsStream(abc.ABC, Generic[RequestT]):
         list on every ACK, and those names were measured when they were added.
         """
         limits = self.limits
-        if change.added:
+        if change.added and max(map(len, change.added)) > limits.max_name_length:
             longest = max(change.added, key=len)
-            if len(longest) > limits.max_name_length:
-                raise too_long("a resource name", longest, limits.max_name_length)
+            raise too_long("a resource name", longest, limits.max_name_length)
         total = sum(len(state.names) for state in self.types.values())
         if total > limits.max_subscribed_names:
             raise ProtocolError(
@@ -522,6 +532,24 @@ class AdsStream(abc.ABC, Generic[RequestT]):
                 {url: self.types[url].status() for url in PUSH_ORDER if url in self.types}
             ),
         )
+
+
+def present(names: Collection[str], resources: Mapping[str, object]) -> Iterator[str]:
+    """The names that `resources` holds, found by walking the smaller of the two.
+
+    One endpoint change walks one name, not 10,000 clusters; a request that
+    names 100,000 resources walks the few that exist, not the 100,000.
+    """
+    if len(names) <= _size(resources):
+        return (name for name in names if name in resources)
+    return (name for name in resources if name in names)
+
+
+def _size(resources: Mapping[str, object]) -> int:
+    """`len(resources)`, or an upper bound where counting would walk every name."""
+    if isinstance(resources, LayeredResources):
+        return sum(len(layer) for layer in resources.layers)
+    return len(resources)
 
 
 def too_long(what: str, value: str, limit: int) -> ProtocolError:
