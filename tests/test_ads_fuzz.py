@@ -1029,9 +1029,10 @@ async def test_a_proxy_that_never_reads_costs_only_its_own_stream() -> None:
             task.cancel()
         for call in calls:
             call.cancel()
+        servicer.close()  # streams end with OK, so stopping cancels no handler
         for channel in channels:
             await channel.close()
-        await server.stop(0)
+        await server.stop(1.0)
 
 
 class EndpointFollower:
