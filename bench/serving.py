@@ -16,7 +16,7 @@ from collections import Counter
 
 from xds_server.cache import SnapshotCache
 from xds_server.pipeline import MeshPipeline
-from xds_server.server import AggregatedDiscoveryServer, bind_grpc_server
+from xds_server.server import AggregatedDiscoveryServer, ServerLimits, bind_grpc_server
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +59,9 @@ class ControlPlaneUnderTest:
     def __init__(self) -> None:
         self.cache = SnapshotCache()
         self.pipeline = MeshPipeline(self.cache)
-        self.ads = AckCountingServer(self.cache, self.pipeline)
+        # Every simulated proxy connects from 127.0.0.1: lift the per-peer stream cap.
+        limits = ServerLimits(max_streams_per_peer=1_000_000)
+        self.ads = AckCountingServer(self.cache, self.pipeline, limits=limits)
         self.server, self.port = bind_grpc_server(self.ads, "127.0.0.1:0")
 
     @property

@@ -38,7 +38,7 @@ from xds_server.admin import ProxyView, create_app
 from xds_server.cache import Snapshot, SnapshotCache
 from xds_server.model import ChangeSet
 from xds_server.pipeline import MeshPipeline
-from xds_server.server import AggregatedDiscoveryServer, bind_grpc_server
+from xds_server.server import AggregatedDiscoveryServer, ServerLimits, bind_grpc_server
 from xds_server.settings import SOURCE_KUBERNETES, Settings, split_host_port
 from xds_server.sources.file import FileSource
 from xds_server.supervise import Supervisor
@@ -146,7 +146,12 @@ class ControlPlane:
         self.settings = settings
         self.cache = SnapshotCache()
         self.pipeline = MeshPipeline(self.cache, settings.debounce)
-        self.ads = AggregatedDiscoveryServer(self.cache, observer=self.pipeline)
+        limits = ServerLimits(
+            max_request_bytes=settings.xds_max_request_bytes,
+            max_streams_per_peer=settings.xds_max_streams_per_peer,
+            stuck_stream_seconds=settings.xds_stuck_stream_seconds,
+        )
+        self.ads = AggregatedDiscoveryServer(self.cache, observer=self.pipeline, limits=limits)
         self.source: MeshSource = create_source(settings)
         self.supervisor = Supervisor(settings.supervision)
         self.xds_serving = False

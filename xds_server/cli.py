@@ -31,6 +31,17 @@ def _host_port(value: str) -> str:
     return value
 
 
+def _positive_int(value: str) -> int:
+    """A whole number of at least 1, for counts and sizes on the command line."""
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
+    return number
+
+
 def _namespaces(value: str) -> tuple[str, ...]:
     names = tuple(name.strip() for name in value.split(",") if name.strip())
     if not names:
@@ -86,6 +97,20 @@ def _parser() -> argparse.ArgumentParser:
         default=Settings.grace_seconds,
         help="on SIGTERM: proxies are told to reconnect elsewhere at once, and what is "
         "still running after this long is cut (default %(default)s)",
+    )
+
+    serve.add_argument(
+        "--xds-max-request-bytes", type=_positive_int, default=Settings.xds_max_request_bytes,
+        help="largest DiscoveryRequest accepted (default %(default)s)",
+    )
+    serve.add_argument(
+        "--xds-max-streams-per-peer", type=_positive_int,
+        default=Settings.xds_max_streams_per_peer,
+        help="concurrent xDS streams from one peer address (default %(default)s)",
+    )
+    serve.add_argument(
+        "--xds-stuck-stream-seconds", type=_grace, default=Settings.xds_stuck_stream_seconds,
+        help="a proxy that takes no response for this long is disconnected (default %(default)s)",
     )
 
     boot = commands.add_parser("bootstrap", help="render an Envoy sidecar bootstrap")
@@ -209,6 +234,9 @@ def _main(argv: list[str] | None) -> int:
             xds_listen=args.xds_listen,
             admin_listen=args.admin_listen,
             grace_seconds=args.grace_seconds,
+            xds_max_request_bytes=args.xds_max_request_bytes,
+            xds_max_streams_per_peer=args.xds_max_streams_per_peer,
+            xds_stuck_stream_seconds=args.xds_stuck_stream_seconds,
             kubernetes=KubernetesSettings(kubeconfig=args.kubeconfig, namespaces=args.namespaces),
         )
         try:  # validate early, with a clear message

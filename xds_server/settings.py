@@ -80,6 +80,9 @@ class Settings:
 
     `grace_seconds` bounds a graceful shutdown (SIGTERM): connected proxies are
     told to go at once, and whatever has not finished after that long is cut.
+    The `xds_*` bounds guard the xDS port (see `server.ServerLimits`): request
+    size, concurrent streams from one peer address, and how long a proxy that
+    stops reading keeps its stream.
     """
 
     source: str = "file:examples"
@@ -87,6 +90,9 @@ class Settings:
     admin_listen: str = "127.0.0.1:15014"
     debounce: DebounceSettings = DebounceSettings()
     grace_seconds: float = 2.0
+    xds_max_request_bytes: int = 4 * 1024 * 1024
+    xds_max_streams_per_peer: int = 128
+    xds_stuck_stream_seconds: float = 60.0
     kubernetes: KubernetesSettings = KubernetesSettings()
     supervision: SupervisionSettings = SupervisionSettings()
 
