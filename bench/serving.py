@@ -29,8 +29,10 @@ class AckCountingServer(AggregatedDiscoveryServer):
     costs the server nothing (no polling of stream status).
     """
 
-    def __init__(self, cache: SnapshotCache, observer: MeshPipeline) -> None:
-        super().__init__(cache, observer=observer)
+    def __init__(
+        self, cache: SnapshotCache, observer: MeshPipeline, *, limits: ServerLimits
+    ) -> None:
+        super().__init__(cache, observer=observer, limits=limits)
         self.acks: Counter[str] = Counter()
         self._target: tuple[str, int] | None = None
         self._reached = asyncio.Event()
