@@ -132,7 +132,7 @@ def render(documents: Sequence[Any], *, suffixes: Sequence[str] = ()) -> bytes:
             text = "null\n"
         texts.append(text + (suffixes[i] if i < len(suffixes) else ""))
     out = "---\n".join(texts)
-    # Longest first: placeholder 1 must not eat the start of placeholder 10.
+    # Highest index first: token 1 must not match the start of token 10.
     for i in sorted(range(len(raws)), reverse=True):
         out = out.replace(_PLACEHOLDER.format(i), raws[i])
     return out.encode("utf-8", "surrogatepass")
