@@ -1,4 +1,10 @@
-"""xDS type URLs, deterministic serialization and content-hash versions.
+"""The registry of xDS types, deterministic serialization and content-hash versions.
+
+`XDS_TYPES` is the one table of the types the control plane serves: type URL,
+message class, short name, whether a SotW response carries the full set
+(LDS, CDS) or only the names asked for (RDS, EDS, SDS), and which other types
+its resources may reference.  resources/, cache/, server/ and admin/ all read
+it, so adding a type is one entry.
 
 A `Resource` is serialized exactly once, when it is built: its `Any` (and the
 bytes inside it) are then shared by every snapshot and every proxy that
@@ -24,6 +30,8 @@ from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
+from xds_server.provenance import SourceRef
+
 logger = logging.getLogger(__name__)
 
 CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
@@ -32,26 +40,42 @@ LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
 ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 SECRET = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
 
-# The order in which a push is sent so nothing dangles: a cluster exists before
-# its endpoints, a listener before its routes (xDS protocol, "eventual consistency").
-PUSH_ORDER: tuple[str, ...] = (CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET)
+
+@dataclass(frozen=True, slots=True)
+class XdsType:
+    """One xDS resource type as every layer needs to know it."""
+
+    type_url: str
+    message: type[Message]
+    short_name: str
+    """CDS, EDS, LDS, RDS, SDS: what operators and Envoy's stats call it."""
+    full_state: bool
+    """SotW responses carry every resource of the type (LDS, CDS), not only those named."""
+    references: tuple[str, ...] = ()
+    """Type URLs its resources may name (and must exist for it to be usable)."""
+    secret: bool = False
+    """Holds private key material: admin views and logs redact it."""
+
+
+# In push order, so nothing dangles: a cluster exists before its endpoints,
+# a listener before its routes (xDS protocol, "eventual consistency").
+XDS_TYPES: tuple[XdsType, ...] = (
+    XdsType(CLUSTER, cluster_pb2.Cluster, "CDS", True, (ENDPOINT, SECRET)),
+    XdsType(ENDPOINT, endpoint_pb2.ClusterLoadAssignment, "EDS", False),
+    XdsType(LISTENER, listener_pb2.Listener, "LDS", True, (ROUTE, SECRET)),
+    XdsType(ROUTE, route_pb2.RouteConfiguration, "RDS", False, (CLUSTER,)),
+    XdsType(SECRET, secret_pb2.Secret, "SDS", False, secret=True),
+)
+TYPES: dict[str, XdsType] = {t.type_url: t for t in XDS_TYPES}
+"""The registry by type URL."""
+BY_SHORT_NAME: dict[str, XdsType] = {t.short_name: t for t in XDS_TYPES}
+
+PUSH_ORDER: tuple[str, ...] = tuple(t.type_url for t in XDS_TYPES)
 KNOWN_TYPES: frozenset[str] = frozenset(PUSH_ORDER)
+SHORT_NAMES: dict[str, str] = {t.type_url: t.short_name for t in XDS_TYPES}
+FULL_STATE_TYPES: frozenset[str] = frozenset(t.type_url for t in XDS_TYPES if t.full_state)
 
-SHORT_NAMES: dict[str, str] = {
-    CLUSTER: "CDS",
-    ENDPOINT: "EDS",
-    LISTENER: "LDS",
-    ROUTE: "RDS",
-    SECRET: "SDS",
-}
-
-_TYPE_OF_MESSAGE: dict[str, str] = {
-    cluster_pb2.Cluster.DESCRIPTOR.full_name: CLUSTER,
-    endpoint_pb2.ClusterLoadAssignment.DESCRIPTOR.full_name: ENDPOINT,
-    listener_pb2.Listener.DESCRIPTOR.full_name: LISTENER,
-    route_pb2.RouteConfiguration.DESCRIPTOR.full_name: ROUTE,
-    secret_pb2.Secret.DESCRIPTOR.full_name: SECRET,
-}
+_TYPE_OF_MESSAGE: dict[str, str] = {t.message.DESCRIPTOR.full_name: t.type_url for t in XDS_TYPES}
 
 Ref = tuple[str, str]
 """A reference from one resource to another: (type URL, name)."""
@@ -71,6 +95,8 @@ class Resource:
     version: str
     any: any_pb2.Any = field(repr=False, compare=False)
     refs: frozenset[Ref] = field(default=frozenset(), compare=False)
+    provenance: tuple[SourceRef, ...] = field(default=(), compare=False)
+    """The source objects this resource was made from; not part of its version."""
     _delta: list[discovery_pb2.Resource] = field(
         default_factory=list, init=False, repr=False, compare=False
     )
@@ -133,18 +159,23 @@ def references_of(message: Message) -> frozenset[Ref]:
     return frozenset(refs)
 
 
-def make_resource(message: Message) -> Resource:
+def make_resource(message: Message, provenance: tuple[SourceRef, ...] = ()) -> Resource:
     """Serialize a resource once, deterministically, and version it by content."""
     return serialized_resource(
         type_url_of(message),
         name_of(message),
         message.SerializeToString(deterministic=True),
         references_of(message),
+        provenance,
     )
 
 
 def serialized_resource(
-    type_url: str, name: str, data: bytes, refs: frozenset[Ref] = frozenset()
+    type_url: str,
+    name: str,
+    data: bytes,
+    refs: frozenset[Ref] = frozenset(),
+    provenance: tuple[SourceRef, ...] = (),
 ) -> Resource:
     """A resource from its deterministic serialization, versioned by content.
 
@@ -158,18 +189,12 @@ def serialized_resource(
         version=content_hash(data),
         any=any_pb2.Any(type_url=type_url, value=data),
         refs=refs,
+        provenance=provenance,
     )
 
 
 def unpack(resource: Resource) -> Message:
     """The proto behind a resource (for admin views and tests, never on a push path)."""
-    classes: dict[str, type[Message]] = {
-        CLUSTER: cluster_pb2.Cluster,
-        ENDPOINT: endpoint_pb2.ClusterLoadAssignment,
-        LISTENER: listener_pb2.Listener,
-        ROUTE: route_pb2.RouteConfiguration,
-        SECRET: secret_pb2.Secret,
-    }
-    message = classes[resource.type_url]()
+    message = TYPES[resource.type_url].message()
     message.ParseFromString(resource.any.value)
     return message

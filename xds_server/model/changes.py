@@ -47,6 +47,10 @@ class ChangeSet:
 
     upserts: dict[ObjectKey, MeshObject] = field(default_factory=dict)
     deletes: set[ObjectKey] = field(default_factory=set)
+    observed_at: float | None = None
+    """Wall-clock time (`time.time()`) the source first saw a change in this set: when the
+    file watcher saw the file change, or the watch event arrived.  Merging keeps the
+    earliest, so push latency is measured from the first change of a debounced burst."""
 
     def upsert(self, obj: MeshObject) -> None:
         key = ObjectKey.of(obj)
@@ -58,6 +62,10 @@ class ChangeSet:
         self.deletes.add(key)
 
     def merge(self, later: ChangeSet) -> None:
+        if later.observed_at is not None and (
+            self.observed_at is None or later.observed_at < self.observed_at
+        ):
+            self.observed_at = later.observed_at
         for key in later.deletes:
             self.delete(key)
         for key, obj in later.upserts.items():

@@ -11,6 +11,8 @@ import enum
 from dataclasses import dataclass, field
 from typing import Literal
 
+from xds_server.provenance import Origin
+
 Labels = tuple[tuple[str, str], ...]
 """Labels as sorted pairs: hashable, comparable, deterministic."""
 
@@ -77,6 +79,8 @@ class Service:
     ports: tuple[ServicePort, ...] = ()
     selector: Labels | None = None
     cluster_ip: str | None = None
+    origin: Origin | None = field(default=None, compare=False, repr=False)
+    """Where the source read it (provenance); not part of its value."""
 
     @property
     def hostname(self) -> str:
@@ -121,6 +125,8 @@ class EndpointSlice:
     address_type: str = "IPv4"
     ports: tuple[EndpointPort, ...] = ()
     endpoints: tuple[Endpoint, ...] = ()
+    origin: Origin | None = field(default=None, compare=False, repr=False)
+    """Where the source read it (provenance); not part of its value."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +139,8 @@ class Workload:
     service_account: str = "default"
     ip: str | None = None
     node_name: str | None = None
+    origin: Origin | None = field(default=None, compare=False, repr=False)
+    """Where the source read it (provenance); not part of its value."""
 
 
 @dataclass(frozen=True, slots=True)
