@@ -21,6 +21,11 @@ outbound HTTP listener first, then the inbound listeners together with the
 app's ports behind them, then the outbound TCP listeners.  When two Services
 want one TCP port, the first by (namespace, name) gets it and the other has
 no outbound listener (TCP carries no host name to tell the two apart).
+
+Each listener names its sources in its metadata (see `provenance`): an
+inbound listener (and its inline route table) the objects behind its port,
+an outbound TCP listener the Service owning the port; the outbound HTTP
+listener, made for the proxy's namespace, names its generator.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ from xds_server.translate.filters import (
     outbound_http_connection_manager,
     tcp_proxy_filter,
 )
-from xds_server.translate.inbound import inbound_ports
+from xds_server.translate.inbound import InboundPort, inbound_ports
 from xds_server.translate.naming import (
     OUTBOUND_HTTP_LISTENER_NAME,
     cluster_name,
@@ -49,6 +54,7 @@ from xds_server.translate.naming import (
     outbound_route_name,
     outbound_tcp_listener_name,
 )
+from xds_server.translate.provenance import service_key, stamp_generator, stamp_sources
 from xds_server.translate.routes import inbound_route_config
 
 logger = logging.getLogger(__name__)
@@ -56,6 +62,8 @@ logger = logging.getLogger(__name__)
 _TRAFFIC_DIRECTIONS = {"inbound": base_pb2.INBOUND, "outbound": base_pb2.OUTBOUND}
 
 Binding = tuple[str, int]
+
+OUTBOUND_HTTP_GENERATOR = "outbound-http"
 
 
 def proxy_listeners(mesh: MeshSnapshot, proxy: Proxy) -> list[listener_pb2.Listener]:
@@ -70,7 +78,7 @@ def proxy_listeners(mesh: MeshSnapshot, proxy: Proxy) -> list[listener_pb2.Liste
     bindings: list[Binding] = [(proxy.outbound_address, proxy.outbound_port)]
     if proxy.ip:
         for inbound in inbound_ports(mesh, proxy):
-            listeners.append(_inbound_listener(proxy, proxy.ip, inbound.port, inbound.protocol))
+            listeners.append(_inbound_listener(proxy, proxy.ip, inbound))
             bindings.append((proxy.ip, inbound.port))
             bindings.append((proxy.app_address, inbound.port))
     listeners.extend(_outbound_tcp_listeners(mesh, proxy, bindings))
@@ -81,20 +89,25 @@ def _outbound_tcp_listeners(
     mesh: MeshSnapshot, proxy: Proxy, bindings: list[Binding]
 ) -> list[listener_pb2.Listener]:
     listeners: list[listener_pb2.Listener] = []
-    for number, (service, port) in mesh.derive("tcp_port_owners", lambda: _tcp_port_owners(mesh)):
+    for number, (service, port) in tcp_port_owners(mesh):
         if _clashes((proxy.outbound_address, number), bindings):
             logger.debug("%s: no outbound TCP listener on %d", proxy.node_id, number)
             continue
-        listeners.append(
-            _tcp_listener(
-                name=outbound_tcp_listener_name(number),
-                address=proxy.outbound_address,
-                port=number,
-                cluster=cluster_name(service, port),
-                direction="outbound",
-            )
+        listener = _tcp_listener(
+            name=outbound_tcp_listener_name(number),
+            address=proxy.outbound_address,
+            port=number,
+            cluster=cluster_name(service, port),
+            direction="outbound",
         )
+        stamp_sources(listener, (service_key(service),))
+        listeners.append(listener)
     return listeners
+
+
+def tcp_port_owners(mesh: MeshSnapshot) -> list[tuple[int, tuple[Service, ServicePort]]]:
+    """Which service owns each outbound TCP port, derived once per mesh snapshot."""
+    return mesh.derive("tcp_port_owners", lambda: _tcp_port_owners(mesh))
 
 
 def _tcp_port_owners(mesh: MeshSnapshot) -> list[tuple[int, tuple[Service, ServicePort]]]:
@@ -119,30 +132,28 @@ def _clashes(binding: Binding, bindings: list[Binding]) -> bool:
 
 
 def _outbound_http_listener(proxy: Proxy) -> listener_pb2.Listener:
-    return _listener(
+    listener = _listener(
         OUTBOUND_HTTP_LISTENER_NAME,
         proxy.outbound_address,
         proxy.outbound_port,
         http_filter(outbound_http_connection_manager(outbound_route_name(proxy.namespace))),
         base_pb2.OUTBOUND,
     )
+    stamp_generator(listener, OUTBOUND_HTTP_GENERATOR, proxy.namespace)
+    return listener
 
 
-def _inbound_listener(
-    proxy: Proxy, ip: str, port: int, protocol: PortProtocol
-) -> listener_pb2.Listener:
+def _inbound_listener(proxy: Proxy, ip: str, inbound: InboundPort) -> listener_pb2.Listener:
+    port = inbound.port
     name = inbound_listener_name(port)
-    if protocol is PortProtocol.TCP:
-        return _tcp_listener(name, ip, port, inbound_cluster_name(port), "inbound")
-    hcm = http_connection_manager(name, "inbound")
-    hcm.route_config.CopyFrom(inbound_route_config(proxy, port, protocol))
-    return _listener(
-        name,
-        ip,
-        port,
-        http_filter(hcm),
-        base_pb2.INBOUND,
-    )
+    if inbound.protocol is PortProtocol.TCP:
+        listener = _tcp_listener(name, ip, port, inbound_cluster_name(port), "inbound")
+    else:
+        hcm = http_connection_manager(name, "inbound")
+        hcm.route_config.CopyFrom(inbound_route_config(proxy, inbound))
+        listener = _listener(name, ip, port, http_filter(hcm), base_pb2.INBOUND)
+    stamp_sources(listener, inbound.sources)
+    return listener
 
 
 def _tcp_listener(
