@@ -16,29 +16,32 @@ from collections import Counter
 
 from xds_server.cache import SnapshotCache
 from xds_server.pipeline import MeshPipeline
-from xds_server.server import AggregatedDiscoveryServer, ServerLimits, bind_grpc_server
+from xds_server.server import (
+    AggregatedDiscoveryServer,
+    NoCallbacks,
+    SentResponse,
+    ServerLimits,
+    StreamInfo,
+    bind_grpc_server,
+)
 
 logger = logging.getLogger(__name__)
 
 
-class AckCountingServer(AggregatedDiscoveryServer):
-    """The ADS servicer, also counting ACKs by type so a benchmark can await them.
+class AckCounter(NoCallbacks):
+    """Server callbacks counting ACKs by type, so a benchmark can await them.
 
-    The count is taken in the servicer's own `ack_received` hook, which a stream
-    calls when it has processed an ACK of its latest response: waiting on it
-    costs the server nothing (no polling of stream status).
+    A stream reports an ACK of its latest response as it processes it:
+    waiting on the count costs the server nothing (no polling of stream status).
     """
 
-    def __init__(
-        self, cache: SnapshotCache, observer: MeshPipeline, *, limits: ServerLimits
-    ) -> None:
-        super().__init__(cache, observer=observer, limits=limits)
+    def __init__(self) -> None:
         self.acks: Counter[str] = Counter()
         self._target: tuple[str, int] | None = None
         self._reached = asyncio.Event()
 
-    def ack_received(self, node_id: str, type_url: str) -> None:
-        super().ack_received(node_id, type_url)
+    def ack_received(self, stream: StreamInfo, response: SentResponse, at: float) -> None:
+        type_url = response.type_url
         self.acks[type_url] += 1
         target = self._target
         if target is not None and target[0] == type_url and self.acks[type_url] >= target[1]:
@@ -53,6 +56,18 @@ class AckCountingServer(AggregatedDiscoveryServer):
                 await self._reached.wait()
         finally:
             self._target = None
+
+
+class AckCountingServer(AggregatedDiscoveryServer):
+    """The ADS servicer with an `AckCounter` among its callbacks: `acks`, `wait_acks`."""
+
+    def __init__(
+        self, cache: SnapshotCache, observer: MeshPipeline, *, limits: ServerLimits
+    ) -> None:
+        counter = AckCounter()
+        super().__init__(cache, observer=observer, limits=limits, callbacks=counter)
+        self.acks = counter.acks
+        self.wait_acks = counter.wait_acks
 
 
 class ControlPlaneUnderTest:

@@ -32,13 +32,19 @@ from typing import Any, Protocol
 
 import grpc
 import uvicorn
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from xds_server.admin import ProxyView, create_app
 from xds_server.cache import Snapshot, SnapshotCache
 from xds_server.model import ChangeSet
 from xds_server.pipeline import MeshPipeline
-from xds_server.server import AggregatedDiscoveryServer, ServerLimits, bind_grpc_server
+from xds_server.server import (
+    AggregatedDiscoveryServer,
+    ServerCallbacks,
+    ServerLimits,
+    ServerMetrics,
+    bind_grpc_server,
+)
 from xds_server.settings import SOURCE_KUBERNETES, Settings, split_host_port
 from xds_server.sources.file import FileSource
 from xds_server.supervise import Supervisor
@@ -151,7 +157,18 @@ class ControlPlane:
             max_streams_per_peer=settings.xds_max_streams_per_peer,
             stuck_stream_seconds=settings.xds_stuck_stream_seconds,
         )
-        self.ads = AggregatedDiscoveryServer(self.cache, observer=self.pipeline, limits=limits)
+        self.registry = CollectorRegistry()
+        """The one metrics registry: /metrics serves it; whatever registers metrics gets it."""
+        self.callbacks: list[ServerCallbacks] = []
+        """What hears the ADS protocol besides the server's metrics (push history, ...):
+        append here, before `self.ads` is built."""
+        self.ads = AggregatedDiscoveryServer(
+            self.cache,
+            observer=self.pipeline,
+            limits=limits,
+            metrics=ServerMetrics(self.registry),
+            callbacks=self.callbacks,
+        )
         self.source: MeshSource = create_source(settings)
         self.supervisor = Supervisor(settings.supervision)
         self.xds_serving = False
@@ -204,7 +221,7 @@ class ControlPlane:
         return self.pipeline.translation_errors()
 
     def metrics(self) -> tuple[bytes, str]:
-        return generate_latest(self.ads.metrics.registry), CONTENT_TYPE_LATEST
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
     # -- lifecycle ---------------------------------------------------------
     def shutdown(self) -> None:

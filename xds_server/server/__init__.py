@@ -1,5 +1,13 @@
 """The gRPC Aggregated Discovery Service: SotW and Delta streams over a snapshot cache."""
 
+from xds_server.server.callbacks import (
+    Fanout,
+    MonotonicWallClock,
+    NoCallbacks,
+    SentResponse,
+    ServerCallbacks,
+    StreamInfo,
+)
 from xds_server.server.grpc_server import GRPC_OPTIONS, bind_grpc_server, build_grpc_server
 from xds_server.server.limits import ServerLimits
 from xds_server.server.metrics import ServerMetrics
@@ -10,11 +18,17 @@ from xds_server.server.stream import ProtocolError
 __all__ = [
     "GRPC_OPTIONS",
     "AggregatedDiscoveryServer",
+    "Fanout",
+    "MonotonicWallClock",
     "NackStatus",
+    "NoCallbacks",
     "NodeObserver",
     "ProtocolError",
+    "SentResponse",
+    "ServerCallbacks",
     "ServerLimits",
     "ServerMetrics",
+    "StreamInfo",
     "StreamKind",
     "StreamStatus",
     "TypeStatus",

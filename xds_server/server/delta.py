@@ -40,7 +40,8 @@ class DeltaStream(AdsStream[DeltaDiscoveryRequest]):
             + len(request.resource_names_unsubscribe)
             + len(request.initial_resource_versions)
         )
-        found = self._accept(request, None, names)  # Delta requests carry no version
+        # Delta requests carry no version
+        found = self._accept(request, None, names, request.resource_names_subscribe)
         if found is None:
             return names
         state, first = found
@@ -95,6 +96,7 @@ class DeltaStream(AdsStream[DeltaDiscoveryRequest]):
         ]
         if not updated and not removed:
             return []
+        removed.sort()
         for name in removed:
             del sent[name]
         for resource in updated:
@@ -105,7 +107,7 @@ class DeltaStream(AdsStream[DeltaDiscoveryRequest]):
             type_url=type_url,
             nonce=self._next_nonce(),
             resources=[resource.delta_proto() for resource in updated],
-            removed_resources=sorted(removed),
+            removed_resources=removed,
         )
-        await self._send(state, response, version, (r.name for r in updated))
+        await self._send(state, response, version, (r.name for r in updated), removed)
         return updated

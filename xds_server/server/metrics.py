@@ -1,23 +1,30 @@
-"""Prometheus metrics of the ADS server, registered in a registry of its own.
+"""Prometheus metrics of the ADS server: one `ServerCallbacks` implementation.
 
-Nothing is registered at import time: each `ServerMetrics` owns (or is given)
-a `CollectorRegistry`, so tests and several servers in one process never
-collide.  Label children are bound once per type, so counting on the push path
-is an attribute lookup and an increment.
+The metrics hear the protocol through the same callbacks as everything else
+that watches the server (`xds_server.server.callbacks`), so the stream code
+knows nothing of Prometheus.  Nothing is registered at import time: the
+control plane hands its one `CollectorRegistry` down (`xds_server.app`), and
+tests and several servers in one process, each given (or owning) a registry
+of their own, never collide.  Label children are bound once per type, so
+counting on the push path is an attribute lookup and an increment.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from xds_server.resources import PUSH_ORDER, SHORT_NAMES
+from xds_server.resources import XDS_TYPES, XdsType
+from xds_server.server.callbacks import SentResponse, StreamInfo
+from xds_server.server.state import NackStatus
 
 
 class _TypeCounters:
     __slots__ = ("acks", "bytes", "nacks", "responses")
 
-    def __init__(self, metrics: ServerMetrics, type_url: str) -> None:
-        short = SHORT_NAMES[type_url]
+    def __init__(self, metrics: ServerMetrics, xds_type: XdsType) -> None:
+        short = xds_type.short_name
         self.responses = {
             kind: metrics.responses.labels(type=short, kind=kind) for kind in ("sotw", "delta")
         }
@@ -77,31 +84,40 @@ class ServerMetrics:
             "Requests held back because their peer was past max_names_per_second.",
             registry=self.registry,
         )
-        self._by_type = {type_url: _TypeCounters(self, type_url) for type_url in PUSH_ORDER}
+        self._by_type = {t.type_url: _TypeCounters(self, t) for t in XDS_TYPES}
         self._streams = {kind: self.streams.labels(kind=kind) for kind in ("sotw", "delta")}
 
-    def response_sent(self, type_url: str, kind: str, size: int) -> None:
-        counters = self._by_type[type_url]
-        counters.responses[kind].inc()
-        counters.bytes.inc(size)
+    # --- ServerCallbacks --------------------------------------------------------
 
-    def ack(self, type_url: str) -> None:
-        self._by_type[type_url].acks.inc()
+    def stream_opened(self, stream: StreamInfo, at: float) -> None:
+        self._streams[stream.kind].inc()
 
-    def nack(self, type_url: str) -> None:
-        self._by_type[type_url].nacks.inc()
+    def stream_closed(self, stream: StreamInfo, at: float) -> None:
+        self._streams[stream.kind].dec()
 
-    def stream_opened(self, kind: str) -> None:
-        self._streams[kind].inc()
-
-    def stream_closed(self, kind: str) -> None:
-        self._streams[kind].dec()
-
-    def stream_refused(self, reason: str) -> None:
+    def stream_refused(self, peer: str, reason: str, at: float) -> None:
         self.streams_refused.labels(reason=reason).inc()
 
-    def request_paused(self) -> None:
+    def stream_failed(self, stream: StreamInfo, code: str, at: float) -> None:
+        self.stream_errors.labels(code=code).inc()
+
+    def request_received(
+        self, stream: StreamInfo, type_url: str, names: Sequence[str], at: float
+    ) -> None:
+        pass
+
+    def request_paused(self, stream: StreamInfo, at: float) -> None:
         self.requests_paused.inc()
 
-    def stream_failed(self, code: str) -> None:
-        self.stream_errors.labels(code=code).inc()
+    def response_sent(self, stream: StreamInfo, response: SentResponse, at: float) -> None:
+        counters = self._by_type[response.type_url]
+        counters.responses[stream.kind].inc()
+        counters.bytes.inc(response.size)
+
+    def ack_received(self, stream: StreamInfo, response: SentResponse, at: float) -> None:
+        self._by_type[response.type_url].acks.inc()
+
+    def nack_received(
+        self, stream: StreamInfo, response: SentResponse, nack: NackStatus, at: float
+    ) -> None:
+        self._by_type[response.type_url].nacks.inc()

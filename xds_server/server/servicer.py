@@ -1,4 +1,4 @@
-"""The Aggregated Discovery Service servicer: streams in, status and metrics out.
+"""The Aggregated Discovery Service servicer: streams in, status and protocol events out.
 
 The servicer owns the set of open streams, counts streams per node (so an
 observer hears of a node when its first stream says who it is and of its
@@ -6,6 +6,11 @@ departure when its last stream closes), keeps the latest unresolved NACK of
 every (node, type) of a connected node for the admin view, and turns
 `ProtocolError` into a gRPC status.  All protocol logic lives in the stream
 classes.
+
+Every protocol event goes to one `Fanout` of `ServerCallbacks`: the servicer's
+own book of open NACKs, `ServerMetrics`, then whatever the caller adds
+(`callbacks=`, or `callbacks.add` later), each stamped by one
+`MonotonicWallClock`.
 
 It also counts streams per peer address (the port left out, so one host's
 connections count together) and refuses the stream beyond
@@ -21,17 +26,24 @@ import asyncio
 import itertools
 import logging
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Protocol
 
 import grpc
 from envoy.config.core.v3.base_pb2 import Node
 from envoy.service.discovery.v3.discovery_pb2 import DeltaDiscoveryRequest, DiscoveryRequest
-from prometheus_client import CollectorRegistry
 
 from xds_server.cache import SnapshotCache
-from xds_server.resources import KNOWN_TYPES
+from xds_server.resources import TYPES
 from xds_server.server.budget import NameBudget
+from xds_server.server.callbacks import (
+    Fanout,
+    MonotonicWallClock,
+    NoCallbacks,
+    SentResponse,
+    ServerCallbacks,
+    StreamInfo,
+)
 from xds_server.server.delta import DeltaStream
 from xds_server.server.limits import ServerLimits
 from xds_server.server.metrics import ServerMetrics
@@ -51,20 +63,32 @@ class NodeObserver(Protocol):
 
 
 class AggregatedDiscoveryServer:
-    """ADS over gRPC (SotW and Delta) serving the snapshots of a `SnapshotCache`."""
+    """ADS over gRPC (SotW and Delta) serving the snapshots of a `SnapshotCache`.
+
+    `metrics` default to a `ServerMetrics` in a registry of its own; `callbacks`
+    (one or several) hear every protocol event after the metrics; `clock`
+    stamps the events (tests may pass their own).
+    """
 
     def __init__(
         self,
         cache: SnapshotCache,
         observer: NodeObserver | None = None,
         *,
-        registry: CollectorRegistry | None = None,
+        callbacks: ServerCallbacks | Sequence[ServerCallbacks] = (),
+        metrics: ServerMetrics | None = None,
         limits: ServerLimits | None = None,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         self.cache = cache
         self.observer = observer
         self.limits = limits if limits is not None else ServerLimits()
-        self.metrics = ServerMetrics(registry)
+        self.metrics = metrics if metrics is not None else ServerMetrics()
+        self._nacks: dict[tuple[str, str], NackStatus] = {}
+        extra = list(callbacks) if isinstance(callbacks, Sequence) else [callbacks]
+        self.callbacks = Fanout([_OpenNacks(self._nacks), self.metrics, *extra])
+        """Every protocol event goes here; `callbacks.add` hands them to one more."""
+        self._clock = clock if clock is not None else MonotonicWallClock()
         self._ids = itertools.count(1)
         self._streams: dict[int, AdsStream[Any]] = {}
         self._streams_of_node: Counter[str] = Counter()
@@ -73,8 +97,11 @@ class AggregatedDiscoveryServer:
         """Per peer with open streams: the names its requests may still make us walk."""
         self._peers_refused: set[str] = set()
         """Peers at their stream limit whose refusal was logged (once each)."""
-        self._nacks: dict[tuple[str, str], NackStatus] = {}
         self._closing = False
+
+    def now(self) -> float:
+        """The timestamp of a protocol event (wall-clock seconds, never stepping back)."""
+        return self._clock()
 
     # --- gRPC methods (names fixed by the generated service) ------------------
 
@@ -90,7 +117,7 @@ class AggregatedDiscoveryServer:
 
     async def _serve(self, stream: AdsStream[Any], requests: AsyncIterator[Any]) -> None:
         if self._closing:
-            self.metrics.stream_refused("shutting_down")
+            self.callbacks.stream_refused(stream.context.peer(), "shutting_down", self.now())
             await stream.context.abort(grpc.StatusCode.UNAVAILABLE, "the server is shutting down")
             return
         peer = peer_address(stream.context.peer())
@@ -104,7 +131,7 @@ class AggregatedDiscoveryServer:
             loop = asyncio.get_running_loop()
             self._budgets[peer] = NameBudget(limits.max_names_per_second, burst, loop.time)
         self._streams[stream.stream_id] = stream
-        self.metrics.stream_opened(stream.kind)
+        self.callbacks.stream_opened(stream.info, self.now())
         try:
             await stream.run(requests)
         except ProtocolError as error:
@@ -116,11 +143,11 @@ class AggregatedDiscoveryServer:
                 stream.context.peer(),
                 error.details,
             )
-            self.metrics.stream_failed(error.code.name)
+            self.callbacks.stream_failed(stream.info, error.code.name, self.now())
             await _end_call(stream, error.code, error.details)
         except Exception:
             logger.exception("%s stream %d failed", stream.kind, stream.stream_id)
-            self.metrics.stream_failed(grpc.StatusCode.INTERNAL.name)
+            self.callbacks.stream_failed(stream.info, grpc.StatusCode.INTERNAL.name, self.now())
             await _end_call(stream, grpc.StatusCode.INTERNAL, "internal error in the server")
         finally:
             self._stream_ended(stream)
@@ -133,7 +160,7 @@ class AggregatedDiscoveryServer:
 
     async def _refuse(self, stream: AdsStream[Any], peer: str) -> None:
         limit = self.limits.max_streams_per_peer
-        self.metrics.stream_refused("peer_limit")
+        self.callbacks.stream_refused(stream.context.peer(), "peer_limit", self.now())
         if peer not in self._peers_refused:
             self._peers_refused.add(peer)
             logger.warning(
@@ -174,19 +201,13 @@ class AggregatedDiscoveryServer:
             except Exception:
                 logger.exception("node observer failed on connect of %s", node_id)
 
-    def nack_received(self, nack: NackStatus) -> None:
-        self._nacks[nack.node_id, nack.type_url] = nack
-
-    def ack_received(self, node_id: str, type_url: str) -> None:
-        self._nacks.pop((node_id, type_url), None)
-
     def names_read(self, stream: AdsStream[Any], count: int) -> float:
         budget = self._budgets.get(peer_address(stream.context.peer()))
         if budget is None:
             return 0.0
         pause = budget.charge(count)
         if pause > 0:
-            self.metrics.request_paused()
+            self.callbacks.request_paused(stream.info, self.now())
             if not budget.warned:
                 budget.warned = True
                 logger.warning(
@@ -200,7 +221,7 @@ class AggregatedDiscoveryServer:
     def _stream_ended(self, stream: AdsStream[Any]) -> None:
         if self._streams.pop(stream.stream_id, None) is None:
             return
-        self.metrics.stream_closed(stream.kind)
+        self.callbacks.stream_closed(stream.info, self.now())
         node_id = stream.node_id
         if node_id is None:
             return
@@ -209,7 +230,7 @@ class AggregatedDiscoveryServer:
         if self._streams_of_node[node_id] > 0:
             return
         del self._streams_of_node[node_id]
-        for type_url in KNOWN_TYPES:  # a NACK of a node that is gone is stale
+        for type_url in TYPES:  # a NACK of a node that is gone is stale
             self._nacks.pop((node_id, type_url), None)
         if self.observer is not None:
             try:
@@ -243,6 +264,21 @@ class AggregatedDiscoveryServer:
         self._closing = True
         for stream in list(self._streams.values()):
             stream.close()
+
+
+class _OpenNacks(NoCallbacks):
+    """The servicer's book of NACKs not yet resolved, kept from the events it hears."""
+
+    def __init__(self, nacks: dict[tuple[str, str], NackStatus]) -> None:
+        self._nacks = nacks
+
+    def ack_received(self, stream: StreamInfo, response: SentResponse, at: float) -> None:
+        self._nacks.pop((stream.node_id, response.type_url), None)
+
+    def nack_received(
+        self, stream: StreamInfo, response: SentResponse, nack: NackStatus, at: float
+    ) -> None:
+        self._nacks[nack.node_id, nack.type_url] = nack
 
 
 ABORT_WAIT_SECONDS = 1.0

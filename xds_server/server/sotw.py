@@ -28,7 +28,7 @@ from envoy.service.discovery.v3.discovery_pb2 import DiscoveryRequest, Discovery
 
 from xds_server.cache import ResourceMap
 from xds_server.resources import SHORT_NAMES, Resource
-from xds_server.server.state import FULL_STATE_TYPES, TypeState
+from xds_server.server.state import TypeState
 from xds_server.server.stream import AdsStream, Push, present
 
 logger = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ class SotwStream(AdsStream[DiscoveryRequest]):
 
     async def _on_request(self, request: DiscoveryRequest) -> int:
         names = len(request.resource_names)
-        found = self._accept(request, request.version_info, names)
+        found = self._accept(request, request.version_info, names, request.resource_names)
         if found is None:
             return names
         state, first = found
@@ -49,14 +49,14 @@ class SotwStream(AdsStream[DiscoveryRequest]):
         if first:
             # What the proxy says it holds (from an earlier stream), before we send anything.
             state.acked_version = request.version_info
-            if state.wildcard and state.type_url in FULL_STATE_TYPES:
+            if state.wildcard and state.full_state:
                 state.version_sent = request.version_info
         if self.snapshot is None:
             return change.names_read  # the first snapshot brings every type up to date
         push = Push()
         if first:
             self._catch_up(push, state)
-        elif change.became_wildcard or (change and state.type_url in FULL_STATE_TYPES):
+        elif change.became_wildcard or (change and state.full_state):
             push.everything.add(state.type_url)
         elif change.added:
             push.add(state.type_url, change.added)
@@ -66,7 +66,7 @@ class SotwStream(AdsStream[DiscoveryRequest]):
     def _catch_up(self, push: Push, state: TypeState) -> None:
         assert self.snapshot is not None
         if (
-            state.type_url in FULL_STATE_TYPES
+            state.full_state
             and state.wildcard
             and state.version_sent == self.snapshot.type_version(state.type_url)
         ):
@@ -84,19 +84,24 @@ class SotwStream(AdsStream[DiscoveryRequest]):
         type_url = state.type_url
         resources = self.snapshot.get(type_url)
         everything = type_url in push.everything
+        candidates = push.candidates.get(type_url, set())
         if everything:
             changed = _subscribed(state, resources)
         else:
-            candidates = push.candidates.get(type_url, set())
             changed = [
                 resources[name] for name in present(candidates, resources) if state.wants(name)
             ]
         version = ""
-        if type_url in FULL_STATE_TYPES:
+        removed: list[str] = []
+        if state.full_state:
             version = self.snapshot.type_version(type_url)
             if not everything and version == state.version_sent:
                 return []  # changed and changed back before this stream caught up
             chosen = changed if everything else _subscribed(state, resources)
+            if not everything:  # what the change took away (the response omits it)
+                removed = sorted(
+                    name for name in candidates if name not in resources and state.wants(name)
+                )
         elif changed:
             chosen = changed
         else:
@@ -108,7 +113,7 @@ class SotwStream(AdsStream[DiscoveryRequest]):
             nonce=self._next_nonce(),
             resources=[resource.any for resource in chosen],
         )
-        await self._send(state, response, version, (r.name for r in changed))
+        await self._send(state, response, version, (r.name for r in changed), removed)
         return changed
 
 

@@ -21,14 +21,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from xds_server.resources import CLUSTER, LISTENER
+from xds_server.resources import TYPES
+
+if TYPE_CHECKING:
+    from xds_server.server.callbacks import SentResponse
 
 WILDCARD = "*"
-
-FULL_STATE_TYPES: frozenset[str] = frozenset({CLUSTER, LISTENER})
-"""Types whose SotW responses must carry every subscribed resource (xDS spec)."""
 
 StreamKind = Literal["sotw", "delta"]
 
@@ -109,8 +109,9 @@ class TypeState:
         "acks",
         "answered_nonce",
         "bytes_sent",
-        "in_flight",
+        "full_state",
         "last_nack",
+        "last_response",
         "legacy_wildcard",
         "nacks",
         "names",
@@ -124,6 +125,8 @@ class TypeState:
 
     def __init__(self, type_url: str) -> None:
         self.type_url = type_url
+        self.full_state = TYPES[type_url].full_state
+        """SotW responses carry every subscribed resource (LDS, CDS; xDS spec)."""
         self.wildcard = False
         self.names: set[str] = set()
         self.legacy_wildcard = True
@@ -132,8 +135,8 @@ class TypeState:
         self.version_sent = ""
         self.acked_version = ""
         self.last_nack: NackStatus | None = None
-        # Names the latest response added or changed: the suspects if it is NACKed.
-        self.in_flight: tuple[str, ...] = ()
+        # The latest response: what an ACK or NACK answers (its names are the suspects).
+        self.last_response: SentResponse | None = None
         self._last_sotw_names: list[str] | None = None
         self.responses = 0
         self.bytes_sent = 0

@@ -14,7 +14,10 @@ O(changes): a stream that does not subscribe to what changed sends nothing and
 does almost nothing.
 
 Protocol misuse raises `ProtocolError`, which the servicer turns into a gRPC
-status; a NACK is recorded as data and answered with nothing.
+status; a NACK is recorded as data and answered with nothing.  Each request,
+response, ACK and NACK is reported to the host's `callbacks`
+(`xds_server.server.callbacks`) with its timestamp, an ACK or NACK together
+with the `SentResponse` it answers: metrics and push history hang off that.
 
 What a stream may hold is bounded (`ServerLimits`), so a proxy that floods or
 never reads costs its own stream and nothing else:
@@ -44,8 +47,16 @@ import abc
 import asyncio
 import itertools
 import logging
-from collections.abc import AsyncIterator, Callable, Collection, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import (
+    AsyncIterator,
+    Callable,
+    Collection,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
@@ -55,7 +66,8 @@ from envoy.config.core.v3.base_pb2 import Node
 from google.protobuf.message import DecodeError
 
 from xds_server.cache import LayeredResources, Snapshot, SnapshotCache
-from xds_server.resources import KNOWN_TYPES, PUSH_ORDER, SHORT_NAMES, Resource
+from xds_server.resources import PUSH_ORDER, SHORT_NAMES, TYPES, Resource
+from xds_server.server.callbacks import SentResponse, ServerCallbacks, StreamInfo
 from xds_server.server.limits import (
     MAX_NACK_MESSAGE_CHARS,
     MAX_REMEMBERED_UNSERVED_TYPES,
@@ -64,7 +76,6 @@ from xds_server.server.limits import (
     clip,
     shown,
 )
-from xds_server.server.metrics import ServerMetrics
 from xds_server.server.state import (
     NackStatus,
     StreamKind,
@@ -109,14 +120,18 @@ class StreamHost(Protocol):
     """What a stream needs from the servicer that owns it."""
 
     cache: SnapshotCache
-    metrics: ServerMetrics
     limits: ServerLimits
 
+    @property
+    def callbacks(self) -> ServerCallbacks:
+        """Where the stream reports every protocol event (`xds_server.server.callbacks`)."""
+        ...
+
+    def now(self) -> float:
+        """The timestamp of an event: wall-clock seconds, never stepping back."""
+        ...
+
     def node_identified(self, stream: AdsStream[Any]) -> None: ...
-
-    def nack_received(self, nack: NackStatus) -> None: ...
-
-    def ack_received(self, node_id: str, type_url: str) -> None: ...
 
     def names_read(self, stream: AdsStream[Any], count: int) -> float:
         """Charge `count` names to the stream's peer; the seconds it must now wait."""
@@ -171,6 +186,8 @@ class AdsStream(abc.ABC, Generic[RequestT]):
         self.limits = host.limits
         self.stream_id = stream_id
         self.context = context
+        self.info = StreamInfo(stream_id, self.kind, context.peer())
+        """Who is at the other end, as callbacks are told (the node id once known)."""
         self.node: Node | None = None
         self.node_id: str | None = None
         self.connected_at = datetime.now(UTC)
@@ -326,6 +343,7 @@ class AdsStream(abc.ABC, Generic[RequestT]):
                 )
             self.node = request.node
             self.node_id = node_id
+            self.info = replace(self.info, node_id=node_id)
             self.host.node_identified(self)
         elif node_id and node_id != self.node_id:
             raise ProtocolError(
@@ -334,13 +352,13 @@ class AdsStream(abc.ABC, Generic[RequestT]):
             )
 
     def _accept(
-        self, request: Any, version_info: str | None, names: int
+        self, request: Any, version_info: str | None, names: int, subscribed: Sequence[str]
     ) -> tuple[TypeState, bool] | None:
         """The steps every request takes first, in both variants: check its sizes
         (`names` resource names in all), identify the node, find the type's state,
-        and count the request as an ACK or NACK of our last response.  Returns the
-        state and whether this is the type's first request, or None for a type we
-        do not serve."""
+        report the request (with the names it `subscribed`), and count it as an ACK
+        or NACK of our last response.  Returns the state and whether this is the
+        type's first request, or None for a type we do not serve."""
         limits = self.limits
         if names > limits.max_names_per_request:
             raise ProtocolError(
@@ -357,6 +375,7 @@ class AdsStream(abc.ABC, Generic[RequestT]):
         if found is None:
             return None
         state, _ = found
+        self.host.callbacks.request_received(self.info, state.type_url, subscribed, self.host.now())
         error = request.error_detail if request.HasField("error_detail") else None
         self._record_reply(state, request.response_nonce, version_info, error)
         return found
@@ -381,7 +400,7 @@ class AdsStream(abc.ABC, Generic[RequestT]):
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"unknown type URL {shown(type_url)}: expected {_TYPE_URL_PREFIX}<message type>",
             )
-        if type_url not in KNOWN_TYPES:
+        if type_url not in TYPES:
             ignored = self._ignored_types
             if type_url not in ignored and len(ignored) < MAX_REMEMBERED_UNSERVED_TYPES:
                 ignored.add(type_url)
@@ -429,32 +448,32 @@ class AdsStream(abc.ABC, Generic[RequestT]):
             )
             return
         state.answered_nonce = nonce
-        node_id = self.node_id or ""
+        response = state.last_response
+        assert response is not None  # the nonce matched the latest response's
+        at = self.host.now()
         if error is None:
             state.acks += 1
             state.acked_version = state.version_sent if version_info is None else version_info
-            self.host.metrics.ack(state.type_url)
-            self.host.ack_received(node_id, state.type_url)
+            self.host.callbacks.ack_received(self.info, response, at)
             return
         message = clip(str(error.message), MAX_NACK_MESSAGE_CHARS)
-        named = tuple(name for name in state.in_flight if name and name in message)
+        named = tuple(name for name in response.resources if name and name in message)
         nack = NackStatus(
-            node_id=node_id,
+            node_id=self.node_id or "",
             type_url=state.type_url,
             rejected_version=state.version_sent,
             kept_version=version_info or "",
             nonce=nonce,
             message=message,
-            at=datetime.now(UTC),
-            resources=named or state.in_flight,
+            at=datetime.fromtimestamp(at, UTC),
+            resources=named or response.resources,
         )
         state.nacks += 1
         state.last_nack = nack
-        self.host.metrics.nack(state.type_url)
-        self.host.nack_received(nack)
+        self.host.callbacks.nack_received(self.info, response, nack, at)
         logger.warning(
             "node %s rejected %s version %s (nonce %s; %s), keeping %s: %s",
-            node_id,
+            nack.node_id,
             SHORT_NAMES[state.type_url],
             nack.rejected_version,
             nonce,
@@ -485,17 +504,33 @@ class AdsStream(abc.ABC, Generic[RequestT]):
         return str(next(self._nonces))
 
     async def _send(
-        self, state: TypeState, response: Any, version: str, changed: Iterable[str]
+        self,
+        state: TypeState,
+        response: Any,
+        version: str,
+        changed: Iterable[str],
+        removed: Sequence[str] = (),
     ) -> None:
-        """Send a response; `changed` names what it adds or changes (blamed on NACK)."""
-        state.in_flight = tuple(sorted(changed))
+        """Send a response from `self.snapshot`; `changed` names what it adds or changes
+        (blamed on NACK), `removed` what it removes.  Reported once gRPC has it."""
+        assert self.snapshot is not None
         size = int(response.ByteSize())
-        state.nonce = str(response.nonce)
+        sent = SentResponse(
+            type_url=state.type_url,
+            nonce=str(response.nonce),
+            version=version,
+            snapshot_version=self.snapshot.version,
+            resources=tuple(sorted(changed)),
+            removed=tuple(removed),
+            size=size,
+        )
+        state.last_response = sent
+        state.nonce = sent.nonce
         state.version_sent = version
         state.responses += 1
         state.bytes_sent += size
-        self.host.metrics.response_sent(state.type_url, self.kind, size)
         await self._write(response)
+        self.host.callbacks.response_sent(self.info, sent, self.host.now())
 
     async def _write(self, response: Any) -> None:
         """Write one response, waiting at most `stuck_stream_seconds` for the proxy
