@@ -61,6 +61,10 @@ server-first TCP Service that shares its port number with an HTTP Service
 waits out that timeout on its first connection bytes.
 
 Both listeners bind 0.0.0.0, and also `::` when the proxy's IP is IPv6.
+
+Provenance (see `provenance`): each listener names its generator, and each
+filter chain made for a Service port (or an inbound port) names the objects
+behind it; the chains of the proxy's own ports and the defaults name nothing.
 """
 
 from __future__ import annotations
@@ -101,6 +105,7 @@ from xds_server.translate.naming import (
     mesh_ports,
     outbound_route_name,
 )
+from xds_server.translate.provenance import service_key, stamp_generator, stamp_sources
 from xds_server.translate.routes import inbound_route_config
 
 logger = logging.getLogger(__name__)
@@ -113,6 +118,8 @@ HTTP_APPLICATION_PROTOCOLS = ("http/1.0", "http/1.1", "h2c")
 CAPTURED_HTTP_STAT_PREFIX = "virtual_outbound_http"
 LISTEN_IPV4 = "0.0.0.0"
 LISTEN_IPV6 = "::"
+VIRTUAL_OUTBOUND_GENERATOR = "virtual-outbound"
+VIRTUAL_INBOUND_GENERATOR = "virtual-inbound"
 
 ChainKey = tuple[str, int]
 """A filter chain's destination: (CIDR or "" for any address, port)."""
@@ -151,6 +158,7 @@ def _virtual_outbound(mesh: MeshSnapshot, proxy: Proxy) -> listener_pb2.Listener
         cidr = _host_cidr(service.cluster_ip)
         if not cidr:
             continue
+        sources = (service_key(service),)
         for port in mesh_ports(service):
             key = (cidr, port.port)
             if key in taken:
@@ -160,17 +168,19 @@ def _virtual_outbound(mesh: MeshSnapshot, proxy: Proxy) -> listener_pb2.Listener
             cluster = cluster_name(service, port)
             if port.mesh_protocol.is_http:
                 chains.append(_chain(f"{cluster}|http", key, captured_http, http=True))
+                stamp_sources(chains[-1], sources)
                 http_ports.add(port.port)
             chains.append(
                 _chain(f"{cluster}|tcp", key, tcp_proxy_filter(cluster, cluster, "outbound"))
             )
+            stamp_sources(chains[-1], sources)
 
     passthrough = _chain(
         "PassthroughFilterChain",
         None,
         tcp_proxy_filter(PASSTHROUGH_CLUSTER, PASSTHROUGH_CLUSTER, "outbound"),
     )
-    return _virtual_listener(
+    listener = _virtual_listener(
         VIRTUAL_OUTBOUND_LISTENER_NAME,
         proxy,
         proxy.outbound_port,
@@ -179,6 +189,8 @@ def _virtual_outbound(mesh: MeshSnapshot, proxy: Proxy) -> listener_pb2.Listener
         http_ports,
         base_pb2.OUTBOUND,
     )
+    stamp_generator(listener, VIRTUAL_OUTBOUND_GENERATOR, proxy.namespace)
+    return listener
 
 
 def _captured_http_connection_manager(route_name: str) -> hcm_pb2.HttpConnectionManager:
@@ -207,17 +219,19 @@ def _virtual_inbound(mesh: MeshSnapshot, proxy: Proxy) -> listener_pb2.Listener:
         name = inbound_listener_name(inbound.port)
         if inbound.protocol is not PortProtocol.TCP:
             hcm = http_connection_manager(name, "inbound")
-            hcm.route_config.CopyFrom(inbound_route_config(proxy, inbound.port, inbound.protocol))
+            hcm.route_config.CopyFrom(inbound_route_config(proxy, inbound))
             chains.append(_chain(f"{cluster}|http", key, http_filter(hcm), http=True))
+            stamp_sources(chains[-1], inbound.sources)
             http_ports.add(inbound.port)
         chains.append(_chain(f"{cluster}|tcp", key, tcp_proxy_filter(name, cluster, "inbound")))
+        stamp_sources(chains[-1], inbound.sources)
 
     passthrough = _chain(
         "InboundPassthroughFilterChain",
         None,
         tcp_proxy_filter(INBOUND_PASSTHROUGH_CLUSTER, INBOUND_PASSTHROUGH_CLUSTER, "inbound"),
     )
-    return _virtual_listener(
+    listener = _virtual_listener(
         VIRTUAL_INBOUND_LISTENER_NAME,
         proxy,
         proxy.inbound_capture_port,
@@ -226,6 +240,8 @@ def _virtual_inbound(mesh: MeshSnapshot, proxy: Proxy) -> listener_pb2.Listener:
         http_ports,
         base_pb2.INBOUND,
     )
+    stamp_generator(listener, VIRTUAL_INBOUND_GENERATOR, proxy.namespace)
+    return listener
 
 
 # -- building blocks ---------------------------------------------------------------

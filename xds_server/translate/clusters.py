@@ -20,6 +20,11 @@ breakers opened up to the maximum, because Envoy's built-in 1024-request
 limits silently shed load in a mesh where every hop passes a sidecar.
 HTTP/2 and gRPC ports speak HTTP/2 (h2c) to their upstream; HTTP ports keep
 HTTP/1.1, and TCP ports carry bytes.
+
+Each cluster names its sources in its metadata (see `provenance`): an
+outbound cluster its Service, an inbound one the Services (and the
+EndpointSlice of a named targetPort) behind its port; the capture clusters
+name their generator.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ from xds_server.translate.naming import (
     inbound_cluster_name,
     mesh_ports,
 )
+from xds_server.translate.provenance import service_key, stamp_generator, stamp_sources
 
 logger = logging.getLogger(__name__)
 
@@ -51,15 +57,18 @@ UNLIMITED = 2**32 - 1
 HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 INBOUND_PASSTHROUGH_SOURCE_IPV4 = "127.0.0.6"
 INBOUND_PASSTHROUGH_SOURCE_IPV6 = "::6"
+CAPTURE_GENERATOR = "capture"
 
 
 def clusters_for_service(service: Service) -> list[cluster_pb2.Cluster]:
     """One EDS cluster per meshed Service port, endpoints fetched over ADS."""
     clusters = []
+    source = service_key(service)
     for port in mesh_ports(service):
         cluster = _cluster(cluster_name(service, port), port.mesh_protocol)
         cluster.type = cluster_pb2.Cluster.EDS
         cluster.eds_cluster_config.eds_config.CopyFrom(ads_config_source())
+        stamp_sources(cluster, (source,))
         clusters.append(cluster)
     return clusters
 
@@ -77,6 +86,7 @@ def proxy_clusters(mesh: MeshSnapshot, proxy: Proxy) -> list[cluster_pb2.Cluster
         cluster.load_assignment.CopyFrom(
             static_load_assignment(name, proxy.app_address, inbound.port)
         )
+        stamp_sources(cluster, inbound.sources)
         clusters.append(cluster)
     if proxy.interception == "redirect":
         clusters.extend(capture_clusters())
@@ -106,7 +116,10 @@ def capture_clusters() -> list[cluster_pb2.Cluster]:
         type=cluster_pb2.Cluster.STATIC,
         connect_timeout=seconds(CONNECT_TIMEOUT_SECONDS),
     )
-    return [outbound, inbound, blackhole]
+    clusters = [outbound, inbound, blackhole]
+    for cluster in clusters:
+        stamp_generator(cluster, CAPTURE_GENERATOR)
+    return clusters
 
 
 def _original_destination_cluster(name: str) -> cluster_pb2.Cluster:

@@ -15,6 +15,9 @@ decide it live in one place:
   (namespace, name, declared port) order decides its protocol.
 * A target port that would bind the outbound HTTP listener's address is left
   out, since that listener is what every outbound request depends on.
+
+Each port names its sources (`provenance`): every Service with a port landing
+on it, and the EndpointSlice a named targetPort was resolved in.
 """
 
 from __future__ import annotations
@@ -22,9 +25,17 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from xds_server.model import MeshSnapshot, PortProtocol, Proxy, Service, ServicePort
+from xds_server.model import (
+    EndpointSlice,
+    MeshSnapshot,
+    PortProtocol,
+    Proxy,
+    Service,
+    ServicePort,
+)
 from xds_server.translate.core import addresses_overlap
 from xds_server.translate.naming import mesh_ports
+from xds_server.translate.provenance import service_key, slice_key
 
 logger = logging.getLogger(__name__)
 
@@ -37,17 +48,20 @@ class InboundPort:
 
     port: int
     protocol: PortProtocol
+    sources: tuple[str, ...] = ()
+    """The keys of the objects that put the port here, sorted (see the module doc)."""
 
 
 def inbound_ports(mesh: MeshSnapshot, proxy: Proxy) -> list[InboundPort]:
     """The proxy's inbound ports, sorted by number, each once."""
     if not proxy.ip or addresses_overlap(proxy.ip, proxy.app_address):
         return []
-    chosen: dict[int, InboundPort] = {}
+    protocols: dict[int, PortProtocol] = {}
+    sources: dict[int, set[str]] = {}
     for service in mesh.services_selecting(proxy.namespace, proxy.labels):
         for port in mesh_ports(service):
-            target = target_port(mesh, service, port, proxy)
-            if target is None or target in chosen:
+            target, resolved_in = resolve_target_port(mesh, service, port, proxy)
+            if target is None:
                 continue
             if target == proxy.outbound_port and addresses_overlap(
                 proxy.ip, proxy.outbound_address
@@ -56,15 +70,30 @@ def inbound_ports(mesh: MeshSnapshot, proxy: Proxy) -> list[InboundPort]:
                     "%s: inbound port %d is the outbound listener's", proxy.node_id, target
                 )
                 continue
-            chosen[target] = InboundPort(target, port.mesh_protocol)
-    return [chosen[number] for number in sorted(chosen)]
+            protocols.setdefault(target, port.mesh_protocol)
+            named = sources.setdefault(target, set())
+            named.add(service_key(service))
+            if resolved_in is not None:
+                named.add(slice_key(resolved_in))
+    return [
+        InboundPort(number, protocols[number], tuple(sorted(sources[number])))
+        for number in sorted(protocols)
+    ]
 
 
 def target_port(
     mesh: MeshSnapshot, service: Service, port: ServicePort, proxy: Proxy
 ) -> int | None:
     """The container port behind `port` on this proxy's workload, or None if invalid."""
+    return resolve_target_port(mesh, service, port, proxy)[0]
+
+
+def resolve_target_port(
+    mesh: MeshSnapshot, service: Service, port: ServicePort, proxy: Proxy
+) -> tuple[int | None, EndpointSlice | None]:
+    """`target_port`, and the EndpointSlice that told a named targetPort's number, if one did."""
     target = port.target_port
+    resolved_in: EndpointSlice | None = None
     if target is None or target == "":
         number = port.port
     elif isinstance(target, int):
@@ -72,15 +101,20 @@ def target_port(
     elif target.isdigit():
         number = int(target)
     else:
-        number = _named_port(mesh, service, port, proxy) or port.port
-    return number if 0 < number <= MAX_PORT else None
+        named = _named_port(mesh, service, port, proxy)
+        # A slice port numbered 0 tells nothing: the Service port number, as with no slice.
+        number, resolved_in = named if named is not None and named[0] else (port.port, None)
+    if not 0 < number <= MAX_PORT:
+        return None, None
+    return number, resolved_in
 
 
 def _named_port(
     mesh: MeshSnapshot, service: Service, port: ServicePort, proxy: Proxy
-) -> int | None:
-    """A named targetPort as resolved in the Service's EndpointSlices (they hold numbers)."""
-    fallback: int | None = None
+) -> tuple[int, EndpointSlice] | None:
+    """A named targetPort as resolved in the Service's EndpointSlices (they hold numbers),
+    with the slice that resolved it."""
+    fallback: tuple[int, EndpointSlice] | None = None
     for eps in sorted(mesh.slices_of(service), key=lambda s: s.name):
         number = next((p.port for p in eps.ports if p.name == port.name), None)
         if number is None:
@@ -90,7 +124,7 @@ def _named_port(
                 proxy.workload != "" and endpoint.target_pod == proxy.workload
             )
             if mine:
-                return number
+                return number, eps
         if fallback is None:
-            fallback = number
+            fallback = (number, eps)
     return fallback

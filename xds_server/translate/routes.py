@@ -38,48 +38,45 @@ serialization, since a RouteConfiguration here holds only its name and
 virtual hosts and serialized repeated fields concatenate; so N namespaces
 cost N byte copies and content hashes, not N translations.
 
-Routes forward `/` to the port's cluster with no route timeout (Istio's
-default: streams and long polls must not be cut) and retry only failures that
-happen before a request reaches the app.  gRPC routes honour the caller's
-`grpc-timeout` header.
+Each port's virtual host and its route are built in `virtual_hosts`.
 
 The inbound tables are inlined into each inbound listener: they forward to
 the local app and stamp `x-mesh-inbound: <node id>`, which shows that a
 request passed through the destination's sidecar.
+
+Provenance (see `provenance`): each virtual host names its Service in its
+metadata, inside the bytes serialized once per Service; a namespace's outbound
+table names its generator and namespace in a trailer after the virtual hosts
+(`metadata` is a later field than `virtual_hosts`, so head, hosts and trailer
+concatenate to the deterministic serialization still).  An inbound table and
+its one virtual host name the objects behind the port.
 """
 
 from __future__ import annotations
 
 import functools
-import ipaddress
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from envoy.config.core.v3 import base_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
-from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
-from google.protobuf import wrappers_pb2
 
-from xds_server.model import MeshSnapshot, PortProtocol, Proxy, Service, ServicePort
+from xds_server.model import MeshSnapshot, PortProtocol, Proxy, Service
 from xds_server.resources import ROUTE, Resource, serialized_resource
-from xds_server.translate.core import packed, seconds
+from xds_server.translate.core import seconds
+from xds_server.translate.inbound import InboundPort
 from xds_server.translate.naming import (
-    cluster_name,
     inbound_cluster_name,
     inbound_route_name,
-    mesh_ports,
     outbound_route_name,
-    virtual_host_name,
 )
+from xds_server.translate.provenance import generator_metadata, stamp_sources
+from xds_server.translate.virtual_hosts import PortHost, service_hosts
 
 logger = logging.getLogger(__name__)
 
 INBOUND_HEADER = "x-mesh-inbound"
-RETRY_ON = "connect-failure,refused-stream,unavailable,cancelled"
-NUM_RETRIES = 2
-HOST_SELECTION_RETRY_MAX_ATTEMPTS = 5
-PREVIOUS_HOSTS_PREDICATE = "envoy.retry_host_predicates.previous_hosts"
+OUTBOUND_ROUTES_GENERATOR = "outbound-routes"
 
 
 def outbound_route_tables(
@@ -98,16 +95,18 @@ def outbound_route_config(mesh: MeshSnapshot, namespace: str) -> route_pb2.Route
     return outbound_route_tables(mesh).config(namespace)
 
 
-def inbound_route_config(
-    proxy: Proxy, port: int, protocol: PortProtocol
-) -> route_pb2.RouteConfiguration:
-    """Everything arriving on an inbound HTTP port goes to the local app on that port."""
+def inbound_route_config(proxy: Proxy, inbound: InboundPort) -> route_pb2.RouteConfiguration:
+    """Everything arriving on an inbound HTTP port goes to the local app on that port.
+
+    The table and its virtual host name the port's sources.
+    """
+    port = inbound.port
     action = route_components_pb2.RouteAction(
         cluster=inbound_cluster_name(port), timeout=seconds(0)
     )
-    if protocol is PortProtocol.GRPC:
+    if inbound.protocol is PortProtocol.GRPC:
         action.max_stream_duration.grpc_timeout_header_max.CopyFrom(seconds(0))
-    return route_pb2.RouteConfiguration(
+    config = route_pb2.RouteConfiguration(
         name=inbound_route_name(port),
         virtual_hosts=[
             route_components_pb2.VirtualHost(
@@ -129,79 +128,9 @@ def inbound_route_config(
             )
         ],
     )
-
-
-@dataclass(frozen=True, eq=False, slots=True)
-class _PortHost:
-    """One HTTP Service port's virtual host, serialized once in both variants.
-
-    Compared by identity: the same object means the same (unchanged) Service.
-    """
-
-    name: str
-    cluster: str
-    protocol: PortProtocol
-    domains: tuple[tuple[str, bool], ...]
-    """Every domain, longest first, with `:port` then without; and whether it is short."""
-    qualified_domains: frozenset[str]
-    short_domains: frozenset[str]
-    qualified: bytes
-    """Without the short names, encoded as a field of a RouteConfiguration."""
-    local: bytes
-    """With the short names too: for the table of the Service's own namespace."""
-
-    @classmethod
-    def build(
-        cls, service: Service, port: ServicePort, domains: list[tuple[str, bool]]
-    ) -> _PortHost:
-        name, cluster = virtual_host_name(service, port), cluster_name(service, port)
-        qualified = [domain for domain, short in domains if not short]
-        config = _single_host_config(name, cluster, port.mesh_protocol)
-        return cls(
-            name=name,
-            cluster=cluster,
-            protocol=port.mesh_protocol,
-            domains=tuple(domains),
-            qualified_domains=frozenset(qualified),
-            short_domains=frozenset(domain for domain, short in domains if short),
-            qualified=_encode(config, qualified),
-            local=_encode(config, [domain for domain, _ in domains]),
-        )
-
-    def encode(self, domains: Sequence[str]) -> bytes:
-        """With only `domains` (those a clash left it); nothing if none is left."""
-        return _encode(_single_host_config(self.name, self.cluster, self.protocol), domains)
-
-
-def _single_host_config(
-    name: str, cluster: str, protocol: PortProtocol
-) -> route_pb2.RouteConfiguration:
-    """A RouteConfiguration holding only the virtual host `name`, with no domains yet."""
-    config = route_pb2.RouteConfiguration()
-    vhost = config.virtual_hosts.add(name=name)
-    vhost.routes.append(_outbound_route(cluster, protocol))
+    stamp_sources(config, inbound.sources)
+    stamp_sources(config.virtual_hosts[0], inbound.sources)
     return config
-
-
-def _encode(config: route_pb2.RouteConfiguration, domains: Sequence[str]) -> bytes:
-    """`config`'s one virtual host with `domains`, serialized: a field of any table."""
-    if not domains:
-        return b""
-    (vhost,) = config.virtual_hosts
-    del vhost.domains[:]
-    vhost.domains.extend(domains)
-    data: bytes = config.SerializeToString(deterministic=True)
-    return data
-
-
-def _service_hosts(service: Service) -> tuple[_PortHost, ...]:
-    """The virtual hosts of a Service's HTTP ports, in declared order."""
-    bare = _bare_port(service)
-    return tuple(
-        _PortHost.build(service, port, _domains(service, port.port, port.port == bare))
-        for port in mesh_ports(service)
-        if port.mesh_protocol.is_http
-    )
 
 
 class OutboundRouteTables:
@@ -209,43 +138,59 @@ class OutboundRouteTables:
 
     def __init__(self, mesh: MeshSnapshot, previous: OutboundRouteTables | None = None) -> None:
         known = previous._hosts if previous is not None else {}
-        self._hosts: dict[Service, tuple[_PortHost, ...]] = {}
-        ports: list[tuple[str, _PortHost]] = []
+        self._hosts: dict[Service, tuple[PortHost, ...]] = {}
+        ports: list[tuple[str, PortHost]] = []
         for service in mesh.sorted_services():
             hosts = known.get(service)
             if hosts is None:
-                hosts = _service_hosts(service)
+                hosts = service_hosts(service)
             self._hosts[service] = hosts
             ports.extend((service.namespace, host) for host in hosts)
         self._ports = ports
-        self._taken: set[str]
-        """Every qualified domain, each claimed by one port."""
-        self._reduced: dict[int, frozenset[str]]
-        """The qualified domains of the ports that lost some to an earlier claimant."""
-        self._spans: dict[str, tuple[int, int, int, int]]
-        """By namespace: its ports' byte range in `_blob`, and their index range in `_ports`."""
-        self._blob: bytes
-        """Every port's qualified variant, in order."""
+        self._claims: _Claims
         self._resources: dict[str, Resource]
+        self._sources: dict[str, tuple[str, ...]]
         if previous is not None and previous._ports == ports:
             # The same virtual hosts in the same order: the same tables, already serialized.
-            self._taken, self._reduced = previous._taken, previous._reduced
-            self._spans, self._blob = previous._spans, previous._blob
-            self._resources = previous._resources
+            self._claims = previous._claims
+            self._resources, self._sources = previous._resources, previous._sources
         else:
-            self._taken, self._reduced, self._spans, self._blob = _claim(ports)
-            self._resources = {}
+            self._claims = _claim(ports)
+            self._resources, self._sources = {}, {}
 
     def encoded(self, namespace: str) -> bytes:
         """The deterministic serialization of `namespace`'s table."""
-        header = route_pb2.RouteConfiguration(name=outbound_route_name(namespace))
-        head: bytes = header.SerializeToString(deterministic=True)
-        span = self._spans.get(namespace)
+        head, tail = _header(namespace)
+        claims = self._claims
+        span = claims.spans.get(namespace)
         if span is None:
-            return head + self._blob
+            return b"".join((head, claims.blob, tail))
         start, end, first, last = span
-        blob = memoryview(self._blob)
-        return b"".join((head, blob[:start], *self._local_pieces(first, last), blob[end:]))
+        blob = memoryview(claims.blob)
+        return b"".join((head, blob[:start], *self._local_pieces(first, last), blob[end:], tail))
+
+    def sources(self, namespace: str) -> tuple[str, ...]:
+        """The keys of the Services with a virtual host in `namespace`'s table, sorted."""
+        found = self._sources.get(namespace)
+        if found is None:
+            claims = self._claims
+            keys = {
+                key
+                for other, present in claims.present.items()
+                if other != namespace
+                for key in present
+            }
+            span = claims.spans.get(namespace)
+            if span is not None:
+                _, _, first, last = span
+                pieces = self._local_pieces(first, last)
+                keys.update(
+                    self._ports[index][1].source
+                    for index, piece in zip(range(first, last), pieces, strict=True)
+                    if piece
+                )
+            found = self._sources[namespace] = tuple(sorted(keys))
+        return found
 
     def config(self, namespace: str) -> route_pb2.RouteConfiguration:
         """`namespace`'s table as a proto (for inspection; the pipeline serves `resource`)."""
@@ -265,13 +210,14 @@ class OutboundRouteTables:
         """The virtual hosts of one namespace's ports, short names included where free."""
         pieces: list[bytes] = []
         seen: set[str] = set()
+        taken = self._claims.taken
         for index in range(first, last):
             host = self._ports[index][1]
-            reduced = self._reduced.get(index)
+            reduced = self._claims.reduced.get(index)
             if (
                 reduced is None
                 and seen.isdisjoint(host.short_domains)
-                and self._taken.isdisjoint(host.short_domains)
+                and taken.isdisjoint(host.short_domains)
             ):
                 pieces.append(host.local)
                 seen |= host.short_domains
@@ -280,7 +226,7 @@ class OutboundRouteTables:
             kept: list[str] = []
             for domain, short in host.domains:
                 if short:
-                    if domain in self._taken or domain in seen:
+                    if domain in taken or domain in seen:
                         logger.debug("%s: short name %s routed already", host.name, domain)
                         continue
                     seen.add(domain)
@@ -291,13 +237,27 @@ class OutboundRouteTables:
         return pieces
 
 
-def _claim(
-    ports: list[tuple[str, _PortHost]],
-) -> tuple[set[str], dict[int, frozenset[str]], dict[str, tuple[int, int, int, int]], bytes]:
+class _Claims(NamedTuple):
+    """Which port routes which qualified domain, and the qualified variants joined."""
+
+    taken: set[str]
+    """Every qualified domain, each claimed by one port."""
+    reduced: dict[int, frozenset[str]]
+    """The qualified domains of the ports that lost some to an earlier claimant."""
+    spans: dict[str, tuple[int, int, int, int]]
+    """By namespace: its ports' byte range in `blob`, and their index range in the ports."""
+    blob: bytes
+    """Every port's qualified variant, in order."""
+    present: dict[str, set[str]]
+    """By namespace: the keys of its Services with a qualified variant left in `blob`."""
+
+
+def _claim(ports: list[tuple[str, PortHost]]) -> _Claims:
     """Give each qualified domain to its first port, and join their virtual hosts."""
     taken: set[str] = set()
     reduced: dict[int, frozenset[str]] = {}
     spans: dict[str, tuple[int, int, int, int]] = {}
+    present: dict[str, set[str]] = {}
     pieces: list[bytes] = []
     offset = 0
     for index, (namespace, host) in enumerate(ports):
@@ -315,72 +275,18 @@ def _claim(
         spans[namespace] = (
             (offset, end, index, index + 1) if span is None else (span[0], end, span[2], index + 1)
         )
+        if piece:
+            present.setdefault(namespace, set()).add(host.source)
         pieces.append(piece)
         offset = end
-    return taken, reduced, spans, b"".join(pieces)
+    return _Claims(taken, reduced, spans, b"".join(pieces), present)
 
 
-def _bare_port(service: Service) -> int | None:
-    """The port that also answers to names without `:port`: 80, else the first HTTP port."""
-    http = [port.port for port in mesh_ports(service) if port.mesh_protocol.is_http]
-    if not http:
-        return None
-    return 80 if 80 in http else http[0]
-
-
-def _domains(service: Service, port: int, bare: bool) -> list[tuple[str, bool]]:
-    """Host names for one port, longest first, with the port, then (if `bare`) without;
-    each with whether it is the short name (which only the Service's namespace routes)."""
-    names = [
-        (service.hostname, False),
-        (f"{service.name}.{service.namespace}.svc", False),
-        (f"{service.name}.{service.namespace}", False),
-        (service.name, True),
-    ]
-    ip = _cluster_ip_host(service.cluster_ip)
-    if ip:
-        names.append((ip, False))
-    names = [(name.lower(), short) for name, short in names]
-    return [(f"{name}:{port}", short) for name, short in names] + (names if bare else [])
-
-
-def _cluster_ip_host(cluster_ip: str | None) -> str | None:
-    """The cluster IP as it appears in a Host header (`[...]` for IPv6), if it has one."""
-    if not cluster_ip:
-        return None
-    try:
-        ip = ipaddress.ip_address(cluster_ip)
-    except ValueError:  # "None" for headless Services
-        return None
-    return f"[{ip}]" if ip.version == 6 else str(ip)
-
-
-def _outbound_route(cluster: str, protocol: PortProtocol) -> route_components_pb2.Route:
-    route = route_components_pb2.Route()
-    route.CopyFrom(_route_template(protocol))
-    route.route.cluster = cluster
-    return route
-
-
-@functools.cache
-def _route_template(protocol: PortProtocol) -> route_components_pb2.Route:
-    """The outbound route of a `protocol` port but its cluster: built once, copied per port."""
-    action = route_components_pb2.RouteAction(
-        timeout=seconds(0),
-        retry_policy=route_components_pb2.RetryPolicy(
-            retry_on=RETRY_ON,
-            num_retries=wrappers_pb2.UInt32Value(value=NUM_RETRIES),
-            retry_host_predicate=[
-                route_components_pb2.RetryPolicy.RetryHostPredicate(
-                    name=PREVIOUS_HOSTS_PREDICATE,
-                    typed_config=packed(previous_hosts_pb2.PreviousHostsPredicate()),
-                )
-            ],
-            host_selection_retry_max_attempts=HOST_SELECTION_RETRY_MAX_ATTEMPTS,
-        ),
+@functools.lru_cache(maxsize=4096)
+def _header(namespace: str) -> tuple[bytes, bytes]:
+    """What goes before a namespace's virtual hosts (its name) and after (its generator)."""
+    head = route_pb2.RouteConfiguration(name=outbound_route_name(namespace))
+    tail = route_pb2.RouteConfiguration(
+        metadata=generator_metadata(OUTBOUND_ROUTES_GENERATOR, namespace)
     )
-    if protocol is PortProtocol.GRPC:
-        action.max_stream_duration.grpc_timeout_header_max.CopyFrom(seconds(0))
-    return route_components_pb2.Route(
-        name="default", match=route_components_pb2.RouteMatch(prefix="/"), route=action
-    )
+    return head.SerializeToString(deterministic=True), tail.SerializeToString(deterministic=True)

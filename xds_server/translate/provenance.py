@@ -1,0 +1,144 @@
+"""Provenance in Envoy's own config: which source objects each resource came from.
+
+Clusters, listeners (and their filter chains), route configurations and
+virtual hosts carry `metadata.filter_metadata["xds-server"]`, so Envoy's
+`/config_dump` names the manifests behind what it runs, as Istio's does:
+
+* `{"sources": ["Service/shop/backend", "EndpointSlice/shop/backend-x1", ...]}`,
+  keys `Kind/namespace/name` (`SourceRef.key`), sorted and each once;
+* or, for a resource made for a whole namespace or proxy rather than from
+  particular objects, `{"generator": "outbound-routes", "namespace": "shop"}`;
+  its parts (virtual hosts, filter chains) then name their own sources.
+
+The stamp is a `Struct` with one list of short strings: it sits on every
+virtual host of the outbound route tables (10,000 of them in a large mesh), so
+it holds nothing else.  The Struct is deterministic to serialize (map keys are
+sorted), so stamped resources stay content-hashed.
+
+`stamped_sources` reads the keys back from a message and the parts it holds
+(a listener's filter chains and inline route tables, a route table's virtual
+hosts), for admin views and tests; the pipeline knows them without parsing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator
+from typing import TypeAlias
+
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.core.v3 import base_pb2
+from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
+from envoy.config.route.v3 import route_components_pb2, route_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm_pb2,
+)
+from google.protobuf import struct_pb2
+
+from xds_server.model import EndpointSlice, Service
+from xds_server.model.changes import Kind
+from xds_server.provenance import PROVENANCE_KEY
+
+logger = logging.getLogger(__name__)
+
+SOURCES = "sources"
+GENERATOR = "generator"
+NAMESPACE = "namespace"
+
+Stamped: TypeAlias = (
+    cluster_pb2.Cluster
+    | listener_pb2.Listener
+    | listener_components_pb2.FilterChain
+    | route_pb2.RouteConfiguration
+    | route_components_pb2.VirtualHost
+)
+"""The messages that carry a stamp (each has a `metadata` field)."""
+
+_HCM_TYPE_URL = f"type.googleapis.com/{hcm_pb2.HttpConnectionManager.DESCRIPTOR.full_name}"
+
+
+def service_key(service: Service) -> str:
+    """`Service/namespace/name`."""
+    return f"{Kind.SERVICE.value}/{service.namespace}/{service.name}"
+
+
+def slice_key(eps: EndpointSlice) -> str:
+    """`EndpointSlice/namespace/name`."""
+    return f"{Kind.ENDPOINT_SLICE.value}/{eps.namespace}/{eps.name}"
+
+
+def stamp_sources(message: Stamped, keys: Iterable[str]) -> None:
+    """Name `keys` (sorted, each once) as the sources of `message`; nothing if there are none."""
+    ordered = sorted(set(keys))
+    if not ordered:
+        return
+    values = _stamp(message).fields[SOURCES].list_value.values
+    for key in ordered:
+        values.add().string_value = key
+
+
+def stamp_generator(message: Stamped, generator: str, namespace: str | None = None) -> None:
+    """Name what made `message` when no particular objects did (a namespace's, a proxy's)."""
+    fields = _stamp(message).fields
+    fields[GENERATOR].string_value = generator
+    if namespace is not None:
+        fields[NAMESPACE].string_value = namespace
+
+
+def generator_metadata(generator: str, namespace: str | None = None) -> base_pb2.Metadata:
+    """The `metadata` value `stamp_generator` sets, for producers that assemble bytes."""
+    config = route_pb2.RouteConfiguration()
+    stamp_generator(config, generator, namespace)
+    return config.metadata
+
+
+def stamped_sources(message: Stamped) -> tuple[str, ...]:
+    """The source keys stamped on `message` and on the parts it holds, sorted, each once.
+
+    A listener's parts are its filter chains (the default one too) and the route
+    tables inlined in their HTTP connection managers; a route table's are its
+    virtual hosts.  Unstamped: `()`.
+    """
+    return tuple(sorted({key for part in _parts(message) for key in _own_sources(part)}))
+
+
+def stamped_generator(message: Stamped) -> tuple[str, str] | None:
+    """`(generator, namespace)` from a generator stamp ("" for no namespace), else None."""
+    found = message.metadata.filter_metadata.get(PROVENANCE_KEY)
+    if found is None or GENERATOR not in found.fields:
+        return None
+    namespace = found.fields[NAMESPACE].string_value if NAMESPACE in found.fields else ""
+    return found.fields[GENERATOR].string_value, namespace
+
+
+def _stamp(message: Stamped) -> struct_pb2.Struct:
+    stamp: struct_pb2.Struct = message.metadata.filter_metadata[PROVENANCE_KEY]
+    return stamp
+
+
+def _own_sources(message: Stamped) -> Iterator[str]:
+    found = message.metadata.filter_metadata.get(PROVENANCE_KEY)
+    if found is None or SOURCES not in found.fields:
+        return
+    for value in found.fields[SOURCES].list_value.values:
+        yield value.string_value
+
+
+def _parts(message: Stamped) -> Iterator[Stamped]:
+    yield message
+    if isinstance(message, route_pb2.RouteConfiguration):
+        yield from message.virtual_hosts
+    elif isinstance(message, listener_pb2.Listener):
+        chains = list(message.filter_chains)
+        if message.HasField("default_filter_chain"):
+            chains.append(message.default_filter_chain)
+        for chain in chains:
+            yield from _parts(chain)
+    elif isinstance(message, listener_components_pb2.FilterChain):
+        for network_filter in message.filters:
+            if network_filter.typed_config.type_url != _HCM_TYPE_URL:
+                continue
+            hcm = hcm_pb2.HttpConnectionManager()
+            network_filter.typed_config.Unpack(hcm)
+            if hcm.HasField("route_config"):
+                yield from _parts(hcm.route_config)
