@@ -29,6 +29,7 @@ from starlette.concurrency import run_in_threadpool
 
 from xds_server.admin import page as html_page
 from xds_server.admin.config import config_json, parse_type, served_config
+from xds_server.admin.explain import explain
 from xds_server.admin.paging import Page, PageQuery
 from xds_server.admin.views import ProxyView, errors_json, newest_of_node, proxy_json
 from xds_server.cache import Snapshot
@@ -151,6 +152,28 @@ def create_app(view: AdminView) -> FastAPI:
         def render() -> Response:
             served = served_config(snapshot, type_urls, page) if snapshot is not None else []
             return _json(config_json(node_id, snapshot, served, page))
+
+        return await run_in_threadpool(render)
+
+    @app.get("/api/proxies/{node_id:path}/explain")
+    async def proxy_explain(
+        node_id: str,
+        page: PageQuery,
+        type_filter: TypeFilter = None,
+        name: Annotated[str | None, Query(description="Only the resource(s) of this name")] = None,
+    ) -> Response:
+        """One page of a proxy's resources (of one type, or of one name), each with the
+        source objects that made it and, for route configurations, per virtual host."""
+        type_urls = _selected_types(type_filter)
+        snapshot = view.snapshot(node_id)
+        if snapshot is None and newest_of_node(view.proxies(), node_id)[0] is None:
+            raise _not_found(node_id)
+
+        def render() -> Response:
+            result = explain(node_id, snapshot, type_urls, name, page)
+            if name is not None and result.total == 0:
+                raise HTTPException(404, f"proxy {node_id!r} is served no resource named {name!r}")
+            return _json(result.model_dump(mode="json", by_alias=True))
 
         return await run_in_threadpool(render)
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Literal
 
 from xds_server.resources import TYPES
@@ -64,6 +64,8 @@ class TypeStatus:
     bytes_sent: int
     acks: int
     nacks: int
+    acked_at: datetime | None = None
+    """When the proxy last ACKed this type on this stream (None: not yet)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +107,7 @@ class TypeState:
 
     __slots__ = (
         "_last_sotw_names",
+        "acked_at",
         "acked_version",
         "acks",
         "answered_nonce",
@@ -134,6 +137,8 @@ class TypeState:
         self.answered_nonce = ""
         self.version_sent = ""
         self.acked_version = ""
+        self.acked_at: float | None = None
+        """`time.time()` of the last ACK on this stream."""
         self.last_nack: NackStatus | None = None
         # The latest response: what an ACK or NACK answers (its names are the suspects).
         self.last_response: SentResponse | None = None
@@ -238,4 +243,5 @@ class TypeState:
             bytes_sent=self.bytes_sent,
             acks=self.acks,
             nacks=self.nacks,
+            acked_at=None if self.acked_at is None else datetime.fromtimestamp(self.acked_at, UTC),
         )

@@ -453,6 +453,7 @@ class AdsStream(abc.ABC, Generic[RequestT]):
         at = self.host.now()
         if error is None:
             state.acks += 1
+            state.acked_at = at
             state.acked_version = state.version_sent if version_info is None else version_info
             self.host.callbacks.ack_received(self.info, response, at)
             return

@@ -1,0 +1,349 @@
+"""`xds-server status | config | explain`: a running control plane, read through its admin API.
+
+In the spirit of `istioctl proxy-status` / `proxy-config`: the commands are
+HTTP clients of the admin port (`--admin URL`, default the port `serve`
+listens on), print a table by default and the admin's own JSON with
+`-o json`.  They read the JSON through the models the API is rendered from
+(`admin.models`), so a field the CLI relies on cannot silently go away.
+
+* `status`: every connected proxy, per xDS type: SYNCED / STALE / NACKED /
+  NOT SENT, the version sent and the version ACKed, and how long ago the
+  proxy last ACKed.
+* `config PROXY [--type T]`: the resources the proxy is served (names and
+  versions; `-o json` for the resources themselves, key material redacted).
+* `explain PROXY [RESOURCE] [--type T]`: for each resource, the source objects
+  it was made from and where they were read (file and document, or uid and
+  resourceVersion); for a route configuration, per virtual host.
+
+Lists are fetched a page at a time (the admin's largest page) until the end.
+Exit codes: 0 done, 1 the proxy or resource is not found or the admin cannot
+be reached or answers nonsense (one line on stderr naming the URL), 2 a usage
+error.  The admin package loads FastAPI, so it is imported only when one of
+these commands runs, not for every `xds-server` invocation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from xds_server.settings import Settings
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+
+    from xds_server.admin.models import ExplainResult, ProxyConfig, ProxyStatus
+
+logger = logging.getLogger(__name__)
+
+COMMANDS = ("status", "config", "explain")
+DEFAULT_ADMIN_URL = f"http://{Settings.admin_listen}"
+TYPES = ("CDS", "EDS", "LDS", "RDS", "SDS")
+PAGE_LIMIT = 1000
+"""The admin's largest page (`admin.paging.MAX_LIMIT`): fewest round trips."""
+MAX_PAGES = 10_000
+"""A bound on the pages one command follows, should an admin never say it is done."""
+
+M = TypeVar("M", bound="BaseModel")
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+"""The admin port is reached directly: an HTTP proxy from the environment is not used."""
+
+
+class AdminError(Exception):
+    """A one-line reason the command failed (exit code 1)."""
+
+
+def _admin_url(value: str) -> str:
+    parsed = urllib.parse.urlsplit(value)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise argparse.ArgumentTypeError(f"expected an http:// or https:// URL, got {value!r}")
+    return value.rstrip("/")
+
+
+def _type(value: str) -> str:
+    short = value.strip().upper()
+    if short not in TYPES:
+        raise argparse.ArgumentTypeError(f"expected one of {', '.join(TYPES)}, got {value!r}")
+    return short
+
+
+def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add `status`, `config` and `explain` to the `xds-server` command."""
+    status = commands.add_parser("status", help="sync status of every connected proxy per type")
+    _common(status)
+    config = commands.add_parser("config", help="the config a proxy is served")
+    _common(config)
+    config.add_argument("proxy", metavar="PROXY", help="the proxy's node id")
+    config.add_argument("--type", type=_type, metavar="|".join(TYPES[:4]), help="only this type")
+    explain = commands.add_parser("explain", help="the source objects behind a proxy's resources")
+    _common(explain)
+    explain.add_argument("proxy", metavar="PROXY", help="the proxy's node id")
+    explain.add_argument("resource", metavar="RESOURCE", nargs="?", help="only this resource")
+    explain.add_argument("--type", type=_type, metavar="|".join(TYPES[:4]), help="only this type")
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--admin",
+        type=_admin_url,
+        default=DEFAULT_ADMIN_URL,
+        metavar="URL",
+        help="the control plane's admin API (default %(default)s)",
+    )
+    parser.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    parser.add_argument(
+        "--timeout", type=float, default=5.0, help="seconds per request (default %(default)s)"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run `args.command` against the admin API; the exit code."""
+    client = AdminClient(args.admin, args.timeout)
+    try:
+        if args.command == "status":
+            text = show_status(client.proxies(), args.output, datetime.now(UTC))
+        elif args.command == "config":
+            text = show_config(client.config(args.proxy, args.type), args.output)
+        else:
+            found = client.explain(args.proxy, args.type, args.resource)
+            text = show_explain(found, args.output)
+    except AdminError as error:
+        print(f"xds-server {args.command}: {error}", file=sys.stderr)
+        return 1
+    sys.stdout.write(text)
+    return 0
+
+
+# -- the admin API ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AdminClient:
+    """GETs against the admin API, each answer validated against its model."""
+
+    url: str
+    timeout: float = 5.0
+
+    def proxies(self) -> list[ProxyStatus]:
+        from xds_server.admin.models import ProxyStatus
+
+        rows: list[ProxyStatus] = []
+        offset: int | None = 0
+        for _ in range(MAX_PAGES):
+            if offset is None:
+                break
+            body, headers = self._get("/api/proxies", {"offset": offset, "limit": PAGE_LIMIT})
+            if not isinstance(body, list):
+                raise AdminError(f"unexpected answer from {self.url}/api/proxies: not a list")
+            rows.extend(self._parse(ProxyStatus, item, "/api/proxies") for item in body)
+            following = headers.get("X-Next-Offset")
+            offset = int(following) if following and following.isdigit() else None
+        return rows
+
+    def config(self, node_id: str, type_name: str | None) -> ProxyConfig:
+        """Every resource served to `node_id` (of `type_name`), all pages merged."""
+        from xds_server.admin.models import ProxyConfig
+
+        path = f"/api/proxies/{_quoted(node_id)}/config"
+        pages = self._pages(ProxyConfig, path, {"type": type_name})
+        first = pages[0]
+        merged = [
+            served.model_copy(
+                update={"resources": [r for page in pages for r in page.types[i].resources]}
+            )
+            for i, served in enumerate(first.types)
+        ]
+        return first.model_copy(update={"types": merged, "offset": 0, "next_offset": None})
+
+    def explain(self, node_id: str, type_name: str | None, name: str | None) -> ExplainResult:
+        """Every resource of `node_id` (of `type_name`, called `name`) and its sources."""
+        from xds_server.admin.models import ExplainResult
+
+        path = f"/api/proxies/{_quoted(node_id)}/explain"
+        pages = self._pages(ExplainResult, path, {"type": type_name, "name": name})
+        resources = [resource for page in pages for resource in page.resources]
+        return pages[0].model_copy(update={"resources": resources, "next_offset": None})
+
+    def _pages(self, model: type[M], path: str, params: Mapping[str, str | None]) -> list[M]:
+        pages: list[M] = []
+        offset: int | None = 0
+        while offset is not None and len(pages) < MAX_PAGES:
+            query = {k: v for k, v in params.items() if v is not None}
+            body, _ = self._get(path, {**query, "offset": offset, "limit": PAGE_LIMIT})
+            page = self._parse(model, body, path)
+            pages.append(page)
+            offset = getattr(page, "next_offset", None)
+        return pages
+
+    def _parse(self, model: type[M], body: Any, path: str) -> M:
+        from pydantic import ValidationError
+
+        try:
+            return model.model_validate(body)
+        except ValidationError as error:
+            first = error.errors()[0]
+            where = ".".join(str(part) for part in first["loc"])
+            raise AdminError(
+                f"unexpected answer from {self.url}{path}: {where}: {first['msg']}"
+            ) from None
+
+    def _get(self, path: str, params: Mapping[str, object]) -> tuple[Any, Mapping[str, str]]:
+        url = f"{self.url}{path}"
+        if params:
+            url += "?" + urllib.parse.urlencode(params)
+        try:
+            with _OPENER.open(url, timeout=self.timeout) as reply:
+                return json.loads(reply.read()), dict(reply.headers)
+        except urllib.error.HTTPError as error:
+            with error:
+                detail = _detail(error.read())
+            raise AdminError(f"{self.url}{path}: HTTP {error.code}: {detail}") from None
+        except (OSError, ValueError) as error:  # refused, timed out, bad JSON
+            reason = getattr(error, "reason", None) or error
+            raise AdminError(f"cannot reach the admin API at {self.url}: {reason}") from None
+
+
+def _quoted(node_id: str) -> str:
+    return urllib.parse.quote(node_id, safe="")
+
+
+def _detail(body: bytes) -> str:
+    """FastAPI's `{"detail": ...}`, else the body's first line."""
+    try:
+        detail = json.loads(body)["detail"]
+    except (ValueError, KeyError, TypeError):
+        text = body.decode("utf-8", "replace").strip()
+        return text.splitlines()[0][:200] if text else "(empty)"
+    return detail if isinstance(detail, str) else json.dumps(detail)[:200]
+
+
+# -- output -----------------------------------------------------------------------------
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Columns padded to their widest cell, two spaces apart (as `kubectl get`)."""
+    widths = [max(len(cell) for cell in column) for column in zip(headers, *rows, strict=True)]
+    lines = [
+        "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
+        for line in (headers, *rows)
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def age(then: datetime | None, now: datetime) -> str:
+    """`4s`, `3m12s`, `2h5m`, `3d4h`; `-` for never."""
+    if then is None:
+        return "-"
+    seconds = max(0, int((now - then).total_seconds()))
+    for unit, size, smaller, small_size in (
+        ("d", 86400, "h", 3600),
+        ("h", 3600, "m", 60),
+        ("m", 60, "s", 1),
+    ):
+        if seconds >= size:
+            rest = (seconds % size) // small_size
+            return f"{seconds // size}{unit}{rest}{smaller}" if rest else f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def _dumped(models: Sequence[BaseModel] | BaseModel) -> str:
+    if isinstance(models, Sequence):
+        content: Any = [model.model_dump(mode="json", by_alias=True) for model in models]
+    else:
+        content = models.model_dump(mode="json", by_alias=True)
+    return json.dumps(content, indent=2) + "\n"
+
+
+STATUS_HEADERS = ("PROXY", "NAMESPACE", "KIND", "TYPE", "STATUS", "SENT", "ACKED", "LAST ACK")
+
+
+def show_status(proxies: Sequence[ProxyStatus], output: str, now: datetime) -> str:
+    """A row per proxy and type it has state for (istioctl proxy-status, one type a row)."""
+    if output == "json":
+        return _dumped(proxies)
+    rows = []
+    for proxy in proxies:
+        for short, status in proxy.sync.items():
+            state = proxy.type_sync(short)
+            if state is None:
+                continue  # neither subscribed nor sent: nothing to say
+            acked_at = state.acked_at
+            rows.append(
+                (
+                    proxy.node_id,
+                    proxy.namespace or "-",
+                    proxy.kind,
+                    short,
+                    status,
+                    state.version_sent or "-",
+                    state.acked_version or "-",
+                    age(acked_at, now) + (" ago" if acked_at is not None else ""),
+                )
+            )
+    return table(STATUS_HEADERS, rows) if proxies else "no proxies connected\n"
+
+
+def show_config(config: ProxyConfig, output: str) -> str:
+    if output == "json":
+        return _dumped(_redacted(config))
+    rows = [
+        (served.type, resource.name, resource.version)
+        for served in config.types
+        for resource in served.resources
+    ]
+    return table(("TYPE", "NAME", "VERSION"), rows)
+
+
+def _redacted(config: ProxyConfig) -> ProxyConfig:
+    """The config with private key material replaced (`admin.redact`)."""
+    from xds_server.admin.redact import redact
+
+    return config.model_copy(
+        update={
+            "types": [
+                served.model_copy(
+                    update={
+                        "resources": [
+                            r.model_copy(update={"resource": redact(r.resource)})
+                            for r in served.resources
+                        ]
+                    }
+                )
+                for served in config.types
+            ]
+        }
+    )
+
+
+def show_explain(result: ExplainResult, output: str) -> str:
+    """A row per source object of each resource (and of each virtual host of a route table)."""
+    if output == "json":
+        return _dumped(result)
+    rows: list[tuple[str, str, str, str, str]] = []
+    for resource in result.resources:
+        head = (resource.type, resource.name)
+        before = len(rows)
+        for source in resource.sources:
+            rows.append((*head, "", source.key, source.where))
+        if resource.sources_total > len(resource.sources):
+            rows.append((*head, "", f"(+{resource.sources_total - len(resource.sources)})", ""))
+        for host in resource.virtual_hosts:
+            for source in host.sources:
+                rows.append((*head, host.name, source.key, source.where))
+        if resource.virtual_hosts_total > len(resource.virtual_hosts):
+            more = resource.virtual_hosts_total - len(resource.virtual_hosts)
+            rows.append((*head, f"(+{more} virtual hosts)", "", ""))
+        if len(rows) == before:
+            made_by = resource.generator
+            shown = "-" if made_by is None else f"generator {made_by.generator}"
+            rows.append((*head, "", shown, ""))
+    return table(("TYPE", "NAME", "VIRTUAL HOST", "SOURCE", "FROM"), rows)
