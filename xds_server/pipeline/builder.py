@@ -1,19 +1,25 @@
 """From mesh changes to per-proxy cache snapshots, doing only the work a change needs.
 
-Mesh-wide resources (outbound clusters, their load assignments) are translated
-once per change, for the services it touched, and serialized once; every
-proxy's snapshot layers those shared sets under its own listeners and inbound
-clusters.  An endpoint-only change therefore re-translates one
-ClusterLoadAssignment and re-serializes nothing proxy-specific.
+Translation is a table of generator units, each with a scope and declared
+inputs (`plan`, `reads`, `deps`):
 
-The outbound route tables depend on the Services and on the caller's
-namespace (short names resolve there), so there is one per namespace that has
-proxies, shared by them and rebuilt when a Service changes (from virtual hosts
-that `translate.OutboundRouteTables` reuses for unchanged Services).  A proxy's
-snapshot holds its own namespace's table only: its listeners name no other,
-and the admin view of its config stays its own.  A proxy from a new namespace
-adds that namespace's table; the table of a namespace whose last proxy left
-is dropped.
+* per Service (mesh-wide, shared by every proxy): its outbound clusters and
+  load assignments, reading the Service and its EndpointSlices;
+* per namespace with proxies: the outbound route table, reading every Service
+  (a short name resolves in the caller's namespace), rebuilt from the virtual
+  hosts `translate.OutboundRouteTables` reuses for unchanged Services;
+* per proxy: its own listeners and inbound clusters, reading what translation
+  actually asked of the mesh (the Services of its namespace that select it,
+  the slices that name a target port, the TCP port owners).
+
+The dependency index maps each fact a unit read to the unit; a ChangeSet's
+facts reach exactly the units to re-run, whatever kind changed, and only the
+proxies holding a resource that changed get a new snapshot.  A proxy's
+snapshot layers the shared sets under its own resources and its namespace's
+route table; a namespace whose last proxy left loses its table.  Every
+resource carries its provenance (`provenance`), and every commit is reported
+as a `GenerationRecord` to `on_generation`; `preview` plans a ChangeSet on
+the current state and reports what it would change without committing.
 
 A proxy running in a Pod the mesh knows is translated as that Pod says (see
 `workloads`), and a change to the Pod re-publishes that proxy, and only it.
@@ -32,8 +38,9 @@ keeps its last good resources (`unit_errors`, `proxy_error`).
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from xds_server import translate
 from xds_server.cache import (
@@ -46,9 +53,11 @@ from xds_server.cache import (
 from xds_server.model import ChangeSet, Kind, MeshSnapshot, ObjectKey, Proxy
 from xds_server.model.mesh import NamespacedName
 from xds_server.pipeline import isolation
+from xds_server.pipeline.deps import DependencyIndex, Dependents, unit_name
 from xds_server.pipeline.errors import ErrorTable, bounded, frames
 from xds_server.pipeline.isolation import shown_key
 from xds_server.pipeline.plan import (
+    ROUTE_READS,
     Memo,
     Plan,
     Planner,
@@ -56,13 +65,29 @@ from xds_server.pipeline.plan import (
     ProxyState,
     proxy_failure,
     proxy_resources,
+    proxy_unit,
+    route_table_resource,
+    route_unit,
+)
+from xds_server.pipeline.provenance import Provenance, RefCache
+from xds_server.pipeline.reads import Fact
+from xds_server.pipeline.records import (
+    ChangeKind,
+    GenerationRecord,
+    Preview,
+    ProxyPush,
+    ResourceChange,
+    Trigger,
 )
 from xds_server.pipeline.workloads import with_workload, workload_of, workloads_by_ip
+from xds_server.provenance import SourceRef
 from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, Resource
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["SnapshotBuilder", "with_workload", "workload_of", "workloads_by_ip"]
+
+ObjectErrors = list[tuple[ObjectKey, str]]
 
 
 class _OwnedSet:
@@ -71,6 +96,11 @@ class _OwnedSet:
     def __init__(self) -> None:
         self.resources = ResourceSet()
         self._owned: dict[NamespacedName, frozenset[str]] = {}
+
+    def copy(self) -> _OwnedSet:
+        copied = _OwnedSet()
+        copied.resources, copied._owned = self.resources, dict(self._owned)
+        return copied
 
     def update(self, updates: dict[NamespacedName, list[Resource]]) -> None:
         upserts: list[Resource] = []
@@ -86,6 +116,24 @@ class _OwnedSet:
         self.resources = self.resources.evolve(upserts, removals)
 
 
+def proxy_push(node_id: str, previous: Snapshot | None, snapshot: Snapshot) -> ProxyPush | None:
+    """What `snapshot` changes for a proxy that held `previous` (None: nothing)."""
+    changed: dict[str, tuple[str, ...]] = {}
+    removed: dict[str, tuple[str, ...]] = {}
+    for type_url in snapshot.resources.keys() | (previous.resources.keys() if previous else set()):
+        names = snapshot.changed(previous, type_url)
+        if not names:
+            continue
+        present = snapshot.get(type_url)
+        if kept := tuple(sorted(n for n in names if n in present)):
+            changed[type_url] = kept
+        if gone := tuple(sorted(n for n in names if n not in present)):
+            removed[type_url] = gone
+    if not changed and not removed:
+        return None
+    return ProxyPush(node_id, snapshot.version, changed, removed)
+
+
 class SnapshotBuilder:
     """Holds the current mesh and turns each ChangeSet into new snapshots in the cache."""
 
@@ -95,17 +143,26 @@ class SnapshotBuilder:
         self._clusters = _OwnedSet()
         self._endpoints = _OwnedSet()
         self._route_tables: translate.OutboundRouteTables | None = None
+        self._tables_current = True
+        """False when Services changed while no namespace had a table to rebuild."""
         self._routes: dict[str, ResourceSet] = {}
         """By namespace: a set holding that namespace's outbound route table."""
         self._proxies: dict[str, ProxyState] = {}
         self._proxies_in: Counter[str] = Counter()
         """How many proxies each namespace has (as translated): whose tables to keep."""
+        self.index = DependencyIndex()
+        """Fact -> the units that read it; unit -> what it built (see `deps`)."""
+        self._refs: RefCache = {}
         self.synced = False
         self.generation = 0
         self.object_errors: ErrorTable[ObjectKey] = ErrorTable()
         """Upserts left out because translating them raised; cleared by their next change."""
         self.unit_errors: ErrorTable[str] = ErrorTable()
         """Units kept at their last good resources though no change was to blame."""
+        self.on_generation: Callable[[GenerationRecord], None] | None = None
+        """Told of every committed batch that changed an object (push history)."""
+        self.retranslated = 0
+        """Proxy translations run so far (benchmarks and tests read it)."""
         # Test seam: lets a test alter a proxy's resources before they are published.
         self.resource_hook: Callable[[Proxy, Snapshot], Snapshot] | None = None
 
@@ -127,6 +184,19 @@ class SnapshotBuilder:
         objects = [(shown_key(key), error) for key, error in self.object_errors.items()]
         return objects + self.unit_errors.items()
 
+    def dependents(self, key: ObjectKey) -> tuple[Dependents, list[str]]:
+        """The units and resources built from `key`, and the proxies holding them."""
+        found = self.index.dependents(key)
+        proxies: set[str] = set()
+        for unit in found.units:
+            if unit[0] == "service":
+                proxies.update(self._proxies)
+            elif unit[0] == "routes":
+                proxies.update(n for n, s in self._proxies.items() if s.proxy.namespace == unit[1])
+            elif unit[1] in self._proxies:
+                proxies.add(unit[1])
+        return found, sorted(proxies)
+
     # -- a batch: plan, isolate, commit ------------------------------------------------
 
     def apply(self, changes: ChangeSet) -> None:
@@ -134,9 +204,18 @@ class SnapshotBuilder:
 
         Upserts whose translation raises are left out (see the module doc).
         """
-        base = self.mesh
         for key in (*changes.upserts, *changes.deletes):
             self.object_errors.clear(key)  # the object's new state gets a fresh chance
+        left_out: ObjectErrors = []
+        plan = self._plan(changes, left_out)
+        for key, message in left_out:
+            self.object_errors.set(key, message)
+        if plan is not None:
+            self._commit(plan)
+
+    def _plan(self, changes: ChangeSet, left_out: ObjectErrors) -> Plan | None:
+        """The plan for `changes`, leaving out (into `left_out`) the objects that raise."""
+        base = self.mesh
         memo: Memo = {}
         dropped: set[ObjectKey] = set()
         """Upserts not made: the mesh keeps the version it has."""
@@ -145,12 +224,17 @@ class SnapshotBuilder:
         effective = changes
         while True:  # each round leaves out one more object, at most twice each: this ends
             if changes and not effective:
-                return  # every change was left out: nothing to publish
+                return None  # every change was left out: nothing to publish
             outcome = Planner(
-                self._proxies, self._proxies_in, self._route_tables, synced=self.synced
+                self._proxies,
+                self._proxies_in,
+                self._route_tables,
+                self.index,
+                synced=self.synced,
+                refs=self._refs,
             ).plan(base, effective, memo)
             if isinstance(outcome, Plan):
-                break
+                return outcome
             for key, error in outcome:
                 if key in taken_out:  # cannot happen: it is in no mesh any more
                     raise RuntimeError(f"{shown_key(key)} raises though it was taken out")
@@ -161,16 +245,17 @@ class SnapshotBuilder:
                     taken_out.add(key)
                     kept = False
                 message = isolation.dropped_message(key, error, kept=kept)
-                self.object_errors.set(key, message)
+                left_out.append((key, message))
                 logger.error("%s\n%s", message, frames(error))
             effective = isolation.without(changes, dropped, taken_out)
-        self._commit(outcome)
 
     def _commit(self, plan: Plan) -> None:
         self.mesh = plan.mesh
         self.generation += 1
+        before = (self._clusters.resources, self._endpoints.resources)
         self._clusters.update(plan.cluster_updates)
         self._endpoints.update(plan.endpoint_updates)
+        shared_changed = before != (self._clusters.resources, self._endpoints.resources)
         for unit, error in plan.unit_errors.items():
             if error is None:
                 self.unit_errors.clear(unit)
@@ -181,52 +266,152 @@ class SnapshotBuilder:
             self._count(state.proxy.namespace, -1)
             self._count(proxy.namespace, +1)
             state.proxy = proxy
-        if plan.changes.kinds == {Kind.WORKLOAD}:
-            # Pods matter only to the proxies running in them: nothing mesh-wide changed.
-            if self.synced:
-                for state, _ in plan.moved:
-                    self._publish_planned(state, plan)
-            if plan.moved:
-                self._drop_unused_routes()
-            return
+        self._record_units(plan)
+        for key, _, after in plan.changed:
+            if after is None:
+                self._refs.pop(f"{key.kind.value}/{key.namespace}/{key.name}", None)
+        routes_changed: set[str] = set()
         if plan.route_tables is not None:
-            self._route_tables = plan.route_tables
+            self._route_tables, self._tables_current = plan.route_tables, True
+            old_routes = self._routes
             self._routes = {
-                namespace: self._routes.get(namespace, ResourceSet()).replace_all(
+                namespace: old_routes.get(namespace, ResourceSet()).replace_all(
                     {resource.name: resource}
                 )
                 for namespace, resource in plan.route_resources.items()
             }
-        elif plan.moved:
+            routes_changed = {ns for ns, rs in self._routes.items() if old_routes.get(ns) is not rs}
+        elif any(key.kind is Kind.SERVICE for key, _, _ in plan.changed):
+            self._tables_current = False  # no table to rebuild now: the next one is built fresh
+        if plan.moved:
             self._drop_unused_routes()
+        pushes: list[ProxyPush] = []
         if self.synced:
-            for state in self._proxies.values():
-                self._publish_planned(state, plan)
+            touched = set(plan.translated) | set(plan.failed)
+            for node_id, state in self._proxies.items():
+                held = shared_changed or state.proxy.namespace in routes_changed
+                if (held or node_id in touched) and (push := self._publish_planned(state, plan)):
+                    pushes.append(push)
+        self._report(plan, pushes)
 
-    def _publish_planned(self, state: ProxyState, plan: Plan) -> None:
+    def _record_units(self, plan: Plan) -> None:
+        """Put what each unit of the plan read and built into the index."""
+        for unit, reads in plan.reads.items():
+            if unit[0] == "service":
+                key = (unit[1], unit[2])
+                if key not in plan.mesh.services:
+                    if unit in self.index.units():
+                        self.index.drop(unit)
+                    continue
+                built = [(CLUSTER, r.name) for r in plan.cluster_updates.get(key, ())]
+                built += [(ENDPOINT, r.name) for r in plan.endpoint_updates.get(key, ())]
+                self.index.record(unit, reads, built)
+            elif unit[0] == "proxy" and unit[1] in plan.translated:
+                clusters, listeners = plan.translated[unit[1]]
+                built = [(CLUSTER, n) for n in clusters] + [(LISTENER, n) for n in listeners]
+                self.index.record(unit, reads, built)
+        self.retranslated += len(plan.translated)
+
+    def _report(self, plan: Plan, pushes: list[ProxyPush]) -> None:
+        if self.on_generation is None or not plan.changed:
+            return
+        triggers = tuple(
+            Trigger(
+                "deleted" if after is None else "upserted",
+                SourceRef(
+                    key.kind.value,
+                    key.namespace,
+                    key.name,
+                    getattr(after or before, "origin", None),
+                ),
+            )
+            for key, before, after in plan.changed
+        )
+        record = GenerationRecord(
+            generation=self.generation,
+            observed_at=plan.changes.observed_at,
+            committed_at=time.time(),
+            triggers=triggers,
+            proxies=tuple(pushes),
+            units=tuple(sorted(unit_name(unit) for unit in plan.ran)),
+        )
+        try:
+            self.on_generation(record)
+        except Exception:  # history must never stop a push
+            logger.exception("on_generation failed for generation %d", self.generation)
+
+    def _publish_planned(self, state: ProxyState, plan: Plan) -> ProxyPush | None:
         failure = plan.failed.get(state.declared.node_id)
         if failure is not None:
             state.error = failure
-            return
-        self._publish(state, plan.translated.get(state.declared.node_id))
+            return None
+        return self._publish(state, plan.translated.get(state.declared.node_id))
+
+    # -- dry run ----------------------------------------------------------------------
+
+    def preview(self, changes: ChangeSet) -> Preview:
+        """What `changes` would change for each proxy, translated on a copy of the state.
+
+        Nothing is committed: the mesh, the index, the cache and every proxy
+        stay as they are.  Objects translation would leave out are in `errors`.
+        """
+        left_out: ObjectErrors = []
+        plan = self._plan(changes, left_out)
+        errors = tuple((shown_key(key), message) for key, message in left_out)
+        if plan is None or not self.synced:
+            return Preview({}, errors)
+        clusters, endpoints = self._clusters.copy(), self._endpoints.copy()
+        clusters.update(plan.cluster_updates)
+        endpoints.update(plan.endpoint_updates)
+        tables = plan.route_tables or self._current_tables(plan.mesh)
+        identity = {state.declared.node_id: proxy for state, proxy in plan.moved}
+        proxies: dict[str, tuple[ResourceChange, ...]] = {}
+        for node_id, state in self._proxies.items():
+            current = self.cache.get_snapshot(node_id)
+            if current is None or node_id in plan.failed:
+                continue
+            own_clusters, listeners = plan.translated.get(
+                node_id, (state.clusters, state.listeners)
+            )
+            namespace = identity.get(node_id, state.proxy).namespace
+            route = plan.route_resources.get(namespace) or tables.resource(namespace)
+            proposed: dict[str, Mapping[str, Resource]] = {
+                CLUSTER: LayeredResources(own_clusters, clusters.resources),
+                ENDPOINT: endpoints.resources,
+                LISTENER: listeners,
+                ROUTE: {route.name: route},
+            }
+            found = _resource_changes(current, proposed)
+            if found:
+                proxies[node_id] = found
+        return Preview(proxies, errors)
 
     # -- route tables and namespaces ----------------------------------------------------
+
+    def _current_tables(self, mesh: MeshSnapshot) -> translate.OutboundRouteTables:
+        if self._route_tables is None or not self._tables_current:
+            return translate.outbound_route_tables(mesh, self._route_tables)
+        return self._route_tables
 
     def _routes_of(self, namespace: str) -> ResourceSet:
         """`namespace`'s route table, built now if no proxy there had needed it yet."""
         routes = self._routes.get(namespace)
         if routes is None:
-            if self._route_tables is None:
-                self._route_tables = translate.outbound_route_tables(self.mesh)
-            # Up to date: they are rebuilt on every Service change, and depend on nothing else.
-            routes = ResourceSet([self._route_tables.resource(namespace)])
+            if self._route_tables is None or not self._tables_current:
+                self._route_tables = self._current_tables(self.mesh)
+                self._tables_current = True
+            provenance = Provenance(self.mesh, self._refs)
+            resource = route_table_resource(self._route_tables, namespace, provenance)
+            routes = ResourceSet([resource])
             self._routes[namespace] = routes
+            self.index.record(route_unit(namespace), ROUTE_READS, [(ROUTE, resource.name)])
         return routes
 
     def _drop_unused_routes(self) -> None:
         """Forget the tables of namespaces that have no proxy any more."""
         for namespace in [ns for ns in self._routes if ns not in self._proxies_in]:
             del self._routes[namespace]
+            self.index.drop(route_unit(namespace))
 
     def _count(self, namespace: str, delta: int) -> None:
         """Count a proxy into (+1) or out of (-1) `namespace`."""
@@ -268,27 +453,35 @@ class SnapshotBuilder:
     def remove_proxy(self, node_id: str) -> None:
         state = self._proxies.pop(node_id, None)
         self.cache.clear(node_id)
+        if proxy_unit(node_id) in self.index.units():
+            self.index.drop(proxy_unit(node_id))
         if state is not None:
             self._count(state.proxy.namespace, -1)
             self._drop_unused_routes()
 
     def _retranslate(self, state: ProxyState) -> None:
         """Translate one proxy on the current mesh and publish it (outside any batch)."""
+        reads: set[Fact] = set()
+        provenance = Provenance(self.mesh, self._refs)
         try:
-            translated = proxy_resources(self.mesh, state, state.proxy)
+            translated = proxy_resources(self.mesh, state, state.proxy, provenance, reads)
         except Exception as error:  # one proxy's failure is that proxy's alone
             state.error = proxy_failure(state.proxy.node_id, error)
             return
+        self.retranslated += 1
+        clusters, listeners = translated
+        built = [(CLUSTER, n) for n in clusters] + [(LISTENER, n) for n in listeners]
+        self.index.record(proxy_unit(state.declared.node_id), reads, built)
         self._publish(state, translated)
 
-    def _publish(self, state: ProxyState, translated: ProxyResources | None) -> None:
+    def _publish(self, state: ProxyState, translated: ProxyResources | None) -> ProxyPush | None:
         """Publish `state`'s snapshot, with `translated` as its own resources if given."""
         proxy = state.proxy
         try:
             routes = self._routes_of(proxy.namespace)
         except Exception as error:
             state.error = proxy_failure(proxy.node_id, error)
-            return
+            return None
         if translated is not None:
             state.clusters, state.listeners = translated
         snapshot = Snapshot(
@@ -302,12 +495,31 @@ class SnapshotBuilder:
         )
         if self.resource_hook is not None:
             snapshot = self.resource_hook(proxy, snapshot)
+        previous = self.cache.get_snapshot(proxy.node_id)
         try:
             self.cache.set_snapshot(proxy.node_id, snapshot)
         except InconsistentSnapshotError as error:
             state.error = bounded(str(error))
-            return
+            return None
         except Exception as error:  # a bug in the check must not stop the other proxies
             state.error = proxy_failure(proxy.node_id, error)
-            return
+            return None
         state.error = None
+        return proxy_push(proxy.node_id, previous, snapshot)
+
+
+def _resource_changes(
+    current: Snapshot, proposed: Mapping[str, Mapping[str, Resource]]
+) -> tuple[ResourceChange, ...]:
+    """Resources added, changed or removed from `current` to `proposed`, in push order."""
+    found: list[ResourceChange] = []
+    for type_url in (CLUSTER, ENDPOINT, LISTENER, ROUTE):
+        before = current.get(type_url)
+        after = proposed[type_url]
+        for name in sorted(set(before) | set(after)):
+            old, new = before.get(name), after.get(name)
+            if old is not None and new is not None and old.version == new.version:
+                continue
+            change: ChangeKind = "added" if old is None else "removed" if new is None else "changed"
+            found.append(ResourceChange(type_url, name, change, old, new))
+    return tuple(found)

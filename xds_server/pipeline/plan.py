@@ -1,10 +1,13 @@
 """Planning a batch: every translation it needs, computed before anything is committed.
 
 `SnapshotBuilder.apply` turns a ChangeSet into new snapshots in two steps.
-The `Planner` computes the new mesh and everything translated from it (each
-touched Service's clusters and load assignments, the route tables when a
-Service changed, each affected proxy's own clusters and listeners) into a
-`Plan`, touching none of the builder's state.  The builder then commits the
+The `Planner` computes the new mesh, the facts the batch changed (`reads`),
+and from the dependency index (`deps`) the units those facts reach: each
+changed Service's clusters and load assignments, the route tables when the
+Service list changed, and the proxies whose own clusters and listeners read
+what changed (a Service selecting them, the slices naming a target port, the
+TCP port owners).  It translates exactly those into a `Plan`, touching none
+of the builder's state, and notes what each unit read for the index.  The builder then commits the
 plan.  The split is what makes a failure cheap to isolate: when a
 translation raises, the planner asks `isolation` which object is to blame
 and returns it instead of a plan; the builder leaves that object out and
@@ -17,6 +20,7 @@ likewise (under `ROUTE_TABLES`), a proxy in `failed`.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -29,10 +33,21 @@ from xds_server.cache import ResourceSet
 from xds_server.model import ChangeSet, EndpointSlice, Kind, MeshSnapshot, ObjectKey, Proxy, Service
 from xds_server.model.mesh import NamespacedName
 from xds_server.pipeline import isolation
+from xds_server.pipeline.deps import DependencyIndex, Unit
 from xds_server.pipeline.errors import bounded, describe, frames
 from xds_server.pipeline.isolation import Culprit, shown_key
+from xds_server.pipeline.provenance import Provenance, RefCache
+from xds_server.pipeline.reads import (
+    Fact,
+    TrackedMesh,
+    changed_objects,
+    changed_views,
+    facts_of,
+    object_fact,
+    slices_fact,
+)
 from xds_server.pipeline.workloads import with_workload, workloads_by_ip
-from xds_server.resources import Resource, make_resource
+from xds_server.resources import Resource
 
 logger = logging.getLogger(__name__)
 
@@ -58,14 +73,54 @@ class ProxyState:
     error: str | None = None
 
 
-def _resources(messages: Iterable[Message]) -> list[Resource]:
-    return [make_resource(m) for m in messages]
+def _resources(messages: Iterable[Message], provenance: Provenance) -> list[Resource]:
+    return [provenance.resource(m, provenance.stamped(m)) for m in messages]
 
 
-def proxy_resources(mesh: MeshSnapshot, state: ProxyState, proxy: Proxy) -> ProxyResources:
-    """`proxy`'s clusters and listeners on `mesh`, evolved from what `state` holds."""
-    clusters = {r.name: r for r in _resources(translate.proxy_clusters(mesh, proxy))}
-    listeners = {r.name: r for r in _resources(translate.proxy_listeners(mesh, proxy))}
+def route_table_resource(
+    tables: translate.OutboundRouteTables, namespace: str, provenance: Provenance
+) -> Resource:
+    """`namespace`'s route table, naming every Service whose virtual host it holds."""
+    resource = tables.resource(namespace)
+    return dataclasses.replace(resource, provenance=provenance.refs(tables.sources(namespace)))
+
+
+def proxy_unit(node_id: str) -> Unit:
+    return ("proxy", node_id)
+
+
+def service_unit_of(key: NamespacedName) -> Unit:
+    return ("service", *key)
+
+
+def route_unit(namespace: str) -> Unit:
+    return ("routes", namespace)
+
+
+ROUTE_READS: frozenset[Fact] = frozenset({("all", Kind.SERVICE)})
+"""What every namespace's route table reads: the whole Service list."""
+
+
+def service_reads(key: NamespacedName) -> frozenset[Fact]:
+    """What a Service's clusters and load assignments read: it, and its slices."""
+    return frozenset({object_fact(ObjectKey(Kind.SERVICE, *key)), slices_fact(*key)})
+
+
+def proxy_resources(
+    mesh: MeshSnapshot,
+    state: ProxyState,
+    proxy: Proxy,
+    provenance: Provenance | None = None,
+    reads: set[Fact] | None = None,
+) -> ProxyResources:
+    """`proxy`'s clusters and listeners on `mesh`, evolved from what `state` holds.
+
+    What translation read is added to `reads`: the proxy unit's inputs.
+    """
+    tracked = TrackedMesh(mesh, reads if reads is not None else set())
+    known = provenance if provenance is not None else Provenance(mesh)
+    clusters = {r.name: r for r in _resources(translate.proxy_clusters(tracked, proxy), known)}
+    listeners = {r.name: r for r in _resources(translate.proxy_listeners(tracked, proxy), known)}
     return state.clusters.replace_all(clusters), state.listeners.replace_all(listeners)
 
 
@@ -95,6 +150,12 @@ class Plan:
     route_resources: dict[str, Resource] = field(default_factory=dict)
     """With new tables: the table of each namespace that will have proxies."""
     translated: dict[str, ProxyResources] = field(default_factory=dict)
+    reads: dict[Unit, frozenset[Fact]] = field(default_factory=dict)
+    """What each unit that ran read: the index's new entries."""
+    ran: set[Unit] = field(default_factory=set)
+    """Every unit the batch's facts reached (ran, or found gone)."""
+    changed: list[tuple[ObjectKey, object, object]] = field(default_factory=list)
+    """(key, before, after) of each object whose value or origin changed."""
     failed: dict[str, str] = field(default_factory=dict)
     """Proxies whose translation raised with no change to blame: they keep their snapshot."""
     unit_errors: dict[str, str | None] = field(default_factory=dict)
@@ -109,22 +170,39 @@ class Planner:
         proxies: Mapping[str, ProxyState],
         proxies_in: Counter[str],
         route_tables: translate.OutboundRouteTables | None,
+        index: DependencyIndex,
         *,
         synced: bool,
+        refs: RefCache | None = None,
     ) -> None:
         self._proxies = proxies
         self._proxies_in = proxies_in
         self._route_tables = route_tables
+        self._index = index
         self._synced = synced
+        self._refs: RefCache = refs if refs is not None else {}
 
     def plan(self, base: MeshSnapshot, changes: ChangeSet, memo: Memo) -> Plan | list[Culprit]:
         """The plan for `changes` on `base`, or the objects to leave out before trying again."""
-        mesh, touched = base.apply(changes)
+        mesh, _ = base.apply(changes)
         plan = Plan(changes, mesh)
+        plan.changed = list(changed_objects(base, mesh, changes))
+        facts = facts_of(plan.changed)  # type: ignore[arg-type]
+        facts |= changed_views(base, mesh, facts, self._index.views_read())
+        units = self._index.hit(facts)
+        # Per-Service scope: a Service that changed has a unit, new or gone.
+        units.update(
+            service_unit_of((key.namespace, key.name))
+            for key, _, _ in plan.changed
+            if key.kind is Kind.SERVICE
+        )
+        plan.ran = units
+        provenance = Provenance(mesh, self._refs)
         culprits: list[Culprit] = []
-        for key in sorted(touched):
+        for unit in sorted(u for u in units if u[0] == "service"):
+            key = (unit[1], unit[2])
             try:
-                clusters, assignments = _service_resources(mesh, key, memo)
+                clusters, assignments = _service_resources(mesh, key, memo, provenance)
             except Exception as error:
                 culprit = isolation.service_culprit(mesh, key)
                 if culprit is not None:
@@ -137,14 +215,15 @@ class Planner:
                 continue
             plan.cluster_updates[key] = clusters
             plan.endpoint_updates[key] = assignments
+            plan.reads[unit] = service_reads(key) if key in mesh.services else frozenset()
             plan.unit_errors[service_unit(key)] = None
         if culprits:
             return culprits
         if Kind.WORKLOAD in changes.kinds:
             plan.moved = self._moved(mesh)
-        if Kind.SERVICE in changes.kinds and (found := self._plan_routes(base, plan)):
+        if any(unit[0] == "routes" for unit in units) and (found := self._plan_routes(base, plan)):
             return found
-        if self._synced and (found := self._plan_proxies(base, plan)):
+        if self._synced and (found := self._plan_proxies(base, plan, units, provenance)):
             return found
         return plan
 
@@ -170,7 +249,11 @@ class Planner:
 
         def build(mesh: MeshSnapshot) -> tuple[translate.OutboundRouteTables, dict[str, Resource]]:
             tables = translate.outbound_route_tables(mesh, self._route_tables)
-            return tables, {namespace: tables.resource(namespace) for namespace in namespaces}
+            provenance = Provenance(mesh, self._refs)
+            return tables, {
+                namespace: route_table_resource(tables, namespace, provenance)
+                for namespace in namespaces
+            }
 
         try:
             plan.route_tables, plan.route_resources = build(plan.mesh)
@@ -188,21 +271,22 @@ class Planner:
         plan.unit_errors[ROUTE_TABLES] = None
         return None
 
-    def _plan_proxies(self, base: MeshSnapshot, plan: Plan) -> list[Culprit] | None:
+    def _plan_proxies(
+        self, base: MeshSnapshot, plan: Plan, units: set[Unit], provenance: Provenance
+    ) -> list[Culprit] | None:
+        """Translate the proxies whose inputs changed, and those whose Pod moved them."""
         identity = {state.declared.node_id: proxy for state, proxy in plan.moved}
-        if plan.changes.kinds == {Kind.WORKLOAD}:
-            states = [state for state, _ in plan.moved]  # nothing mesh-wide changed
-        elif plan.changes.endpoints_only:
-            return None  # proxies keep their own resources and take the new endpoints
-        else:
-            states = list(self._proxies.values())
+        hit = {unit[1] for unit in units if unit[0] == "proxy"} | set(identity)
+        states = [state for node_id, state in self._proxies.items() if node_id in hit]
         meshes: dict[int, MeshSnapshot] = {}  # shared by the searches of this batch
         for state in states:
             node_id = state.declared.node_id
+            reads: set[Fact] = set()
             try:
                 plan.translated[node_id] = proxy_resources(
-                    plan.mesh, state, identity.get(node_id, state.proxy)
+                    plan.mesh, state, identity.get(node_id, state.proxy), provenance, reads
                 )
+                plan.reads[proxy_unit(node_id)] = frozenset(reads)
             except Exception as error:
 
                 def translate_it(mesh: MeshSnapshot, state: ProxyState = state) -> object:
@@ -215,14 +299,32 @@ class Planner:
         return None
 
 
-def _service_resources(mesh: MeshSnapshot, key: NamespacedName, memo: Memo) -> ServiceResources:
-    """`isolation.service_resources`, once per (Service, slices) over a batch's rounds."""
+def _service_resources(
+    mesh: MeshSnapshot, key: NamespacedName, memo: Memo, provenance: Provenance
+) -> ServiceResources:
+    """`isolation.service_resources`, once per (Service, slices) over a batch's rounds.
+
+    Clusters name the sources stamped in them; a load assignment (which has
+    no metadata field) names its Service and the slices it was built from.
+    """
     service, slices = mesh.services.get(key), mesh.slices_by_service.get(key, ())
     if service is None:
         return [], []
     known = memo.get(key)
-    if known is not None and known[0] is service and known[1] == slices:
+    if (
+        known is not None
+        and known[0] is service
+        and all(a is b for a, b in zip(known[1], slices, strict=False))
+        and len(known[1]) == len(slices)
+    ):
         return known[2]
-    resources = isolation.service_resources(mesh, key)
+    sources = provenance.refs_of([service, *slices])
+    resources = (
+        _resources(translate.clusters_for_service(service), provenance),
+        [
+            provenance.resource(m, sources)
+            for m in translate.load_assignments_for_service(service, slices)
+        ],
+    )
     memo[key] = (service, slices, resources)
     return resources

@@ -1,0 +1,108 @@
+"""The dependency index: from source object facts to the units built from them.
+
+A *unit* is one run of one generator over one scope instance (a Service's
+clusters, a namespace's route table, a proxy's own listeners).  Each unit
+reports what it read (`reads.Fact`) and what it built; the index keeps
+
+* fact -> units that read it (what a change must re-run),
+* unit -> facts it read (so a re-run replaces, never accumulates),
+* unit -> resources it built, as (type URL, name),
+
+and answers, for a source object, which units, resources and proxies depend on
+it.  It holds only keys and names: memory is proportional to what is built.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from xds_server.model import Kind, ObjectKey
+from xds_server.pipeline.reads import Fact, object_fact, slices_fact
+
+logger = logging.getLogger(__name__)
+
+Unit = tuple[str, ...]
+"""("service", namespace, name) | ("routes", namespace) | ("proxy", node_id)."""
+ResourceKey = tuple[str, str]
+"""(type URL, name)."""
+
+
+def unit_name(unit: Unit) -> str:
+    """`service:ns/name`, `routes:ns`, `proxy:node-id`: how history and the admin show a unit."""
+    scope, *rest = unit
+    return f"{scope}:{'/'.join(rest)}"
+
+
+@dataclass(frozen=True, slots=True)
+class Dependents:
+    """What depends on one source object."""
+
+    units: tuple[Unit, ...]
+    resources: tuple[ResourceKey, ...]
+
+
+class DependencyIndex:
+    def __init__(self) -> None:
+        self._readers: dict[Fact, set[Unit]] = {}
+        self._reads: dict[Unit, frozenset[Fact]] = {}
+        self._built: dict[Unit, frozenset[ResourceKey]] = {}
+
+    def __len__(self) -> int:
+        return len(self._reads)
+
+    def record(self, unit: Unit, reads: Iterable[Fact], built: Iterable[ResourceKey]) -> None:
+        """`unit` ran, read `reads` and built `built` (replacing what it had)."""
+        new = frozenset(reads)
+        old = self._reads.get(unit, frozenset())
+        for fact in old - new:
+            readers = self._readers.get(fact)
+            if readers is not None:
+                readers.discard(unit)
+                if not readers:
+                    del self._readers[fact]
+        for fact in new - old:
+            self._readers.setdefault(fact, set()).add(unit)
+        self._reads[unit] = new
+        self._built[unit] = frozenset(built)
+
+    def drop(self, unit: Unit) -> None:
+        self.record(unit, (), ())
+        del self._reads[unit]
+        del self._built[unit]
+
+    def hit(self, facts: Iterable[Fact]) -> set[Unit]:
+        """Every unit that read any of `facts`."""
+        units: set[Unit] = set()
+        for fact in facts:
+            readers = self._readers.get(fact)
+            if readers:
+                units |= readers
+        return units
+
+    def reads_of(self, unit: Unit) -> frozenset[Fact]:
+        return self._reads.get(unit, frozenset())
+
+    def built_by(self, unit: Unit) -> frozenset[ResourceKey]:
+        return self._built.get(unit, frozenset())
+
+    def views_read(self) -> list[str]:
+        """The compared views some unit reads."""
+        return [fact[1] for fact in self._readers if fact[0] == "view"]
+
+    def units(self) -> list[Unit]:
+        return list(self._reads)
+
+    def dependents(self, key: ObjectKey) -> Dependents:
+        """The units that read `key` (itself, its namespace or its kind), and what they built."""
+        facts: set[Fact] = {
+            object_fact(key),
+            ("ns", key.kind, key.namespace),
+            ("all", key.kind),
+        }
+        if key.kind is Kind.SERVICE:
+            facts.add(slices_fact(key.namespace, key.name))
+        units = sorted(self.hit(facts))
+        resources = sorted({r for unit in units for r in self._built.get(unit, ())})
+        return Dependents(tuple(units), tuple(resources))

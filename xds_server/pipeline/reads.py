@@ -1,0 +1,170 @@
+"""What a generator read of the mesh, as facts the dependency index can look up.
+
+A generator declares its inputs by what it reads.  Translation functions take
+a `MeshSnapshot`; a generator hands them a `TrackedMesh` instead, the same
+snapshot (sharing its fields and derived views) that notes each query as a
+`Fact`:
+
+* `("obj", kind, namespace, name)`: one object, looked up or yielded by a query;
+* `("ns", kind, namespace)`: every object of a kind in a namespace (a selector
+  scan: a new Service in that namespace may select the proxy);
+* `("all", kind)`: every object of a kind (the mesh-wide Service list);
+* `("slices", namespace, service)`: the EndpointSlices of one Service (a slice
+  names its Service, so a slice arriving before or after it is the same fact);
+* `("view", name)`: a value derived once per snapshot (`MeshSnapshot.derive`)
+  whose *value* is compared between snapshots, so a change that leaves it
+  equal reaches none of its readers (`COMPARED_VIEWS`).
+
+`changed_facts` turns a ChangeSet into the facts it changed.  Adding a kind
+adds facts, not branches: a generator that reads it is found through them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypeVar
+
+from xds_server.model import ChangeSet, EndpointSlice, Kind, MeshSnapshot, ObjectKey, Service
+from xds_server.model.changes import MeshObject
+from xds_server.model.types import Labels
+from xds_server.translate.listeners import tcp_port_owners
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+Fact = tuple[Any, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class ComparedView:
+    """A derived view compared by value: `compute` derives it, `shape` is what is compared."""
+
+    kinds: frozenset[Kind]
+    compute: Callable[[MeshSnapshot], Any]
+    shape: Callable[[Any], Any]
+
+
+def _owners_shape(owners: list[tuple[int, tuple[Service, Any]]]) -> Any:
+    # What the listeners use of each owner: its port, its name and the port it owns.
+    return [(number, s.namespace, s.name, p) for number, (s, p) in owners]
+
+
+COMPARED_VIEWS: dict[str, ComparedView] = {
+    "tcp_port_owners": ComparedView(frozenset({Kind.SERVICE}), tcp_port_owners, _owners_shape),
+}
+"""Derived views compared by value, with the kinds they are computed from."""
+VIEW_KINDS: dict[str, frozenset[Kind]] = {
+    "outbound_route_tables": frozenset({Kind.SERVICE}),
+}
+"""Derived views read as "every object of these kinds" (not worth comparing)."""
+
+_FIELDS = [f.name for f in dataclasses.fields(MeshSnapshot)]
+
+
+def object_fact(key: ObjectKey) -> Fact:
+    return ("obj", key.kind, key.namespace, key.name)
+
+
+def slices_fact(namespace: str, service: str) -> Fact:
+    return ("slices", namespace, service)
+
+
+class TrackedMesh(MeshSnapshot):
+    """`mesh`, noting every query into `reads` (see the module doc)."""
+
+    def __init__(self, mesh: MeshSnapshot, reads: set[Fact]) -> None:
+        for name in _FIELDS:
+            object.__setattr__(self, name, getattr(mesh, name))
+        object.__setattr__(self, "_reads", reads)
+        object.__setattr__(self, "_untracked", mesh)
+
+    @property
+    def reads(self) -> set[Fact]:
+        reads: set[Fact] = self.__dict__["_reads"]
+        return reads
+
+    def derive(self, key: str, compute: Callable[[], T]) -> T:
+        if key in COMPARED_VIEWS:
+            self.reads.add(("view", key))
+        else:
+            for kind in VIEW_KINDS.get(key, frozenset(Kind)):
+                self.reads.add(("all", kind))
+        # Computed on the plain snapshot: the view's own reads are not this reader's.
+        untracked: MeshSnapshot = self.__dict__["_untracked"]
+        return untracked.derive(key, compute)
+
+    def service(self, namespace: str, name: str) -> Service | None:
+        self.reads.add(("obj", Kind.SERVICE, namespace, name))
+        return super().service(namespace, name)
+
+    def slices_of(self, service: Service) -> tuple[EndpointSlice, ...]:
+        self.reads.add(slices_fact(service.namespace, service.name))
+        return super().slices_of(service)
+
+    def sorted_services(self) -> Iterator[Service]:
+        self.reads.add(("all", Kind.SERVICE))
+        return super().sorted_services()
+
+    def services_selecting(self, namespace: str, labels: Labels) -> Iterator[Service]:
+        self.reads.add(("ns", Kind.SERVICE, namespace))
+        for service in super().services_selecting(namespace, labels):
+            self.reads.add(("obj", Kind.SERVICE, service.namespace, service.name))
+            yield service
+
+
+def _table(mesh: MeshSnapshot, kind: Kind) -> Any:
+    return {
+        Kind.SERVICE: mesh.services,
+        Kind.ENDPOINT_SLICE: mesh.endpoint_slices,
+        Kind.WORKLOAD: mesh.workloads,
+    }[kind]
+
+
+def changed_objects(
+    base: MeshSnapshot, mesh: MeshSnapshot, changes: ChangeSet
+) -> list[tuple[ObjectKey, MeshObject | None, MeshObject | None]]:
+    """(key, before, after) for each object whose value or origin the batch changed."""
+    changed = []
+    for key in (*changes.deletes, *changes.upserts):
+        old = _table(base, key.kind).get((key.namespace, key.name))
+        new = _table(mesh, key.kind).get((key.namespace, key.name))
+        if old != new or (old is not None and new is not None and old.origin != new.origin):
+            changed.append((key, old, new))
+    return changed
+
+
+Changed = tuple[ObjectKey, MeshObject | None, MeshObject | None]
+
+
+def facts_of(changed: Iterable[Changed]) -> set[Fact]:
+    """The facts that changed objects change (views excluded: see `changed_views`)."""
+    facts: set[Fact] = set()
+    for key, old, new in changed:
+        facts.add(object_fact(key))
+        facts.add(("ns", key.kind, key.namespace))
+        facts.add(("all", key.kind))
+        for obj in (old, new):
+            if isinstance(obj, EndpointSlice):
+                facts.add(slices_fact(obj.namespace, obj.service_name))
+    return facts
+
+
+def changed_views(
+    base: MeshSnapshot, mesh: MeshSnapshot, facts: set[Fact], read: Iterable[str]
+) -> set[Fact]:
+    """`("view", name)` for each view in `read` whose value differs between the snapshots.
+
+    Only views someone reads are computed, and only when a kind they are
+    computed from changed; a view the old snapshot never computed counts as changed.
+    """
+    changed: set[Fact] = set()
+    for name in read:
+        view = COMPARED_VIEWS.get(name)
+        if view is None or not any(("all", kind) in facts for kind in view.kinds):
+            continue
+        if view.shape(view.compute(base)) != view.shape(view.compute(mesh)):
+            changed.add(("view", name))
+    return changed
