@@ -141,6 +141,7 @@ def type_json(status: TypeStatus) -> dict[str, Any]:
         "bytes_sent": status.bytes_sent,
         "acks": status.acks,
         "nacks": status.nacks,
+        "acked_at": _when(status.acked_at) if status.acked_at is not None else None,
     }
 
 
