@@ -27,13 +27,20 @@ from fastapi import FastAPI, HTTPException, Query, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from xds_server.admin import diff as dry_run
 from xds_server.admin import page as html_page
 from xds_server.admin.config import config_json, parse_type, served_config
 from xds_server.admin.explain import explain
 from xds_server.admin.paging import Page, PageQuery
-from xds_server.admin.views import ProxyView, errors_json, newest_of_node, proxy_json
+from xds_server.admin.views import (
+    ProxyView,
+    errors_json,
+    nack_snapshots,
+    newest_of_node,
+    proxy_json,
+)
 from xds_server.cache import Snapshot
-from xds_server.resources import PUSH_ORDER
+from xds_server.resources import PUSH_ORDER, XDS_TYPES
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +87,10 @@ def translation_errors(view: AdminView) -> Sequence[tuple[str, str]]:
 
 TypeFilter = Annotated[
     str | None,
-    Query(alias="type", description="Only this type: CDS, EDS, LDS, RDS, SDS, or a type URL"),
+    Query(
+        alias="type",
+        description=f"Only this type: {', '.join(t.short_name for t in XDS_TYPES)}, or a type URL",
+    ),
 ]
 
 
@@ -135,7 +145,10 @@ def create_app(view: AdminView) -> FastAPI:
         `X-Next-Offset` and a `Link: rel="next"` header where the next page starts."""
         views = view.proxies()
         rows = page.of(views)
-        response = await run_in_threadpool(lambda: _json([proxy_json(v) for v in rows]))
+        snapshots = nack_snapshots(rows, view.snapshot)
+        response = await run_in_threadpool(
+            lambda: _json([proxy_json(v, snapshots.get(v.node_id)) for v in rows])
+        )
         _paging_headers(response, request, page, len(views))
         return response
 
@@ -183,14 +196,29 @@ def create_app(view: AdminView) -> FastAPI:
         newest, streams = newest_of_node(view.proxies(), node_id)
         if newest is None:
             raise _not_found(node_id)
-        return _json({**proxy_json(newest), "streams_for_node": streams})
+        snapshot = view.snapshot(node_id)
+        return _json({**proxy_json(newest, snapshot), "streams_for_node": streams})
 
     @app.get("/api/errors")
     async def errors(page: PageQuery) -> Response:
         """Source errors, objects translation left out, unresolved NACKs, refused snapshots
         and unreadable node metadata, each naming its object; one page of each list."""
         source, views, dropped = view.source_errors(), view.proxies(), translation_errors(view)
-        return await run_in_threadpool(lambda: _json(errors_json(source, views, dropped, page)))
+        snapshots = nack_snapshots(views, view.snapshot)
+        return await run_in_threadpool(
+            lambda: _json(errors_json(source, views, dropped, page, snapshots))
+        )
+
+    @app.post("/api/diff", responses={200: {"model": dry_run.DiffResponse}})
+    async def diff(request: Request, page: PageQuery) -> Response:
+        """What applying the proposed manifests (`{"files": {"path.yaml": "text", ...}}`)
+        would change, proxy by proxy, without applying them: one page of the proxies that
+        would change, a JSON Patch of each changed resource, the manifests' errors."""
+        if not isinstance(view, dry_run.DryRunView):
+            raise HTTPException(501, "this control plane offers no dry run")
+        run = await dry_run.dry_run(view, request)  # the preview runs on the event loop
+        body = await run_in_threadpool(dry_run.render, run, page)
+        return Response(content=body, media_type="application/json")
 
     @app.get("/metrics")
     async def metrics() -> Response:
@@ -202,6 +230,7 @@ def create_app(view: AdminView) -> FastAPI:
         ready, detail = view.is_ready(), view.readiness_detail()
         source_errors, views = view.source_errors(), view.proxies()
         dropped = translation_errors(view)
+        snapshots = nack_snapshots(page.of(views), view.snapshot)
         text = await run_in_threadpool(
             lambda: html_page.render_index(
                 ready=ready,
@@ -211,6 +240,7 @@ def create_app(view: AdminView) -> FastAPI:
                 views=views,
                 page=page,
                 now=datetime.now(UTC),
+                snapshots=snapshots,
             )
         )
         return HTMLResponse(text)
@@ -234,6 +264,7 @@ def create_app(view: AdminView) -> FastAPI:
                 selected_type=type_urls[0] if type_filter is not None else None,
                 page=page,
                 now=datetime.now(UTC),
+                snapshot=snapshot,
             )
 
         return HTMLResponse(await run_in_threadpool(render))

@@ -2,9 +2,10 @@
 
 Resources live in the cache only as serialized bytes (serialized once, shared
 by every proxy); this module parses them back and converts them with
-`json_format`, with proto field names as in Envoy's own `/config_dump`.  That
-is costly at mesh scale, so it runs only when someone asks, off the event
-loop (the app calls it in a worker thread; snapshots are immutable).
+`json_format`, with proto field names as in Envoy's own `/config_dump`, and
+with private key material redacted (`redact`).  That is costly at mesh
+scale, so it runs only when someone asks, off the event loop (the app calls
+it in a worker thread; snapshots are immutable).
 """
 
 from __future__ import annotations
@@ -17,13 +18,12 @@ from typing import Any
 from google.protobuf import json_format, text_format
 
 from xds_server.admin.paging import FIRST_PAGE, Page
+from xds_server.admin.redact import REDACTED, redact
 from xds_server.admin.views import short_name
 from xds_server.cache import Snapshot
-from xds_server.resources import PUSH_ORDER, SHORT_NAMES, Resource, unpack
+from xds_server.resources import BY_SHORT_NAME, PUSH_ORDER, TYPES, XDS_TYPES, Resource, unpack
 
 logger = logging.getLogger(__name__)
-
-_BY_SHORT_NAME = {short: url for url, short in SHORT_NAMES.items()}
 
 
 def parse_type(value: str) -> str:
@@ -31,13 +31,13 @@ def parse_type(value: str) -> str:
 
     Raises ValueError naming the accepted values.
     """
-    if value in SHORT_NAMES:
+    if value in TYPES:
         return value
-    url = _BY_SHORT_NAME.get(value.strip().upper())
-    if url is None:
-        accepted = ", ".join(SHORT_NAMES[url] for url in PUSH_ORDER)
+    known = BY_SHORT_NAME.get(value.strip().upper())
+    if known is None:
+        accepted = ", ".join(t.short_name for t in XDS_TYPES)
         raise ValueError(f"unknown type {value!r}: expected one of {accepted} or a type URL")
-    return url
+    return known.type_url
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,23 +62,27 @@ class ServedType:
 
 
 def resource_body(resource: Resource) -> dict[str, Any]:
-    """A resource as JSON; with a text rendering if it holds an Any of an unknown type.
+    """A resource as redacted JSON; as text if it holds an Any of an unknown type.
 
     `json_format` must resolve every nested `Any` (filters, extensions) in the
     default descriptor pool.  A type nobody imported cannot be shown as JSON,
-    but the page must still show the rest, so that one falls back to text.
+    but the page must still show the rest, so that one falls back to text,
+    redacted as a message; the bytes of an `Any` nobody can read stay opaque,
+    so a secret type (the registry's `secret`) is then not shown at all.
     """
     message = unpack(resource)
     try:
         body: dict[str, Any] = json_format.MessageToDict(message, preserving_proto_field_name=True)
     except (TypeError, KeyError) as error:
         logger.warning("cannot render %s %r as JSON: %s", resource.type_url, resource.name, error)
+        known = TYPES.get(resource.type_url)
+        secret = known is None or known.secret
         return {
             "@type": resource.type_url,
             "@error": f"cannot render as JSON: {error}",
-            "text": text_format.MessageToString(message),
+            "text": REDACTED if secret else text_format.MessageToString(redact(message)),
         }
-    return body
+    return redact(body)
 
 
 def served_config(

@@ -25,7 +25,16 @@ from urllib.parse import quote
 
 from xds_server.admin.config import ServedType
 from xds_server.admin.paging import DEFAULT_LIMIT, FIRST_PAGE, MAX_NAMES_SHOWN, Page, shown
-from xds_server.admin.views import ProxyView, SyncStatus, short_name, sync_status
+from xds_server.admin.redact import redact_text
+from xds_server.admin.views import (
+    NO_SNAPSHOTS,
+    ProxyView,
+    SyncStatus,
+    blamed_resources,
+    short_name,
+    sync_status,
+)
+from xds_server.cache import Snapshot
 from xds_server.resources import PUSH_ORDER
 from xds_server.server import NackStatus, StreamStatus, TypeStatus
 
@@ -102,12 +111,15 @@ def _names(names: Sequence[str]) -> str:
     return (listed + (f" and {more} more" if more > 0 else "")) or "none named"
 
 
-def _nack_text(nack: NackStatus) -> str:
+def _nack_text(nack: NackStatus, snapshot: Snapshot | None = None) -> str:
+    """A NACK: what was rejected, Envoy's message, and the source objects behind it."""
+    blamed = "".join(f"<li>{_esc(b.text())}</li>" for b in blamed_resources(nack, snapshot))
     return (
         f"<strong>{_esc(short_name(nack.type_url))} NACKED</strong> version "
         f"<code>{_esc(nack.rejected_version)}</code> (nonce {_esc(nack.nonce)}); "
         f"blamed: {_names(nack.resources)}<br>"
-        f'<span class="message">{_esc(shown(nack.message))}</span>'
+        f'<span class="message">{_esc(shown(redact_text(nack.message)))}</span>'
+        + (f'<ul class="sources small">{blamed}</ul>' if blamed else "")
     )
 
 
@@ -160,7 +172,9 @@ def _readiness(ready: bool, detail: Mapping[str, Any]) -> str:
     return f'<div class="banner bad"><strong>Not ready</strong> — {facts}</div>'
 
 
-def _proxy_rows(view: ProxyView, now: datetime, columns: int) -> str:
+def _proxy_rows(
+    view: ProxyView, now: datetime, columns: int, snapshot: Snapshot | None = None
+) -> str:
     stream, proxy = view.stream, view.proxy
     identity = (
         f'<div class="muted small">{_esc(proxy.workload or "no workload")} · '
@@ -179,7 +193,7 @@ def _proxy_rows(view: ProxyView, now: datetime, columns: int) -> str:
         f"<td><code>{_esc(stream.snapshot_version or '-')}</code></td>"
         "</tr>"
     ]
-    problems = [_nack_text(nack) for nack in view.unresolved_nacks()]
+    problems = [_nack_text(nack, snapshot) for nack in view.unresolved_nacks()]
     if view.snapshot_error:
         problems.append(f"<strong>snapshot refused</strong>: {_esc(shown(view.snapshot_error))}")
     if view.metadata_error:
@@ -224,12 +238,18 @@ def render_index(
     now: datetime,
     translation_errors: Sequence[tuple[str, str]] = (),
     page: Page = FIRST_PAGE,
+    snapshots: Mapping[str, Snapshot | None] = NO_SNAPSHOTS,
 ) -> str:
-    """`/`: readiness, errors, then one row per connected proxy, a page of them at a time."""
+    """`/`: readiness, errors, then one row per connected proxy, a page of them at a time.
+
+    `snapshots` (see `views.nack_snapshots`) name the sources of what a NACK blames.
+    """
     columns = 4 + len(PUSH_ORDER)
     headers = "".join(f"<th>{_esc(short_name(url))}</th>" for url in PUSH_ORDER)
     if views:
-        rows = "".join(_proxy_rows(view, now, columns) for view in page.of(views))
+        rows = "".join(
+            _proxy_rows(view, now, columns, snapshots.get(view.node_id)) for view in page.of(views)
+        )
     else:
         rows = f'<tr><td colspan="{columns}" class="muted">No proxy is connected.</td></tr>'
     body = (
@@ -281,7 +301,7 @@ def _identity(view: ProxyView, streams_for_node: int, now: datetime) -> str:
     return f'{note}<table class="facts">{table}</table>'
 
 
-def _problems(view: ProxyView) -> str:
+def _problems(view: ProxyView, snapshot: Snapshot | None) -> str:
     parts = []
     if view.metadata_error:
         parts.append(f"<strong>Invalid node metadata</strong>: {_esc(shown(view.metadata_error))}")
@@ -290,7 +310,7 @@ def _problems(view: ProxyView) -> str:
             "<strong>Snapshot refused</strong> (the proxy keeps its last good config): "
             f"{_esc(shown(view.snapshot_error))}"
         )
-    parts.extend(_nack_text(nack) for nack in view.unresolved_nacks())
+    parts.extend(_nack_text(nack, snapshot) for nack in view.unresolved_nacks())
     return "".join(f'<div class="banner bad">{part}</div>' for part in parts)
 
 
@@ -324,7 +344,7 @@ def _subscriptions(view: ProxyView) -> str:
             rows.append(
                 '<tr><td></td><td colspan="9" class="muted small">resolved NACK of version '
                 f"<code>{_esc(nack.rejected_version)}</code> at {_esc(nack.at.isoformat())}: "
-                f"{_esc(shown(nack.message))}</td></tr>"
+                f"{_esc(shown(redact_text(nack.message)))}</td></tr>"
             )
     if not rows:
         return '<p class="muted">The proxy has not subscribed to any type yet.</p>'
@@ -383,8 +403,12 @@ def render_proxy(
     selected_type: str | None,
     now: datetime,
     page: Page = FIRST_PAGE,
+    snapshot: Snapshot | None = None,
 ) -> str:
-    """`/proxies/{node_id}`: identity, problems, subscriptions, and a page of the config."""
+    """`/proxies/{node_id}`: identity, problems, subscriptions, and a page of the config.
+
+    `snapshot` (the node's current one) names the sources of what a NACK blames.
+    """
     api = "../api/" + proxy_path(view.node_id)
     blamed: dict[str, frozenset[str]] = {
         nack.type_url: frozenset(nack.resources) for nack in view.unresolved_nacks()
@@ -399,7 +423,7 @@ def render_proxy(
     body = (
         f'<p><a href="../">&larr; all proxies</a></p>'
         f"<h1>{_esc(view.node_id)}</h1>"
-        f"{_problems(view)}{_identity(view, streams_for_node, now)}"
+        f"{_problems(view, snapshot)}{_identity(view, streams_for_node, now)}"
         "<h2>Subscriptions</h2>"
         f"{_subscriptions(view)}"
         f'<h2>Config served <span class="muted small">snapshot '

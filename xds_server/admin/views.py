@@ -9,20 +9,33 @@ web page both render from the values here, and tests drive it with frozen
 status values, no server needed.  Everything a proxy or a manifest can make
 long is bounded here: messages are cut and name lists shortened, with their
 full count alongside (`names_total`, `resources_total`).
+
+A NACK names Envoy's resources; an operator fixes manifests.  So each NACK
+also names the source objects behind the resources it blames (`blamed`,
+`sources`): each blamed name is looked up in the proxy's current snapshot and
+its `Resource.provenance` shown (file and document in file mode, uid and
+resourceVersion in Kubernetes).  The snapshot may since have moved on from
+the rejected version; a name it no longer holds is said to be of unknown
+source rather than guessed.  Envoy's messages pass through `redact_text`.
 """
 
 from __future__ import annotations
 
 import enum
 import logging
-from collections.abc import Iterable, Sequence
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from types import MappingProxyType
 from typing import Any
 
-from xds_server.admin.paging import FIRST_PAGE, Page, shown, shown_names
+from xds_server.admin.paging import FIRST_PAGE, MAX_NAMES_SHOWN, Page, shown, shown_names
+from xds_server.admin.redact import redact_text
+from xds_server.cache import Snapshot
 from xds_server.model import Proxy
-from xds_server.resources import PUSH_ORDER, SHORT_NAMES
+from xds_server.provenance import SourceRef
+from xds_server.resources import TYPES, XDS_TYPES
 from xds_server.server import NackStatus, StreamStatus, TypeStatus
 
 logger = logging.getLogger(__name__)
@@ -58,7 +71,9 @@ def sync_status(status: TypeStatus | None) -> SyncStatus:
 
 
 def short_name(type_url: str) -> str:
-    return SHORT_NAMES.get(type_url, type_url.rsplit(".", 1)[-1])
+    """CDS, EDS, ... from the type registry; the message name for a type it lacks."""
+    known = TYPES.get(type_url)
+    return known.short_name if known is not None else type_url.rsplit(".", 1)[-1]
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +106,88 @@ class ProxyView:
         ]
 
 
+def noun(type_url: str) -> str:
+    """What one resource of a type is called in a sentence: `listener`, `route configuration`."""
+    known = TYPES.get(type_url)
+    name = known.message.DESCRIPTOR.name if known is not None else type_url.rsplit(".", 1)[-1]
+    return re.sub(r"(?<!^)(?=[A-Z])", " ", name).lower()
+
+
+def source_text(source: SourceRef) -> str:
+    """`Service default/web (services.yaml, document 0)`: an object, and where it was read."""
+    where = []
+    origin = source.origin
+    if origin is not None:
+        if origin.file is not None:
+            where.append(origin.file)
+        if origin.document is not None:
+            where.append(f"document {origin.document}")
+        if origin.uid is not None:
+            where.append(f"uid {origin.uid}")
+        if origin.resource_version is not None:
+            where.append(f"resourceVersion {origin.resource_version}")
+    place = f" ({', '.join(where)})" if where else ""
+    return f"{source.kind} {source.namespace}/{source.name}{place}"
+
+
+@dataclass(frozen=True, slots=True)
+class BlamedResource:
+    """One resource a NACK blames, and the source objects it was made from."""
+
+    type_url: str
+    name: str
+    sources: tuple[SourceRef, ...] | None
+    """None when the proxy's current snapshot no longer holds the resource."""
+
+    def json(self) -> dict[str, Any]:
+        return {
+            "resource": shown(self.name),
+            "sources": None if self.sources is None else [s.as_json() for s in self.sources],
+        }
+
+    def text(self) -> str:
+        """`rejected listener inbound_8080 from Service default/web (services.yaml, document 0)`."""
+        what = f"rejected {noun(self.type_url)} {shown(self.name)}"
+        if self.sources is None:
+            return f"{what} from an unknown source (no longer in the proxy's snapshot)"
+        if not self.sources:
+            return f"{what} from an unknown source (it names none)"
+        return f"{what} from " + " and ".join(source_text(s) for s in self.sources)
+
+
+def blamed_resources(nack: NackStatus, snapshot: Snapshot | None) -> tuple[BlamedResource, ...]:
+    """The resources a NACK blames (as many as are shown), each with its source objects."""
+    served = snapshot.get(nack.type_url) if snapshot is not None else {}
+    blamed = []
+    for name in nack.resources[:MAX_NAMES_SHOWN]:
+        resource = served.get(name)
+        blamed.append(
+            BlamedResource(
+                nack.type_url, name, resource.provenance if resource is not None else None
+            )
+        )
+    return tuple(blamed)
+
+
+def sources_of(blamed: Iterable[BlamedResource]) -> list[SourceRef]:
+    """Every source object behind `blamed`, once each, in the order first named."""
+    return list(dict.fromkeys(source for b in blamed for source in b.sources or ()))
+
+
+NO_SNAPSHOTS: Mapping[str, Snapshot | None] = MappingProxyType({})
+
+
+def nack_snapshots(
+    views: Iterable[ProxyView], snapshot_of: Callable[[str], Snapshot | None]
+) -> dict[str, Snapshot | None]:
+    """The current snapshot of each node with a NACK on record (to name its sources)."""
+    return {
+        view.node_id: snapshot_of(view.node_id)
+        for view in views
+        if any(status.last_nack is not None for status in view.stream.types.values())
+    }
+
+
 def newest_of_node(views: Iterable[ProxyView], node_id: str) -> tuple[ProxyView | None, int]:
     """The most recent stream of a node, and how many streams that node has open.
 
@@ -110,7 +207,9 @@ def _when(moment: datetime) -> str:
     return moment.isoformat()
 
 
-def nack_json(nack: NackStatus) -> dict[str, Any]:
+def nack_json(nack: NackStatus, snapshot: Snapshot | None = None) -> dict[str, Any]:
+    """A NACK, with the source objects behind what it blames (looked up in `snapshot`)."""
+    blamed = blamed_resources(nack, snapshot)
     return {
         "node_id": nack.node_id,
         "type": short_name(nack.type_url),
@@ -118,14 +217,16 @@ def nack_json(nack: NackStatus) -> dict[str, Any]:
         "rejected_version": nack.rejected_version,
         "kept_version": nack.kept_version,
         "nonce": nack.nonce,
-        "message": shown(nack.message),
+        "message": shown(redact_text(nack.message)),
         "at": _when(nack.at),
         "resources": shown_names(nack.resources),
         "resources_total": len(nack.resources),
+        "blamed": [b.json() for b in blamed],
+        "sources": [source.as_json() for source in sources_of(blamed)],
     }
 
 
-def type_json(status: TypeStatus) -> dict[str, Any]:
+def type_json(status: TypeStatus, snapshot: Snapshot | None = None) -> dict[str, Any]:
     return {
         "type": short_name(status.type_url),
         "type_url": status.type_url,
@@ -136,7 +237,9 @@ def type_json(status: TypeStatus) -> dict[str, Any]:
         "version_sent": status.version_sent,
         "nonce": status.nonce,
         "acked_version": status.acked_version,
-        "last_nack": nack_json(status.last_nack) if status.last_nack is not None else None,
+        "last_nack": (
+            nack_json(status.last_nack, snapshot) if status.last_nack is not None else None
+        ),
         "responses": status.responses,
         "bytes_sent": status.bytes_sent,
         "acks": status.acks,
@@ -164,8 +267,11 @@ def identity_json(proxy: Proxy | None) -> dict[str, Any]:
     }
 
 
-def proxy_json(view: ProxyView) -> dict[str, Any]:
-    """One row of `/api/proxies`: the stream, the workload, and per-type status."""
+def proxy_json(view: ProxyView, snapshot: Snapshot | None = None) -> dict[str, Any]:
+    """One row of `/api/proxies`: the stream, the workload, and per-type status.
+
+    `snapshot` (the node's current one) names the sources of what a NACK blames.
+    """
     stream = view.stream
     return {
         "node_id": stream.node_id,
@@ -176,8 +282,8 @@ def proxy_json(view: ProxyView) -> dict[str, Any]:
         "snapshot_version": stream.snapshot_version,
         "requests": stream.requests,
         **identity_json(view.proxy),
-        "sync": {short_name(url): view.sync(url).value for url in PUSH_ORDER},
-        "types": [type_json(status) for status in stream.types.values()],
+        "sync": {t.short_name: view.sync(t.type_url).value for t in XDS_TYPES},
+        "types": [type_json(status, snapshot) for status in stream.types.values()],
         "snapshot_error": _shown_or_none(view.snapshot_error),
         "metadata_error": _shown_or_none(view.metadata_error),
     }
@@ -192,10 +298,13 @@ def errors_json(
     views: Iterable[ProxyView],
     translation_errors: Sequence[tuple[str, str]] = (),
     page: Page = FIRST_PAGE,
+    snapshots: Mapping[str, Snapshot | None] = NO_SNAPSHOTS,
 ) -> dict[str, Any]:
     """Everything wrong right now, each naming its object: file, object, proxy, resource.
 
-    Each list is cut to `page` (the same slice of each); `total` counts each in full.
+    A NACK names the source objects of what it blames from `snapshots` (each
+    node's current snapshot, see `nack_snapshots`).  Each list is cut to
+    `page` (the same slice of each); `total` counts each in full.
     """
     views = list(views)
     lists: dict[str, list[Any]] = {
@@ -208,14 +317,17 @@ def errors_json(
     totals = {"source": len(source_errors), "translation": len(translation_errors)}
     nacks = [(view, nack) for view in views for nack in view.unresolved_nacks()]
     lists["nacks"] = [
-        {"stream_id": view.stream.stream_id, **nack_json(nack)} for view, nack in page.of(nacks)
+        {"stream_id": view.stream.stream_id, **nack_json(nack, snapshots.get(view.node_id))}
+        for view, nack in page.of(nacks)
     ]
     totals["nacks"] = len(nacks)
     for name, errors in (
         ("snapshots", _by_node((v.node_id, v.snapshot_error) for v in views)),
         ("metadata", _by_node((v.node_id, v.metadata_error) for v in views)),
     ):
-        lists[name] = [{"node_id": node, "error": shown(error)} for node, error in page.of(errors)]
+        lists[name] = [
+            {"node_id": node, "error": shown(redact_text(error))} for node, error in page.of(errors)
+        ]
         totals[name] = len(errors)
     return {**lists, **page.json(totals)}
 

@@ -5,6 +5,10 @@ reference a resource makes (an EDS cluster's load assignment, a listener's
 route configuration) resolves inside the same snapshot, and every
 ClusterLoadAssignment belongs to a cluster.  An inconsistent snapshot is
 refused and the proxy keeps the last good one.
+
+What may reference what is the type registry's (`XdsType.references`): a
+reference to a type its registry entry does not declare is a problem too, so
+push order (which relies on the registry) can never leave it dangling.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from xds_server.cache.resource_set import ResourceMap, changed_names, version_of
-from xds_server.resources import CLUSTER, ENDPOINT, SHORT_NAMES, Resource
+from xds_server.resources import CLUSTER, ENDPOINT, TYPES, Resource
 
 
 class InconsistentSnapshotError(ValueError):
@@ -59,12 +63,20 @@ def find_problems(snapshot: Snapshot, previous: Snapshot | None = None) -> list[
             if resource is None:
                 removed.add((type_url, name))
                 continue
+            declared = _declared_references(type_url)
             for ref_type, ref_name in sorted(resource.refs):
-                if ref_name not in snapshot.get(ref_type):
+                if ref_type not in declared:
+                    problems.append(
+                        f"{_short(type_url)} {name!r} references {_short(ref_type)} "
+                        f"{ref_name!r}, a type the registry does not declare it references"
+                    )
+                elif ref_name not in snapshot.get(ref_type):
                     problems.append(
                         f"{_short(type_url)} {name!r} references missing "
                         f"{_short(ref_type)} {ref_name!r}"
                     )
+            # EDS names a load assignment after its cluster (a naming rule of the
+            # protocol, not a reference the assignment makes).
             if type_url == ENDPOINT and name not in snapshot.get(CLUSTER):
                 problems.append(f"EDS {name!r} has no cluster in CDS")
     if previous is not None:
@@ -86,5 +98,11 @@ def find_problems(snapshot: Snapshot, previous: Snapshot | None = None) -> list[
     return problems
 
 
+def _declared_references(type_url: str) -> tuple[str, ...]:
+    known = TYPES.get(type_url)
+    return known.references if known is not None else ()
+
+
 def _short(type_url: str) -> str:
-    return SHORT_NAMES.get(type_url, type_url.rsplit(".", 1)[-1])
+    known = TYPES.get(type_url)
+    return known.short_name if known is not None else type_url.rsplit(".", 1)[-1]
