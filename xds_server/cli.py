@@ -150,8 +150,19 @@ def _parser() -> argparse.ArgumentParser:
         module = importlib.import_module(module_name)
         sub = commands.add_parser(name, help=module.HELP, description=module.__doc__)
         module.add_arguments(sub)
+    _add_admin_commands(commands)
     return parser
 
+
+def _add_admin_commands(commands: argparse._SubParsersAction[Any]) -> None:
+    """`status`, `config`, `explain`: clients of a running control plane's admin API."""
+    from xds_server import cli_admin
+
+    cli_admin.add_commands(commands)
+
+
+ADMIN_COMMANDS = ("status", "config", "explain")
+"""Commands of `cli_admin`, run against the admin API of a running control plane."""
 
 # Commands that live in their own modules: each exposes HELP, add_arguments(parser)
 # and run(args) -> int, so features add a command without growing this file.
@@ -289,6 +300,10 @@ def _main(argv: list[str] | None) -> int:
         return _run_cancellable(
             run_demo(once=args.once, delta=args.delta, manifests=args.manifests)
         )
+    if args.command in ADMIN_COMMANDS:
+        from xds_server import cli_admin
+
+        return cli_admin.run(args)
     if args.command in PLUGIN_COMMANDS:
         result: int = importlib.import_module(PLUGIN_COMMANDS[args.command]).run(args)
         return result

@@ -76,7 +76,7 @@ def _type(value: str) -> str:
     return short
 
 
-def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_commands(commands: argparse._SubParsersAction[Any]) -> None:
     """Add `status`, `config` and `explain` to the `xds-server` command."""
     status = commands.add_parser("status", help="sync status of every connected proxy per type")
     _common(status)
