@@ -61,8 +61,8 @@ def summary(changes: ChangeSet) -> tuple[set[str], set[str]]:
         ),
         pytest.param(
             [{"a.yaml": svc("x")}, {"a.yaml": None, "b.yaml": svc("x")}],
-            [({"Service default/x"}, set()), (set(), set())],
-            id="rename-is-no-change",
+            [({"Service default/x"}, set()), ({"Service default/x"}, set())],
+            id="rename-is-an-update-of-the-origin-never-a-delete",
         ),
         pytest.param(
             [{"a.yaml": svc("x")}, {"a.yaml": "", "b.yaml": svc("x", 81)}],

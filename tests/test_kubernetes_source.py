@@ -43,6 +43,7 @@ from xds_server.model.changes import MeshObject
 from xds_server.model.types import labels_of
 from xds_server.pipeline import SnapshotBuilder
 from xds_server.pipeline.builder import workload_of
+from xds_server.provenance import Origin
 from xds_server.resources import LISTENER
 from xds_server.settings import KubernetesSettings, Settings
 from xds_server.sources.k8s_kinds import MESH_KINDS, WatchedKind, convert_from_api, core_v1_lists
@@ -224,20 +225,22 @@ async def test_added_modified_and_deleted_are_emitted_once_each(
     assert len(recorder.changesets) == 4  # the initial (empty) mesh, then one per event
 
 
-async def test_an_update_that_does_not_change_the_model_emits_nothing(
+async def test_an_update_that_does_not_change_the_model_is_emitted_for_its_new_version(
     api_server: ApiServerEmulator, run_source: StartSource
 ) -> None:
     api_server.create(pod("web-1", "10.1.0.5", labels={"app": "web"}))
-    api_server.create(pod("web-2", "10.1.0.6", labels={"app": "web"}))
     running = await run_source()
     recorder = running.recorder
+    before = recorder.mesh[pod_key("web-1")]
 
     churn = {"status": {"containerStatuses": [{"name": "app", "ready": True, "restartCount": 3}]}}
     api_server.patch(PODS, "default", "web-1", churn)
-    api_server.patch(PODS, "default", "web-2", {"metadata": {"labels": {"app": "api"}}})
-    # Events of one watch arrive in order: web-2's change comes after web-1's.
-    await recorder.until(lambda: recorder.upserts(pod_key("web-2"), since=1))
-    assert recorder.upserts(pod_key("web-1"), since=1) == 0
+    churned_at = str(api_server.revision)
+    await recorder.until(lambda: recorder.upserts(pod_key("web-1"), since=1))
+
+    after = recorder.mesh[pod_key("web-1")]
+    assert after == before  # the same value: nothing to translate
+    assert after.origin is not None and after.origin.resource_version == churned_at
     assert len(recorder.changesets) == 2
 
 
@@ -558,15 +561,23 @@ def test_a_relist_emits_exactly_the_difference() -> None:
     assert objects.resource_version == "6"
 
 
-def test_a_new_version_with_the_same_model_value_emits_nothing() -> None:
+def test_a_new_version_with_the_same_model_value_is_emitted_with_its_origin() -> None:
     objects = WatchedObjects("w", "v1", "Service", convert_from_api)
     objects.replace([listed(service("a"), 1)], "1")
-    relabelled = listed(service("a"), 2)
-    relabelled["metadata"]["annotations"] = {"note": "no effect on the mesh"}
-    assert not objects.apply_event(
-        "MODIFIED", {"kind": "Service", "apiVersion": "v1", **relabelled}
-    )
+    annotated = listed(service("a"), 2)
+    annotated["metadata"]["annotations"] = {"note": "no effect on the mesh"}
+    changes = objects.apply_event("MODIFIED", {"kind": "Service", "apiVersion": "v1", **annotated})
+    assert changes.upserts == {service_key("a"): convert_from_api(service("a"))}
+    assert changes.upserts[service_key("a")].origin == Origin(resource_version="2")
     assert objects.resource_version == "2"
+
+
+def test_the_version_already_held_emits_nothing() -> None:
+    objects = WatchedObjects("w", "v1", "Service", convert_from_api)
+    objects.replace([listed(service("a"), 1)], "1")
+    assert not objects.apply_event("MODIFIED", {"kind": "Service", "apiVersion": "v1",
+                                                **listed(service("a"), 1)})  # fmt: skip
+    assert not objects.replace([listed(service("a"), 1)], "1")
 
 
 def test_a_deletion_of_an_object_never_seen_is_harmless() -> None:

@@ -25,7 +25,8 @@ A kind the mesh does not read converts to None; a near miss of one it reads
 (`kind: Services`, `Service ` with a space, `endpointslice`, a Service in
 `apps/v1`) raises a ManifestError of severity "warning" with a "did you
 mean", keyed by the object it probably meant (see `kinds`).
-Conversion is pure: no I/O, no clock, the same input always gives the same value.
+Conversion is pure: no I/O, no clock, the same input always gives the same value
+(and the origin it is given, which equality ignores).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from xds_server.model import (
 )
 from xds_server.model.changes import MeshObject
 from xds_server.model.types import labels_of
+from xds_server.provenance import Origin
 from xds_server.sources import limits
 from xds_server.sources.kinds import near_miss
 from xds_server.sources.object_reader import (
@@ -238,7 +240,7 @@ def _cluster_ips(obj: ObjectReader, spec: Mapping[str, Any]) -> str | None:
     return cluster_ip
 
 
-def _service(obj: ObjectReader, manifest: Mapping[str, Any]) -> Service:
+def _service(obj: ObjectReader, manifest: Mapping[str, Any], origin: Origin | None) -> Service:
     obj.mapping(manifest, "", SERVICE_FIELDS)
     meta = _metadata(obj, manifest, DNS_1035_LABEL)
     spec = obj.mapping(manifest.get("spec"), "spec", SERVICE_SPEC_FIELDS)
@@ -268,6 +270,7 @@ def _service(obj: ObjectReader, manifest: Mapping[str, Any]) -> Service:
         ports=tuple(ports),
         selector=labels_of(selector) if selector else None,
         cluster_ip=cluster_ip,
+        origin=origin,
     )
 
 
@@ -337,7 +340,9 @@ def _endpoint(obj: ObjectReader, value: Any, field: str, address_type: str) -> E
     )
 
 
-def _endpoint_slice(obj: ObjectReader, manifest: Mapping[str, Any]) -> EndpointSlice:
+def _endpoint_slice(
+    obj: ObjectReader, manifest: Mapping[str, Any], origin: Origin | None
+) -> EndpointSlice:
     obj.mapping(manifest, "", SLICE_FIELDS)
     meta = _metadata(obj, manifest, DNS_SUBDOMAIN)
     service_name = meta.labels.get(SERVICE_NAME_LABEL)
@@ -374,13 +379,14 @@ def _endpoint_slice(obj: ObjectReader, manifest: Mapping[str, Any]) -> EndpointS
         address_type=address_type,
         ports=tuple(ports),
         endpoints=endpoints,
+        origin=origin,
     )
 
 
 _TERMINATED_PHASES = frozenset({"Succeeded", "Failed"})
 
 
-def _pod(obj: ObjectReader, manifest: Mapping[str, Any]) -> Workload:
+def _pod(obj: ObjectReader, manifest: Mapping[str, Any], origin: Origin | None) -> Workload:
     obj.mapping(manifest, "", POD_FIELDS)
     meta = _metadata(obj, manifest, DNS_SUBDOMAIN)
     spec = obj.mapping(manifest.get("spec"), "spec", POD_SPEC_FIELDS)
@@ -409,10 +415,11 @@ def _pod(obj: ObjectReader, manifest: Mapping[str, Any]) -> Workload:
         service_account=accounts[0] if accounts else "default",
         ip=obj.ip(pod_ip, "status.podIP") if pod_ip else None,
         node_name=node_name or None,
+        origin=origin,
     )
 
 
-_Converter = Callable[[ObjectReader, Mapping[str, Any]], MeshObject]
+_Converter = Callable[[ObjectReader, Mapping[str, Any], Origin | None], MeshObject]
 _CONVERTERS: dict[tuple[str, str], _Converter] = {
     ("v1", "Service"): _service,
     ("discovery.k8s.io/v1", "EndpointSlice"): _endpoint_slice,
@@ -420,7 +427,9 @@ _CONVERTERS: dict[tuple[str, str], _Converter] = {
 }
 
 
-def convert(manifest: Mapping[str, Any], *, strict: bool = True) -> MeshObject | None:
+def convert(
+    manifest: Mapping[str, Any], *, strict: bool = True, origin: Origin | None = None
+) -> MeshObject | None:
     """The model value a manifest describes, or None for a kind the mesh does not use.
 
     Raises ManifestError naming the object and field when the manifest is not
@@ -428,7 +437,8 @@ def convert(manifest: Mapping[str, Any], *, strict: bool = True) -> MeshObject |
     apiVersion is a near miss of one the mesh reads.  `strict` rejects fields
     Kubernetes does not define (as `kubectl apply` does); a watcher of the
     API server, whose objects are already validated and may carry fields
-    newer than this module, can pass False.
+    newer than this module, can pass False.  `origin` (where the source read the
+    manifest) is stamped on the value; it is provenance, not part of the value.
     """
     if not isinstance(manifest, Mapping):
         raise ManifestError("object", None, f"must be a mapping, got {show(manifest)}")
@@ -445,4 +455,4 @@ def convert(manifest: Mapping[str, Any], *, strict: bool = True) -> MeshObject |
         meant = describe(dict(manifest, kind=miss.kind))[1] if miss.kind else None
         raise ManifestError(ref, miss.field, miss.message, meant, miss.severity)
     check_values(obj, manifest)
-    return converter(obj, manifest)
+    return converter(obj, manifest, origin)

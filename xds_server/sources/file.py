@@ -27,12 +27,17 @@ holds the bytes it parses: a rescan that finds newer bytes (or no file)
 cancels it, so a file always ends in the state of its latest bytes.  Objects
 defined in two files belong to the file folded in first, as ever; at start-up
 every file, large or small, is folded in at once, in path order.
+
+Each ChangeSet's `observed_at` is when the watcher saw the change (see
+`file_watch`), not when parsing ended: a large file's ChangeSet carries the
+time its bytes (or the earlier bytes they superseded) were seen.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,6 +88,7 @@ class _Job:
     digest: str
     data: bytes
     previous: FileState | None
+    observed_at: float = 0.0  # set when queued: when the watcher saw these (or older) bytes
 
 
 @dataclass
@@ -165,8 +171,10 @@ class FileSource:
         """
         if self._jobs:
             raise RuntimeError("FileSource.load() called while run() is parsing files")
+        observed_at = time.time()
         scan = self._scan(self._state, {}, inline=True)
         self._state, changes = self._state.update(scan.changed)
+        changes.observed_at = observed_at
         self._directory_error = scan.directory_error
         self._report()
         self._log_changes(changes)
@@ -264,7 +272,7 @@ class FileSource:
                 ready.set()
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(self._parse_large_files(emit), name="parse-large-files")
-                await self._watcher.run(lambda: self._rescan(emit))
+                await self._watcher.run(lambda seen_at: self._rescan(emit, seen_at))
         finally:
             self._jobs.clear()
             self._running = None
@@ -273,30 +281,39 @@ class FileSource:
 
     async def _initial_load(self) -> ChangeSet:
         assert self._lock is not None
+        observed_at = time.time()
         async with self._lock:
             state = self._state
             scan = await asyncio.to_thread(self._scan, state, {}, inline=False)
             for job in scan.large:
                 scan.changed[job.path] = await self._parse_in_worker(job) or job.previous
             self._state, changes = await asyncio.to_thread(state.update, scan.changed)
+            changes.observed_at = observed_at
             self._directory_error = scan.directory_error
             self._report()
         self._log_changes(changes)
         return changes
 
-    async def _rescan(self, emit: Callable[[ChangeSet], None]) -> None:
-        """Fold in every changed small file and emit; queue changed large files."""
+    async def _rescan(self, emit: Callable[[ChangeSet], None], observed_at: float) -> None:
+        """Fold in every changed small file and emit; queue changed large files.
+
+        A superseded parse's (earlier) `observed_at` passes to the file's newer state.
+        """
         assert self._lock is not None
         try:
             async with self._lock:
                 state = self._state
                 pending = {path: job.digest for path, job in self._jobs.items()}
                 scan = await asyncio.to_thread(self._scan, state, pending, inline=False)
-                for path in scan.superseded:
-                    self._cancel_parse(path)
+                cancelled = {path: self._cancel_parse(path) for path in scan.superseded}
+                earlier = {path: seen for path, seen in cancelled.items() if seen is not None}
                 self._state, changes = await asyncio.to_thread(state.update, scan.changed)
+                changes.observed_at = min(
+                    [observed_at, *(earlier[p] for p in scan.changed & earlier.keys())]
+                )
                 self._directory_error = scan.directory_error
                 for job in scan.large:
+                    job.observed_at = min(observed_at, earlier.get(job.path, observed_at))
                     self._queue_parse(job)
                 self._report()
         except Exception:  # a bug, not bad input (that is reported); the next change retries
@@ -311,10 +328,12 @@ class FileSource:
         self._jobs[job.path] = job
         self._work.set()
 
-    def _cancel_parse(self, path: Path) -> None:
+    def _cancel_parse(self, path: Path) -> float | None:
+        """Drop the file's queued parse (killing it if running); when its bytes were seen."""
         job = self._jobs.pop(path, None)
         if job is not None and job is self._running and self._parser is not None:
             self._parser.cancel()
+        return job.observed_at if job is not None else None
 
     async def _parse_large_files(self, emit: Callable[[ChangeSet], None]) -> None:
         """Parse queued large files one at a time, folding each in when it is still current."""
@@ -340,6 +359,7 @@ class FileSource:
                     self._state, changes = await asyncio.to_thread(
                         self._state.update, {job.path: parsed}
                     )
+                    changes.observed_at = job.observed_at
                 except Exception:  # a bug; the file is parsed again when it changes
                     logger.exception("%s: folding in a parsed file failed", job.path)
                     continue

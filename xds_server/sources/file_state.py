@@ -20,6 +20,13 @@ rule is a table-driven test away:
   first; the other definition is an error naming both files, and takes over
   only when the first goes away.  A rename, or an object moved between files
   in one burst of writes, is therefore an update, never a delete and re-add.
+
+Every object carries its `Origin`: the file (as errors show its path: the
+watched directory joined with the path under it) and the index of the YAML
+document it was read from.  An origin is where the value in force was read,
+so an invalid new version leaves the last good one with its old origin.  An
+object that moves (to another document, or file) with its value unchanged is
+still in the ChangeSet, so the mesh holds its new origin.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ import yaml
 
 from xds_server.model import ChangeSet, ObjectKey
 from xds_server.model.changes import MeshObject
+from xds_server.provenance import Origin
 from xds_server.sources import limits
 from xds_server.sources.convert import ManifestError, convert, describe
 from xds_server.sources.object_reader import show
@@ -76,13 +84,16 @@ class SourceError:
         object.__setattr__(self, "message", limits.clip(self.message))
 
     def __str__(self) -> str:
-        shown_path = (
-            str(self.path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-        )
-        where = f"{shown_path}:{self.line}" if self.line else shown_path
+        shown = shown_path(self.path)
+        where = f"{shown}:{self.line}" if self.line else shown
         severity = "warning" if self.severity == "warning" else None
         parts = (where, severity, self.object_ref, self.field, self.message)
         return limits.clip(": ".join(part for part in parts if part))
+
+
+def shown_path(path: Path) -> str:
+    """`path` as errors and origins show it: undecodable bytes as `\\x` escapes (valid text)."""
+    return str(path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 @dataclass(frozen=True)
@@ -185,6 +196,7 @@ class _Parse:
 
     def __init__(self, path: Path, previous: FileState | None) -> None:
         self.path = path
+        self.shown_path = shown_path(path)
         self.kept: Mapping[ObjectKey, MeshObject] = previous.objects if previous else {}
         self.kept_lines: Mapping[ObjectKey, int] = previous.lines if previous else {}
         self.objects: dict[ObjectKey, MeshObject] = {}
@@ -205,10 +217,10 @@ class _Parse:
                                        problem.line))  # fmt: skip
         self.keep(key, problem.line)
 
-    def manifest(self, node: yaml.Node, manifest: Mapping[str, Any]) -> None:
+    def manifest(self, node: yaml.Node, manifest: Mapping[str, Any], document: int) -> None:
         line = node.start_mark.line + 1
         try:
-            obj = convert(manifest)
+            obj = convert(manifest, origin=Origin(file=self.shown_path, document=document))
         except ManifestError as error:
             self.errors.append(
                 SourceError(self.path, error.object_ref, error.field, error.message,
@@ -266,7 +278,7 @@ def parse_file(path: Path, data: bytes, previous: FileState | None = None) -> Fi
                     node.start_mark.line + 1,
                 ))  # fmt: skip
                 break
-            parse.manifest(node, manifest)
+            parse.manifest(node, manifest, document.index)
         if parse.count > limits.MAX_DOCUMENTS_PER_FILE:
             break
     return FileState(path, digest, parse.objects, parse.lines, tuple(parse.errors))
@@ -332,6 +344,7 @@ class DirectoryState:
         for key in before.keys() - after.keys():
             changes.delete(key)
         for key, obj in after.items():
-            if before.get(key) != obj:
+            old = before.get(key)
+            if old != obj or old.origin != obj.origin:  # a move alone is news: provenance
                 changes.upsert(obj)
         return new, changes

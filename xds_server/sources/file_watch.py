@@ -14,6 +14,12 @@ logged as one line, the directory is polled meanwhile (by rescanning, not
 with `watchfiles`' poller, which fails on the same name), and native events
 are tried again after RETRY_S, doubling to MAX_RETRY_S while failures repeat
 and starting over once native events have run for HEALTHY_AFTER_S.
+
+Each call of `rescan` is given the wall-clock time (`time.time()`) the
+change was seen: when `watchfiles` delivered the burst of events (at the end
+of its debounce, which is as early as it tells), or the poll tick that looks.
+The source stamps it on the ChangeSet as `observed_at`, where the push
+latency a proxy's ACK is measured against starts.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from pathlib import Path
 from typing import Literal
@@ -44,7 +51,8 @@ POLL_DELAY_MS = 200
 """Polling period: when asked for, or while native file events are failing."""
 
 WatchMode = Literal["events", "polling", "fallback-polling"]
-Rescan = Callable[[], Awaitable[None]]
+Rescan = Callable[[float], Awaitable[None]]
+"""Called with the time (`time.time()`) the change was seen."""
 
 
 def _identity(directory: Path) -> tuple[int, int] | None:
@@ -79,7 +87,7 @@ class DirectoryWatcher:
         return self._mode
 
     async def run(self, rescan: Rescan) -> None:
-        """Watch until cancelled, calling `rescan` after every wake-up."""
+        """Watch until cancelled, calling `rescan` (with the time) after every wake-up."""
         loop = asyncio.get_running_loop()
         while True:
             identity = _identity(self._directory)
@@ -89,7 +97,7 @@ class DirectoryWatcher:
                 await self._poll(rescan, identity)
             else:
                 await self._watch(rescan, identity)
-            await rescan()
+            await rescan(time.time())
 
     async def _wait_for_directory(self) -> None:
         while _identity(self._directory) is None:  # noqa: ASYNC110 (no event to wait on)
@@ -103,7 +111,7 @@ class DirectoryWatcher:
             await asyncio.sleep(POLL_DELAY_MS / 1000)
             if _identity(self._directory) != identity:
                 return
-            await rescan()
+            await rescan(time.time())
         logger.info("%s: watching for file events again", self._directory)
 
     async def _watch(self, rescan: Rescan, identity: tuple[int, int]) -> None:
@@ -115,7 +123,7 @@ class DirectoryWatcher:
         async with contextlib.aclosing(wake_ups):
             while True:
                 try:
-                    await anext(wake_ups)
+                    seen_at = await anext(wake_ups)
                 except StopAsyncIteration:
                     return
                 except Exception as error:
@@ -123,7 +131,7 @@ class DirectoryWatcher:
                         return  # the directory went away under the watcher
                     self._watcher_failed(error, loop.time() - started)
                     return
-                await rescan()
+                await rescan(seen_at)
 
     def _watcher_failed(self, error: Exception, ran_for: float) -> None:
         """Poll for a while (doubling while failures repeat), then try native events again."""
@@ -138,8 +146,9 @@ class DirectoryWatcher:
             self._directory, _reason(error), POLL_DELAY_MS, delay,
         )  # fmt: skip
 
-    async def _wake_ups(self, identity: tuple[int, int]) -> AsyncGenerator[None, None]:
-        """Yields when the directory should be rescanned; ends when it is gone or replaced.
+    async def _wake_ups(self, identity: tuple[int, int]) -> AsyncGenerator[float, None]:
+        """Yields when the directory should be rescanned (the time it woke); ends when it is
+        gone or replaced.
 
         The first wake-up (at most CHECK_INTERVAL_MS after the watch starts)
         always yields, so writes made before the watch was in place are not missed.
@@ -157,9 +166,10 @@ class DirectoryWatcher:
         started = False
         async with contextlib.aclosing(watcher) as events:
             async for batch in events:
+                seen_at = time.time()
                 if _identity(self._directory) != identity:
                     logger.warning("%s: directory removed or replaced", self._directory)
                     return
                 if batch or not started or self._force_polling:  # polling: rescan every tick
                     started = True
-                    yield
+                    yield seen_at

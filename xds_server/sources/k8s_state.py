@@ -12,8 +12,12 @@ emitted before to what the API server holds now, so:
 - an object whose new version fails conversion keeps its last good value in
   force, and the error (naming the object and field) stays until a good
   version or a deletion replaces it;
-- an update that does not change the model value (a Pod's container status,
-  say) emits nothing, so status churn never reaches the pipeline.
+- every value carries its `Origin` (metadata.uid and metadata.resourceVersion),
+  so an update that does not change the model value (a Pod's container
+  status, say) is still emitted: the mesh must hold the version in force for
+  provenance to name it.  It costs the pipeline no translation (an equal
+  value touches nothing); the version we already hold (a relist, a replayed
+  event) emits nothing.
 
 No I/O and no threads here; `k8s_watch` owns those.
 """
@@ -22,14 +26,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from xds_server.model import ChangeSet, ObjectKey
 from xds_server.model.changes import MeshObject
+from xds_server.provenance import Origin
 from xds_server.sources.convert import ManifestError, describe
 
-__all__ = ["KubernetesSourceError", "WatchedObjects", "resource_version_of"]
+__all__ = ["KubernetesSourceError", "WatchedObjects", "origin_of", "resource_version_of"]
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +76,14 @@ def resource_version_of(obj: Mapping[str, Any]) -> str:
         if isinstance(version, str):
             return version
     return ""
+
+
+def origin_of(obj: Mapping[str, Any]) -> Origin:
+    """Where an API object was read: its uid and resourceVersion (None when missing)."""
+    metadata = obj.get("metadata")
+    uid = metadata.get("uid") if isinstance(metadata, Mapping) else None
+    return Origin(uid=uid if isinstance(uid, str) and uid else None,
+                  resource_version=resource_version_of(obj) or None)  # fmt: skip
 
 
 def _name_of(obj: Mapping[str, Any]) -> tuple[str, str] | None:
@@ -182,12 +195,14 @@ class WatchedObjects:
             problem = KubernetesSourceError(self.watch, ref, None, f"conversion failed: {error!r}")
             self._entries[name] = _Entry(version, previous, problem)
             return name
+        if value is not None:
+            value = replace(value, origin=origin_of(manifest))
         self._entries[name] = _Entry(version, value)
         if previous is not None and (
             value is None or ObjectKey.of(value) != ObjectKey.of(previous)
         ):
             changes.delete(ObjectKey.of(previous))  # no longer a mesh object, or another key
-        if value is not None and value != previous:
+        if value is not None and (value != previous or value.origin != previous.origin):
             changes.upsert(value)
         return name
 

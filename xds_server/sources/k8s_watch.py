@@ -31,7 +31,9 @@ official (synchronous) client and run in a thread of its own:
 
 The loop never ends on an error: only `stop` ends it.  What it learns goes to
 `report` as `WatchReport`s (a ChangeSet, whether a full list just completed,
-the watch's current errors); the caller moves them to its event loop.
+the watch's current errors); the caller moves them to its event loop.  Each
+ChangeSet's `observed_at` is the wall-clock time its event arrived (for a
+list, its first page), where a change's push latency starts.
 """
 
 from __future__ import annotations
@@ -185,11 +187,13 @@ class ResourceWatch:
         """A full, paginated list; replaces what this watch held."""
         items: list[Mapping[str, Any]] = []
         token: str | None = None
+        observed_at: float | None = None
         while True:
             params: dict[str, Any] = {"limit": self._settings.list_page_size}
             if token:
                 params["_continue"] = token
             page = self._call(params, (self._settings.connect_timeout, self._settings.list_timeout))
+            observed_at = observed_at or time.time()
             try:
                 body: Any = json.loads(page.data)
             finally:
@@ -206,6 +210,7 @@ class ResourceWatch:
             raise ValueError("the list response has no metadata.resourceVersion")
         self._failure = None
         changes = self.objects.replace(items, version)
+        changes.observed_at = observed_at
         logger.info(
             "%s: listed %d objects at resourceVersion %s (%d changes)",
             self.name, len(items), version, len(changes),
@@ -235,7 +240,7 @@ class ResourceWatch:
                 self._failure = None
                 self._send(ChangeSet())
             for line in _lines(response):
-                self._event(json.loads(line))
+                self._event(json.loads(line), time.time())
                 if not events:
                     self._retry.progressed()
                 events += 1
@@ -250,7 +255,7 @@ class ResourceWatch:
             MIN_HEALTHY_WATCH_S, timeout_seconds / 2
         )
 
-    def _event(self, event: Any) -> None:
+    def _event(self, event: Any, observed_at: float) -> None:
         if not isinstance(event, Mapping) or not isinstance(event.get("object"), Mapping):
             raise ValueError(f"malformed watch event: {str(event)[:200]}")
         kind, obj = event.get("type"), event["object"]
@@ -262,7 +267,9 @@ class ResourceWatch:
                 raise ResourceExpired(f"watch expired: {message}")
             raise WatchFailed(f"the server ended the watch: {code} {message}".rstrip())
         elif kind in ("ADDED", "MODIFIED", "DELETED"):
-            self._send(self.objects.apply_event(kind, obj))
+            changes = self.objects.apply_event(kind, obj)
+            changes.observed_at = observed_at
+            self._send(changes)
         else:
             logger.debug("%s: ignoring a %r event", self.name, kind)
 

@@ -263,6 +263,9 @@ class Document:
 
     node: Node
     value: Any
+    index: int = 0
+    """Its position in the YAML stream, from 0, empty documents counted: where provenance
+    (`Origin.document`) says an object was read."""
 
 
 @dataclass(frozen=True)
@@ -316,7 +319,8 @@ def _blank_oversized(text: str) -> tuple[str, list[DocumentProblem]]:
 
     Documents are split at `---` lines, as YAML itself splits them (a line
     starting `---` ends any scalar).  Blanking keeps the newlines, so every
-    later line number is unchanged.
+    later line number is unchanged, and leaves an empty document (a leading
+    one gets a `---` of its own), so every later document keeps its index.
     """
     limit = limits.MAX_DOCUMENT_BYTES
     if len(text) * 4 <= limit:
@@ -339,8 +343,7 @@ def _blank_oversized(text: str) -> tuple[str, list[DocumentProblem]]:
                 "(Kubernetes' own); not read",
             )
         )  # fmt: skip
-        marker = "---" if chunk.startswith("---") else ""
-        parts.append(marker + "\n" * chunk.count("\n"))
+        parts.append("---" + "\n" * chunk.count("\n"))
     return "".join(parts), problems
 
 
@@ -353,8 +356,9 @@ def read_documents(
     when the text is not YAML at all; a problem within one document is a
     `DocumentProblem` and the other documents are still read.  At most
     `MAX_DOCUMENTS_PER_FILE` documents are read; a problem says so if
-    there were more.  `loader_class` is for tests (`PurePythonLoader`, to
-    check that both parsers read alike).
+    there were more.  Each `Document` knows its index in the stream.
+    `loader_class` is for tests (`PurePythonLoader`, to check that both
+    parsers read alike).
     """
     text, problems = _blank_oversized(text)
     found: list[Document | DocumentProblem] = list(problems)
@@ -384,7 +388,7 @@ def read_documents(
                     message = f"{NOT_A_MANIFEST}, got a scalar: {message}"
                 found.append(DocumentProblem(line, sketch(node), value.field, message))
             else:
-                found.append(Document(node, value))
+                found.append(Document(node, value, count - 1))
     finally:
         loader.dispose()
     found.sort(key=lambda d: d.node.start_mark.line + 1 if isinstance(d, Document) else d.line)
