@@ -263,6 +263,8 @@ def _dumped(models: Sequence[BaseModel] | BaseModel) -> str:
     return json.dumps(content, indent=2) + "\n"
 
 
+CONFIG_HEADERS = ("TYPE", "NAME", "VERSION")
+EXPLAIN_HEADERS = ("TYPE", "NAME", "VIRTUAL HOST", "SOURCE", "FROM")
 STATUS_HEADERS = ("PROXY", "NAMESPACE", "KIND", "TYPE", "STATUS", "SENT", "ACKED", "LAST ACK")
 
 
@@ -300,7 +302,7 @@ def show_config(config: ProxyConfig, output: str) -> str:
         for served in config.types
         for resource in served.resources
     ]
-    return table(("TYPE", "NAME", "VERSION"), rows)
+    return table(CONFIG_HEADERS, rows)
 
 
 def _redacted(config: ProxyConfig) -> ProxyConfig:
@@ -325,7 +327,8 @@ def _redacted(config: ProxyConfig) -> ProxyConfig:
 
 
 def show_explain(result: ExplainResult, output: str) -> str:
-    """A row per source object of each resource (and of each virtual host of a route table)."""
+    """A row per source object of each resource (and of each virtual host of a route table);
+    `-` in an empty cell, so every row has every column."""
     if output == "json":
         return _dumped(result)
     rows: list[tuple[str, str, str, str, str]] = []
@@ -333,17 +336,18 @@ def show_explain(result: ExplainResult, output: str) -> str:
         head = (resource.type, resource.name)
         before = len(rows)
         for source in resource.sources:
-            rows.append((*head, "", source.key, source.where))
+            rows.append((*head, "-", source.key, source.where or "-"))
         if resource.sources_total > len(resource.sources):
-            rows.append((*head, "", f"(+{resource.sources_total - len(resource.sources)})", ""))
+            more = resource.sources_total - len(resource.sources)
+            rows.append((*head, "-", f"(+{more} sources)", "-"))
         for host in resource.virtual_hosts:
             for source in host.sources:
-                rows.append((*head, host.name, source.key, source.where))
+                rows.append((*head, host.name, source.key, source.where or "-"))
         if resource.virtual_hosts_total > len(resource.virtual_hosts):
             more = resource.virtual_hosts_total - len(resource.virtual_hosts)
-            rows.append((*head, f"(+{more} virtual hosts)", "", ""))
+            rows.append((*head, f"(+{more} virtual hosts)", "-", "-"))
         if len(rows) == before:
             made_by = resource.generator
             shown = "-" if made_by is None else f"generator {made_by.generator}"
-            rows.append((*head, "", shown, ""))
-    return table(("TYPE", "NAME", "VIRTUAL HOST", "SOURCE", "FROM"), rows)
+            rows.append((*head, "-", shown, "-"))
+    return table(EXPLAIN_HEADERS, rows)

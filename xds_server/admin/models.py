@@ -44,6 +44,54 @@ class ApiModel(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
 
 
+# -- source objects ----------------------------------------------------------------------
+
+
+class SourceObject(ApiModel):
+    """A source object behind a resource (`provenance.SourceRef.as_json`): its
+    kind/namespace/name, and where it was read when known (a file's document in
+    file mode, uid and resourceVersion in Kubernetes mode)."""
+
+    kind: str
+    namespace: str
+    name: str
+    file: str | None = None
+    document: int | None = None
+    uid: str | None = None
+    resource_version: str | None = Field(default=None, alias="resourceVersion")
+
+    @property
+    def key(self) -> str:
+        """`Kind/namespace/name`, as Envoy's metadata names it."""
+        return f"{self.kind}/{self.namespace}/{self.name}"
+
+    @property
+    def where(self) -> str:
+        """Where it was read: `FILE#DOCUMENT`, `uid=... resourceVersion=...`, or ''."""
+        if self.file is not None:
+            return self.file if self.document is None else f"{self.file}#{self.document}"
+        parts = [
+            f"{label}={value}"
+            for label, value in (("uid", self.uid), ("resourceVersion", self.resource_version))
+            if value is not None
+        ]
+        return " ".join(parts)
+
+    @model_serializer(mode="wrap")
+    def _without_unknowns(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Only the origin fields that are known, as `SourceRef.as_json` writes them."""
+        shown: dict[str, Any] = handler(self)
+        return {key: value for key, value in shown.items() if value is not None}
+
+
+class BlamedResource(ApiModel):
+    """A resource a NACK blames, and the source objects it was made from."""
+
+    resource: str
+    sources: list[SourceObject] | None
+    """None when the proxy's current snapshot no longer holds the resource."""
+
+
 # -- /api/proxies ---------------------------------------------------------------------
 
 
@@ -60,6 +108,10 @@ class NackInfo(ApiModel):
     at: Timestamp
     resources: list[str]
     resources_total: int
+    blamed: list[BlamedResource] = []
+    """The blamed resources (as many as are shown), each with its source objects."""
+    sources: list[SourceObject] = []
+    """Every source object behind the blamed resources, once each: the manifests to fix."""
 
 
 class TypeSync(ApiModel):
@@ -148,43 +200,6 @@ class ProxyConfig(ApiModel):
 
 
 # -- /api/proxies/{node_id}/explain -----------------------------------------------------
-
-
-class SourceObject(ApiModel):
-    """A source object behind a resource (`provenance.SourceRef.as_json`): its
-    kind/namespace/name, and where it was read when known (a file's document in
-    file mode, uid and resourceVersion in Kubernetes mode)."""
-
-    kind: str
-    namespace: str
-    name: str
-    file: str | None = None
-    document: int | None = None
-    uid: str | None = None
-    resource_version: str | None = Field(default=None, alias="resourceVersion")
-
-    @property
-    def key(self) -> str:
-        """`Kind/namespace/name`, as Envoy's metadata names it."""
-        return f"{self.kind}/{self.namespace}/{self.name}"
-
-    @property
-    def where(self) -> str:
-        """Where it was read: `FILE#DOCUMENT`, `uid=... resourceVersion=...`, or ''."""
-        if self.file is not None:
-            return self.file if self.document is None else f"{self.file}#{self.document}"
-        parts = [
-            f"{label}={value}"
-            for label, value in (("uid", self.uid), ("resourceVersion", self.resource_version))
-            if value is not None
-        ]
-        return " ".join(parts)
-
-    @model_serializer(mode="wrap")
-    def _without_unknowns(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        """Only the origin fields that are known, as `SourceRef.as_json` writes them."""
-        shown: dict[str, Any] = handler(self)
-        return {key: value for key, value in shown.items() if value is not None}
 
 
 class Generator(ApiModel):
