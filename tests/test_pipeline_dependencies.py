@@ -1,0 +1,352 @@
+"""Dependency-tracked pushes: a change re-runs exactly what read it, and nothing drifts.
+
+The invariant that proves the index right is a property: for any sequence of
+Service, EndpointSlice and Pod adds, edits and deletes, the incrementally
+maintained resources of every proxy equal, byte for byte, those of a builder
+that translates the final state from scratch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import pytest
+from envoy.config.listener.v3 import listener_pb2
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from xds_server.cache import SnapshotCache
+from xds_server.model import (
+    ChangeSet,
+    Endpoint,
+    EndpointPort,
+    EndpointSlice,
+    Kind,
+    ObjectKey,
+    Proxy,
+    Service,
+    ServicePort,
+    Workload,
+)
+from xds_server.model.changes import MeshObject
+from xds_server.pipeline import SnapshotBuilder
+from xds_server.pipeline.records import GenerationRecord
+from xds_server.provenance import Origin
+from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, PUSH_ORDER, ROUTE, unpack
+
+NAMESPACES = ("ns-a", "ns-b")
+SERVICES = ("s1", "s2", "s3")
+PROXIES = (
+    Proxy(node_id="p1.ns-a", namespace="ns-a", ip="127.0.0.11", labels=(("app", "one"),)),
+    Proxy(node_id="p2.ns-a", namespace="ns-a", ip="127.0.0.12", labels=(("app", "two"),)),
+    Proxy(node_id="p3.ns-b", namespace="ns-b", ip="127.0.0.13", labels=(("app", "one"),)),
+    Proxy(node_id="sidecar-4", namespace="ns-b", ip="127.0.0.14", labels=(("app", "two"),)),
+)
+IPS = tuple(proxy.ip or "" for proxy in PROXIES)
+
+
+def builder_with(changes: ChangeSet | None = None) -> tuple[SnapshotCache, SnapshotBuilder]:
+    cache = SnapshotCache()
+    builder = SnapshotBuilder(cache)
+    if changes is not None:
+        builder.apply(changes)
+    for proxy in PROXIES:
+        builder.add_proxy(proxy)
+    builder.mark_synced()
+    return cache, builder
+
+
+def served(cache: SnapshotCache) -> dict[str, dict[str, dict[str, bytes]]]:
+    """Every proxy's resources as bytes: node id -> type URL -> name -> serialization."""
+    result = {}
+    for proxy in PROXIES:
+        snapshot = cache.get_snapshot(proxy.node_id)
+        assert snapshot is not None, proxy.node_id
+        result[proxy.node_id] = {
+            type_url: {name: r.any.value for name, r in snapshot.get(type_url).items()}
+            for type_url in PUSH_ORDER
+        }
+    return result
+
+
+def changes_of(objects: Iterable[MeshObject] = (), deletes: Iterable[ObjectKey] = ()) -> ChangeSet:
+    changes = ChangeSet()
+    for key in deletes:
+        changes.delete(key)
+    for obj in objects:
+        changes.upsert(obj)
+    return changes
+
+
+# -- strategies ------------------------------------------------------------------------
+
+selectors = st.sampled_from([None, (("app", "one"),), (("app", "two"),)])
+target_ports = st.sampled_from([None, 9090, "http-web", "grpc-api", "missing"])
+service_ports = st.builds(
+    ServicePort,
+    port=st.sampled_from([80, 5432, 8080]),
+    name=st.sampled_from(["http-web", "grpc-api", "tcp-db"]),
+    target_port=target_ports,
+)
+
+
+@st.composite
+def services(draw: st.DrawFn) -> Service:
+    ports = draw(st.lists(service_ports, max_size=2, unique_by=lambda p: p.port))
+    return Service(
+        draw(st.sampled_from(NAMESPACES)),
+        draw(st.sampled_from(SERVICES)),
+        tuple(ports),
+        selector=draw(selectors),
+        cluster_ip=draw(st.sampled_from([None, "10.96.0.10", "10.96.0.11"])),
+        origin=Origin(file=draw(st.sampled_from(["a.yaml", "b.yaml"])), document=0),
+    )
+
+
+@st.composite
+def slices(draw: st.DrawFn) -> EndpointSlice:
+    ports = tuple(
+        EndpointPort(number, name)
+        for name, number in draw(
+            st.dictionaries(
+                st.sampled_from(["http-web", "grpc-api", "tcp-db"]),
+                st.sampled_from([7070, 8081, 9091]),
+                max_size=2,
+            )
+        ).items()
+    )
+    addresses = draw(st.lists(st.sampled_from(IPS), max_size=2, unique=True))
+    return EndpointSlice(
+        draw(st.sampled_from(NAMESPACES)),
+        draw(st.sampled_from(["slice-x", "slice-y", "slice-z"])),
+        draw(st.sampled_from(SERVICES)),
+        ports=ports,
+        endpoints=tuple(Endpoint((address,)) for address in addresses),
+    )
+
+
+@st.composite
+def pods(draw: st.DrawFn) -> Workload:
+    return Workload(
+        draw(st.sampled_from(NAMESPACES)),
+        draw(st.sampled_from(["p1", "p2", "p3", "other"])),
+        labels=draw(st.sampled_from([(), (("app", "one"),), (("app", "two"),)])),
+        ip=draw(st.sampled_from([*IPS, None])),
+    )
+
+
+keys = st.builds(
+    ObjectKey,
+    st.sampled_from(list(Kind)),
+    st.sampled_from(NAMESPACES),
+    st.sampled_from([*SERVICES, "slice-x", "slice-y", "slice-z", "p1", "p2", "p3", "other"]),
+)
+operations = st.one_of(
+    services(), slices(), pods(), keys.map(lambda key: key)
+)  # an object is an upsert, a key a delete
+batches = st.lists(st.lists(operations, min_size=1, max_size=3), min_size=1, max_size=12)
+
+
+def batch_of(operations: list[MeshObject | ObjectKey]) -> ChangeSet:
+    changes = ChangeSet()
+    for op in operations:
+        if isinstance(op, ObjectKey):
+            changes.delete(op)
+        else:
+            changes.upsert(op)
+    return changes
+
+
+@settings(
+    max_examples=150,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(batches)
+def test_incremental_resources_equal_a_translation_from_scratch(
+    sequence: list[list[MeshObject | ObjectKey]],
+) -> None:
+    cache, builder = builder_with()
+    for operations in sequence:
+        builder.apply(batch_of(operations))
+    final = ChangeSet()
+    for table in (builder.mesh.services, builder.mesh.endpoint_slices, builder.mesh.workloads):
+        for obj in table.values():
+            final.upsert(obj)
+    fresh_cache, _ = builder_with(final)
+    assert served(cache) == served(fresh_cache)
+
+
+# -- named target ports: the regression the index fixes ----------------------------------
+
+
+def inbound_ports(cache: SnapshotCache, node_id: str) -> list[int]:
+    snapshot = cache.get_snapshot(node_id)
+    assert snapshot is not None
+    ports = []
+    for resource in snapshot.get(LISTENER).values():
+        listener = unpack(resource)
+        assert isinstance(listener, listener_pb2.Listener)
+        if listener.name.startswith("inbound_"):
+            ports.append(listener.address.socket_address.port_value)
+    return sorted(ports)
+
+
+WEB = Service(
+    "ns-a",
+    "web",
+    (ServicePort(80, "http-web", target_port="http-web"),),
+    selector=(("app", "one"),),
+)
+WEB_SLICE = EndpointSlice(
+    "ns-a",
+    "web-abc",
+    "web",
+    ports=(EndpointPort(8080, "http-web"),),
+    endpoints=(Endpoint(("127.0.0.11",)),),
+)
+
+
+@pytest.mark.parametrize("slice_first", [False, True], ids=["slice-after", "slice-before"])
+def test_a_named_target_port_resolves_through_the_slice_whenever_it_arrives(
+    slice_first: bool,
+) -> None:
+    cache, builder = builder_with()
+    first, second = (WEB_SLICE, WEB) if slice_first else (WEB, WEB_SLICE)
+    builder.apply(changes_of([first]))
+    builder.apply(changes_of([second]))
+    assert inbound_ports(cache, "p1.ns-a") == [8080]
+
+
+def test_a_slice_renumbering_a_named_port_moves_the_inbound_listener() -> None:
+    cache, builder = builder_with(changes_of([WEB, WEB_SLICE]))
+    assert inbound_ports(cache, "p1.ns-a") == [8080]
+    renumbered = EndpointSlice(
+        "ns-a",
+        "web-abc",
+        "web",
+        ports=(EndpointPort(8181, "http-web"),),
+        endpoints=WEB_SLICE.endpoints,
+    )
+    builder.apply(changes_of([renumbered]))
+    assert inbound_ports(cache, "p1.ns-a") == [8181]
+
+
+# -- precision: only what read a change is re-run, only who holds it is pushed ------------
+
+
+def test_a_service_change_in_one_namespace_retranslates_only_the_proxies_that_read_it() -> None:
+    base = [
+        Service("ns-a", "web", (ServicePort(80, "http-web"),), selector=(("app", "one"),)),
+        Service("ns-b", "api", (ServicePort(80, "http-web"),), selector=(("app", "one"),)),
+    ]
+    cache, builder = builder_with(changes_of(base))
+    records: list[GenerationRecord] = []
+    builder.on_generation = records.append
+    before = served(cache)
+    retranslated = builder.retranslated
+    moved = Service(
+        "ns-a", "web", (ServicePort(80, "http-web", target_port=8088),), selector=(("app", "one"),)
+    )
+    builder.apply(changes_of([moved]))
+    assert builder.retranslated - retranslated == 2  # the two proxies of ns-a, not ns-b's
+    after = served(cache)
+    changed = {node for node in after if after[node] != before[node]}
+    assert changed == {"p1.ns-a"}  # the one ns-a proxy it selects
+    (record,) = records
+    assert [push.node_id for push in record.proxies] == ["p1.ns-a"]
+    assert record.proxies[0].changed.keys() == {CLUSTER, LISTENER}
+    assert [trigger.source.key for trigger in record.triggers] == ["Service/ns-a/web"]
+    assert "proxy:p3.ns-b" not in record.units
+
+
+def test_an_endpoint_change_retranslates_no_proxy_without_a_named_port() -> None:
+    web = Service("ns-a", "web", (ServicePort(80, "http-web"),), selector=(("app", "one"),))
+    cache, builder = builder_with(changes_of([web, WEB_SLICE]))
+    retranslated = builder.retranslated
+    more = EndpointSlice(
+        "ns-a",
+        "web-abc",
+        "web",
+        ports=WEB_SLICE.ports,
+        endpoints=(*WEB_SLICE.endpoints, Endpoint(("127.0.0.12",))),
+    )
+    builder.apply(changes_of([more]))
+    assert builder.retranslated == retranslated
+
+
+def test_every_resource_names_its_sources_with_their_origin() -> None:
+    web = Service(
+        "ns-a",
+        "web",
+        (ServicePort(80, "http-web", target_port="http-web"),),
+        selector=(("app", "one"),),
+        origin=Origin(file="web.yaml", document=1),
+    )
+    cache, _ = builder_with(changes_of([web, WEB_SLICE]))
+    snapshot = cache.get_snapshot("p1.ns-a")
+    assert snapshot is not None
+    cluster = snapshot.get(CLUSTER)["outbound|80||web.ns-a.svc.cluster.local"]
+    assert [ref.as_json() for ref in cluster.provenance] == [
+        {"kind": "Service", "namespace": "ns-a", "name": "web", "file": "web.yaml", "document": 1}
+    ]
+    assignment = snapshot.get(ENDPOINT)["outbound|80||web.ns-a.svc.cluster.local"]
+    assert [ref.key for ref in assignment.provenance] == [
+        "Service/ns-a/web",
+        "EndpointSlice/ns-a/web-abc",
+    ]
+    inbound = snapshot.get(LISTENER)["inbound_8080"]
+    assert {ref.key for ref in inbound.provenance} == {
+        "Service/ns-a/web",
+        "EndpointSlice/ns-a/web-abc",
+    }
+    (route,) = snapshot.get(ROUTE).values()
+    assert "Service/ns-a/web" in {ref.key for ref in route.provenance}
+
+
+def test_moving_an_object_to_another_file_updates_provenance_not_versions() -> None:
+    web = Service("ns-a", "web", (ServicePort(80, "http-web"),), origin=Origin(file="a.yaml"))
+    cache, builder = builder_with(changes_of([web]))
+    name = "outbound|80||web.ns-a.svc.cluster.local"
+    before = cache.get_snapshot("p1.ns-a")
+    assert before is not None
+    moved = Service("ns-a", "web", (ServicePort(80, "http-web"),), origin=Origin(file="b.yaml"))
+    builder.apply(changes_of([moved]))
+    after = cache.get_snapshot("p1.ns-a")
+    assert after is not None
+    assert after.get(CLUSTER)[name].version == before.get(CLUSTER)[name].version
+    assert builder.dependents(ObjectKey(Kind.SERVICE, "ns-a", "web"))[0].resources
+
+
+def test_dependents_name_the_resources_and_proxies_built_from_an_object() -> None:
+    _, builder = builder_with(changes_of([WEB, WEB_SLICE]))
+    found, proxies = builder.dependents(ObjectKey(Kind.SERVICE, "ns-a", "web"))
+    assert (CLUSTER, "outbound|80||web.ns-a.svc.cluster.local") in found.resources
+    assert (LISTENER, "inbound_8080") in found.resources
+    assert proxies == sorted(proxy.node_id for proxy in PROXIES)  # its cluster is everyone's
+
+
+def test_a_preview_predicts_the_changes_and_commits_nothing() -> None:
+    cache, builder = builder_with(changes_of([WEB, WEB_SLICE]))
+    before = served(cache)
+    generation = builder.generation
+    added = Service("ns-b", "api", (ServicePort(80, "http-web"),), selector=(("app", "one"),))
+    preview = builder.preview(changes_of([added]))
+    assert served(cache) == before and builder.generation == generation
+    assert builder.mesh.service("ns-b", "api") is None
+    builder.apply(changes_of([added]))
+    after = served(cache)
+    for node_id in after:
+        predicted = {(c.type_url, c.name, c.change) for c in preview.proxies.get(node_id, ())}
+        actual = set()
+        for type_url in PUSH_ORDER:
+            old, new = before[node_id][type_url], after[node_id][type_url]
+            for name in old.keys() | new.keys():
+                if name not in old:
+                    actual.add((type_url, name, "added"))
+                elif name not in new:
+                    actual.add((type_url, name, "removed"))
+                elif old[name] != new[name]:
+                    actual.add((type_url, name, "changed"))
+        assert predicted == actual, node_id
