@@ -263,7 +263,7 @@ def test_a_service_change_in_one_namespace_retranslates_only_the_proxies_that_re
 
 def test_an_endpoint_change_retranslates_no_proxy_without_a_named_port() -> None:
     web = Service("ns-a", "web", (ServicePort(80, "http-web"),), selector=(("app", "one"),))
-    cache, builder = builder_with(changes_of([web, WEB_SLICE]))
+    _, builder = builder_with(changes_of([web, WEB_SLICE]))
     retranslated = builder.retranslated
     more = EndpointSlice(
         "ns-a",
