@@ -23,6 +23,13 @@ applied by `SnapshotBuilder.apply`, as `MeshPipeline.run` applies a batch),
 wall time from `apply` until the server processed every subscribed proxy's
 EDS ACK.  Goals: a subscribed proxy receives <= 2 KB, an unsubscribed one
 0 bytes.
+
+Then, still connected, as many proxies again (N more, in a second child
+process) connect and sync: the growth of this process's resident memory
+(`VmRSS`, after a garbage collection; it includes gRPC's C buffers, which
+`tracemalloc` cannot see) divided by N is the control plane's memory per
+proxy, and its CPU time while they synced, divided by N, the CPU of serving a
+proxy its first config (the 4 Hz polling of `wait_synced` included).
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import footprint
 import report
 import synthetic_mesh
 from ads_clients import ClientPlan, ClientReport, ClientSpec, ClientStatus, client_process
@@ -90,6 +98,15 @@ class ChangeMeasurement:
     delivered_s: float
     client_bytes: dict[str, dict[str, int]]
     server_bytes: dict[str, dict[str, int]]
+
+
+@dataclass(frozen=True)
+class GrowthMeasurement:
+    """N more proxies connected and synced: what it cost the control plane, per proxy."""
+
+    proxies: int
+    rss_per_proxy_bytes: int
+    sync_cpu_per_proxy_s: float
 
 
 class ClientProcess:
@@ -232,6 +249,54 @@ async def measure_change(
     )
 
 
+def client_plan(
+    plane: ControlPlaneUnderTest,
+    variant: str,
+    flapper: synthetic_mesh.EndpointFlapper,
+    args: argparse.Namespace,
+    specs: list[ClientSpec],
+) -> ClientPlan:
+    return ClientPlan(
+        address=plane.address,
+        delta=variant == "delta",
+        services=args.services,
+        changed_service=flapper.index,
+        clients=tuple(specs),
+    )
+
+
+async def measure_growth(
+    plane: ControlPlaneUnderTest,
+    variant: str,
+    flapper: synthetic_mesh.EndpointFlapper,
+    args: argparse.Namespace,
+    count: int,
+) -> GrowthMeasurement:
+    """Connect `count` more subscribed proxies, wait until they are synced, measure the growth."""
+    specs = [ClientSpec(node_id(variant, EXTRA, args.proxies + i), True) for i in range(count)]
+    nodes = {spec.node_id for spec in specs}
+    rss = footprint.rss_bytes()
+    cpu = time.process_time()
+    clients = ClientProcess(client_plan(plane, variant, flapper, args, specs))
+    try:
+        async with asyncio.timeout(args.timeout):
+            await wait_synced(plane, clients, nodes)
+        sync_cpu = time.process_time() - cpu
+        growth = footprint.rss_bytes() - rss
+    finally:
+        await asyncio.to_thread(clients.stop)
+    await wait_disconnected(plane, nodes)
+    return GrowthMeasurement(count, growth // count, sync_cpu / count)
+
+
+async def wait_disconnected(plane: ControlPlaneUnderTest, nodes: set[str]) -> None:
+    await wait_for_async(
+        lambda: not nodes & set(plane.ads.connected_nodes()),
+        timeout=10.0,
+        message="the proxies disconnected",
+    )
+
+
 async def measure_variant(
     plane: ControlPlaneUnderTest,
     variant: str,
@@ -242,14 +307,7 @@ async def measure_variant(
     specs.append(ClientSpec(node_id(variant, UNSUBSCRIBED), False))
     specs.extend(ClientSpec(node_id(variant, EXTRA, i), True) for i in range(args.proxies))
     nodes = {spec.node_id for spec in specs}
-    plan = ClientPlan(
-        address=plane.address,
-        delta=variant == "delta",
-        services=args.services,
-        changed_service=flapper.index,
-        clients=tuple(specs),
-    )
-    clients = ClientProcess(plan)
+    clients = ClientProcess(client_plan(plane, variant, flapper, args, specs))
     try:
         async with asyncio.timeout(args.timeout):
             sync_s = await wait_synced(plane, clients, nodes)
@@ -257,14 +315,11 @@ async def measure_variant(
             await measure_change(plane, clients, nodes, len(specs) - 1, flapper)
             for _ in range(args.changes)
         ]
+        growth = await measure_growth(plane, variant, flapper, args, len(specs))
     finally:
         await asyncio.to_thread(clients.stop)
-    await wait_for_async(
-        lambda: not nodes & set(plane.ads.connected_nodes()),
-        timeout=10.0,
-        message="the proxies disconnected",
-    )
-    return summarize(variant, len(specs), sync_s, changes)
+    await wait_disconnected(plane, nodes)
+    return summarize(variant, len(specs), sync_s, changes, growth)
 
 
 def _growth(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
@@ -280,7 +335,11 @@ def _assignment_version(plane: ControlPlaneUnderTest, nodes: set[str], name: str
 
 
 def summarize(
-    variant: str, proxies: int, sync_s: float, changes: list[ChangeMeasurement]
+    variant: str,
+    proxies: int,
+    sync_s: float,
+    changes: list[ChangeMeasurement],
+    growth: GrowthMeasurement,
 ) -> dict[str, Any]:
     def worst(source: str, role: str) -> dict[str, int]:
         """The most bytes any proxy of `role` got in any change, by type."""
@@ -302,6 +361,9 @@ def summarize(
         "push_cpu_ms": report.milliseconds(push_cpu),
         "push_cpu_per_proxy_ms": report.milliseconds(push_cpu / proxies),
         "delivered_ms": report.milliseconds(report.median([c.delivered_s for c in changes])),
+        "rss_per_proxy_bytes": growth.rss_per_proxy_bytes,
+        "sync_cpu_per_proxy_ms": report.milliseconds(growth.sync_cpu_per_proxy_s),
+        "proxies_added_for_memory": growth.proxies,
     }
     for role in (SUBSCRIBED, UNSUBSCRIBED, EXTRA):
         client, server = worst("client_bytes", role), worst("server_bytes", role)
@@ -326,6 +388,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         }
     return {
         "benchmark": "push",
+        "code": footprint.code_under_test(),
         "services": args.services,
         "endpoints_per_service": args.endpoints,
         "extra_proxies": args.proxies,
@@ -364,11 +427,20 @@ def tables(result: dict[str, Any]) -> list[str]:
         ("  server CPU per proxy, ms", *(v["push_cpu_per_proxy_ms"] for v in variants.values())),
         ("apply until the last proxy got EDS, ms", *(v["delivered_ms"] for v in variants.values())),
         ("initial sync of all proxies, s", *(v["sync_s"] for v in variants.values())),
+        (
+            "memory per proxy, RSS N->2N, B",
+            *(v["rss_per_proxy_bytes"] for v in variants.values()),
+        ),
+        (
+            "  server CPU per proxy joining, ms",
+            *(v["sync_cpu_per_proxy_ms"] for v in variants.values()),
+        ),
     ]
     title = (
         f"One endpoint changed among {result['services']} services x "
         f"{result['endpoints_per_service']} endpoints (median of {result['changes']} changes; "
-        f"mesh built in {result['mesh_build_ms']:.0f} ms; goals: subscribed <= "
+        f"mesh built in {result['mesh_build_ms']:.0f} ms; xds_server {result['code']['commit']}; "
+        f"goals: subscribed <= "
         f"{result['goal_subscribed_bytes']} B, unsubscribed {result['goal_unsubscribed_bytes']} B)"
     )
     return [report.table(title, ("", *variants), rows)]

@@ -1,40 +1,65 @@
-"""Service-change benchmark: what does one Service change cost, by the proxies' namespaces?
+"""Service-change benchmark: what does one Service change cost, by where its effects land?
 
-    python bench/service_change.py [--services 10000] [--proxies 20] [--changes 5]
+    python bench/service_change.py [--services 10000] [--proxies 20] [--spread 20] [--changes 5]
 
-A Service change (unlike an endpoint change) rebuilds the outbound route
-tables, which hold a virtual host per HTTP Service port of the whole mesh, and
-re-translates every proxy's listeners.  The route tables are per caller
-namespace (a short name resolves in the caller's namespace), so their cost
-could grow with the number of namespaces that have proxies.  This measures it
-in process, without gRPC (that part is `push.py`'s): the synthetic mesh
-(`synthetic_mesh`: namespaces of 100 Services) goes into a `SnapshotBuilder`,
-`--proxies` proxies are added, spread over 1 namespace and then over
-`--spread` namespaces (one layout per fresh builder), and one Service gains
-and loses a second HTTP port, `--changes` times.  Reported per layout (median
-of the changes): the wall and CPU time of `SnapshotBuilder.apply`, and the
-bytes of the route configurations the proxies were given.
+In process, without gRPC (that part is `push.py`'s): the synthetic mesh
+(`synthetic_mesh`: namespaces of 100 Services, Service `svc-i` selecting pods
+labelled `app: svc-i`) goes into a `SnapshotBuilder`, then `--proxies`
+proxies, spread over 1 namespace and then over `--spread` namespaces (one
+layout per fresh builder).  Proxy k, in namespace `bench-n`, has a pod IP and
+the labels of `svc-(100 n)`, the namespace's first Service, so it has an
+inbound side.  Three scenarios, `--changes` changes each, in every layout:
+
+* `port`: a Service of a namespace no proxy selects gains and loses a second
+  HTTP port.  Its cluster and a virtual host of every namespace's outbound
+  route table change: every proxy is sent something.
+* `target-port`: `svc-0` (namespace `bench-0`) has its targetPort moved
+  between 8080 and 8081.  Only the inbound side of the proxies in `bench-0`
+  changes; with the proxies over 20 namespaces, that is the issue's "a
+  Service change that affects one namespace of 20".
+* `selector`: `svc-0` stops and starts selecting its pods: the proxies of
+  `bench-0` lose and regain their inbound side, no one else's config changes.
+
+Reported per scenario (median of the changes): the wall and CPU time of
+`SnapshotBuilder.apply` and its CPU per proxy; how many proxies it
+re-translated (`footprint.WorkLog`: from the builder's GenerationRecords where
+it has them, else by counting per-proxy translations); and how many proxies'
+snapshots changed in some type (what the ADS server sends a response for,
+`Snapshot.changed`), i.e. the proxies that receive any bytes.  Per layout:
+the first publish to every proxy, the route tables served, the resident
+memory once the mesh is built, and the memory per proxy: the growth of RSS from
+N to 2N proxies, and of Python allocations (`tracemalloc`) from 2N to 3N, each
+divided by N (taken after the CPU figures, as tracemalloc slows allocation).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
+import footprint
 import report
 import synthetic_mesh
 
-from xds_server.cache import SnapshotCache
+from xds_server.cache import Snapshot, SnapshotCache
 from xds_server.model import ChangeSet, Proxy, Service, ServicePort
 from xds_server.pipeline import SnapshotBuilder
-from xds_server.resources import ROUTE
+from xds_server.resources import ROUTE, SHORT_NAMES
 
 logger = logging.getLogger("bench.service_change")
+
+PORT, TARGET_PORT, SELECTOR = "port", "target-port", "selector"
+SCENARIOS = (PORT, TARGET_PORT, SELECTOR)
+LOCAL_SERVICE = 0
+"""The Service the one-namespace scenarios change: `svc-0`, selecting the proxies of bench-0."""
+MOVED_TARGET_PORT = synthetic_mesh.TARGET_PORT + 1
+MB = 1024 * 1024
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -44,62 +69,163 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--spread", type=int, default=20, help="namespaces the proxies spread over (2nd layout)"
     )
-    parser.add_argument("--changes", type=int, default=5, help="Service changes per layout")
+    parser.add_argument("--changes", type=int, default=5, help="changes per scenario and layout")
     args = parser.parse_args(argv)
     namespaces = -(-args.services // synthetic_mesh.SERVICES_PER_NAMESPACE)
-    if args.services < 1 or args.proxies < 1 or args.changes < 1:
-        parser.error("need --services >= 1, --proxies >= 1, --changes >= 1")
+    if args.services < 2 or args.proxies < 1 or args.changes < 1:
+        parser.error("need --services >= 2, --proxies >= 1, --changes >= 1")
     if not 1 <= args.spread <= min(args.proxies, namespaces):
         parser.error(f"need 1 <= --spread <= min(--proxies, {namespaces} namespaces)")
     return args
 
 
-def changed_service(index: int, *, extra_port: bool) -> Service:
-    """Service `index`, with or without a second HTTP port: a change every proxy sees."""
+def port_service(args: argparse.Namespace) -> int:
+    """The `port` scenario's Service: in the middle of the mesh, selecting no proxy."""
+    return args.services // 2
+
+
+def changed_service(scenario: str, index: int, *, changed: bool) -> Service:
+    """Service `index` as `scenario` changes it (`changed`) or as the mesh has it."""
     base = synthetic_mesh.service(index)
-    ports = base.ports + ((ServicePort(port=8081, name="http-alt"),) if extra_port else ())
-    return Service(base.namespace, base.name, ports, base.selector, base.cluster_ip)
+    if not changed:
+        return base
+    if scenario == PORT:
+        return dataclasses.replace(
+            base, ports=(*base.ports, ServicePort(port=8081, name="http-alt"))
+        )
+    if scenario == TARGET_PORT:
+        moved = tuple(
+            dataclasses.replace(port, target_port=MOVED_TARGET_PORT) for port in base.ports
+        )
+        return dataclasses.replace(base, ports=moved)
+    return dataclasses.replace(base, selector=(("app", "nobody"),))
+
+
+def proxy(index: int, namespaces: int) -> Proxy:
+    """Proxy `index`, in namespace `index % namespaces`, a pod of that namespace's first Service."""
+    first = (index % namespaces) * synthetic_mesh.SERVICES_PER_NAMESPACE
+    namespace = synthetic_mesh.namespace_of(first)
+    return Proxy(
+        node_id=f"proxy-{index}.{namespace}",
+        namespace=namespace,
+        labels=synthetic_mesh.app_labels(first),
+        ip=synthetic_mesh.proxy_address(index),
+    )
+
+
+def snapshots(builder: SnapshotBuilder) -> dict[str, Snapshot]:
+    found = {node: builder.cache.get_snapshot(node) for node in builder.proxies}
+    missing = [node for node, snapshot in found.items() if snapshot is None]
+    if missing:
+        raise RuntimeError(f"proxies without a snapshot: {missing}")
+    return {node: snapshot for node, snapshot in found.items() if snapshot is not None}
+
+
+def changed_types(before: Snapshot, after: Snapshot) -> set[str]:
+    """The types whose resources differ: those the ADS server would send a response for."""
+    return {
+        type_url
+        for type_url in {*before.resources, *after.resources}
+        if after.changed(before, type_url)
+    }
+
+
+def measure_scenario(
+    builder: SnapshotBuilder, work: footprint.WorkLog, scenario: str, index: int, changes: int
+) -> dict[str, Any]:
+    walls: list[float] = []
+    cpus: list[float] = []
+    retranslated: list[int] = []
+    pushed: list[int | None] = []
+    sent: list[int] = []
+    types: set[str] = set()
+    for change in range(changes):
+        batch = ChangeSet()
+        batch.upsert(changed_service(scenario, index, changed=change % 2 == 0))
+        before = snapshots(builder)
+        work.reset()
+        gc.collect()
+        wall, cpu = time.perf_counter(), time.process_time()
+        builder.apply(batch)
+        walls.append(time.perf_counter() - wall)
+        cpus.append(time.process_time() - cpu)
+        retranslated.append(work.retranslated())
+        pushed.append(work.pushed())
+        after = snapshots(builder)
+        differing = {node: changed_types(before[node], after[node]) for node in after}
+        sent.append(sum(1 for found in differing.values() if found))
+        types.update(t for found in differing.values() for t in found)
+    if changes % 2:  # put the mesh back as it was, untimed, for the next scenario
+        restore = ChangeSet()
+        restore.upsert(changed_service(scenario, index, changed=False))
+        builder.apply(restore)
+    proxies = len(builder.proxies)
+    cpu = report.median(cpus)
+    return {
+        "service": f"{synthetic_mesh.namespace_of(index)}/svc-{index}",
+        "apply_ms": report.milliseconds(report.median(walls)),
+        "apply_cpu_ms": report.milliseconds(cpu),
+        "apply_cpu_per_proxy_ms": report.milliseconds(cpu / proxies),
+        "retranslated": retranslated,
+        "pushed_by_records": pushed,
+        "proxies_sent": sent,
+        "types_sent": sorted(SHORT_NAMES.get(t, t) for t in types),
+    }
+
+
+def memory_per_proxy(builder: SnapshotBuilder, namespaces: int, proxies: int) -> dict[str, int]:
+    """Marginal bytes per proxy: RSS from N to 2N proxies, Python allocations from 2N to 3N."""
+
+    def adder(first: int) -> Callable[[], None]:
+        def add() -> None:
+            for i in range(first, first + proxies):
+                builder.add_proxy(proxy(i, namespaces))
+
+        return add
+
+    rss = footprint.rss_bytes()
+    adder(proxies)()
+    rss_growth = footprint.rss_bytes() - rss
+    traced = footprint.traced_growth(adder(2 * proxies))
+    return {"rss_bytes": rss_growth // proxies, "traced_bytes": traced // proxies}
 
 
 def measure_layout(args: argparse.Namespace, namespaces: int) -> dict[str, Any]:
+    rss_start = footprint.rss_bytes()
     builder = SnapshotBuilder(SnapshotCache())
     builder.apply(synthetic_mesh.mesh_changes(args.services, 1))
+    rss_mesh = footprint.rss_bytes()
     for i in range(args.proxies):
-        namespace = synthetic_mesh.namespace_of(
-            (i % namespaces) * synthetic_mesh.SERVICES_PER_NAMESPACE
-        )
-        builder.add_proxy(Proxy(node_id=f"proxy-{i}.{namespace}", namespace=namespace))
+        builder.add_proxy(proxy(i, namespaces))
     wall, cpu = time.perf_counter(), time.process_time()
     builder.mark_synced()
     sync_wall, sync_cpu = time.perf_counter() - wall, time.process_time() - cpu
-    index = args.services // 2
-    walls: list[float] = []
-    cpus: list[float] = []
-    for change in range(args.changes):
-        changes = ChangeSet()
-        changes.upsert(changed_service(index, extra_port=change % 2 == 0))
-        gc.collect()
-        wall, cpu = time.perf_counter(), time.process_time()
-        builder.apply(changes)
-        walls.append(time.perf_counter() - wall)
-        cpus.append(time.process_time() - cpu)
+    work = footprint.WorkLog(builder)
+    targets = {PORT: port_service(args), TARGET_PORT: LOCAL_SERVICE, SELECTOR: LOCAL_SERVICE}
+    try:
+        scenarios = {
+            name: measure_scenario(builder, work, name, targets[name], args.changes)
+            for name in SCENARIOS
+        }
+    finally:
+        work.close()
     errors = {node: builder.proxy_error(node) for node in builder.proxies}
     if any(errors.values()):
         raise RuntimeError(f"a proxy was refused its snapshot: {errors}")
     routes: dict[str, int] = {}
-    for node in builder.proxies:
-        snapshot = builder.cache.get_snapshot(node)
-        if snapshot is None:
-            raise RuntimeError(f"proxy {node} has no snapshot")
+    for snapshot in snapshots(builder).values():
         routes.update({r.name: r.size for r in snapshot.get(ROUTE).values()})
     return {
         "namespaces_with_proxies": namespaces,
+        "proxies_in_changed_namespace": sum(1 for i in range(args.proxies) if i % namespaces == 0),
+        "retranslated_counted_by": work.counted_by,
         "first_publish_ms": report.milliseconds(sync_wall),
         "first_publish_cpu_ms": report.milliseconds(sync_cpu),
-        "apply_ms": report.milliseconds(report.median(walls)),
-        "apply_cpu_ms": report.milliseconds(report.median(cpus)),
+        "rss_mesh_mb": round((rss_mesh - rss_start) / MB, 1),
         "route_configs": len(routes),
         "route_config_bytes": max(routes.values(), default=0),
+        "scenarios": scenarios,
+        "memory_per_proxy": memory_per_proxy(builder, namespaces, args.proxies),
     }
 
 
@@ -107,6 +233,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     layouts = [measure_layout(args, n) for n in dict.fromkeys((1, args.spread))]
     return {
         "benchmark": "service_change",
+        "code": footprint.code_under_test(),
         "services": args.services,
         "proxies": args.proxies,
         "changes": args.changes,
@@ -116,19 +243,47 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def tables(result: dict[str, Any]) -> list[str]:
     layouts: list[dict[str, Any]] = result["layouts"]
-    rows: list[tuple[Any, ...]] = [
-        ("Service change: apply, ms", *(x["apply_ms"] for x in layouts)),
-        ("  of which CPU, ms", *(x["apply_cpu_ms"] for x in layouts)),
+    header = ("namespaces with proxies", *(str(x["namespaces_with_proxies"]) for x in layouts))
+    rows: list[tuple[Any, ...]] = []
+    for name in SCENARIOS:
+        runs = [x["scenarios"][name] for x in layouts]
+        rows += [
+            (f"{name}: change {runs[0]['service']}, apply ms", *(r["apply_ms"] for r in runs)),
+            ("  of which CPU, ms", *(r["apply_cpu_ms"] for r in runs)),
+            ("  CPU per proxy, ms", *(r["apply_cpu_per_proxy_ms"] for r in runs)),
+            ("  proxies re-translated (median)", *(_median(r["retranslated"]) for r in runs)),
+            ("  proxies sent anything (median)", *(_median(r["proxies_sent"]) for r in runs)),
+            ("  proxies in GenerationRecords", *(_recorded(r["pushed_by_records"]) for r in runs)),
+            ("  types sent", *(" ".join(r["types_sent"]) or "-" for r in runs)),
+        ]
+    rows += [
+        ("proxies in bench-0", *(x["proxies_in_changed_namespace"] for x in layouts)),
         ("first publish to every proxy, ms", *(x["first_publish_ms"] for x in layouts)),
         ("route configurations served", *(x["route_configs"] for x in layouts)),
         ("bytes of the largest", *(x["route_config_bytes"] for x in layouts)),
+        ("RSS of the built mesh, MB", *(x["rss_mesh_mb"] for x in layouts)),
+        ("memory per proxy, RSS N->2N, B", *(x["memory_per_proxy"]["rss_bytes"] for x in layouts)),
+        (
+            "  Python allocations 2N->3N, B",
+            *(x["memory_per_proxy"]["traced_bytes"] for x in layouts),
+        ),
     ]
-    header = ("namespaces with proxies", *(str(x["namespaces_with_proxies"]) for x in layouts))
     title = (
         f"One Service changed among {result['services']} services, {result['proxies']} proxies "
-        f"(median of {result['changes']} changes)"
+        f"(median of {result['changes']} changes; xds_server {result['code']['commit']}; "
+        f"re-translations counted by {layouts[0]['retranslated_counted_by']})"
     )
     return [report.table(title, header, rows)]
+
+
+def _median(values: list[int]) -> int:
+    return int(report.median(values))
+
+
+def _recorded(values: list[int | None]) -> str:
+    """The median count the builder's GenerationRecords gave, or "-" where it keeps none."""
+    counts = [v for v in values if v is not None]
+    return str(_median(counts)) if counts else "-"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -6,6 +6,12 @@ observer, so a proxy that connects gets its snapshot built), and served by
 `bind_grpc_server` on a free loopback port.  The file source, the debouncer
 and the admin app are left out: a benchmark feeds ChangeSets to the builder
 itself, as `MeshPipeline.run` does after debouncing.
+
+The benchmarks also measure checkouts older than the server callbacks
+(`bench-results`: before and after a change), so the ACK count is
+feature-detected: through a `ServerCallbacks` implementation where
+`xds_server.server` has them, else through the servicer's own `ack_received`
+hook, which older servers call for the same event.
 """
 
 from __future__ import annotations
@@ -13,22 +19,22 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
+from typing import Any
 
+from xds_server import server as ads_server
 from xds_server.cache import SnapshotCache
 from xds_server.pipeline import MeshPipeline
-from xds_server.server import (
-    AggregatedDiscoveryServer,
-    NoCallbacks,
-    SentResponse,
-    ServerLimits,
-    StreamInfo,
-    bind_grpc_server,
-)
+from xds_server.server import AggregatedDiscoveryServer, ServerLimits, bind_grpc_server
 
 logger = logging.getLogger(__name__)
 
 
-class AckCounter(NoCallbacks):
+_Callbacks: Any = getattr(ads_server, "NoCallbacks", object)
+"""The do-nothing callbacks to extend, on a server that has callbacks."""
+HAS_CALLBACKS = _Callbacks is not object
+
+
+class AckCounter(_Callbacks):  # type: ignore[misc]
     """Server callbacks counting ACKs by type, so a benchmark can await them.
 
     A stream reports an ACK of its latest response as it processes it:
@@ -40,8 +46,10 @@ class AckCounter(NoCallbacks):
         self._target: tuple[str, int] | None = None
         self._reached = asyncio.Event()
 
-    def ack_received(self, stream: StreamInfo, response: SentResponse, at: float) -> None:
-        type_url = response.type_url
+    def ack_received(self, stream: Any, response: Any, at: float) -> None:
+        self.count(response.type_url)
+
+    def count(self, type_url: str) -> None:
         self.acks[type_url] += 1
         target = self._target
         if target is not None and target[0] == type_url and self.acks[type_url] >= target[1]:
@@ -65,9 +73,21 @@ class AckCountingServer(AggregatedDiscoveryServer):
         self, cache: SnapshotCache, observer: MeshPipeline, *, limits: ServerLimits
     ) -> None:
         counter = AckCounter()
-        super().__init__(cache, observer=observer, limits=limits, callbacks=counter)
+        if HAS_CALLBACKS:
+            super().__init__(cache, observer=observer, limits=limits, callbacks=counter)
+        else:
+            super().__init__(cache, observer=observer, limits=limits)
+        self._counter = counter
         self.acks = counter.acks
         self.wait_acks = counter.wait_acks
+
+    def ack_received(self, *args: Any) -> None:
+        """The older servers' hook: (node_id, type_url) for each ACK of a latest response."""
+        parent = getattr(super(), "ack_received", None)
+        if parent is not None:
+            parent(*args)
+        if not HAS_CALLBACKS:
+            self._counter.count(args[1])
 
 
 class ControlPlaneUnderTest:

@@ -2,10 +2,13 @@
 
 Every address is on loopback (127.0.0.0/8) so nothing a benchmark configures
 can reach beyond the machine: endpoints are 127.1.0.1 upwards, Service cluster
-IPs 127.200.0.1 upwards.  Services are spread over namespaces of 100 (as a
+IPs 127.200.0.1 upwards, proxies' pod IPs (`proxy_address`) 127.3.0.1
+upwards.  Services are spread over namespaces of 100 (as a
 real cluster would be) and each has one HTTP port, so the mesh translates to
 one outbound EDS cluster and one ClusterLoadAssignment per Service, and one
 virtual host per Service in each namespace's `outbound|{namespace}` route table.
+Service `svc-i` selects the pods labelled `app: svc-i` (`app_labels`), so a
+proxy given those labels and an IP has an inbound side for it.
 
 The generator is deterministic: a benchmark's client processes rebuild the
 cluster names from the same arguments instead of receiving them.
@@ -34,6 +37,8 @@ _ENDPOINT_BASE = (127 << 24) | (1 << 16)
 """127.1.0.0: endpoint k gets the k-th usable address after it."""
 _CLUSTER_IP_BASE = (127 << 24) | (200 << 16)
 """127.200.0.0: Service i gets the i-th usable address after it."""
+_PROXY_BASE = (127 << 24) | (3 << 16)
+"""127.3.0.0: proxy k's pod IP is the k-th usable address after it."""
 _LOOPBACK_END = (128 << 24) - 1
 
 
@@ -49,6 +54,15 @@ def endpoint_address(index: int) -> str:
     return _loopback(_ENDPOINT_BASE, index)
 
 
+def proxy_address(index: int) -> str:
+    return _loopback(_PROXY_BASE, index)
+
+
+def app_labels(index: int) -> tuple[tuple[str, str], ...]:
+    """The labels of the pods Service `index` selects."""
+    return (("app", f"svc-{index}"),)
+
+
 def namespace_of(index: int) -> str:
     return f"bench-{index // SERVICES_PER_NAMESPACE}"
 
@@ -58,6 +72,7 @@ def service(index: int) -> Service:
         namespace=namespace_of(index),
         name=f"svc-{index}",
         ports=(ServicePort(port=SERVICE_PORT, name=PORT_NAME, target_port=TARGET_PORT),),
+        selector=app_labels(index),
         cluster_ip=_loopback(_CLUSTER_IP_BASE, index),
     )
 

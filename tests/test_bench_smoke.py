@@ -49,23 +49,71 @@ def test_push_sends_one_small_assignment_to_subscribers_and_nothing_to_others() 
         assert set(summary["subscribed_bytes_by_type"]) == {"EDS"}, variant
         assert summary["server_subscribed_bytes"] == summary["subscribed_bytes"], variant
         assert 0 < summary["extra_bytes"] < 2048, variant
-        for key in ("apply_ms", "apply_cpu_ms", "push_cpu_ms", "push_cpu_per_proxy_ms"):
+        for key in (
+            "apply_ms",
+            "apply_cpu_ms",
+            "push_cpu_ms",
+            "push_cpu_per_proxy_ms",
+            "sync_cpu_per_proxy_ms",
+        ):
             assert summary[key] > 0, (variant, key)
+        assert summary["proxies_added_for_memory"] == 4, variant
+        assert summary["rss_per_proxy_bytes"] >= 0, variant
     assert result["goal_met"] == {"sotw": True, "delta": True}
 
 
-def test_service_change_serves_one_route_table_per_namespace_with_proxies() -> None:
-    result = run_bench(
-        "service_change", "--services", "300", "--proxies", "3", "--spread", "3", "--changes", "2"
-    )
+SERVICE_CHANGE_ARGS = ("--services", "300", "--proxies", "3", "--spread", "3", "--changes", "2")
+"""300 Services in 3 namespaces; proxy k in bench-(k % 3), selected by its first Service."""
 
-    assert result["benchmark"] == "service_change"
-    layouts = {layout["namespaces_with_proxies"]: layout for layout in result["layouts"]}
+
+@pytest.fixture(scope="module")
+def service_change() -> dict[str, Any]:
+    return run_bench("service_change", *SERVICE_CHANGE_ARGS)
+
+
+def test_service_change_serves_one_route_table_per_namespace_with_proxies(
+    service_change: dict[str, Any],
+) -> None:
+    assert service_change["benchmark"] == "service_change"
+    layouts = {layout["namespaces_with_proxies"]: layout for layout in service_change["layouts"]}
     assert set(layouts) == {1, 3}
     for namespaces, layout in layouts.items():
         assert layout["route_configs"] == namespaces
         assert layout["route_config_bytes"] > 0
-        assert layout["apply_ms"] > 0
+        assert layout["memory_per_proxy"]["traced_bytes"] > 0
+        for name, scenario in layout["scenarios"].items():
+            assert scenario["apply_ms"] > 0, name
+            assert scenario["apply_cpu_per_proxy_ms"] > 0, name
+
+
+@pytest.mark.parametrize(
+    ("scenario", "namespaces", "proxies_sent", "types_sent"),
+    [
+        ("port", 1, 3, ["CDS", "EDS", "RDS"]),
+        ("port", 3, 3, ["CDS", "EDS", "RDS"]),
+        ("target-port", 1, 3, ["CDS", "LDS"]),
+        ("target-port", 3, 1, ["CDS", "LDS"]),
+        ("selector", 1, 3, ["CDS", "LDS"]),
+        ("selector", 3, 1, ["CDS", "LDS"]),
+    ],
+)
+def test_service_change_reaches_the_proxies_whose_config_it_changes(
+    service_change: dict[str, Any],
+    scenario: str,
+    namespaces: int,
+    proxies_sent: int,
+    types_sent: list[str],
+) -> None:
+    layout = next(
+        x for x in service_change["layouts"] if x["namespaces_with_proxies"] == namespaces
+    )
+    measured = layout["scenarios"][scenario]
+
+    assert measured["proxies_sent"] == [proxies_sent, proxies_sent]
+    assert measured["types_sent"] == types_sent
+    assert all(0 <= count <= 3 for count in measured["retranslated"])
+    if layout["retranslated_counted_by"] == "GenerationRecord.units":
+        assert measured["pushed_by_records"] == [proxies_sent, proxies_sent]
 
 
 @pytest.mark.envoy
