@@ -27,7 +27,7 @@ import contextlib
 import logging
 import os
 import socket
-from collections.abc import Awaitable, Callable, Generator, Sequence
+from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
 from typing import Any, Protocol
 
 import grpc
@@ -35,6 +35,7 @@ import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from xds_server.admin import ProxyView, create_app
+from xds_server.admin.diff import DryRun
 from xds_server.cache import Snapshot, SnapshotCache
 from xds_server.model import ChangeSet
 from xds_server.pipeline import MeshPipeline
@@ -47,6 +48,7 @@ from xds_server.server import (
 )
 from xds_server.settings import SOURCE_KUBERNETES, Settings, split_host_port
 from xds_server.sources.file import FileSource
+from xds_server.sources.proposal import propose_apply, propose_files
 from xds_server.supervise import Supervisor
 
 logger = logging.getLogger(__name__)
@@ -219,6 +221,24 @@ class ControlPlane:
     def translation_errors(self) -> list[tuple[str, str]]:
         """Objects left out because translating them raised: (object, error)."""
         return self.pipeline.translation_errors()
+
+    async def preview(self, files: Mapping[str, bytes]) -> DryRun:
+        """What writing `files` into the watched directory (or `kubectl apply` of them)
+        would change, translated on a copy of the state; nothing is committed.
+
+        The files are parsed in a thread against the source's state of now (a
+        frozen value); the builder's preview runs here, on the event loop that
+        applies batches, so it sees one consistent moment.  ValueError for a
+        file name that cannot be one.
+        """
+        if isinstance(self.source, FileSource):
+            source = self.source
+            proposal = await asyncio.to_thread(propose_files, source.state, source.directory, files)
+        else:
+            proposal = await asyncio.to_thread(propose_apply, files)
+        builder = self.pipeline.builder
+        preview = builder.preview(proposal.changes)
+        return DryRun(proposal.changes, proposal.errors, preview, len(builder.proxies))
 
     def metrics(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

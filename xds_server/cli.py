@@ -168,6 +168,7 @@ ADMIN_COMMANDS = ("status", "config", "explain")
 # and run(args) -> int, so features add a command without growing this file.
 PLUGIN_COMMANDS: dict[str, str] = {
     "capture-init": "xds_server.capture.command",
+    "diff": "xds_server.cli_diff",
     "inject": "xds_server.inject.command",
     "sidecar-bootstrap": "xds_server.inject.bootstrap_command",
     "webhook": "xds_server.inject.webhook_command",

@@ -139,6 +139,11 @@ class FileSource:
         return self._directory
 
     @property
+    def state(self) -> DirectoryState:
+        """Every file's state as last folded in (a frozen value; dry runs start from it)."""
+        return self._state
+
+    @property
     def errors(self) -> list[SourceError]:
         """The problems in the directory right now; each goes away when it is fixed."""
         found = self._state.errors()
