@@ -253,11 +253,6 @@ async def test_envoys_config_dump_names_the_same_service_on_each_virtual_host(
 
 
 @pytest.mark.envoy
-@pytest.mark.xfail(
-    strict=True,
-    reason="cache.ResourceSet.evolve keeps the old Resource when the version is the same, "
-    "so its provenance (outside the version) stays that of the old file",
-)
 async def test_a_service_moved_to_another_file_is_explained_from_its_new_file(
     mesh: Mesh,
 ) -> None:

@@ -104,6 +104,12 @@ class ResourceSet(Mapping[str, Resource]):
         for resource in upserts:
             current = (new_items if new_items is not None else items).get(resource.name)
             if current is not None and current.version == resource.version:
+                if current.provenance != resource.provenance:
+                    # Same bytes, new provenance (an object moved file): keep the newer
+                    # Resource, so explain and NACKs name where it is now; no push.
+                    if new_items is None:
+                        new_items = dict(items)
+                    new_items[resource.name] = resource
                 continue
             if new_items is None:
                 new_items = dict(items)
