@@ -41,9 +41,12 @@ from xds_server.admin.diff import (
 )
 from xds_server.admin.paging import Page
 from xds_server.admin.redact import REDACTED
-from xds_server.model import ChangeSet, Kind, ObjectKey
+from xds_server.app import ControlPlane
+from xds_server.model import ChangeSet, Kind, ObjectKey, Proxy
 from xds_server.pipeline.records import Preview, ResourceChange
 from xds_server.resources import Resource, make_resource
+from xds_server.settings import Settings
+from xds_server.sources.file import FileSource
 from xds_server.sources.file_state import DirectoryState, parse_file
 from xds_server.sources.proposal import NOT_READ, propose_apply, propose_files
 
@@ -125,7 +128,7 @@ def strictly_equal(a: Any, b: Any) -> bool:
     return type(a) is type(b) and a == b
 
 
-@settings(max_examples=400, derandomize=True, deadline=None)
+@settings(max_examples=200, derandomize=True, deadline=None)
 @given(json_values, json_values)
 def test_any_patch_applied_by_rfc_6902_gives_the_after_value(before: Any, after: Any) -> None:
     ops = dumped(json_patch(before, after))
@@ -435,6 +438,75 @@ async def test_a_control_plane_without_a_dry_run_answers_501() -> None:
 
     assert response.status_code == 501
     assert response.json()["detail"] == "this control plane offers no dry run"
+
+
+# -- the control plane's preview ----------------------------------------------------------
+
+NODE = "client-0.default"
+BACKEND_CLUSTER = "outbound|8080||backend.default.svc.cluster.local"
+
+
+class KubernetesLikeSource:
+    """Any source that is not the file source: proposals are applied, not written."""
+
+    errors: list[Any] = []
+
+
+def plane_serving(directory: Path) -> ControlPlane:
+    """A control plane (nothing bound) synced on `directory`, with one proxy connected."""
+    directory.mkdir()
+    (directory / "backend.yaml").write_text(f"{BACKEND}---\n{SLICE}")
+    plane = ControlPlane(Settings(source=f"file:{directory}"))
+    assert isinstance(plane.source, FileSource)
+    plane.pipeline.initial_sync(plane.source.load())
+    plane.pipeline.builder.add_proxy(Proxy(NODE))
+    return plane
+
+
+def planned(run: DryRun) -> set[tuple[str, str, str]]:
+    return {(c.type_url.rsplit(".", 1)[1], c.name, c.change) for c in run.preview.proxies[NODE]}
+
+
+@pytest.mark.parametrize(
+    ("kubernetes", "files", "objects", "expected"),
+    [
+        pytest.param(False, {"backend.yaml": b""}, (set(), {"Service default/backend",
+                     "EndpointSlice default/backend-slice"}),
+                     {("Cluster", BACKEND_CLUSTER, "removed"),
+                      ("ClusterLoadAssignment", BACKEND_CLUSTER, "removed"),
+                      ("RouteConfiguration", "outbound|default", "changed")},
+                     id="file-mode-an-emptied-file-removes"),
+        pytest.param(True, {"backend.yaml": b""}, (set(), set()), set(),
+                     id="kubernetes-an-empty-file-applies-nothing"),
+        pytest.param(True, {"b.yaml": BACKEND_9090.encode()}, ({"Service default/backend"}, set()),
+                     {("Cluster", BACKEND_CLUSTER.replace("8080", "9090"), "added"),
+                      ("Cluster", BACKEND_CLUSTER, "removed"),
+                      ("ClusterLoadAssignment", BACKEND_CLUSTER.replace("8080", "9090"), "added"),
+                      ("ClusterLoadAssignment", BACKEND_CLUSTER, "removed"),
+                      ("RouteConfiguration", "outbound|default", "changed")},
+                     id="kubernetes-an-applied-object-is-upserted"),
+    ],
+)  # fmt: skip
+async def test_the_control_plane_previews_against_its_source_and_commits_nothing(
+    tmp_path: Path,
+    kubernetes: bool,
+    files: dict[str, bytes],
+    objects: tuple[set[str], set[str]],
+    expected: set[tuple[str, str, str]],
+) -> None:
+    plane = plane_serving(tmp_path / "mesh")
+    if kubernetes:
+        plane.source = KubernetesLikeSource()  # type: ignore[assignment]
+    served, generation = plane.cache.get_snapshot(NODE), plane.pipeline.builder.generation
+
+    run = await plane.preview(files)
+
+    assert keys(run.changes) == objects
+    assert (planned(run) if run.preview.proxies else set()) == expected
+    assert run.proxies == 1
+    assert plane.cache.get_snapshot(NODE) is served
+    assert plane.pipeline.builder.generation == generation
+    assert (tmp_path / "mesh" / "backend.yaml").read_text() == f"{BACKEND}---\n{SLICE}"
 
 
 # -- the CLI -------------------------------------------------------------------------------
