@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 COMMANDS = ("status", "config", "explain")
+EXIT_CODES = "Exit codes: 0 done, 1 not found or the admin API unreachable, 2 bad usage."
 DEFAULT_ADMIN_URL = f"http://{Settings.admin_listen}"
 TYPES = ("CDS", "EDS", "LDS", "RDS", "SDS")
 PAGE_LIMIT = 1000
@@ -76,19 +77,30 @@ def _type(value: str) -> str:
     return short
 
 
+HELP = {
+    "status": "sync status of every connected proxy per type",
+    "config": "the config a proxy is served",
+    "explain": "the source objects behind a proxy's resources",
+}
+
+
 def add_commands(commands: argparse._SubParsersAction[Any]) -> None:
     """Add `status`, `config` and `explain` to the `xds-server` command."""
-    status = commands.add_parser("status", help="sync status of every connected proxy per type")
-    _common(status)
-    config = commands.add_parser("config", help="the config a proxy is served")
-    _common(config)
-    config.add_argument("proxy", metavar="PROXY", help="the proxy's node id")
-    config.add_argument("--type", type=_type, metavar="|".join(TYPES[:4]), help="only this type")
-    explain = commands.add_parser("explain", help="the source objects behind a proxy's resources")
-    _common(explain)
-    explain.add_argument("proxy", metavar="PROXY", help="the proxy's node id")
-    explain.add_argument("resource", metavar="RESOURCE", nargs="?", help="only this resource")
-    explain.add_argument("--type", type=_type, metavar="|".join(TYPES[:4]), help="only this type")
+    parsers = {}
+    for name in COMMANDS:
+        parsers[name] = commands.add_parser(
+            name, help=HELP[name], description=f"{HELP[name]}. {EXIT_CODES}"
+        )
+        _common(parsers[name])
+    for name in ("config", "explain"):
+        parsers[name].add_argument("proxy", metavar="PROXY", help="the proxy's node id")
+    parsers["explain"].add_argument(
+        "resource", metavar="RESOURCE", nargs="?", help="only the resource(s) of this name"
+    )
+    for name in ("config", "explain"):
+        parsers[name].add_argument(
+            "--type", type=_type, metavar="|".join(TYPES[:4]), help="only this type"
+        )
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
