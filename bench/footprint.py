@@ -1,13 +1,17 @@
 """What the benchmarks read about the control plane beyond wall time: memory, code, work done.
 
-* Memory: `rss_bytes()` is the process's resident set (`VmRSS`), which sees
-  everything (protobuf's C arenas included) but also the allocator's slack;
-  `traced_growth(action)` runs `action` under `tracemalloc` and returns how
-  many bytes of Python allocations it left alive, which is exact but blind to
-  memory allocated outside Python's allocators.  A benchmark reports both, as
-  the growth from N to 2N proxies divided by N: the marginal cost of a proxy,
-  free of one-time costs.  `tracemalloc` slows allocation down, so it is only
-  ever started after the CPU figures have been taken.
+* Memory, three ways, each as a growth from N to 2N proxies divided by N
+  (the marginal cost of a proxy, free of one-time costs):
+  `rss_bytes()` is the process's resident set (`VmRSS`): it sees everything
+  but also the allocators' slack, so it only means something where a proxy
+  costs far more than the garbage a change leaves (gRPC streams, `push.py`);
+  `heap_in_use_bytes()` is what glibc's malloc has handed out and not got
+  back (`mallinfo2`: protobuf's upb arenas, where a Resource's serialized
+  `Any` lives, gRPC's buffers, and Python objects over 512 bytes), free of
+  slack; `traced_growth(action)` runs `action` under `tracemalloc` and returns
+  the bytes of Python allocations it left alive (exact, blind to upb).
+  `tracemalloc` slows allocation down and itself allocates with malloc, so it
+  is only started after the CPU and heap figures have been taken.
 * Code: `code_under_test()` says which `xds_server` was imported (the
   benchmarks are run against older checkouts with `PYTHONPATH`) and its commit.
 * Work: `WorkLog` counts, for each `SnapshotBuilder.apply`, the proxies the
@@ -20,6 +24,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import gc
 import logging
 import os
@@ -44,6 +50,47 @@ def rss_bytes() -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena",
+            "ordblks",
+            "smblks",
+            "hblks",
+            "hblkhd",
+            "usmblks",
+            "fsmblks",
+            "uordblks",
+            "fordblks",
+            "keepcost",
+        )
+    ]
+
+
+def _mallinfo2() -> Callable[[], _MallInfo2] | None:
+    name = ctypes.util.find_library("c")
+    try:
+        function = ctypes.CDLL(name).mallinfo2 if name else None
+    except (OSError, AttributeError):  # not glibc, or glibc < 2.33
+        return None
+    if function is not None:
+        function.restype = _MallInfo2
+    return function
+
+
+_MALLINFO2 = _mallinfo2()
+
+
+def heap_in_use_bytes() -> int | None:
+    """Bytes malloc has handed out (heap and mmapped chunks), after a collection; None off glibc."""
+    if _MALLINFO2 is None:
+        return None
+    gc.collect()
+    info = _MALLINFO2()
+    return int(info.uordblks + info.hblkhd)
 
 
 def traced_growth(action: Callable[[], None]) -> int:

@@ -28,8 +28,9 @@ Then, still connected, as many proxies again (N more, in a second child
 process) connect and sync: the growth of this process's resident memory
 (`VmRSS`, after a garbage collection; it includes gRPC's C buffers, which
 `tracemalloc` cannot see) divided by N is the control plane's memory per
-proxy, and its CPU time while they synced, divided by N, the CPU of serving a
-proxy its first config (the 4 Hz polling of `wait_synced` included).
+proxy, with malloc's heap in use beside it (free of allocator slack); its CPU
+time while they synced, divided by N, is the CPU of serving a proxy its first
+config (the 4 Hz polling of `wait_synced` included).
 """
 
 from __future__ import annotations
@@ -106,6 +107,7 @@ class GrowthMeasurement:
 
     proxies: int
     rss_per_proxy_bytes: int
+    heap_per_proxy_bytes: int | None
     sync_cpu_per_proxy_s: float
 
 
@@ -275,18 +277,19 @@ async def measure_growth(
     """Connect `count` more subscribed proxies, wait until they are synced, measure the growth."""
     specs = [ClientSpec(node_id(variant, EXTRA, args.proxies + i), True) for i in range(count)]
     nodes = {spec.node_id for spec in specs}
-    rss = footprint.rss_bytes()
+    rss, heap = footprint.rss_bytes(), footprint.heap_in_use_bytes()
     cpu = time.process_time()
     clients = ClientProcess(client_plan(plane, variant, flapper, args, specs))
     try:
         async with asyncio.timeout(args.timeout):
             await wait_synced(plane, clients, nodes)
         sync_cpu = time.process_time() - cpu
-        growth = footprint.rss_bytes() - rss
+        growth, heap_after = footprint.rss_bytes() - rss, footprint.heap_in_use_bytes()
     finally:
         await asyncio.to_thread(clients.stop)
     await wait_disconnected(plane, nodes)
-    return GrowthMeasurement(count, growth // count, sync_cpu / count)
+    heap_growth = None if heap is None or heap_after is None else (heap_after - heap) // count
+    return GrowthMeasurement(count, growth // count, heap_growth, sync_cpu / count)
 
 
 async def wait_disconnected(plane: ControlPlaneUnderTest, nodes: set[str]) -> None:
@@ -362,6 +365,7 @@ def summarize(
         "push_cpu_per_proxy_ms": report.milliseconds(push_cpu / proxies),
         "delivered_ms": report.milliseconds(report.median([c.delivered_s for c in changes])),
         "rss_per_proxy_bytes": growth.rss_per_proxy_bytes,
+        "heap_per_proxy_bytes": growth.heap_per_proxy_bytes,
         "sync_cpu_per_proxy_ms": report.milliseconds(growth.sync_cpu_per_proxy_s),
         "proxies_added_for_memory": growth.proxies,
     }
@@ -430,6 +434,10 @@ def tables(result: dict[str, Any]) -> list[str]:
         (
             "memory per proxy, RSS N->2N, B",
             *(v["rss_per_proxy_bytes"] for v in variants.values()),
+        ),
+        (
+            "  malloc heap in use N->2N, B",
+            *(v["heap_per_proxy_bytes"] for v in variants.values()),
         ),
         (
             "  server CPU per proxy joining, ms",

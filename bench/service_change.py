@@ -26,10 +26,12 @@ re-translated (`footprint.WorkLog`: from the builder's GenerationRecords where
 it has them, else by counting per-proxy translations); and how many proxies'
 snapshots changed in some type (what the ADS server sends a response for,
 `Snapshot.changed`), i.e. the proxies that receive any bytes.  Per layout:
-the first publish to every proxy, the route tables served, the resident
-memory once the mesh is built, and the memory per proxy: the growth of RSS from
-N to 2N proxies, and of Python allocations (`tracemalloc`) from 2N to 3N, each
-divided by N (taken after the CPU figures, as tracemalloc slows allocation).
+the first publish to every proxy, the route tables served, the memory that
+building the mesh took (RSS, meaningful in the first layout only, whose
+process had freed nothing yet; and malloc's heap in use), and the memory per
+proxy (`footprint`): the growth of malloc's heap in use from N to 2N proxies,
+and of Python allocations (`tracemalloc`) from 2N to 3N, each divided by N
+(taken after the CPU figures, as tracemalloc slows allocation).
 """
 
 from __future__ import annotations
@@ -173,8 +175,14 @@ def measure_scenario(
     }
 
 
-def memory_per_proxy(builder: SnapshotBuilder, namespaces: int, proxies: int) -> dict[str, int]:
-    """Marginal bytes per proxy: RSS from N to 2N proxies, Python allocations from 2N to 3N."""
+def memory_per_proxy(
+    builder: SnapshotBuilder, namespaces: int, proxies: int
+) -> dict[str, int | None]:
+    """Marginal bytes per proxy: malloc'd heap from N to 2N proxies, Python objects 2N to 3N.
+
+    No RSS here: a proxy's few kilobytes drown in the slack the changes before
+    leave (5 MB route tables freed), and RSS went down as often as up.
+    """
 
     def adder(first: int) -> Callable[[], None]:
         def add() -> None:
@@ -183,18 +191,23 @@ def memory_per_proxy(builder: SnapshotBuilder, namespaces: int, proxies: int) ->
 
         return add
 
-    rss = footprint.rss_bytes()
+    heap = footprint.heap_in_use_bytes()
     adder(proxies)()
-    rss_growth = footprint.rss_bytes() - rss
+    heap_after = footprint.heap_in_use_bytes()
     traced = footprint.traced_growth(adder(2 * proxies))
-    return {"rss_bytes": rss_growth // proxies, "traced_bytes": traced // proxies}
+    return {
+        "heap_bytes": None
+        if heap is None or heap_after is None
+        else (heap_after - heap) // proxies,
+        "traced_bytes": traced // proxies,
+    }
 
 
 def measure_layout(args: argparse.Namespace, namespaces: int) -> dict[str, Any]:
-    rss_start = footprint.rss_bytes()
+    rss_start, heap_start = footprint.rss_bytes(), footprint.heap_in_use_bytes()
     builder = SnapshotBuilder(SnapshotCache())
     builder.apply(synthetic_mesh.mesh_changes(args.services, 1))
-    rss_mesh = footprint.rss_bytes()
+    rss_mesh, heap_mesh = footprint.rss_bytes(), footprint.heap_in_use_bytes()
     for i in range(args.proxies):
         builder.add_proxy(proxy(i, namespaces))
     wall, cpu = time.perf_counter(), time.process_time()
@@ -222,6 +235,9 @@ def measure_layout(args: argparse.Namespace, namespaces: int) -> dict[str, Any]:
         "first_publish_ms": report.milliseconds(sync_wall),
         "first_publish_cpu_ms": report.milliseconds(sync_cpu),
         "rss_mesh_mb": round((rss_mesh - rss_start) / MB, 1),
+        "heap_mesh_mb": None
+        if heap_mesh is None or heap_start is None
+        else round((heap_mesh - heap_start) / MB, 1),
         "route_configs": len(routes),
         "route_config_bytes": max(routes.values(), default=0),
         "scenarios": scenarios,
@@ -261,8 +277,12 @@ def tables(result: dict[str, Any]) -> list[str]:
         ("first publish to every proxy, ms", *(x["first_publish_ms"] for x in layouts)),
         ("route configurations served", *(x["route_configs"] for x in layouts)),
         ("bytes of the largest", *(x["route_config_bytes"] for x in layouts)),
-        ("RSS of the built mesh, MB", *(x["rss_mesh_mb"] for x in layouts)),
-        ("memory per proxy, RSS N->2N, B", *(x["memory_per_proxy"]["rss_bytes"] for x in layouts)),
+        ("RSS growth building the mesh, MB", *(x["rss_mesh_mb"] for x in layouts)),
+        ("malloc heap growth building it, MB", *(x["heap_mesh_mb"] for x in layouts)),
+        (
+            "memory per proxy, malloc N->2N, B",
+            *(x["memory_per_proxy"]["heap_bytes"] for x in layouts),
+        ),
         (
             "  Python allocations 2N->3N, B",
             *(x["memory_per_proxy"]["traced_bytes"] for x in layouts),
