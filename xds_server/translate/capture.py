@@ -105,7 +105,13 @@ from xds_server.translate.naming import (
     mesh_ports,
     outbound_route_name,
 )
-from xds_server.translate.provenance import service_key, stamp_generator, stamp_sources
+from xds_server.translate.provenance import (
+    service_key,
+    sources_metadata,
+    stamp,
+    stamp_generator,
+    stamp_sources,
+)
 from xds_server.translate.routes import inbound_route_config
 
 logger = logging.getLogger(__name__)
@@ -158,7 +164,7 @@ def _virtual_outbound(mesh: MeshSnapshot, proxy: Proxy) -> listener_pb2.Listener
         cidr = _host_cidr(service.cluster_ip)
         if not cidr:
             continue
-        sources = (service_key(service),)
+        sources = sources_metadata((service_key(service),))
         for port in mesh_ports(service):
             key = (cidr, port.port)
             if key in taken:
@@ -168,12 +174,12 @@ def _virtual_outbound(mesh: MeshSnapshot, proxy: Proxy) -> listener_pb2.Listener
             cluster = cluster_name(service, port)
             if port.mesh_protocol.is_http:
                 chains.append(_chain(f"{cluster}|http", key, captured_http, http=True))
-                stamp_sources(chains[-1], sources)
+                stamp(chains[-1], sources)
                 http_ports.add(port.port)
             chains.append(
                 _chain(f"{cluster}|tcp", key, tcp_proxy_filter(cluster, cluster, "outbound"))
             )
-            stamp_sources(chains[-1], sources)
+            stamp(chains[-1], sources)
 
     passthrough = _chain(
         "PassthroughFilterChain",
