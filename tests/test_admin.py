@@ -9,6 +9,7 @@ proxy or a manifest put in a name or a message.
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import MappingProxyType
@@ -32,6 +33,8 @@ from xds_server.resources import (
     ENDPOINT,
     LISTENER,
     ROUTE,
+    XDS_TYPES,
+    XdsType,
     make_resource,
 )
 from xds_server.server import NackStatus, StreamStatus, TypeStatus
@@ -380,6 +383,45 @@ async def test_an_unknown_type_filter_is_a_400_that_lists_the_accepted_ones() ->
     assert response.json()["detail"] == (
         "unknown type 'XDS': expected one of CDS, EDS, LDS, RDS, SDS or a type URL"
     )
+
+
+def one_of_every_type() -> Snapshot:
+    """A snapshot holding one resource of every registered type, named after its type."""
+    resources = []
+    for xds_type in XDS_TYPES:
+        message = xds_type.message()
+        name_field = "cluster_name" if xds_type.type_url == ENDPOINT else "name"
+        setattr(message, name_field, f"the-{xds_type.short_name}")
+        resources.append(make_resource(message))
+    return Snapshot(resources={r.type_url: ResourceSet([r]) for r in resources}, version="3")
+
+
+@pytest.mark.parametrize("xds_type", XDS_TYPES, ids=lambda t: t.short_name)
+@pytest.mark.parametrize("spelling", ["short", "lower", "url"])
+async def test_every_registered_type_can_be_selected_and_shown(
+    xds_type: XdsType, spelling: str
+) -> None:
+    plane = FakeControlPlane(
+        views=[proxy_view(NODE, synced(xds_type.type_url))], snapshots={NODE: one_of_every_type()}
+    )
+    selector = {
+        "short": xds_type.short_name,
+        "lower": xds_type.short_name.lower(),
+        "url": xds_type.type_url,
+    }[spelling]
+
+    config = (await get(plane, f"/api/proxies/{NODE}/config", {"type": selector})).json()
+    row = (await get(plane, f"/api/proxies/{NODE}")).json()
+    page = (await get(plane, f"/proxies/{NODE}", {"type": selector})).text
+
+    [served] = config["types"]
+    assert (served["type"], served["type_url"]) == (xds_type.short_name, xds_type.type_url)
+    [resource] = served["resources"]
+    assert resource["name"] == f"the-{xds_type.short_name}"
+    assert f"the-{xds_type.short_name}" in json.dumps(resource["resource"])
+    assert row["sync"][xds_type.short_name] == "SYNCED"
+    assert f'<a href="?type={xds_type.short_name}" class="current">' in page
+    assert f"<code>the-{xds_type.short_name}</code>" in page
 
 
 async def test_a_connected_proxy_without_a_snapshot_has_an_empty_config() -> None:

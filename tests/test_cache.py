@@ -1,4 +1,8 @@
-"""The snapshot cache: change tracking, set versions and the consistency gate."""
+"""The snapshot cache: change tracking, set versions and the consistency gate.
+
+The gate knows every type in the registry (`XDS_TYPES`): each declared
+reference is checked, one the registry does not declare is refused.
+"""
 
 from __future__ import annotations
 
@@ -23,7 +27,19 @@ from xds_server.cache import (
     find_problems,
     version_of,
 )
-from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, Resource, make_resource
+from xds_server.resources import (
+    CLUSTER,
+    ENDPOINT,
+    LISTENER,
+    ROUTE,
+    TYPES,
+    XDS_TYPES,
+    Resource,
+    XdsType,
+    make_resource,
+    serialized_resource,
+    unpack,
+)
 
 
 def eds_cluster(name: str) -> Resource:
@@ -139,3 +155,70 @@ async def test_watch_wakes_only_for_a_new_snapshot_of_its_node() -> None:
     second = Snapshot({**first.resources, LISTENER: ResourceSet([rds_listener("m", "r")])})
     cache.set_snapshot("a", second)
     assert await asyncio.wait_for(waiter, 1) is second
+
+
+# -- the type registry: the cache knows every type it declares -------------------------
+
+
+def named(xds_type: XdsType, name: str, refs: frozenset[tuple[str, str]] = frozenset()) -> Resource:
+    """A resource of any registered type, as its producer would version it."""
+    message = xds_type.message()
+    setattr(message, "cluster_name" if xds_type.type_url == ENDPOINT else "name", name)
+    return serialized_resource(
+        xds_type.type_url, name, message.SerializeToString(deterministic=True), refs
+    )
+
+
+DECLARED_REFERENCES = [
+    pytest.param(t, ref, id=f"{t.short_name}->{TYPES[ref].short_name}")
+    for t in XDS_TYPES
+    for ref in t.references
+]
+UNDECLARED_REFERENCES = [
+    pytest.param(t, other, id=f"{t.short_name}->{other.short_name}")
+    for t in XDS_TYPES
+    for other in XDS_TYPES
+    if other.type_url not in t.references
+]
+
+
+@pytest.mark.parametrize(("xds_type", "target"), DECLARED_REFERENCES)
+def test_every_declared_reference_is_checked_and_named_by_short_names(
+    xds_type: XdsType, target: str
+) -> None:
+    referrer = named(xds_type, "a", frozenset({(target, "b")}))
+    owners = [eds_cluster("b")] if target == ENDPOINT else []  # EDS belongs to a cluster
+    problem = f"{xds_type.short_name} 'a' references missing {TYPES[target].short_name} 'b'"
+
+    assert problem in find_problems(snapshot(referrer, *owners))
+    present = snapshot(referrer, named(TYPES[target], "b"), *owners)
+    assert [p for p in find_problems(present) if "'a'" in p] == []
+
+
+@pytest.mark.parametrize(("xds_type", "other"), UNDECLARED_REFERENCES)
+def test_a_reference_the_registry_does_not_declare_is_a_problem(
+    xds_type: XdsType, other: XdsType
+) -> None:
+    referrer = named(xds_type, "a", frozenset({(other.type_url, "b")}))
+    target = named(other, "b")
+    owners = [eds_cluster(n) for n, t in (("a", xds_type), ("b", other)) if t.type_url == ENDPOINT]
+
+    assert find_problems(snapshot(referrer, target, *owners)) == [
+        f"{xds_type.short_name} 'a' references {other.short_name} 'b', "
+        "a type the registry does not declare it references"
+    ]
+
+
+@pytest.mark.parametrize("xds_type", XDS_TYPES, ids=lambda t: t.short_name)
+def test_every_registered_type_is_cached_served_and_unpacked(xds_type: XdsType) -> None:
+    resource = named(xds_type, "only")
+    owners = [eds_cluster("only")] if xds_type.type_url == ENDPOINT else []
+    cache = SnapshotCache()
+    cache.set_snapshot("node", snapshot(resource, *owners))
+
+    served = cache.get_snapshot("node")
+    assert served is not None
+    assert served.get(xds_type.type_url)["only"] is resource
+    message = unpack(resource)
+    assert isinstance(message, xds_type.message)
+    assert make_resource(message).version == resource.version
