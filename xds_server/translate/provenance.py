@@ -16,8 +16,9 @@ it holds nothing else.  The Struct is deterministic to serialize (map keys are
 sorted), so stamped resources stay content-hashed.
 
 `stamped_sources` reads the keys back from a message and the parts it holds
-(a listener's filter chains and inline route tables, a route table's virtual
-hosts), for admin views and tests; the pipeline knows them without parsing.
+(a listener's filter chains, a route table's virtual hosts).  An inline route
+table (an inbound port's) is stamped with its listener's or chain's sources,
+so reading the listener's is enough.
 """
 
 from __future__ import annotations
@@ -30,9 +31,6 @@ from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import base_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
-from envoy.extensions.filters.network.http_connection_manager.v3 import (
-    http_connection_manager_pb2 as hcm_pb2,
-)
 from google.protobuf import struct_pb2
 
 from xds_server.model import EndpointSlice, Service
@@ -53,8 +51,6 @@ Stamped: TypeAlias = (
     | route_components_pb2.VirtualHost
 )
 """The messages that carry a stamp (each has a `metadata` field)."""
-
-_HCM_TYPE_URL = f"type.googleapis.com/{hcm_pb2.HttpConnectionManager.DESCRIPTOR.full_name}"
 
 
 def service_key(service: Service) -> str:
@@ -81,12 +77,16 @@ def stamp_sources(message: Stamped, keys: Iterable[str]) -> None:
 def sources_metadata(keys: Iterable[str]) -> base_pb2.Metadata:
     """The `metadata` that `stamp_sources` sets, to `stamp` on many messages.
 
-    Merging a built value costs a third of building it again (many filter
-    chains of one capture listener name the same Service).
+    Built once and merged where many messages name the same objects (the
+    filter chains of one Service port in a capture listener).
     """
-    chain = listener_components_pb2.FilterChain()
-    stamp_sources(chain, keys)
-    return chain.metadata
+    metadata = base_pb2.Metadata()
+    ordered = sorted(set(keys))
+    if ordered:
+        values = metadata.filter_metadata[PROVENANCE_KEY].fields[SOURCES].list_value.values
+        for key in ordered:
+            values.add().string_value = key
+    return metadata
 
 
 def stamp(message: Stamped, metadata: base_pb2.Metadata) -> None:
@@ -112,9 +112,10 @@ def generator_metadata(generator: str, namespace: str | None = None) -> base_pb2
 def stamped_sources(message: Stamped) -> tuple[str, ...]:
     """The source keys stamped on `message` and on the parts it holds, sorted, each once.
 
-    A listener's parts are its filter chains (the default one too) and the route
-    tables inlined in their HTTP connection managers; a route table's are its
-    virtual hosts.  Unstamped: `()`.
+    A listener's parts are its filter chains (the default one too), a route
+    table's its virtual hosts.  A route table inlined in a listener names the
+    same sources as its listener or filter chain, so it is not unpacked (that
+    would cost a connection manager's parse per chain).  Unstamped: `()`.
     """
     return tuple(sorted({key for part in _parts(message) for key in _own_sources(part)}))
 
@@ -146,16 +147,6 @@ def _parts(message: Stamped) -> Iterator[Stamped]:
     if isinstance(message, route_pb2.RouteConfiguration):
         yield from message.virtual_hosts
     elif isinstance(message, listener_pb2.Listener):
-        chains = list(message.filter_chains)
+        yield from message.filter_chains
         if message.HasField("default_filter_chain"):
-            chains.append(message.default_filter_chain)
-        for chain in chains:
-            yield from _parts(chain)
-    elif isinstance(message, listener_components_pb2.FilterChain):
-        for network_filter in message.filters:
-            if network_filter.typed_config.type_url != _HCM_TYPE_URL:
-                continue
-            hcm = hcm_pb2.HttpConnectionManager()
-            network_filter.typed_config.Unpack(hcm)
-            if hcm.HasField("route_config"):
-                yield from _parts(hcm.route_config)
+            yield message.default_filter_chain
