@@ -233,6 +233,14 @@ def main(argv: list[str] | None = None) -> int:
         logging.shutdown()  # flush every handler before the process exits
 
 
+def _redact_logs() -> None:
+    """No private key reaches the log, whoever logs it (an Envoy NACK quoting a Secret)."""
+    from xds_server.admin.redact import RedactingFilter  # the admin app loads FastAPI
+
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RedactingFilter())
+
+
 def _main(argv: list[str] | None) -> int:
     args = _parser().parse_args(argv)
     default_level = "WARNING" if args.command == "demo" else "INFO"
@@ -240,6 +248,8 @@ def _main(argv: list[str] | None) -> int:
         level=(args.log_level or default_level).upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if args.command in ("serve", "demo"):
+        _redact_logs()
     if args.command == "serve":
         settings = Settings(
             source=args.source,
