@@ -324,6 +324,7 @@ def test_virtual_hosts_of_one_name_name_each_their_own_service() -> None:
     [
         ("default", {"Service/z/x.y", "Service/data/db"}),
         ("z", {"Service/data/db"}),  # its own table routes x.y by its short name
+        ("nowhere", {"Service/z/x.y", "Service/data/db"}),
     ],
 )
 def test_table_sources_are_the_services_with_a_virtual_host_in_it(
