@@ -29,6 +29,7 @@ from starlette.concurrency import run_in_threadpool
 
 from xds_server.admin import diff as dry_run
 from xds_server.admin import page as html_page
+from xds_server.admin import pushes as push_history
 from xds_server.admin.config import config_json, parse_type, served_config
 from xds_server.admin.explain import explain
 from xds_server.admin.paging import Page, PageQuery
@@ -220,6 +221,25 @@ def create_app(view: AdminView) -> FastAPI:
         body = await run_in_threadpool(dry_run.render, run, page)
         return Response(content=body, media_type="application/json")
 
+    @app.get("/api/pushes", responses={200: {"model": push_history.PushList}})
+    async def pushes(page: PageQuery) -> Response:
+        """One page of the generations pushed, newest first: what triggered each, the
+        resources it changed, and how many proxies were sent it, ACKed it and NACKed it."""
+        summaries = push_history.recent_pushes(view)
+        body = await run_in_threadpool(push_history.pushes_json, summaries, page)
+        return Response(content=body, media_type="application/json")
+
+    @app.get("/api/pushes/{generation}", responses={200: {"model": push_history.PushDetailModel}})
+    async def push(generation: int, page: PageQuery) -> Response:
+        """One generation, and one page of its proxies: what each was sent, and when it
+        ACKed or NACKed (with the latency from the source change)."""
+        history = view if isinstance(view, push_history.PushHistoryView) else None
+        detail = history.push(generation) if history is not None else None
+        if detail is None:
+            raise HTTPException(404, f"generation {generation} is not in the push history")
+        body = await run_in_threadpool(push_history.push_json, detail, page)
+        return Response(content=body, media_type="application/json")
+
     @app.get("/metrics")
     async def metrics() -> Response:
         body, content_type = view.metrics()
@@ -231,6 +251,7 @@ def create_app(view: AdminView) -> FastAPI:
         source_errors, views = view.source_errors(), view.proxies()
         dropped = translation_errors(view)
         snapshots = nack_snapshots(page.of(views), view.snapshot)
+        recent = push_history.recent_pushes(view)
         text = await run_in_threadpool(
             lambda: html_page.render_index(
                 ready=ready,
@@ -241,6 +262,7 @@ def create_app(view: AdminView) -> FastAPI:
                 page=page,
                 now=datetime.now(UTC),
                 snapshots=snapshots,
+                pushes=recent,
             )
         )
         return HTMLResponse(text)

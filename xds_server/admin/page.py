@@ -25,6 +25,7 @@ from urllib.parse import quote
 
 from xds_server.admin.config import ServedType
 from xds_server.admin.paging import DEFAULT_LIMIT, FIRST_PAGE, MAX_NAMES_SHOWN, Page, shown
+from xds_server.admin.pushes import recent_pushes_html
 from xds_server.admin.redact import redact_text
 from xds_server.admin.views import (
     NO_SNAPSHOTS,
@@ -35,6 +36,7 @@ from xds_server.admin.views import (
     sync_status,
 )
 from xds_server.cache import Snapshot
+from xds_server.history import PushSummary
 from xds_server.resources import PUSH_ORDER
 from xds_server.server import NackStatus, StreamStatus, TypeStatus
 
@@ -239,8 +241,10 @@ def render_index(
     translation_errors: Sequence[tuple[str, str]] = (),
     page: Page = FIRST_PAGE,
     snapshots: Mapping[str, Snapshot | None] = NO_SNAPSHOTS,
+    pushes: Sequence[PushSummary] = (),
 ) -> str:
-    """`/`: readiness, errors, then one row per connected proxy, a page of them at a time.
+    """`/`: readiness, errors, then one row per connected proxy, a page of them at a time,
+    then the recent pushes (newest first).
 
     `snapshots` (see `views.nack_snapshots`) name the sources of what a NACK blames.
     """
@@ -259,6 +263,7 @@ def render_index(
         "<table><thead><tr><th>Node</th><th>Stream</th><th>Connected</th>"
         f"{headers}<th>Snapshot pushed</th></tr></thead><tbody>{rows}</tbody></table>"
         f"{_pager(page, len(views), 'proxies')}"
+        f"{recent_pushes_html(pushes)}"
         f'<p class="muted small">As of {_esc(now.strftime("%Y-%m-%d %H:%M:%S %Z"))}.</p>'
         "</div>"
     )
