@@ -37,6 +37,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from xds_server.admin import ProxyView, create_app
 from xds_server.admin.diff import DryRun
 from xds_server.cache import Snapshot, SnapshotCache
+from xds_server.history import PushDetail, PushHistory, PushSummary
 from xds_server.model import ChangeSet
 from xds_server.pipeline import MeshPipeline
 from xds_server.server import (
@@ -164,6 +165,10 @@ class ControlPlane:
         self.callbacks: list[ServerCallbacks] = []
         """What hears the ADS protocol besides the server's metrics (push history, ...):
         append here, before `self.ads` is built."""
+        self.history = PushHistory(self.registry)
+        """Each generation from its source change to every proxy's ACK (`/api/pushes`)."""
+        self.callbacks.append(self.history)
+        self.pipeline.builder.on_generation = self.history.generation_committed
         self.ads = AggregatedDiscoveryServer(
             self.cache,
             observer=self.pipeline,
@@ -239,6 +244,12 @@ class ControlPlane:
         builder = self.pipeline.builder
         preview = builder.preview(proposal.changes)
         return DryRun(proposal.changes, proposal.errors, preview, len(builder.proxies))
+
+    def pushes(self) -> list[PushSummary]:
+        return self.history.pushes()
+
+    def push(self, generation: int) -> PushDetail | None:
+        return self.history.push(generation)
 
     def metrics(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
