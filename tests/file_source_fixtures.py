@@ -99,10 +99,13 @@ class Mesh:
         self.changes: list[ChangeSet] = []
         self.objects: dict[ObjectKey, MeshObject] = {}
         self.times: list[float] = []
+        self.received_at: list[float] = []
+        """Wall-clock (`time.time()`) arrival of each ChangeSet, to compare with `observed_at`."""
 
     def emit(self, changes: ChangeSet) -> None:
         self.changes.append(changes)
         self.times.append(time.monotonic())
+        self.received_at.append(time.time())
         for k in changes.deletes:
             self.objects.pop(k, None)
         self.objects.update(changes.upserts)
