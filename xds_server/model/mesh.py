@@ -48,10 +48,19 @@ class MeshSnapshot:
         for key in sorted(self.services):
             yield self.services[key]
 
-    def services_selecting(self, namespace: str, labels: Labels) -> Iterator[Service]:
+    def services_in(self, namespace: str) -> tuple[Service, ...]:
+        """The Services of one namespace, by name (indexed once per snapshot)."""
+        return self.derive("services_by_namespace", self._services_by_namespace).get(namespace, ())
+
+    def _services_by_namespace(self) -> dict[str, tuple[Service, ...]]:
+        grouped: dict[str, list[Service]] = {}
         for key in sorted(self.services):
-            service = self.services[key]
-            if service.namespace == namespace and service.selects(labels):
+            grouped.setdefault(key[0], []).append(self.services[key])
+        return {namespace: tuple(services) for namespace, services in grouped.items()}
+
+    def services_selecting(self, namespace: str, labels: Labels) -> Iterator[Service]:
+        for service in self.services_in(namespace):
+            if service.selects(labels):
                 yield service
 
     def apply(self, changes: ChangeSet) -> tuple[MeshSnapshot, frozenset[NamespacedName]]:

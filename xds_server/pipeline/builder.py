@@ -300,7 +300,7 @@ class SnapshotBuilder:
             if unit[0] == "service":
                 key = (unit[1], unit[2])
                 if key not in plan.mesh.services:
-                    if unit in self.index.units():
+                    if unit in self.index:
                         self.index.drop(unit)
                     continue
                 built = [(CLUSTER, r.name) for r in plan.cluster_updates.get(key, ())]
@@ -315,6 +315,8 @@ class SnapshotBuilder:
     def _report(self, plan: Plan, pushes: list[ProxyPush]) -> None:
         if self.on_generation is None or not plan.changed:
             return
+        if not pushes and all(before == after for _, before, after in plan.changed):
+            return  # only origins moved (a file reordered, a Pod's status): nothing to tell
         triggers = tuple(
             Trigger(
                 "deleted" if after is None else "upserted",
@@ -453,7 +455,7 @@ class SnapshotBuilder:
     def remove_proxy(self, node_id: str) -> None:
         state = self._proxies.pop(node_id, None)
         self.cache.clear(node_id)
-        if proxy_unit(node_id) in self.index.units():
+        if proxy_unit(node_id) in self.index:
             self.index.drop(proxy_unit(node_id))
         if state is not None:
             self._count(state.proxy.namespace, -1)

@@ -48,9 +48,14 @@ class DependencyIndex:
         self._readers: dict[Fact, set[Unit]] = {}
         self._reads: dict[Unit, frozenset[Fact]] = {}
         self._built: dict[Unit, frozenset[ResourceKey]] = {}
+        self._views: set[str] = set()
+        """The compared views some unit reads (kept, not scanned for: batches ask each time)."""
 
     def __len__(self) -> int:
         return len(self._reads)
+
+    def __contains__(self, unit: object) -> bool:
+        return unit in self._reads
 
     def record(self, unit: Unit, reads: Iterable[Fact], built: Iterable[ResourceKey]) -> None:
         """`unit` ran, read `reads` and built `built` (replacing what it had)."""
@@ -62,8 +67,12 @@ class DependencyIndex:
                 readers.discard(unit)
                 if not readers:
                     del self._readers[fact]
+                    if fact[0] == "view":
+                        self._views.discard(fact[1])
         for fact in new - old:
             self._readers.setdefault(fact, set()).add(unit)
+            if fact[0] == "view":
+                self._views.add(fact[1])
         self._reads[unit] = new
         self._built[unit] = frozenset(built)
 
@@ -89,7 +98,7 @@ class DependencyIndex:
 
     def views_read(self) -> list[str]:
         """The compared views some unit reads."""
-        return [fact[1] for fact in self._readers if fact[0] == "view"]
+        return sorted(self._views)
 
     def units(self) -> list[Unit]:
         return list(self._reads)

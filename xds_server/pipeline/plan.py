@@ -82,7 +82,9 @@ def route_table_resource(
 ) -> Resource:
     """`namespace`'s route table, naming every Service whose virtual host it holds."""
     resource = tables.resource(namespace)
-    return dataclasses.replace(resource, provenance=provenance.refs(tables.sources(namespace)))
+    return dataclasses.replace(
+        resource, provenance=provenance.refs_of_keys(tables.sources(namespace))
+    )
 
 
 def proxy_unit(node_id: str) -> Unit:
@@ -221,7 +223,8 @@ class Planner:
             return culprits
         if Kind.WORKLOAD in changes.kinds:
             plan.moved = self._moved(mesh)
-        if any(unit[0] == "routes" for unit in units) and (found := self._plan_routes(base, plan)):
+        routes_hit = any(unit[0] == "routes" for unit in units)
+        if routes_hit and (found := self._plan_routes(base, plan, provenance)):
             return found
         if self._synced and (found := self._plan_proxies(base, plan, units, provenance)):
             return found
@@ -244,14 +247,16 @@ class Planner:
             counts[proxy.namespace] += 1
         return sorted(namespace for namespace, count in counts.items() if count > 0)
 
-    def _plan_routes(self, base: MeshSnapshot, plan: Plan) -> list[Culprit] | None:
+    def _plan_routes(
+        self, base: MeshSnapshot, plan: Plan, provenance: Provenance
+    ) -> list[Culprit] | None:
         namespaces = self._namespaces_after(plan.moved)
 
         def build(mesh: MeshSnapshot) -> tuple[translate.OutboundRouteTables, dict[str, Resource]]:
             tables = translate.outbound_route_tables(mesh, self._route_tables)
-            provenance = Provenance(mesh, self._refs)
+            known = provenance if mesh is plan.mesh else Provenance(mesh, self._refs)
             return tables, {
-                namespace: route_table_resource(tables, namespace, provenance)
+                namespace: route_table_resource(tables, namespace, known)
                 for namespace in namespaces
             }
 

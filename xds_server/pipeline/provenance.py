@@ -36,6 +36,7 @@ class Provenance:
     def __init__(self, mesh: MeshSnapshot, cache: RefCache | None = None) -> None:
         self._mesh = mesh
         self._cache: RefCache = cache if cache is not None else {}
+        self._lists: dict[tuple[str, ...], tuple[SourceRef, ...]] = {}
         self._tables: dict[Kind, Any] = {
             Kind.SERVICE: mesh.services,
             Kind.ENDPOINT_SLICE: mesh.endpoint_slices,
@@ -65,6 +66,18 @@ class Provenance:
 
     def refs(self, keys: Iterable[str]) -> tuple[SourceRef, ...]:
         return tuple(self.ref(key) for key in keys)
+
+    def refs_of_keys(self, keys: tuple[str, ...]) -> tuple[SourceRef, ...]:
+        """`refs(keys)`, once per distinct key list on this snapshot.
+
+        Every namespace's route table names (nearly) the same 10,000 Services:
+        resolving them once, not once per namespace, is what keeps a Service
+        change in a 20-namespace mesh from costing 20 x 10,000 lookups.
+        """
+        found = self._lists.get(keys)
+        if found is None:
+            found = self._lists[keys] = self.refs(keys)
+        return found
 
     def stamped(self, message: Message) -> tuple[SourceRef, ...]:
         return self.refs(stamped_sources(message))

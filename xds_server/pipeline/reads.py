@@ -59,6 +59,8 @@ COMPARED_VIEWS: dict[str, ComparedView] = {
 VIEW_KINDS: dict[str, frozenset[Kind]] = {
     "outbound_route_tables": frozenset({Kind.SERVICE}),
 }
+UNTRACKED_VIEWS = frozenset({"services_by_namespace"})
+"""Indexes whose readers record their own, finer facts (`services_selecting`)."""
 """Derived views read as "every object of these kinds" (not worth comparing)."""
 
 _FIELDS = [f.name for f in dataclasses.fields(MeshSnapshot)]
@@ -87,7 +89,9 @@ class TrackedMesh(MeshSnapshot):
         return reads
 
     def derive(self, key: str, compute: Callable[[], T]) -> T:
-        if key in COMPARED_VIEWS:
+        if key in UNTRACKED_VIEWS:
+            pass
+        elif key in COMPARED_VIEWS:
             self.reads.add(("view", key))
         else:
             for kind in VIEW_KINDS.get(key, frozenset(Kind)):
