@@ -35,10 +35,11 @@ import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from xds_server.admin import ProxyView, create_app
+from xds_server.admin.dependents import ObjectDependents, gather
 from xds_server.admin.diff import DryRun
 from xds_server.cache import Snapshot, SnapshotCache
 from xds_server.history import PushDetail, PushHistory, PushSummary
-from xds_server.model import ChangeSet
+from xds_server.model import ChangeSet, ObjectKey
 from xds_server.pipeline import MeshPipeline
 from xds_server.server import (
     AggregatedDiscoveryServer,
@@ -244,6 +245,11 @@ class ControlPlane:
         builder = self.pipeline.builder
         preview = builder.preview(proposal.changes)
         return DryRun(proposal.changes, proposal.errors, preview, len(builder.proxies))
+
+    def dependents(self, key: ObjectKey) -> ObjectDependents:
+        """What `key` feeds, from the dependency index, and which proxies hold it
+        (`xds-server affected`); read on the loop that applies batches."""
+        return gather(key, self.pipeline.builder, self.cache.get_snapshot)
 
     def pushes(self) -> list[PushSummary]:
         return self.history.pushes()

@@ -27,6 +27,7 @@ from fastapi import FastAPI, HTTPException, Query, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from xds_server.admin import dependents as object_dependents
 from xds_server.admin import diff as dry_run
 from xds_server.admin import page as html_page
 from xds_server.admin import pushes as push_history
@@ -41,6 +42,7 @@ from xds_server.admin.views import (
     proxy_json,
 )
 from xds_server.cache import Snapshot
+from xds_server.model import ObjectKey
 from xds_server.resources import PUSH_ORDER, XDS_TYPES
 
 logger = logging.getLogger(__name__)
@@ -238,6 +240,24 @@ def create_app(view: AdminView) -> FastAPI:
         if detail is None:
             raise HTTPException(404, f"generation {generation} is not in the push history")
         body = await run_in_threadpool(push_history.push_json, detail, page)
+        return Response(content=body, media_type="application/json")
+
+    @app.get(
+        "/api/objects/{kind}/{namespace}/{name}",
+        responses={200: {"model": object_dependents.DependentsResponse}},
+    )
+    async def affected(kind: str, namespace: str, name: str, page: PageQuery) -> Response:
+        """What one source object feeds: the generator units that read it, the resources
+        they built (one page, each with the proxies holding it) and one page of the
+        proxies holding any; empty lists, and `in_mesh`, for an object nothing reads."""
+        if not isinstance(view, object_dependents.DependentsView):
+            raise HTTPException(501, "this control plane offers no dependency index")
+        try:
+            key = ObjectKey(object_dependents.parse_kind(kind), namespace, name)
+        except ValueError as error:
+            raise HTTPException(404, str(error)) from None
+        found = view.dependents(key)  # on the event loop: one moment of the pipeline
+        body = await run_in_threadpool(object_dependents.render, found, page)
         return Response(content=body, media_type="application/json")
 
     @app.get("/metrics")
