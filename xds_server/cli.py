@@ -100,16 +100,21 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     serve.add_argument(
-        "--xds-max-request-bytes", type=_positive_int, default=Settings.xds_max_request_bytes,
+        "--xds-max-request-bytes",
+        type=_positive_int,
+        default=Settings.xds_max_request_bytes,
         help="largest DiscoveryRequest accepted (default %(default)s)",
     )
     serve.add_argument(
-        "--xds-max-streams-per-peer", type=_positive_int,
+        "--xds-max-streams-per-peer",
+        type=_positive_int,
         default=Settings.xds_max_streams_per_peer,
         help="concurrent xDS streams from one peer address (default %(default)s)",
     )
     serve.add_argument(
-        "--xds-stuck-stream-seconds", type=_grace, default=Settings.xds_stuck_stream_seconds,
+        "--xds-stuck-stream-seconds",
+        type=_grace,
+        default=Settings.xds_stuck_stream_seconds,
         help="a proxy that takes no response for this long is disconnected (default %(default)s)",
     )
 
@@ -167,6 +172,7 @@ ADMIN_COMMANDS = ("status", "config", "explain")
 # Commands that live in their own modules: each exposes HELP, add_arguments(parser)
 # and run(args) -> int, so features add a command without growing this file.
 PLUGIN_COMMANDS: dict[str, str] = {
+    "affected": "xds_server.cli_affected",
     "capture-init": "xds_server.capture.command",
     "diff": "xds_server.cli_diff",
     "inject": "xds_server.inject.command",

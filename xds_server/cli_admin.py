@@ -103,6 +103,11 @@ def add_commands(commands: argparse._SubParsersAction[Any]) -> None:
         )
 
 
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--admin URL`, `-o table|json`, `--timeout`: what every admin client command takes."""
+    _common(parser)
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--admin",
@@ -184,6 +189,10 @@ class AdminClient:
         pages = self._pages(ExplainResult, path, {"type": type_name, "name": name})
         resources = [resource for page in pages for resource in page.resources]
         return pages[0].model_copy(update={"resources": resources, "next_offset": None})
+
+    def pages(self, model: type[M], path: str, params: Mapping[str, str | None]) -> list[M]:
+        """Every page of `path` (`?offset=&limit=`), each validated against `model`."""
+        return self._pages(model, path, params)
 
     def _pages(self, model: type[M], path: str, params: Mapping[str, str | None]) -> list[M]:
         pages: list[M] = []
