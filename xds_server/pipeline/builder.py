@@ -255,7 +255,10 @@ class SnapshotBuilder:
         before = (self._clusters.resources, self._endpoints.resources)
         self._clusters.update(plan.cluster_updates)
         self._endpoints.update(plan.endpoint_updates)
-        shared_changed = before != (self._clusters.resources, self._endpoints.resources)
+        # By identity: `evolve` returns the same set when nothing in it changed.
+        shared_changed = (
+            before[0] is not self._clusters.resources or before[1] is not self._endpoints.resources
+        )
         for unit, error in plan.unit_errors.items():
             if error is None:
                 self.unit_errors.clear(unit)

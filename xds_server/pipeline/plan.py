@@ -38,6 +38,7 @@ from xds_server.pipeline.errors import bounded, describe, frames
 from xds_server.pipeline.isolation import Culprit, shown_key
 from xds_server.pipeline.provenance import Provenance, RefCache
 from xds_server.pipeline.reads import (
+    Changed,
     Fact,
     TrackedMesh,
     changed_objects,
@@ -99,8 +100,8 @@ def route_unit(namespace: str) -> Unit:
     return ("routes", namespace)
 
 
-ROUTE_READS: frozenset[Fact] = frozenset({("all", Kind.SERVICE)})
-"""What every namespace's route table reads: the whole Service list."""
+ROUTE_READS: frozenset[Fact] = frozenset({("all", Kind.SERVICE, "routing")})
+"""What every namespace's route table reads: what routing sees of every Service."""
 
 
 def service_reads(key: NamespacedName) -> frozenset[Fact]:
@@ -156,7 +157,7 @@ class Plan:
     """What each unit that ran read: the index's new entries."""
     ran: set[Unit] = field(default_factory=set)
     """Every unit the batch's facts reached (ran, or found gone)."""
-    changed: list[tuple[ObjectKey, object, object]] = field(default_factory=list)
+    changed: list[Changed] = field(default_factory=list)
     """(key, before, after) of each object whose value or origin changed."""
     failed: dict[str, str] = field(default_factory=dict)
     """Proxies whose translation raised with no change to blame: they keep their snapshot."""
@@ -189,8 +190,8 @@ class Planner:
         mesh, _ = base.apply(changes)
         plan = Plan(changes, mesh)
         plan.changed = list(changed_objects(base, mesh, changes))
-        facts = facts_of(plan.changed)  # type: ignore[arg-type]
-        facts |= changed_views(base, mesh, facts, self._index.views_read())
+        facts = facts_of(plan.changed)
+        facts |= changed_views(base, mesh, plan.changed, self._index.views_read())
         units = self._index.hit(facts)
         # Per-Service scope: a Service that changed has a unit, new or gone.
         units.update(

@@ -9,6 +9,9 @@ snapshot (sharing its fields and derived views) that notes each query as a
 * `("ns", kind, namespace)`: every object of a kind in a namespace (a selector
   scan: a new Service in that namespace may select the proxy);
 * `("all", kind)`: every object of a kind (the mesh-wide Service list);
+* `("all", kind, surface)`: one aspect of every object of a kind (`SURFACES`):
+  the route tables read only what routing sees of each Service (its ports and
+  cluster IP), so a selector or targetPort change does not rebuild them;
 * `("slices", namespace, service)`: the EndpointSlices of one Service (a slice
   names its Service, so a slice arriving before or after it is the same fact);
 * `("view", name)`: a value derived once per snapshot (`MeshSnapshot.derive`)
@@ -26,10 +29,19 @@ import logging
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
-from xds_server.model import ChangeSet, EndpointSlice, Kind, MeshSnapshot, ObjectKey, Service
+from xds_server.model import (
+    ChangeSet,
+    EndpointSlice,
+    Kind,
+    MeshSnapshot,
+    ObjectKey,
+    PortProtocol,
+    Service,
+)
 from xds_server.model.changes import MeshObject
 from xds_server.model.types import Labels
 from xds_server.translate.listeners import tcp_port_owners
+from xds_server.translate.naming import mesh_ports
 
 logger = logging.getLogger(__name__)
 
@@ -38,13 +50,36 @@ T = TypeVar("T")
 Fact = tuple[Any, ...]
 
 
+def _routing(service: Service) -> Any:
+    """What routing sees of a Service: its ports (number, name, protocols) and cluster IP."""
+    ports = tuple((p.port, p.name, p.protocol, p.app_protocol) for p in service.ports)
+    return (ports, service.cluster_ip)
+
+
+SURFACES: dict[Kind, dict[str, Callable[[Any], Any]]] = {
+    Kind.SERVICE: {"routing": _routing},
+}
+"""Aspects of a kind that some generator reads of every object, by name."""
+
+
+def _has_tcp_port(obj: object) -> bool:
+    return isinstance(obj, Service) and any(
+        port.mesh_protocol is PortProtocol.TCP for port in mesh_ports(obj)
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class ComparedView:
-    """A derived view compared by value: `compute` derives it, `shape` is what is compared."""
+    """A derived view compared by value: `compute` derives it, `shape` is what is compared.
+
+    `relevant(before, after)` says whether a changed object can change it at all,
+    so the view is not even computed for changes that cannot.
+    """
 
     kinds: frozenset[Kind]
     compute: Callable[[MeshSnapshot], Any]
     shape: Callable[[Any], Any]
+    relevant: Callable[[object, object], bool]
 
 
 def _owners_shape(owners: list[tuple[int, tuple[Service, Any]]]) -> Any:
@@ -53,15 +88,20 @@ def _owners_shape(owners: list[tuple[int, tuple[Service, Any]]]) -> Any:
 
 
 COMPARED_VIEWS: dict[str, ComparedView] = {
-    "tcp_port_owners": ComparedView(frozenset({Kind.SERVICE}), tcp_port_owners, _owners_shape),
+    "tcp_port_owners": ComparedView(
+        frozenset({Kind.SERVICE}),
+        tcp_port_owners,
+        _owners_shape,
+        lambda before, after: _has_tcp_port(before) or _has_tcp_port(after),
+    ),
 }
 """Derived views compared by value, with the kinds they are computed from."""
 VIEW_KINDS: dict[str, frozenset[Kind]] = {
     "outbound_route_tables": frozenset({Kind.SERVICE}),
 }
+"""Derived views read as "every object of these kinds" (not worth comparing)."""
 UNTRACKED_VIEWS = frozenset({"services_by_namespace"})
 """Indexes whose readers record their own, finer facts (`services_selecting`)."""
-"""Derived views read as "every object of these kinds" (not worth comparing)."""
 
 _FIELDS = [f.name for f in dataclasses.fields(MeshSnapshot)]
 
@@ -150,6 +190,10 @@ def facts_of(changed: Iterable[Changed]) -> set[Fact]:
         facts.add(object_fact(key))
         facts.add(("ns", key.kind, key.namespace))
         facts.add(("all", key.kind))
+        for surface, project in SURFACES.get(key.kind, {}).items():
+            moved = old is not None and new is not None and old.origin != new.origin
+            if old is None or new is None or moved or project(old) != project(new):
+                facts.add(("all", key.kind, surface))
         for obj in (old, new):
             if isinstance(obj, EndpointSlice):
                 facts.add(slices_fact(obj.namespace, obj.service_name))
@@ -157,18 +201,21 @@ def facts_of(changed: Iterable[Changed]) -> set[Fact]:
 
 
 def changed_views(
-    base: MeshSnapshot, mesh: MeshSnapshot, facts: set[Fact], read: Iterable[str]
+    base: MeshSnapshot, mesh: MeshSnapshot, changed: Iterable[Changed], read: Iterable[str]
 ) -> set[Fact]:
     """`("view", name)` for each view in `read` whose value differs between the snapshots.
 
-    Only views someone reads are computed, and only when a kind they are
-    computed from changed; a view the old snapshot never computed counts as changed.
+    Only views someone reads are computed, and only when an object changed
+    that can change them.
     """
-    changed: set[Fact] = set()
+    changed = list(changed)
+    found: set[Fact] = set()
     for name in read:
         view = COMPARED_VIEWS.get(name)
-        if view is None or not any(("all", kind) in facts for kind in view.kinds):
+        if view is None or not any(
+            key.kind in view.kinds and view.relevant(old, new) for key, old, new in changed
+        ):
             continue
         if view.shape(view.compute(base)) != view.shape(view.compute(mesh)):
-            changed.add(("view", name))
-    return changed
+            found.add(("view", name))
+    return found
