@@ -1,25 +1,15 @@
 """From mesh changes to per-proxy cache snapshots, doing only the work a change needs.
 
-Translation is a table of generator units, each with a scope and declared
-inputs (`plan`, `reads`, `deps`):
-
-* per Service (mesh-wide, shared by every proxy): its outbound clusters and
-  load assignments, reading the Service and its EndpointSlices;
-* per namespace with proxies: the outbound route table, reading every Service
-  (a short name resolves in the caller's namespace), rebuilt from the virtual
-  hosts `translate.OutboundRouteTables` reuses for unchanged Services;
-* per proxy: its own listeners and inbound clusters, reading what translation
-  actually asked of the mesh (the Services of its namespace that select it,
-  the slices that name a target port, the TCP port owners).
-
-The dependency index maps each fact a unit read to the unit; a ChangeSet's
-facts reach exactly the units to re-run, whatever kind changed, and only the
-proxies holding a resource that changed get a new snapshot.  A proxy's
-snapshot layers the shared sets under its own resources and its namespace's
-route table; a namespace whose last proxy left loses its table.  Every
-resource carries its provenance (`provenance`), and every commit is reported
-as a `GenerationRecord` to `on_generation`; `preview` plans a ChangeSet on
-the current state and reports what it would change without committing.
+Translation is the table of generators in `generators` (per Service, per
+namespace route table, per proxy), each unit recording what it read; the
+dependency index (`deps`) maps each fact to the units that read it, so a
+ChangeSet's facts (`reads`) reach exactly the units to re-run, whatever kind
+changed, and only the proxies holding a resource that changed get a new
+snapshot.  A proxy's snapshot layers the shared sets under its own resources
+and its namespace's route table (dropped with the namespace's last proxy).
+Every resource carries its provenance; every commit is reported as a
+`GenerationRecord` to `on_generation`; `preview` reports what a ChangeSet
+would change without committing it.
 
 A proxy running in a Pod the mesh knows is translated as that Pod says (see
 `workloads`), and a change to the Pod re-publishes that proxy, and only it.
@@ -38,7 +28,6 @@ keeps its last good resources (`unit_errors`, `proxy_error`).
 from __future__ import annotations
 
 import logging
-import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 
@@ -51,36 +40,37 @@ from xds_server.cache import (
     SnapshotCache,
 )
 from xds_server.model import ChangeSet, Kind, MeshSnapshot, ObjectKey, Proxy
-from xds_server.model.mesh import NamespacedName
 from xds_server.pipeline import isolation
-from xds_server.pipeline.deps import DependencyIndex, Dependents, unit_name
+from xds_server.pipeline.deps import DependencyIndex, Dependents
 from xds_server.pipeline.errors import ErrorTable, bounded, frames
-from xds_server.pipeline.isolation import shown_key
-from xds_server.pipeline.plan import (
+from xds_server.pipeline.generators import (
+    GENERATOR_OF,
     ROUTE_READS,
     Memo,
-    Plan,
-    Planner,
     ProxyResources,
     ProxyState,
-    proxy_failure,
     proxy_resources,
     proxy_unit,
     route_table_resource,
     route_unit,
 )
+from xds_server.pipeline.isolation import shown_key
+from xds_server.pipeline.plan import Plan, Planner, proxy_failure
 from xds_server.pipeline.provenance import Provenance, RefCache
 from xds_server.pipeline.reads import Fact
 from xds_server.pipeline.records import (
-    ChangeKind,
     GenerationRecord,
     Preview,
     ProxyPush,
     ResourceChange,
-    Trigger,
+)
+from xds_server.pipeline.snapshots import (
+    OwnedSet,
+    generation_record,
+    proxy_push,
+    resource_changes,
 )
 from xds_server.pipeline.workloads import with_workload, workload_of, workloads_by_ip
-from xds_server.provenance import SourceRef
 from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, Resource
 
 logger = logging.getLogger(__name__)
@@ -90,58 +80,14 @@ __all__ = ["SnapshotBuilder", "with_workload", "workload_of", "workloads_by_ip"]
 ObjectErrors = list[tuple[ObjectKey, str]]
 
 
-class _OwnedSet:
-    """A shared ResourceSet whose members are owned by services, updated per service."""
-
-    def __init__(self) -> None:
-        self.resources = ResourceSet()
-        self._owned: dict[NamespacedName, frozenset[str]] = {}
-
-    def copy(self) -> _OwnedSet:
-        copied = _OwnedSet()
-        copied.resources, copied._owned = self.resources, dict(self._owned)
-        return copied
-
-    def update(self, updates: dict[NamespacedName, list[Resource]]) -> None:
-        upserts: list[Resource] = []
-        removals: list[str] = []
-        for owner, resources in updates.items():
-            names = frozenset(r.name for r in resources)
-            removals.extend(self._owned.get(owner, frozenset()) - names)
-            if names:
-                self._owned[owner] = names
-            else:
-                self._owned.pop(owner, None)
-            upserts.extend(resources)
-        self.resources = self.resources.evolve(upserts, removals)
-
-
-def proxy_push(node_id: str, previous: Snapshot | None, snapshot: Snapshot) -> ProxyPush | None:
-    """What `snapshot` changes for a proxy that held `previous` (None: nothing)."""
-    changed: dict[str, tuple[str, ...]] = {}
-    removed: dict[str, tuple[str, ...]] = {}
-    for type_url in snapshot.resources.keys() | (previous.resources.keys() if previous else set()):
-        names = snapshot.changed(previous, type_url)
-        if not names:
-            continue
-        present = snapshot.get(type_url)
-        if kept := tuple(sorted(n for n in names if n in present)):
-            changed[type_url] = kept
-        if gone := tuple(sorted(n for n in names if n not in present)):
-            removed[type_url] = gone
-    if not changed and not removed:
-        return None
-    return ProxyPush(node_id, snapshot.version, changed, removed)
-
-
 class SnapshotBuilder:
     """Holds the current mesh and turns each ChangeSet into new snapshots in the cache."""
 
     def __init__(self, cache: SnapshotCache) -> None:
         self.cache = cache
         self.mesh = MeshSnapshot()
-        self._clusters = _OwnedSet()
-        self._endpoints = _OwnedSet()
+        self._clusters = OwnedSet()
+        self._endpoints = OwnedSet()
         self._route_tables: translate.OutboundRouteTables | None = None
         self._tables_current = True
         """False when Services changed while no namespace had a table to rebuild."""
@@ -189,9 +135,10 @@ class SnapshotBuilder:
         found = self.index.dependents(key)
         proxies: set[str] = set()
         for unit in found.units:
-            if unit[0] == "service":
+            held_by = GENERATOR_OF[unit[0]].held_by
+            if held_by == "every proxy":
                 proxies.update(self._proxies)
-            elif unit[0] == "routes":
+            elif held_by == "namespace":
                 proxies.update(n for n, s in self._proxies.items() if s.proxy.namespace == unit[1])
             elif unit[1] in self._proxies:
                 proxies.add(unit[1])
@@ -320,25 +267,8 @@ class SnapshotBuilder:
             return
         if not pushes and all(before == after for _, before, after in plan.changed):
             return  # only origins moved (a file reordered, a Pod's status): nothing to tell
-        triggers = tuple(
-            Trigger(
-                "deleted" if after is None else "upserted",
-                SourceRef(
-                    key.kind.value,
-                    key.namespace,
-                    key.name,
-                    getattr(after or before, "origin", None),
-                ),
-            )
-            for key, before, after in plan.changed
-        )
-        record = GenerationRecord(
-            generation=self.generation,
-            observed_at=plan.changes.observed_at,
-            committed_at=time.time(),
-            triggers=triggers,
-            proxies=tuple(pushes),
-            units=tuple(sorted(unit_name(unit) for unit in plan.ran)),
+        record = generation_record(
+            self.generation, plan.changes.observed_at, plan.changed, plan.ran, pushes
         )
         try:
             self.on_generation(record)
@@ -386,7 +316,7 @@ class SnapshotBuilder:
                 LISTENER: listeners,
                 ROUTE: {route.name: route},
             }
-            found = _resource_changes(current, proposed)
+            found = resource_changes(current, proposed)
             if found:
                 proxies[node_id] = found
         return Preview(proxies, errors)
@@ -511,20 +441,3 @@ class SnapshotBuilder:
             return None
         state.error = None
         return proxy_push(proxy.node_id, previous, snapshot)
-
-
-def _resource_changes(
-    current: Snapshot, proposed: Mapping[str, Mapping[str, Resource]]
-) -> tuple[ResourceChange, ...]:
-    """Resources added, changed or removed from `current` to `proposed`, in push order."""
-    found: list[ResourceChange] = []
-    for type_url in (CLUSTER, ENDPOINT, LISTENER, ROUTE):
-        before = current.get(type_url)
-        after = proposed[type_url]
-        for name in sorted(set(before) | set(after)):
-            old, new = before.get(name), after.get(name)
-            if old is not None and new is not None and old.version == new.version:
-                continue
-            change: ChangeKind = "added" if old is None else "removed" if new is None else "changed"
-            found.append(ResourceChange(type_url, name, change, old, new))
-    return tuple(found)

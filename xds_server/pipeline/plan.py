@@ -20,32 +20,36 @@ likewise (under `ROUTE_TABLES`), a proxy in `failed`.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from google.protobuf.message import Message
-
 from xds_server import translate
-from xds_server.cache import ResourceSet
-from xds_server.model import ChangeSet, EndpointSlice, Kind, MeshSnapshot, ObjectKey, Proxy, Service
+from xds_server.model import ChangeSet, Kind, MeshSnapshot, ObjectKey, Proxy
 from xds_server.model.mesh import NamespacedName
 from xds_server.pipeline import isolation
 from xds_server.pipeline.deps import DependencyIndex, Unit
 from xds_server.pipeline.errors import bounded, describe, frames
+from xds_server.pipeline.generators import (
+    Memo,
+    ProxyResources,
+    ProxyState,
+    proxy_resources,
+    proxy_unit,
+    route_table_resource,
+    service_reads,
+    service_resources,
+    service_unit_of,
+)
 from xds_server.pipeline.isolation import Culprit, shown_key
 from xds_server.pipeline.provenance import Provenance, RefCache
 from xds_server.pipeline.reads import (
     Changed,
     Fact,
-    TrackedMesh,
     changed_objects,
     changed_views,
     facts_of,
-    object_fact,
-    slices_fact,
 )
 from xds_server.pipeline.workloads import with_workload, workloads_by_ip
 from xds_server.resources import Resource
@@ -54,77 +58,6 @@ logger = logging.getLogger(__name__)
 
 ROUTE_TABLES = "outbound route tables"
 """The unit under which a route-table failure that no change explains is listed."""
-
-ProxyResources = tuple[ResourceSet, ResourceSet]
-"""A proxy's own clusters and listeners."""
-ServiceResources = tuple[list[Resource], list[Resource]]
-"""A Service's outbound clusters and load assignments."""
-Memo = dict[NamespacedName, tuple[Service, tuple[EndpointSlice, ...], ServiceResources]]
-"""Service translations already made for this batch, reused by its later rounds."""
-
-
-@dataclass
-class ProxyState:
-    declared: Proxy
-    """As the proxy's node metadata describes it."""
-    proxy: Proxy
-    """As translated: `declared`, with what its Pod says (see `with_workload`)."""
-    clusters: ResourceSet = field(default_factory=ResourceSet)
-    listeners: ResourceSet = field(default_factory=ResourceSet)
-    error: str | None = None
-
-
-def _resources(messages: Iterable[Message], provenance: Provenance) -> list[Resource]:
-    return [provenance.resource(m, provenance.stamped(m)) for m in messages]
-
-
-def route_table_resource(
-    tables: translate.OutboundRouteTables, namespace: str, provenance: Provenance
-) -> Resource:
-    """`namespace`'s route table, naming every Service whose virtual host it holds."""
-    resource = tables.resource(namespace)
-    return dataclasses.replace(
-        resource, provenance=provenance.refs_of_keys(tables.sources(namespace))
-    )
-
-
-def proxy_unit(node_id: str) -> Unit:
-    return ("proxy", node_id)
-
-
-def service_unit_of(key: NamespacedName) -> Unit:
-    return ("service", *key)
-
-
-def route_unit(namespace: str) -> Unit:
-    return ("routes", namespace)
-
-
-ROUTE_READS: frozenset[Fact] = frozenset({("all", Kind.SERVICE, "routing")})
-"""What every namespace's route table reads: what routing sees of every Service."""
-
-
-def service_reads(key: NamespacedName) -> frozenset[Fact]:
-    """What a Service's clusters and load assignments read: it, and its slices."""
-    return frozenset({object_fact(ObjectKey(Kind.SERVICE, *key)), slices_fact(*key)})
-
-
-def proxy_resources(
-    mesh: MeshSnapshot,
-    state: ProxyState,
-    proxy: Proxy,
-    provenance: Provenance | None = None,
-    reads: set[Fact] | None = None,
-) -> ProxyResources:
-    """`proxy`'s clusters and listeners on `mesh`, evolved from what `state` holds.
-
-    What translation read is added to `reads`: the proxy unit's inputs.
-    """
-    tracked = TrackedMesh(mesh, reads if reads is not None else set())
-    known = provenance if provenance is not None else Provenance(mesh)
-    clusters = {r.name: r for r in _resources(translate.proxy_clusters(tracked, proxy), known)}
-    listeners = {r.name: r for r in _resources(translate.proxy_listeners(tracked, proxy), known)}
-    return state.clusters.replace_all(clusters), state.listeners.replace_all(listeners)
 
 
 def proxy_failure(node_id: str, error: BaseException) -> str:
@@ -205,7 +138,7 @@ class Planner:
         for unit in sorted(u for u in units if u[0] == "service"):
             key = (unit[1], unit[2])
             try:
-                clusters, assignments = _service_resources(mesh, key, memo, provenance)
+                clusters, assignments = service_resources(mesh, key, memo, provenance)
             except Exception as error:
                 culprit = isolation.service_culprit(mesh, key)
                 if culprit is not None:
@@ -303,34 +236,3 @@ class Planner:
                     return [culprit]
                 plan.failed[node_id] = proxy_failure(node_id, error)
         return None
-
-
-def _service_resources(
-    mesh: MeshSnapshot, key: NamespacedName, memo: Memo, provenance: Provenance
-) -> ServiceResources:
-    """`isolation.service_resources`, once per (Service, slices) over a batch's rounds.
-
-    Clusters name the sources stamped in them; a load assignment (which has
-    no metadata field) names its Service and the slices it was built from.
-    """
-    service, slices = mesh.services.get(key), mesh.slices_by_service.get(key, ())
-    if service is None:
-        return [], []
-    known = memo.get(key)
-    if (
-        known is not None
-        and known[0] is service
-        and all(a is b for a, b in zip(known[1], slices, strict=False))
-        and len(known[1]) == len(slices)
-    ):
-        return known[2]
-    sources = provenance.refs_of([service, *slices])
-    resources = (
-        _resources(translate.clusters_for_service(service), provenance),
-        [
-            provenance.resource(m, sources)
-            for m in translate.load_assignments_for_service(service, slices)
-        ],
-    )
-    memo[key] = (service, slices, resources)
-    return resources

@@ -1,0 +1,164 @@
+"""The table of generators: what translation builds, per scope, from which inputs.
+
+Each generator is a pure function over the mesh with a declared scope.  A
+*unit* is one generator over one scope instance; what it read of the mesh
+(`reads.Fact`s, declared below or recorded by a `TrackedMesh`) goes into the
+dependency index (`deps`), and who holds what it built decides which proxies
+a change republishes.  A new input kind (a route, a policy, a Secret) is a
+new fact some generator reads, or a new row here; never a branch in the
+builder.
+
+| generator | scope     | builds   | reads                                | held by          |
+|-----------|-----------|----------|--------------------------------------|------------------|
+| service   | Service   | CDS, EDS | the Service, its EndpointSlices      | every proxy      |
+| routes    | namespace | RDS      | the routing surface of every Service | its namespace's  |
+| proxy     | proxy     | CDS, LDS | what translation asked (TrackedMesh) | that proxy       |
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Literal
+
+from google.protobuf.message import Message
+
+from xds_server import translate
+from xds_server.cache import ResourceSet
+from xds_server.model import EndpointSlice, Kind, MeshSnapshot, ObjectKey, Proxy, Service
+from xds_server.model.mesh import NamespacedName
+from xds_server.pipeline.deps import Unit
+from xds_server.pipeline.provenance import Provenance
+from xds_server.pipeline.reads import Fact, TrackedMesh, object_fact, slices_fact
+from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, Resource
+
+logger = logging.getLogger(__name__)
+
+Scope = Literal["service", "namespace", "proxy"]
+HeldBy = Literal["every proxy", "namespace", "proxy"]
+
+
+@dataclass(frozen=True, slots=True)
+class Generator:
+    """One row of the table (see the module doc)."""
+
+    name: str
+    """The unit prefix: `service:ns/name`, `routes:ns`, `proxy:node-id`."""
+    scope: Scope
+    builds: tuple[str, ...]
+    """Type URLs of what it builds."""
+    held_by: HeldBy
+    """Which proxies hold what it builds (so which a change to it republishes)."""
+
+
+GENERATORS: tuple[Generator, ...] = (
+    Generator("service", "service", (CLUSTER, ENDPOINT), "every proxy"),
+    Generator("routes", "namespace", (ROUTE,), "namespace"),
+    Generator("proxy", "proxy", (CLUSTER, LISTENER), "proxy"),
+)
+GENERATOR_OF: dict[str, Generator] = {generator.name: generator for generator in GENERATORS}
+
+
+@dataclass
+class ProxyState:
+    declared: Proxy
+    """As the proxy's node metadata describes it."""
+    proxy: Proxy
+    """As translated: `declared`, with what its Pod says (see `with_workload`)."""
+    clusters: ResourceSet = field(default_factory=ResourceSet)
+    listeners: ResourceSet = field(default_factory=ResourceSet)
+    error: str | None = None
+
+
+ProxyResources = tuple[ResourceSet, ResourceSet]
+"""A proxy's own clusters and listeners."""
+ServiceResources = tuple[list[Resource], list[Resource]]
+"""A Service's outbound clusters and load assignments."""
+Memo = dict[NamespacedName, tuple[Service, tuple[EndpointSlice, ...], ServiceResources]]
+"""Service translations already made for this batch, reused by its later rounds."""
+
+
+def _resources(messages: Iterable[Message], provenance: Provenance) -> list[Resource]:
+    return [provenance.resource(m, provenance.stamped(m)) for m in messages]
+
+
+def route_table_resource(
+    tables: translate.OutboundRouteTables, namespace: str, provenance: Provenance
+) -> Resource:
+    """`namespace`'s route table, naming every Service whose virtual host it holds."""
+    resource = tables.resource(namespace)
+    return dataclasses.replace(
+        resource, provenance=provenance.refs_of_keys(tables.sources(namespace))
+    )
+
+
+def proxy_unit(node_id: str) -> Unit:
+    return ("proxy", node_id)
+
+
+def service_unit_of(key: NamespacedName) -> Unit:
+    return ("service", *key)
+
+
+def route_unit(namespace: str) -> Unit:
+    return ("routes", namespace)
+
+
+ROUTE_READS: frozenset[Fact] = frozenset({("all", Kind.SERVICE, "routing")})
+"""What every namespace's route table reads: what routing sees of every Service."""
+
+
+def service_reads(key: NamespacedName) -> frozenset[Fact]:
+    """What a Service's clusters and load assignments read: it, and its slices."""
+    return frozenset({object_fact(ObjectKey(Kind.SERVICE, *key)), slices_fact(*key)})
+
+
+def proxy_resources(
+    mesh: MeshSnapshot,
+    state: ProxyState,
+    proxy: Proxy,
+    provenance: Provenance | None = None,
+    reads: set[Fact] | None = None,
+) -> ProxyResources:
+    """`proxy`'s clusters and listeners on `mesh`, evolved from what `state` holds.
+
+    What translation read is added to `reads`: the proxy unit's inputs.
+    """
+    tracked = TrackedMesh(mesh, reads if reads is not None else set())
+    known = provenance if provenance is not None else Provenance(mesh)
+    clusters = {r.name: r for r in _resources(translate.proxy_clusters(tracked, proxy), known)}
+    listeners = {r.name: r for r in _resources(translate.proxy_listeners(tracked, proxy), known)}
+    return state.clusters.replace_all(clusters), state.listeners.replace_all(listeners)
+
+
+def service_resources(
+    mesh: MeshSnapshot, key: NamespacedName, memo: Memo, provenance: Provenance
+) -> ServiceResources:
+    """`isolation.service_resources`, once per (Service, slices) over a batch's rounds.
+
+    Clusters name the sources stamped in them; a load assignment (which has
+    no metadata field) names its Service and the slices it was built from.
+    """
+    service, slices = mesh.services.get(key), mesh.slices_by_service.get(key, ())
+    if service is None:
+        return [], []
+    known = memo.get(key)
+    if (
+        known is not None
+        and known[0] is service
+        and all(a is b for a, b in zip(known[1], slices, strict=False))
+        and len(known[1]) == len(slices)
+    ):
+        return known[2]
+    sources = provenance.refs_of([service, *slices])
+    resources = (
+        _resources(translate.clusters_for_service(service), provenance),
+        [
+            provenance.resource(m, sources)
+            for m in translate.load_assignments_for_service(service, slices)
+        ],
+    )
+    memo[key] = (service, slices, resources)
+    return resources
