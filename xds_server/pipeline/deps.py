@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from xds_server.model import Kind, ObjectKey
 from xds_server.pipeline.reads import Fact, object_fact, slices_fact
@@ -43,11 +44,47 @@ class Dependents:
     resources: tuple[ResourceKey, ...]
 
 
+class _Shared:
+    """Equal frozensets stored once, counted, dropped with their last holder.
+
+    Proxies of one namespace and labels read the same facts and build the
+    same names: sharing the sets keeps the index at a few pointers per proxy.
+    """
+
+    def __init__(self) -> None:
+        self._sets: dict[frozenset[Any], list[Any]] = {}
+
+    def take(self, items: Iterable[Any]) -> frozenset[Any]:
+        value = frozenset(items)
+        if not value:
+            return _EMPTY
+        entry = self._sets.get(value)
+        if entry is None:
+            entry = self._sets[value] = [value, 0]
+        entry[1] += 1
+        shared: frozenset[Any] = entry[0]
+        return shared
+
+    def release(self, value: frozenset[Any]) -> None:
+        entry = self._sets.get(value) if value else None
+        if entry is not None:
+            entry[1] -= 1
+            if entry[1] <= 0:
+                del self._sets[value]
+
+    def __len__(self) -> int:
+        return len(self._sets)
+
+
+_EMPTY: frozenset[Any] = frozenset()
+
+
 class DependencyIndex:
     def __init__(self) -> None:
         self._readers: dict[Fact, set[Unit]] = {}
         self._reads: dict[Unit, frozenset[Fact]] = {}
         self._built: dict[Unit, frozenset[ResourceKey]] = {}
+        self._shared = _Shared()
         self._views: set[str] = set()
         """The compared views some unit reads (kept, not scanned for: batches ask each time)."""
 
@@ -59,8 +96,8 @@ class DependencyIndex:
 
     def record(self, unit: Unit, reads: Iterable[Fact], built: Iterable[ResourceKey]) -> None:
         """`unit` ran, read `reads` and built `built` (replacing what it had)."""
-        new = frozenset(reads)
-        old = self._reads.get(unit, frozenset())
+        new = self._shared.take(reads)
+        old = self._reads.get(unit, _EMPTY)
         for fact in old - new:
             readers = self._readers.get(fact)
             if readers is not None:
@@ -73,8 +110,10 @@ class DependencyIndex:
             self._readers.setdefault(fact, set()).add(unit)
             if fact[0] == "view":
                 self._views.add(fact[1])
+        self._shared.release(old)
+        self._shared.release(self._built.get(unit, _EMPTY))
         self._reads[unit] = new
-        self._built[unit] = frozenset(built)
+        self._built[unit] = self._shared.take(built)
 
     def drop(self, unit: Unit) -> None:
         self.record(unit, (), ())
