@@ -124,20 +124,11 @@ def gather(
 ) -> ObjectDependents:
     """What depends on `key` now: run on the loop that applies batches (one moment).
 
-    Two kinds of reads are found here as well as by the builder's lookup by
-    key: a slice is read through its Service (`("slices", ns, service)`: the
-    mesh's slice says which), and a kind's surfaces (`reads.SURFACES`: the
-    route tables read only what routing sees of every Service).
     """
     from xds_server.pipeline.deps import unit_name
-    from xds_server.pipeline.reads import SURFACES, slices_fact
 
     found, _ = builder.dependents(key)
     units = set(found.units)
-    units |= builder.index.hit(("all", key.kind, surface) for surface in SURFACES.get(key.kind, {}))
-    endpoint_slice = builder.mesh.endpoint_slices.get((key.namespace, key.name))
-    if key.kind is Kind.ENDPOINT_SLICE and endpoint_slice is not None:
-        units |= builder.index.hit({slices_fact(key.namespace, endpoint_slice.service_name)})
     namespaces = {node: proxy.namespace for node, proxy in builder.proxies.items()}
     proxies: set[str] = set()
     holders: dict[tuple[str, str], set[str]] = {}

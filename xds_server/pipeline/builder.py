@@ -57,7 +57,7 @@ from xds_server.pipeline.generators import (
 from xds_server.pipeline.isolation import shown_key
 from xds_server.pipeline.plan import Plan, Planner, proxy_failure
 from xds_server.pipeline.provenance import Provenance, RefCache
-from xds_server.pipeline.reads import Fact
+from xds_server.pipeline.reads import Fact, slices_fact
 from xds_server.pipeline.records import (
     GenerationRecord,
     Preview,
@@ -132,7 +132,15 @@ class SnapshotBuilder:
 
     def dependents(self, key: ObjectKey) -> tuple[Dependents, list[str]]:
         """The units and resources built from `key`, and the proxies holding them."""
-        found = self.index.dependents(key)
+        also: list[Fact] = []
+        if key.kind is Kind.SERVICE:
+            also.append(slices_fact(key.namespace, key.name))
+        elif key.kind is Kind.ENDPOINT_SLICE:
+            # A slice is read through its Service, which the slice itself names.
+            endpoint_slice = self.mesh.endpoint_slices.get((key.namespace, key.name))
+            if endpoint_slice is not None:
+                also.append(slices_fact(key.namespace, endpoint_slice.service_name))
+        found = self.index.dependents(key, also)
         proxies: set[str] = set()
         for unit in found.units:
             held_by = GENERATOR_OF[unit[0]].held_by

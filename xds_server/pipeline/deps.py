@@ -19,8 +19,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from xds_server.model import Kind, ObjectKey
-from xds_server.pipeline.reads import Fact, object_fact, slices_fact
+from xds_server.model import ObjectKey
+from xds_server.pipeline.reads import SURFACES, Fact, object_fact
 
 logger = logging.getLogger(__name__)
 
@@ -142,15 +142,16 @@ class DependencyIndex:
     def units(self) -> list[Unit]:
         return list(self._reads)
 
-    def dependents(self, key: ObjectKey) -> Dependents:
-        """The units that read `key` (itself, its namespace or its kind), and what they built."""
+    def dependents(self, key: ObjectKey, also: Iterable[Fact] = ()) -> Dependents:
+        """The units that read `key` (itself, its namespace, its kind, one of the kind's
+        surfaces, or the facts in `also`), and what they built."""
         facts: set[Fact] = {
             object_fact(key),
             ("ns", key.kind, key.namespace),
             ("all", key.kind),
+            *(("all", key.kind, surface) for surface in SURFACES.get(key.kind, {})),
+            *also,
         }
-        if key.kind is Kind.SERVICE:
-            facts.add(slices_fact(key.namespace, key.name))
         units = sorted(self.hit(facts))
         resources = sorted({r for unit in units for r in self._built.get(unit, ())})
         return Dependents(tuple(units), tuple(resources))
