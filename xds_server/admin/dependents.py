@@ -122,9 +122,7 @@ def gather(
     builder: SnapshotBuilder,
     snapshot_of: Callable[[str], Snapshot | None],
 ) -> ObjectDependents:
-    """What depends on `key` now: run on the loop that applies batches (one moment).
-
-    """
+    """What depends on `key` now: run on the loop that applies batches (one moment)."""
     from xds_server.pipeline.deps import unit_name
 
     found, _ = builder.dependents(key)
