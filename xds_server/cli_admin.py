@@ -55,7 +55,7 @@ MAX_PAGES = 10_000
 """A bound on the pages one command follows, should an admin never say it is done."""
 
 M = TypeVar("M", bound="BaseModel")
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 """The admin port is reached directly: an HTTP proxy from the environment is not used."""
 
 
@@ -63,7 +63,8 @@ class AdminError(Exception):
     """A one-line reason the command failed (exit code 1)."""
 
 
-def _admin_url(value: str) -> str:
+def admin_url(value: str) -> str:
+    """argparse type of `--admin`: an http(s) URL, without a trailing slash."""
     parsed = urllib.parse.urlsplit(value)
     if parsed.scheme not in ("http", "https") or not parsed.netloc:
         raise argparse.ArgumentTypeError(f"expected an http:// or https:// URL, got {value!r}")
@@ -111,7 +112,7 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--admin",
-        type=_admin_url,
+        type=admin_url,
         default=DEFAULT_ADMIN_URL,
         metavar="URL",
         help="the control plane's admin API (default %(default)s)",
@@ -222,7 +223,7 @@ class AdminClient:
         if params:
             url += "?" + urllib.parse.urlencode(params)
         try:
-            with _OPENER.open(url, timeout=self.timeout) as reply:
+            with OPENER.open(url, timeout=self.timeout) as reply:
                 return json.loads(reply.read()), dict(reply.headers)
         except urllib.error.HTTPError as error:
             with error:

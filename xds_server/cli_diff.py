@@ -37,7 +37,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from xds_server.settings import Settings
+from xds_server.cli_admin import DEFAULT_ADMIN_URL, OPENER, admin_url
 
 if TYPE_CHECKING:
     from xds_server.admin.diff import DiffResponse, PatchOp
@@ -46,24 +46,14 @@ logger = logging.getLogger(__name__)
 
 HELP = "what applying manifests would change, proxy by proxy (a dry run)"
 SUFFIXES = (".yaml", ".yml", ".json")
-DEFAULT_ADMIN_URL = f"http://{Settings.admin_listen}"
 PAGE_LIMIT = 1000
 """The admin's largest page: fewest round trips (each recomputes the preview)."""
 MAX_PAGES = 1000
 EXIT_SAME, EXIT_DIFFERENT, EXIT_ERROR = 0, 1, 2
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-"""The admin port is reached directly: an HTTP proxy from the environment is not used."""
 
 
 class DiffError(Exception):
     """A one-line reason the command failed (exit code 2)."""
-
-
-def _admin_url(value: str) -> str:
-    parsed = urllib.parse.urlsplit(value)
-    if parsed.scheme not in ("http", "https") or not parsed.netloc:
-        raise argparse.ArgumentTypeError(f"expected an http:// or https:// URL, got {value!r}")
-    return value.rstrip("/")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -73,7 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="a manifest file, or a directory of them; repeat for more",
     )  # fmt: skip
     parser.add_argument(
-        "--admin", type=_admin_url, default=DEFAULT_ADMIN_URL, metavar="URL",
+        "--admin", type=admin_url, default=DEFAULT_ADMIN_URL, metavar="URL",
         help="the control plane's admin API (default %(default)s)",
     )  # fmt: skip
     parser.add_argument("-o", "--output", choices=("table", "json"), default="table")
@@ -179,7 +169,7 @@ def _post(url: str, body: bytes, timeout: float) -> Any:
         url, data=body, method="POST", headers={"Content-Type": "application/json"}
     )
     try:
-        with _OPENER.open(request, timeout=timeout) as reply:
+        with OPENER.open(request, timeout=timeout) as reply:
             data = reply.read()
     except urllib.error.HTTPError as error:
         with error:
