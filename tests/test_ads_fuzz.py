@@ -930,7 +930,10 @@ async def test_hostile_ads_clients_never_hurt_the_server_or_the_healthy_proxies(
             }, "hostile nodes left proxies behind"
             assert plane.cache.watched_nodes() <= len(healthy) + 1
             assert blocks_after - blocks_before < 20_000, figures
-            assert rss_after - rss_before < 64, figures
+            # Loose: after bursts of multi-megabyte requests glibc's and gRPC's arenas stay
+            # fragmented (64 MiB was crossed on an unchanged server on a busy machine); a
+            # leak per stream or node shows exactly in the Python blocks above.
+            assert rss_after - rss_before < 128, figures
 
 
 # --- a proxy that never reads, beside twenty that do -------------------------------------------

@@ -240,11 +240,14 @@ def test_the_default_reader_is_faster_than_the_pure_python_one_on_a_large_slice(
     text = slice_text(limits.MAX_ENDPOINTS_PER_SLICE)
     timings: dict[type[Any], float] = {}
     for loader in (ManifestLoader, PurePythonLoader):
-        started = time.perf_counter()
-        (document,) = read_documents(text, loader)
-        timings[loader] = time.perf_counter() - started
-        assert isinstance(document, Document)
-        assert document.value == yaml.safe_load(text)
+        runs = []
+        for _ in range(3):  # the best of three: a busy machine slows a run, never speeds one
+            started = time.perf_counter()
+            (document,) = read_documents(text, loader)
+            runs.append(time.perf_counter() - started)
+            assert isinstance(document, Document)
+            assert document.value == yaml.safe_load(text)
+        timings[loader] = min(runs)
     assert timings[ManifestLoader] * 2 < timings[PurePythonLoader]
 
 
