@@ -99,6 +99,7 @@ class SnapshotBuilder:
         self.index = DependencyIndex()
         """Fact -> the units that read it; unit -> what it built (see `deps`)."""
         self._refs: RefCache = {}
+        self._resolver: tuple[MeshSnapshot, Provenance] | None = None
         self.synced = False
         self.generation = 0
         self.object_errors: ErrorTable[ObjectKey] = ErrorTable()
@@ -206,6 +207,7 @@ class SnapshotBuilder:
 
     def _commit(self, plan: Plan) -> None:
         self.mesh = plan.mesh
+        self._resolver = None  # it holds the old mesh
         self.generation += 1
         before = (self._clusters.resources, self._endpoints.resources)
         self._clusters.update(plan.cluster_updates)
@@ -288,7 +290,8 @@ class SnapshotBuilder:
         if failure is not None:
             state.error = failure
             return None
-        return self._publish(state, plan.translated.get(state.declared.node_id))
+        report = self.on_generation is not None  # no history: no names to gather
+        return self._publish(state, plan.translated.get(state.declared.node_id), report=report)
 
     # -- dry run ----------------------------------------------------------------------
 
@@ -343,7 +346,7 @@ class SnapshotBuilder:
             if self._route_tables is None or not self._tables_current:
                 self._route_tables = self._current_tables(self.mesh)
                 self._tables_current = True
-            provenance = Provenance(self.mesh, self._refs)
+            provenance = self._provenance()
             resource = route_table_resource(self._route_tables, namespace, provenance)
             routes = ResourceSet([resource])
             self._routes[namespace] = routes
@@ -405,7 +408,7 @@ class SnapshotBuilder:
     def _retranslate(self, state: ProxyState) -> None:
         """Translate one proxy on the current mesh and publish it (outside any batch)."""
         reads: set[Fact] = set()
-        provenance = Provenance(self.mesh, self._refs)
+        provenance = self._provenance()
         try:
             translated = proxy_resources(self.mesh, state, state.proxy, provenance, reads)
         except Exception as error:  # one proxy's failure is that proxy's alone
@@ -415,10 +418,23 @@ class SnapshotBuilder:
         clusters, listeners = translated
         built = [(CLUSTER, n) for n in clusters] + [(LISTENER, n) for n in listeners]
         self.index.record(proxy_unit(state.declared.node_id), reads, built)
-        self._publish(state, translated)
+        self._publish(state, translated, report=False)
 
-    def _publish(self, state: ProxyState, translated: ProxyResources | None) -> ProxyPush | None:
-        """Publish `state`'s snapshot, with `translated` as its own resources if given."""
+    def _provenance(self) -> Provenance:
+        """A resolver on the current mesh, kept while the mesh is: proxies joining one
+        after another share its resolutions (a route table names 10,000 Services)."""
+        if self._resolver is None or self._resolver[0] is not self.mesh:
+            self._resolver = (self.mesh, Provenance(self.mesh, self._refs))
+        return self._resolver[1]
+
+    def _publish(
+        self, state: ProxyState, translated: ProxyResources | None, *, report: bool = True
+    ) -> ProxyPush | None:
+        """Publish `state`'s snapshot, with `translated` as its own resources if given.
+
+        With `report`, says what it changed for the proxy (push history); a proxy
+        joining is not a push of any generation, and its first snapshot is all new.
+        """
         proxy = state.proxy
         try:
             routes = self._routes_of(proxy.namespace)
@@ -448,4 +464,4 @@ class SnapshotBuilder:
             state.error = proxy_failure(proxy.node_id, error)
             return None
         state.error = None
-        return proxy_push(proxy.node_id, previous, snapshot)
+        return proxy_push(proxy.node_id, previous, snapshot) if report else None
