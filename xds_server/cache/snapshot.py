@@ -98,9 +98,11 @@ def find_problems(snapshot: Snapshot, previous: Snapshot | None = None) -> list[
     return problems
 
 
+_REFERENCES: dict[str, tuple[str, ...]] = {url: known.references for url, known in TYPES.items()}
+
+
 def _declared_references(type_url: str) -> tuple[str, ...]:
-    known = TYPES.get(type_url)
-    return known.references if known is not None else ()
+    return _REFERENCES.get(type_url, ())
 
 
 def _short(type_url: str) -> str:

@@ -16,6 +16,10 @@ class Kind(enum.Enum):
     ENDPOINT_SLICE = "EndpointSlice"
     WORKLOAD = "Pod"
 
+    # Members are singletons: identity hashing is correct, and C-fast.  Enum's own
+    # __hash__ runs Python code, and kinds are hashed in every key and fact.
+    __hash__ = object.__hash__
+
 
 KIND_OF_TYPE: dict[type, Kind] = {
     Service: Kind.SERVICE,

@@ -159,12 +159,15 @@ class TrackedMesh(MeshSnapshot):
             yield service
 
 
+_TABLES = {
+    Kind.SERVICE: "services",
+    Kind.ENDPOINT_SLICE: "endpoint_slices",
+    Kind.WORKLOAD: "workloads",
+}
+
+
 def _table(mesh: MeshSnapshot, kind: Kind) -> Any:
-    return {
-        Kind.SERVICE: mesh.services,
-        Kind.ENDPOINT_SLICE: mesh.endpoint_slices,
-        Kind.WORKLOAD: mesh.workloads,
-    }[kind]
+    return getattr(mesh, _TABLES[kind])
 
 
 def changed_objects(
