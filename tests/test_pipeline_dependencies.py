@@ -41,6 +41,13 @@ PROXIES = (
     Proxy(node_id="p2.ns-a", namespace="ns-a", ip="127.0.0.12", labels=(("app", "two"),)),
     Proxy(node_id="p3.ns-b", namespace="ns-b", ip="127.0.0.13", labels=(("app", "one"),)),
     Proxy(node_id="sidecar-4", namespace="ns-b", ip="127.0.0.14", labels=(("app", "two"),)),
+    Proxy(
+        node_id="captured-5",
+        namespace="ns-b",
+        ip="127.0.0.15",
+        labels=(("app", "one"),),
+        interception="redirect",
+    ),
 )
 IPS = tuple(proxy.ip or "" for proxy in PROXIES)
 

@@ -48,6 +48,12 @@ class MeshSnapshot:
         for key in sorted(self.services):
             yield self.services[key]
 
+    def routed_services(self) -> Iterator[Service]:
+        """`sorted_services`, for a reader that uses only what routing sees of each
+        Service (its ports and cluster IP): the pipeline tracks that read apart, so a
+        selector or targetPort change does not reach it."""
+        return self.sorted_services()
+
     def services_in(self, namespace: str) -> tuple[Service, ...]:
         """The Services of one namespace, by name (indexed once per snapshot)."""
         return self.derive("services_by_namespace", self._services_by_namespace).get(namespace, ())

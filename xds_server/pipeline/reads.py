@@ -152,6 +152,10 @@ class TrackedMesh(MeshSnapshot):
         self.reads.add(("all", Kind.SERVICE))
         return super().sorted_services()
 
+    def routed_services(self) -> Iterator[Service]:
+        self.reads.add(("all", Kind.SERVICE, "routing"))
+        return MeshSnapshot.sorted_services(self)
+
     def services_selecting(self, namespace: str, labels: Labels) -> Iterator[Service]:
         self.reads.add(("ns", Kind.SERVICE, namespace))
         for service in super().services_selecting(namespace, labels):

@@ -160,7 +160,7 @@ def _virtual_outbound(mesh: MeshSnapshot, proxy: Proxy) -> listener_pb2.Listener
         taken.add(("", proxy.outbound_port))
 
     http_ports: set[int] = set()
-    for service in mesh.sorted_services():
+    for service in mesh.routed_services():
         cidr = _host_cidr(service.cluster_ip)
         if not cidr:
             continue
