@@ -101,8 +101,11 @@ def show(found: DependentsResponse, output: str) -> str:
         return f"{head}\nnothing is built from it\n"
     rows = [(r.type, r.name, _proxies_cell(r.proxies, r.proxies_total)) for r in found.resources]
     proxies = found.total.get("proxies", len(found.proxies))
-    footer = f"\n{len(found.resources)} resources, held by {proxies} proxies: "
-    return f"{head}\n\n" + cli_admin.table(HEADERS, rows) + footer + ", ".join(found.proxies) + "\n"
+    held = "held by no proxy"
+    if proxies:
+        held = f"held by {proxies} proxies: {', '.join(found.proxies)}"
+    footer = f"\n{len(found.resources)} resources, {held}\n"
+    return f"{head}\n\n" + cli_admin.table(HEADERS, rows) + footer
 
 
 def _proxies_cell(proxies: list[str], total: int) -> str:
