@@ -362,13 +362,15 @@ def test_a_preview_predicts_the_changes_and_commits_nothing() -> None:
 def test_proxies_of_one_shape_share_their_index_entries_and_leave_nothing_behind() -> None:
     _, builder = builder_with(changes_of([WEB, WEB_SLICE]))
     index = builder.index
-    shared_before = len(index._shared)
+    groups_before, built_before = len(index._holders), len(index._built)
     for i in range(50):  # fifty more proxies like p2: same namespace, labels, ports
         builder.add_proxy(Proxy(node_id=f"twin-{i}.ns-a", namespace="ns-a", ip=f"127.0.1.{i + 1}"))
-    assert len(index._shared) <= shared_before + 2  # their read and built sets are shared
+    assert len(index._holders) <= groups_before + 1  # they read as one group
+    assert len(index._built) <= built_before + 1  # and share what they built
     for i in range(50):
         builder.remove_proxy(f"twin-{i}.ns-a")
     for proxy in PROXIES:
         builder.remove_proxy(proxy.node_id)
     assert [unit for unit in index.units() if unit[0] != "service"] == []
-    assert not any(unit[0] == "proxy" for units in index._readers.values() for unit in units)
+    assert not any(unit[0] == "proxy" for _, units in index._holders.values() for unit in units)
+    assert all(index._holders.get(reads) for groups in index._readers.values() for reads in groups)

@@ -80,67 +80,97 @@ _EMPTY: frozenset[Any] = frozenset()
 
 
 class DependencyIndex:
+    """Fact -> read sets holding it -> the units that read exactly that set.
+
+    Units are grouped by their (shared) read set: the proxies of one namespace
+    and shape read the same facts, so each costs one membership, not one per
+    fact, and a lookup walks a handful of groups.
+    """
+
     def __init__(self) -> None:
-        self._readers: dict[Fact, set[Unit]] = {}
-        self._reads: dict[Unit, frozenset[Fact]] = {}
-        self._built: dict[Unit, frozenset[ResourceKey]] = {}
-        self._shared = _Shared()
-        self._views: set[str] = set()
-        """The compared views some unit reads (kept, not scanned for: batches ask each time)."""
+        self._readers: dict[Fact, set[frozenset[Fact]]] = {}
+        self._holders: dict[frozenset[Fact], tuple[frozenset[Fact], set[Unit]]] = {}
+        """By read set: the one stored copy of it, and the units that read exactly it."""
+        self._units: dict[Unit, tuple[frozenset[Fact], frozenset[ResourceKey]]] = {}
+        self._built = _Shared()
+        self._views: dict[str, int] = {}
+        """Compared view -> how many read sets name it (kept, not scanned for)."""
 
     def __len__(self) -> int:
-        return len(self._reads)
+        return len(self._units)
 
     def __contains__(self, unit: object) -> bool:
-        return unit in self._reads
+        return unit in self._units
 
     def record(self, unit: Unit, reads: Iterable[Fact], built: Iterable[ResourceKey]) -> None:
         """`unit` ran, read `reads` and built `built` (replacing what it had)."""
-        new = self._shared.take(reads)
-        old = self._reads.get(unit, _EMPTY)
-        for fact in old - new:
-            readers = self._readers.get(fact)
-            if readers is not None:
-                readers.discard(unit)
-                if not readers:
-                    del self._readers[fact]
-                    if fact[0] == "view":
-                        self._views.discard(fact[1])
-        for fact in new - old:
-            self._readers.setdefault(fact, set()).add(unit)
-            if fact[0] == "view":
-                self._views.add(fact[1])
-        self._shared.release(old)
-        self._shared.release(self._built.get(unit, _EMPTY))
-        self._reads[unit] = new
-        self._built[unit] = self._shared.take(built)
+        self._forget(unit)
+        self._units[unit] = (self._join(unit, frozenset(reads)), self._built.take(built))
 
     def drop(self, unit: Unit) -> None:
-        self.record(unit, (), ())
-        del self._reads[unit]
-        del self._built[unit]
+        self._forget(unit)
+
+    def _join(self, unit: Unit, reads: frozenset[Fact]) -> frozenset[Fact]:
+        if not reads:
+            return _EMPTY
+        entry = self._holders.get(reads)
+        if entry is None:
+            entry = self._holders[reads] = (reads, set())
+            for fact in reads:
+                self._readers.setdefault(fact, set()).add(reads)
+                if fact[0] == "view":
+                    self._views[fact[1]] = self._views.get(fact[1], 0) + 1
+        entry[1].add(unit)
+        return entry[0]
+
+    def _forget(self, unit: Unit) -> None:
+        known = self._units.pop(unit, None)
+        if known is None:
+            return
+        reads, built = known
+        self._built.release(built)
+        entry = self._holders.get(reads) if reads else None
+        if entry is None:
+            return
+        entry[1].discard(unit)
+        if entry[1]:
+            return
+        del self._holders[reads]
+        for fact in reads:
+            groups = self._readers.get(fact)
+            if groups is not None:
+                groups.discard(reads)
+                if not groups:
+                    del self._readers[fact]
+            if fact[0] == "view":
+                left = self._views.get(fact[1], 0) - 1
+                if left > 0:
+                    self._views[fact[1]] = left
+                else:
+                    self._views.pop(fact[1], None)
 
     def hit(self, facts: Iterable[Fact]) -> set[Unit]:
         """Every unit that read any of `facts`."""
         units: set[Unit] = set()
         for fact in facts:
-            readers = self._readers.get(fact)
-            if readers:
-                units |= readers
+            for reads in self._readers.get(fact, ()):
+                units |= self._holders[reads][1]
         return units
 
     def reads_of(self, unit: Unit) -> frozenset[Fact]:
-        return self._reads.get(unit, frozenset())
+        known = self._units.get(unit)
+        return known[0] if known is not None else frozenset()
 
     def built_by(self, unit: Unit) -> frozenset[ResourceKey]:
-        return self._built.get(unit, frozenset())
+        known = self._units.get(unit)
+        return known[1] if known is not None else frozenset()
 
     def views_read(self) -> list[str]:
         """The compared views some unit reads."""
         return sorted(self._views)
 
     def units(self) -> list[Unit]:
-        return list(self._reads)
+        return list(self._units)
 
     def dependents(self, key: ObjectKey, also: Iterable[Fact] = ()) -> Dependents:
         """The units that read `key` (itself, its namespace, its kind, one of the kind's
@@ -153,5 +183,5 @@ class DependencyIndex:
             *also,
         }
         units = sorted(self.hit(facts))
-        resources = sorted({r for unit in units for r in self._built.get(unit, ())})
+        resources = sorted({r for unit in units for r in self.built_by(unit)})
         return Dependents(tuple(units), tuple(resources))
