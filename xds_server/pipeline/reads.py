@@ -157,10 +157,11 @@ class TrackedMesh(MeshSnapshot):
         return MeshSnapshot.sorted_services(self)
 
     def services_selecting(self, namespace: str, labels: Labels) -> Iterator[Service]:
+        # The scan reads every Service of the namespace, so that one fact covers each
+        # (a change to any of them, its origin included, emits it): no fact per match,
+        # and the proxies of one namespace share one read set.
         self.reads.add(("ns", Kind.SERVICE, namespace))
-        for service in super().services_selecting(namespace, labels):
-            self.reads.add(("obj", Kind.SERVICE, service.namespace, service.name))
-            yield service
+        return super().services_selecting(namespace, labels)
 
 
 _TABLES = {
