@@ -201,16 +201,17 @@ def test_inbound_clusters_and_listeners_name_what_put_their_port_there(
         assert stamped_sources(listener) == sources
 
 
-def test_an_inbound_http_listeners_inline_table_and_virtual_host_name_the_port_sources() -> None:
+def test_an_inbound_http_listener_names_its_sources_once_not_again_on_its_inline_table() -> None:
     snapshot, expected = INBOUND_CASES[NAMED_CASE]
     (listener,) = [
         item for item in proxy_listeners(snapshot, sidecar()) if item.name == "inbound_8082"
     ]
+    assert own_sources(listener) == expected[8082]
     hcm = hcm_pb2.HttpConnectionManager()
     assert listener.filter_chains[0].filters[0].typed_config.Unpack(hcm)
-    assert own_sources(hcm.route_config) == expected[8082]
+    assert own_sources(hcm.route_config) == ()
     (vhost,) = hcm.route_config.virtual_hosts
-    assert own_sources(vhost) == expected[8082]
+    assert own_sources(vhost) == ()
 
 
 # --- outbound listeners ------------------------------------------------------------

@@ -70,7 +70,7 @@ from xds_server.translate.naming import (
     inbound_route_name,
     outbound_route_name,
 )
-from xds_server.translate.provenance import generator_metadata, stamp_sources
+from xds_server.translate.provenance import generator_metadata
 from xds_server.translate.virtual_hosts import PortHost, service_hosts
 
 logger = logging.getLogger(__name__)
@@ -128,8 +128,8 @@ def inbound_route_config(proxy: Proxy, inbound: InboundPort) -> route_pb2.RouteC
             )
         ],
     )
-    stamp_sources(config, inbound.sources)
-    stamp_sources(config.virtual_hosts[0], inbound.sources)
+    # Not stamped: the listener (or capture filter chain) that inlines this table names
+    # the same sources once; a copy here would cost every proxy ~80 bytes per port.
     return config
 
 
