@@ -157,10 +157,6 @@ class DependencyIndex:
                 units |= self._holders[reads][1]
         return units
 
-    def reads_of(self, unit: Unit) -> frozenset[Fact]:
-        known = self._units.get(unit)
-        return known[0] if known is not None else frozenset()
-
     def built_by(self, unit: Unit) -> frozenset[ResourceKey]:
         known = self._units.get(unit)
         return known[1] if known is not None else frozenset()

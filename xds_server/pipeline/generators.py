@@ -32,7 +32,7 @@ from xds_server.model.mesh import NamespacedName
 from xds_server.pipeline.deps import Unit
 from xds_server.pipeline.provenance import Provenance
 from xds_server.pipeline.reads import Fact, TrackedMesh, object_fact, slices_fact
-from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, Resource
+from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, Resource, make_resource
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ Memo = dict[NamespacedName, tuple[Service, tuple[EndpointSlice, ...], ServiceRes
 
 
 def _resources(messages: Iterable[Message], provenance: Provenance) -> list[Resource]:
-    return [provenance.resource(m, provenance.stamped(m)) for m in messages]
+    return [make_resource(m, provenance.stamped(m)) for m in messages]
 
 
 def route_table_resource(
@@ -133,14 +133,29 @@ def proxy_resources(
     return state.clusters.replace_all(clusters), state.listeners.replace_all(listeners)
 
 
-def service_resources(
-    mesh: MeshSnapshot, key: NamespacedName, memo: Memo, provenance: Provenance
+def translate_service(
+    service: Service, slices: tuple[EndpointSlice, ...], provenance: Provenance
 ) -> ServiceResources:
-    """`isolation.service_resources`, once per (Service, slices) over a batch's rounds.
+    """A Service's outbound clusters and load assignments, serialized.
 
     Clusters name the sources stamped in them; a load assignment (which has
     no metadata field) names its Service and the slices it was built from.
     """
+    sources = provenance.refs_of([service, *slices])
+    return (
+        _resources(translate.clusters_for_service(service), provenance),
+        [
+            make_resource(m, sources)
+            for m in translate.load_assignments_for_service(service, slices)
+        ],
+    )
+
+
+def service_resources(
+    mesh: MeshSnapshot, key: NamespacedName, memo: Memo, provenance: Provenance
+) -> ServiceResources:
+    """`translate_service` for Service `key` (none if it is gone), once per
+    (Service, slices) over a batch's rounds."""
     service, slices = mesh.services.get(key), mesh.slices_by_service.get(key, ())
     if service is None:
         return [], []
@@ -152,13 +167,6 @@ def service_resources(
         and len(known[1]) == len(slices)
     ):
         return known[2]
-    sources = provenance.refs_of([service, *slices])
-    resources = (
-        _resources(translate.clusters_for_service(service), provenance),
-        [
-            provenance.resource(m, sources)
-            for m in translate.load_assignments_for_service(service, slices)
-        ],
-    )
+    resources = translate_service(service, slices, provenance)
     memo[key] = (service, slices, resources)
     return resources

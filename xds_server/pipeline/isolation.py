@@ -32,12 +32,13 @@ import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TypeVar
 
-from xds_server import translate
 from xds_server.model import ChangeSet, Kind, MeshSnapshot, ObjectKey
 from xds_server.model.changes import MeshObject
 from xds_server.model.mesh import NamespacedName
 from xds_server.pipeline.errors import bounded, describe
-from xds_server.resources import Resource, make_resource
+from xds_server.pipeline.generators import translate_service
+from xds_server.pipeline.provenance import Provenance
+from xds_server.resources import Resource
 
 logger = logging.getLogger(__name__)
 
@@ -122,16 +123,11 @@ def _raised(run: Callable[[], object]) -> BaseException | None:
 def service_resources(
     mesh: MeshSnapshot, key: NamespacedName
 ) -> tuple[list[Resource], list[Resource]]:
-    """A Service's outbound clusters and load assignments, serialized (none if it is gone)."""
+    """A Service's outbound clusters and load assignments on `mesh` (none if it is gone)."""
     service = mesh.services.get(key)
     if service is None:
         return [], []
-    clusters = [make_resource(m) for m in translate.clusters_for_service(service)]
-    assignments = [
-        make_resource(m)
-        for m in translate.load_assignments_for_service(service, mesh.slices_of(service))
-    ]
-    return clusters, assignments
+    return translate_service(service, mesh.slices_of(service), Provenance(mesh))
 
 
 def service_culprit(mesh: MeshSnapshot, key: NamespacedName) -> Culprit | None:

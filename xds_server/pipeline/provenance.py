@@ -19,7 +19,6 @@ from google.protobuf.message import Message
 from xds_server.model import Kind, MeshSnapshot
 from xds_server.model.changes import KIND_OF_TYPE, MeshObject
 from xds_server.provenance import SourceRef
-from xds_server.resources import Resource, make_resource
 from xds_server.translate.provenance import stamped_sources
 
 logger = logging.getLogger(__name__)
@@ -81,9 +80,6 @@ class Provenance:
 
     def stamped(self, message: Message) -> tuple[SourceRef, ...]:
         return self.refs(stamped_sources(message))
-
-    def resource(self, message: Message, sources: tuple[SourceRef, ...]) -> Resource:
-        return make_resource(message, sources)
 
 
 def _kind_of(obj: MeshObject) -> Kind:

@@ -198,8 +198,8 @@ def facts_of(changed: Iterable[Changed]) -> set[Fact]:
         facts.add(object_fact(key))
         facts.add(("ns", key.kind, key.namespace))
         facts.add(("all", key.kind))
+        moved = old is not None and new is not None and old.origin != new.origin
         for surface, project in SURFACES.get(key.kind, {}).items():
-            moved = old is not None and new is not None and old.origin != new.origin
             if old is None or new is None or moved or project(old) != project(new):
                 facts.add(("all", key.kind, surface))
         for obj in (old, new):
