@@ -29,9 +29,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from pydantic import BaseModel, ConfigDict
-
-from xds_server.admin.models import SourceObject
+from xds_server.admin.models import ApiModel, SourceObject
 from xds_server.admin.paging import Page, shown_names
 from xds_server.admin.views import short_name
 from xds_server.cache import Snapshot
@@ -157,13 +155,7 @@ def gather(
 # -- the models -----------------------------------------------------------------------------
 
 
-class _Model(BaseModel):
-    """Frozen, and tolerant of fields a newer control plane adds (as `admin.models`)."""
-
-    model_config = ConfigDict(frozen=True, extra="ignore")
-
-
-class DependentResource(_Model):
+class DependentResource(ApiModel):
     type: str
     """The short type name (CDS, EDS, LDS, RDS, ...)."""
     type_url: str
@@ -173,7 +165,7 @@ class DependentResource(_Model):
     proxies_total: int
 
 
-class DependentsResponse(_Model):
+class DependentsResponse(ApiModel):
     key: str
     """`Kind/namespace/name`."""
     object: SourceObject

@@ -37,6 +37,7 @@ from pydantic import BaseModel, ConfigDict, SerializerFunctionWrapHandler, Valid
 from pydantic import model_serializer as _model_serializer
 
 from xds_server.admin.config import resource_body
+from xds_server.admin.models import ApiModel
 from xds_server.admin.paging import MAX_LIMIT, Page, shown
 from xds_server.model import ChangeSet, ObjectKey
 from xds_server.pipeline.records import Preview, ResourceChange
@@ -82,12 +83,6 @@ class DryRunView(Protocol):
 # -- the models shared with the CLI --------------------------------------------------------
 
 
-class _Model(BaseModel):
-    """Frozen, and tolerant of fields a newer control plane adds (as `admin.models`)."""
-
-    model_config = ConfigDict(frozen=True, extra="ignore")
-
-
 class ProposedFiles(BaseModel):
     """The request body: relative path -> the file's text."""
 
@@ -95,7 +90,7 @@ class ProposedFiles(BaseModel):
     files: dict[str, str]
 
 
-class PatchOp(_Model):
+class PatchOp(ApiModel):
     """One RFC 6902 operation; `value` for add and replace, `old` for replace and remove."""
 
     op: Literal["add", "remove", "replace"]
@@ -109,7 +104,7 @@ class PatchOp(_Model):
         return {key: value for key, value in dumped.items() if key in self.model_fields_set}
 
 
-class ResourceDiff(_Model):
+class ResourceDiff(ApiModel):
     type: str
     name: str
     change: ChangeName
@@ -119,7 +114,7 @@ class ResourceDiff(_Model):
     ops_total: int
 
 
-class ResourceChangeRow(_Model):
+class ResourceChangeRow(ApiModel):
     type: str
     type_url: str
     name: str
@@ -130,12 +125,12 @@ class ResourceChangeRow(_Model):
     """The key of this change's JSON Patch in `diffs` (None for a removal)."""
 
 
-class ProxyDiff(_Model):
+class ProxyDiff(ApiModel):
     node_id: str
     changes: list[ResourceChangeRow]
 
 
-class ManifestProblem(_Model):
+class ManifestProblem(ApiModel):
     file: str
     line: int | None
     object: str | None
@@ -146,19 +141,19 @@ class ManifestProblem(_Model):
     """As the source logs it: `file:line: object: field: message`."""
 
 
-class ObjectProblem(_Model):
+class ObjectProblem(ApiModel):
     object: str
     error: str
 
 
-class ProposedObject(_Model):
+class ProposedObject(ApiModel):
     kind: str
     namespace: str
     name: str
     change: Literal["upserted", "deleted"]
 
 
-class DiffResponse(_Model):
+class DiffResponse(ApiModel):
     proxies: list[ProxyDiff]
     """One page of the proxies that would change, by node id."""
     proxies_changed: int

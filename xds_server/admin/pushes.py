@@ -20,8 +20,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Literal, Protocol, runtime_checkable
 
-from pydantic import BaseModel, ConfigDict
-
+from xds_server.admin.models import ApiModel
 from xds_server.admin.paging import Page, shown, shown_names
 from xds_server.admin.redact import redact_text
 from xds_server.admin.views import short_name
@@ -52,18 +51,12 @@ def recent_pushes(view: object) -> Sequence[PushSummary]:
 # -- the models -----------------------------------------------------------------------------
 
 
-class _Model(BaseModel):
-    """Frozen, and tolerant of fields a newer control plane adds (as `admin.models`)."""
-
-    model_config = ConfigDict(frozen=True, extra="ignore")
-
-
-class Names(_Model):
+class Names(ApiModel):
     names: list[str]
     total: int
 
 
-class PushTrigger(_Model):
+class PushTrigger(ApiModel):
     """A source object the generation applied, and where it was read."""
 
     change: Literal["upserted", "deleted"]
@@ -77,7 +70,7 @@ class PushTrigger(_Model):
     resource_version: str | None = None
 
 
-class PushCountsModel(_Model):
+class PushCountsModel(ApiModel):
     """Proxies whose snapshot the generation changed, by where each stands."""
 
     proxies: int
@@ -89,12 +82,12 @@ class PushCountsModel(_Model):
     disconnected: int
 
 
-class AckLatency(_Model):
+class AckLatency(ApiModel):
     fastest: float | None
     slowest: float | None
 
 
-class PushSummaryModel(_Model):
+class PushSummaryModel(ApiModel):
     generation: int
     observed_at: str | None
     committed_at: str
@@ -107,7 +100,7 @@ class PushSummaryModel(_Model):
     ack_latency_seconds: AckLatency
 
 
-class SentTypeModel(_Model):
+class SentTypeModel(ApiModel):
     type: str
     type_url: str
     version: str
@@ -121,12 +114,12 @@ class SentTypeModel(_Model):
     answered_at: str | None
 
 
-class PushNack(_Model):
+class PushNack(ApiModel):
     type: str
     message: str
 
 
-class ProxyPushModel(_Model):
+class ProxyPushModel(ApiModel):
     node_id: str
     snapshot_version: str
     status: Literal["pending", "acked", "nacked", "superseded", "disconnected"]
@@ -137,7 +130,7 @@ class ProxyPushModel(_Model):
     sent: list[SentTypeModel]
 
 
-class PushList(_Model):
+class PushList(ApiModel):
     pushes: list[PushSummaryModel]
     offset: int
     limit: int
