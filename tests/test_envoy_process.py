@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -268,14 +269,20 @@ def test_admin_views(envoy_factory: EnvoyFactory, free_port: Any) -> None:
 
 
 def test_a_sidecar_without_a_control_plane_serves_its_admin_api(
-    envoy_factory: EnvoyFactory,
+    envoy_factory: EnvoyFactory, request: pytest.FixtureRequest
 ) -> None:
     """The rendered bootstrap starts even before the control plane exists."""
+    # A port bound but never listened on refuses every connection for as long as
+    # the socket is held; a fixed "closed" port may be served on some machines.
+    closed = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    closed.bind(("127.0.0.1", 0))
+    request.addfinalizer(closed.close)
+    xds_address = f"127.0.0.1:{closed.getsockname()[1]}"
     for delta in (False, True):
         bootstrap = render_bootstrap(
             node_id=f"lonely-{delta}",
             namespace="ns",
-            xds_address="127.0.0.1:9",
+            xds_address=xds_address,
             admin_port=0,
             delta=delta,
         )
