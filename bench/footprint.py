@@ -9,7 +9,11 @@
   back (`mallinfo2`: protobuf's upb arenas, where a Resource's serialized
   `Any` lives, gRPC's buffers, and Python objects over 512 bytes), free of
   slack; `traced_growth(action)` runs `action` under `tracemalloc` and returns
-  the bytes of Python allocations it left alive (exact, blind to upb).
+  the bytes of Python allocations it left alive (exact, blind to upb);
+  `live_bytes()` is malloc's in use plus what Python's small-object
+  allocator (pymalloc, whose arenas malloc does not see) has handed out:
+  every live byte of the process's own making, free of slack, so the one
+  figure to compare across versions that move bytes between upb and Python.
   `tracemalloc` slows allocation down and itself allocates with malloc, so it
   is only started after the CPU and heap figures have been taken.
 * Code: `code_under_test()` says which `xds_server` was imported (the
@@ -30,6 +34,8 @@ import gc
 import logging
 import os
 import subprocess
+import sys
+import tempfile
 import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
@@ -91,6 +97,35 @@ def heap_in_use_bytes() -> int | None:
     gc.collect()
     info = _MALLINFO2()
     return int(info.uordblks + info.hblkhd)
+
+
+def pymalloc_in_use_bytes() -> int | None:
+    """Bytes in pymalloc's allocated blocks (`sys._debugmallocstats`); None if it has none."""
+    debug_stats = getattr(sys, "_debugmallocstats", None)
+    if debug_stats is None:
+        return None
+    with tempfile.TemporaryFile() as out:  # it writes to the C stderr, fd 2
+        sys.stderr.flush()
+        saved = os.dup(2)
+        try:
+            os.dup2(out.fileno(), 2)
+            debug_stats()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        out.seek(0)
+        text = out.read().decode("ascii", "replace")
+    for line in text.splitlines():
+        if line.startswith("# bytes in allocated blocks"):
+            return int(line.split("=")[1].replace(",", ""))
+    return None
+
+
+def live_bytes() -> int | None:
+    """`heap_in_use_bytes()` plus `pymalloc_in_use_bytes()`; None where either is unknown."""
+    heap = heap_in_use_bytes()
+    small = pymalloc_in_use_bytes()
+    return None if heap is None or small is None else heap + small
 
 
 def traced_growth(action: Callable[[], None]) -> int:

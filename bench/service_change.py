@@ -26,11 +26,14 @@ re-translated (`footprint.WorkLog`: from the builder's GenerationRecords where
 it has them, else by counting per-proxy translations); and how many proxies'
 snapshots changed in some type (what the ADS server sends a response for,
 `Snapshot.changed`), i.e. the proxies that receive any bytes.  Per layout:
-the first publish to every proxy, the route tables served, the memory that
+the CPU of applying the mesh before any proxy and of the first publish to
+every proxy (compare their sum across versions: where the route tables are
+built moved between them), the route tables served, the memory that
 building the mesh took (RSS, meaningful in the first layout only, whose
 process had freed nothing yet; and malloc's heap in use), and the memory per
-proxy (`footprint`): the growth of malloc's heap in use from N to 2N proxies,
-and of Python allocations (`tracemalloc`) from 2N to 3N, each divided by N
+proxy (`footprint`): the growth of live bytes (malloc's and pymalloc's in
+use: the figure to compare) and of malloc's alone from N to 2N proxies, and
+of Python allocations (`tracemalloc`) from 2N to 3N, each divided by N
 (taken after the CPU figures, as tracemalloc slows allocation).
 """
 
@@ -191,11 +194,14 @@ def memory_per_proxy(
 
         return add
 
-    heap = footprint.heap_in_use_bytes()
+    heap, live = footprint.heap_in_use_bytes(), footprint.live_bytes()
     adder(proxies)()
-    heap_after = footprint.heap_in_use_bytes()
+    heap_after, live_after = footprint.heap_in_use_bytes(), footprint.live_bytes()
     traced = footprint.traced_growth(adder(2 * proxies))
     return {
+        "live_bytes": None
+        if live is None or live_after is None
+        else (live_after - live) // proxies,
         "heap_bytes": None
         if heap is None or heap_after is None
         else (heap_after - heap) // proxies,
@@ -206,7 +212,10 @@ def memory_per_proxy(
 def measure_layout(args: argparse.Namespace, namespaces: int) -> dict[str, Any]:
     rss_start, heap_start = footprint.rss_bytes(), footprint.heap_in_use_bytes()
     builder = SnapshotBuilder(SnapshotCache())
-    builder.apply(synthetic_mesh.mesh_changes(args.services, 1))
+    mesh = synthetic_mesh.mesh_changes(args.services, 1)
+    cpu = time.process_time()
+    builder.apply(mesh)
+    mesh_cpu = time.process_time() - cpu
     rss_mesh, heap_mesh = footprint.rss_bytes(), footprint.heap_in_use_bytes()
     for i in range(args.proxies):
         builder.add_proxy(proxy(i, namespaces))
@@ -232,6 +241,7 @@ def measure_layout(args: argparse.Namespace, namespaces: int) -> dict[str, Any]:
         "namespaces_with_proxies": namespaces,
         "proxies_in_changed_namespace": sum(1 for i in range(args.proxies) if i % namespaces == 0),
         "retranslated_counted_by": work.counted_by,
+        "mesh_cpu_ms": report.milliseconds(mesh_cpu),
         "first_publish_ms": report.milliseconds(sync_wall),
         "first_publish_cpu_ms": report.milliseconds(sync_cpu),
         "rss_mesh_mb": round((rss_mesh - rss_start) / MB, 1),
@@ -274,13 +284,18 @@ def tables(result: dict[str, Any]) -> list[str]:
         ]
     rows += [
         ("proxies in bench-0", *(x["proxies_in_changed_namespace"] for x in layouts)),
+        ("mesh applied before any proxy, CPU ms", *(x["mesh_cpu_ms"] for x in layouts)),
         ("first publish to every proxy, ms", *(x["first_publish_ms"] for x in layouts)),
         ("route configurations served", *(x["route_configs"] for x in layouts)),
         ("bytes of the largest", *(x["route_config_bytes"] for x in layouts)),
         ("RSS growth building the mesh, MB", *(x["rss_mesh_mb"] for x in layouts)),
         ("malloc heap growth building it, MB", *(x["heap_mesh_mb"] for x in layouts)),
         (
-            "memory per proxy, malloc N->2N, B",
+            "memory per proxy, live N->2N, B",
+            *(x["memory_per_proxy"]["live_bytes"] for x in layouts),
+        ),
+        (
+            "  of which malloc N->2N, B",
             *(x["memory_per_proxy"]["heap_bytes"] for x in layouts),
         ),
         (

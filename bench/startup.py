@@ -119,11 +119,10 @@ def measure_control_plane(
         resources = snapshot.get(type_url)
         if resources:
             response = DiscoveryResponse(
-                version_info=snapshot.type_version(type_url),
-                type_url=type_url,
-                nonce="1",
-                resources=[resource.any for resource in resources.values()],
+                version_info=snapshot.type_version(type_url), type_url=type_url, nonce="1"
             )
+            for resource in resources.values():
+                resource.add_to(response.resources)
             encoded += len(response.SerializeToString())
     encode_wall = time.perf_counter() - wall
     return {

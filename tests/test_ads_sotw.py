@@ -297,7 +297,7 @@ async def test_streams_share_the_serialized_bytes_verbatim() -> None:
         type_url=ENDPOINT,
         name="a",
         version="hand-made",
-        any=any_pb2.Any(type_url=ENDPOINT, value=bytes_out_of_order),
+        data=bytes_out_of_order,
     )
     snap = mesh("v1", "a")
     snap = Snapshot(resources={**snap.resources, ENDPOINT: ResourceSet([resource])}, version="v1")
@@ -363,7 +363,7 @@ async def test_status_tells_what_each_stream_subscribes_to_and_was_sent() -> Non
     eds = status.types[ENDPOINT]
     assert (eds.wildcard, eds.names, eds.responses, eds.acks) == (False, ("a",), 1, 1)
     assert eds.version_sent == eds.acked_version
-    assert eds.bytes_sent > len(resource_of(mesh(), ENDPOINT, "a").any.value)
+    assert eds.bytes_sent > len(resource_of(mesh(), ENDPOINT, "a").data)
     assert status.types[CLUSTER].wildcard
     registry = servicer.metrics.registry
     assert registry.get_sample_value("xds_responses_total", {"type": "EDS", "kind": "sotw"}) == 1

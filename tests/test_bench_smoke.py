@@ -81,8 +81,9 @@ def test_service_change_serves_one_route_table_per_namespace_with_proxies(
         assert layout["route_configs"] == namespaces
         assert layout["route_config_bytes"] > 0
         assert layout["memory_per_proxy"]["traced_bytes"] > 0
-        heap = layout["memory_per_proxy"]["heap_bytes"]
-        assert heap is None or heap > 0  # None: not glibc
+        live = layout["memory_per_proxy"]["live_bytes"]
+        assert live is None or live > 0  # None: not glibc
+        assert layout["mesh_cpu_ms"] > 0
         for name, scenario in layout["scenarios"].items():
             assert scenario["apply_ms"] > 0, name
             assert scenario["apply_cpu_per_proxy_ms"] > 0, name

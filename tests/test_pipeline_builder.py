@@ -82,7 +82,7 @@ def test_load_assignments_are_shared_by_every_proxy() -> None:
     mine, theirs = cache.get_snapshot(PROXY.node_id), cache.get_snapshot("other.default")
     assert mine is not None and theirs is not None
     name = "outbound|80||svc-1.default.svc.cluster.local"
-    assert mine.get(ENDPOINT)[name].any is theirs.get(ENDPOINT)[name].any
+    assert mine.get(ENDPOINT)[name].data is theirs.get(ENDPOINT)[name].data
 
 
 def test_a_deleted_service_takes_its_cluster_and_endpoints_with_it() -> None:
@@ -174,7 +174,7 @@ def test_proxies_of_one_namespace_share_its_table() -> None:
     cache, _ = builder_with(SHOP, Proxy(node_id="server.shop", namespace="shop"))
     mine, theirs = cache.get_snapshot(SHOP.node_id), cache.get_snapshot("server.shop")
     assert mine is not None and theirs is not None
-    assert mine.get(ROUTE)["outbound|shop"].any is theirs.get(ROUTE)["outbound|shop"].any
+    assert mine.get(ROUTE)["outbound|shop"].data is theirs.get(ROUTE)["outbound|shop"].data
 
 
 def test_a_proxy_from_a_new_namespace_adds_its_table_and_leaves_the_others_alone() -> None:

@@ -70,7 +70,7 @@ def served(cache: SnapshotCache) -> dict[str, dict[str, dict[str, bytes]]]:
         snapshot = cache.get_snapshot(proxy.node_id)
         assert snapshot is not None, proxy.node_id
         result[proxy.node_id] = {
-            type_url: {name: r.any.value for name, r in snapshot.get(type_url).items()}
+            type_url: {name: r.data for name, r in snapshot.get(type_url).items()}
             for type_url in PUSH_ORDER
         }
     return result

@@ -360,7 +360,7 @@ def test_a_config_dump_like_unpack_shows_the_sources_on_each_kind() -> None:
     ]
     dumped = {
         resource.name: json_format.MessageToDict(
-            TYPES[resource.type_url].message.FromString(resource.any.value)
+            TYPES[resource.type_url].message.FromString(resource.data)
         )
         for resource in resources
     }

@@ -108,11 +108,10 @@ class SotwStream(AdsStream[DiscoveryRequest]):
             return []  # nothing subscribed exists (yet): Envoy waits
         version = version or self.snapshot.type_version(type_url)
         response = DiscoveryResponse(
-            version_info=version,
-            type_url=type_url,
-            nonce=self._next_nonce(),
-            resources=[resource.any for resource in chosen],
+            version_info=version, type_url=type_url, nonce=self._next_nonce()
         )
+        for resource in chosen:
+            resource.add_to(response.resources)
         await self._send(state, response, version, (r.name for r in changed), removed)
         return changed
 
