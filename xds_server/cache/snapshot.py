@@ -84,7 +84,10 @@ def find_problems(snapshot: Snapshot, previous: Snapshot | None = None) -> list[
             if type_url not in snapshot.resources:
                 removed.update((type_url, n) for n in previous.get(type_url))
     if removed:
+        removed_types = {type_url for type_url, _ in removed}
         for type_url, resources in snapshot.resources.items():
+            if removed_types.isdisjoint(_declared_references(type_url)):
+                continue  # what this type may reference is all still there
             for resource in resources.values():
                 dangling = resource.refs & removed
                 for ref_type, ref_name in sorted(dangling):
