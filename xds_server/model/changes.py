@@ -6,15 +6,20 @@ import enum
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from xds_server.model.policy import BackendPolicy
+from xds_server.model.routes import GRPCRoute, HTTPRoute
 from xds_server.model.types import EndpointSlice, Service, Workload
 
-MeshObject = Service | EndpointSlice | Workload
+MeshObject = Service | EndpointSlice | Workload | HTTPRoute | GRPCRoute | BackendPolicy
 
 
 class Kind(enum.Enum):
     SERVICE = "Service"
     ENDPOINT_SLICE = "EndpointSlice"
     WORKLOAD = "Pod"
+    HTTP_ROUTE = "HTTPRoute"
+    GRPC_ROUTE = "GRPCRoute"
+    BACKEND_POLICY = "BackendPolicy"
 
     # Members are singletons: identity hashing is correct, and C-fast.  Enum's own
     # __hash__ runs Python code, and kinds are hashed in every key and fact.
@@ -25,7 +30,12 @@ KIND_OF_TYPE: dict[type, Kind] = {
     Service: Kind.SERVICE,
     EndpointSlice: Kind.ENDPOINT_SLICE,
     Workload: Kind.WORKLOAD,
+    HTTPRoute: Kind.HTTP_ROUTE,
+    GRPCRoute: Kind.GRPC_ROUTE,
+    BackendPolicy: Kind.BACKEND_POLICY,
 }
+POLICY_KINDS = frozenset({Kind.HTTP_ROUTE, Kind.GRPC_ROUTE, Kind.BACKEND_POLICY})
+"""Kinds that configure traffic rather than describe it: they carry status conditions."""
 
 
 class ObjectKey(NamedTuple):

@@ -8,13 +8,26 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from xds_server.model.changes import ChangeSet, Kind, MeshObject, ObjectKey
+from xds_server.model.policy import ROOT_NAMESPACE, Attachment, BackendPolicy, attached_policy
+from xds_server.model.routes import GRPCRoute, HTTPRoute, MeshRoute, service_parents
 from xds_server.model.types import EndpointSlice, Labels, Service, Workload
 
 NamespacedName = tuple[str, str]
 T = TypeVar("T")
+
+TABLES: dict[Kind, str] = {
+    Kind.SERVICE: "services",
+    Kind.ENDPOINT_SLICE: "endpoint_slices",
+    Kind.WORKLOAD: "workloads",
+    Kind.HTTP_ROUTE: "http_routes",
+    Kind.GRPC_ROUTE: "grpc_routes",
+    Kind.BACKEND_POLICY: "backend_policies",
+}
+"""The snapshot's field holding each kind: a new kind is a row here and a field."""
+_Table = dict[NamespacedName, MeshObject]
 
 
 @dataclass(frozen=True)
@@ -25,6 +38,11 @@ class MeshSnapshot:
     slices_by_service: Mapping[NamespacedName, tuple[EndpointSlice, ...]] = field(
         default_factory=dict
     )
+    http_routes: Mapping[NamespacedName, HTTPRoute] = field(default_factory=dict)
+    grpc_routes: Mapping[NamespacedName, GRPCRoute] = field(default_factory=dict)
+    backend_policies: Mapping[NamespacedName, BackendPolicy] = field(default_factory=dict)
+    root_namespace: str = ROOT_NAMESPACE
+    """Where a BackendPolicy without targetRefs is the mesh-wide default."""
     generation: int = 0
     # Views derived from this (immutable) snapshot, computed once and shared by
     # every proxy's translation; see `derive`.
@@ -69,12 +87,56 @@ class MeshSnapshot:
             if service.selects(labels):
                 yield service
 
+    def table(self, kind: Kind) -> Mapping[NamespacedName, MeshObject]:
+        """The objects of one kind, by (namespace, name)."""
+        return getattr(self, TABLES[kind])  # type: ignore[no-any-return]
+
+    # -- policy, resolved once per snapshot ------------------------------------------
+
+    def policies_in(self, namespace: str) -> tuple[BackendPolicy, ...]:
+        """The BackendPolicies of one namespace, by name."""
+        return self.derive("policies_by_namespace", self._policies_by_namespace).get(namespace, ())
+
+    def _policies_by_namespace(self) -> dict[str, tuple[BackendPolicy, ...]]:
+        grouped: dict[str, list[BackendPolicy]] = {}
+        for key in sorted(self.backend_policies):
+            grouped.setdefault(key[0], []).append(self.backend_policies[key])
+        return {namespace: tuple(policies) for namespace, policies in grouped.items()}
+
+    def backend_policy_for(self, service: Service) -> Attachment | None:
+        """The BackendPolicy governing `service` (see `model.policy`), if any."""
+        candidates = self.policies_in(service.namespace)
+        if service.namespace != self.root_namespace:
+            candidates += self.policies_in(self.root_namespace)
+        return attached_policy(service, candidates, self.root_namespace)
+
+    def routes_for(self, namespace: str, name: str) -> tuple[MeshRoute, ...]:
+        """The HTTPRoutes and GRPCRoutes whose parentRefs name Service namespace/name,
+        from every namespace (producer and consumer routes), by kind, namespace, name."""
+        return self.derive("routes_by_parent", self._routes_by_parent).get((namespace, name), ())
+
+    def _routes_by_parent(self) -> dict[NamespacedName, tuple[MeshRoute, ...]]:
+        grouped: dict[NamespacedName, list[MeshRoute]] = {}
+        tables: tuple[Mapping[NamespacedName, MeshRoute], ...] = (
+            self.http_routes,
+            self.grpc_routes,
+        )
+        for table in tables:
+            for key in sorted(table):
+                route = table[key]
+                for parent in {
+                    (p.namespace or route.namespace, p.name) for p in service_parents(route)
+                }:
+                    grouped.setdefault(parent, []).append(route)
+        return {parent: tuple(routes) for parent, routes in grouped.items()}
+
     def apply(self, changes: ChangeSet) -> tuple[MeshSnapshot, frozenset[NamespacedName]]:
         """A new snapshot with `changes` applied, and the services whose config changed."""
+        kinds = changes.kinds
+        # Only the tables of changed kinds are copied; the others are shared, unmodified.
         tables: dict[Kind, dict[NamespacedName, MeshObject]] = {
-            Kind.SERVICE: dict(self.services),
-            Kind.ENDPOINT_SLICE: dict(self.endpoint_slices),
-            Kind.WORKLOAD: dict(self.workloads),
+            kind: dict(self.table(kind)) if kind in kinds else cast(_Table, self.table(kind))
+            for kind in Kind
         }
         touched: set[NamespacedName] = set()
         # Changed slice names by the Service they belong to (before or after the change).
@@ -118,6 +180,10 @@ class MeshSnapshot:
             endpoint_slices=slices,  # type: ignore[arg-type]
             workloads=tables[Kind.WORKLOAD],  # type: ignore[arg-type]
             slices_by_service=by_service,
+            http_routes=tables[Kind.HTTP_ROUTE],  # type: ignore[arg-type]
+            grpc_routes=tables[Kind.GRPC_ROUTE],  # type: ignore[arg-type]
+            backend_policies=tables[Kind.BACKEND_POLICY],  # type: ignore[arg-type]
+            root_namespace=self.root_namespace,
             generation=self.generation + 1,
         )
         return snapshot, frozenset(touched)

@@ -36,11 +36,7 @@ class Provenance:
         self._mesh = mesh
         self._cache: RefCache = cache if cache is not None else {}
         self._lists: dict[tuple[str, ...], tuple[SourceRef, ...]] = {}
-        self._tables: dict[Kind, Any] = {
-            Kind.SERVICE: mesh.services,
-            Kind.ENDPOINT_SLICE: mesh.endpoint_slices,
-            Kind.WORKLOAD: mesh.workloads,
-        }
+        self._tables: dict[Kind, Any] = {kind: mesh.table(kind) for kind in Kind}
 
     def ref(self, key: str) -> SourceRef:
         """The SourceRef of "Kind/ns/name", with its origin if the mesh holds it."""

@@ -14,6 +14,8 @@ snapshot (sharing its fields and derived views) that notes each query as a
   cluster IP), so a selector or targetPort change does not rebuild them;
 * `("slices", namespace, service)`: the EndpointSlices of one Service (a slice
   names its Service, so a slice arriving before or after it is the same fact);
+* `("parent", namespace, service)`: the routes whose parentRefs name one
+  Service (a route moving from one parent to another changes both);
 * `("view", name)`: a value derived once per snapshot (`MeshSnapshot.derive`)
   whose *value* is compared between snapshots, so a change that leaves it
   equal reaches none of its readers (`COMPARED_VIEWS`).
@@ -39,6 +41,8 @@ from xds_server.model import (
     Service,
 )
 from xds_server.model.changes import MeshObject
+from xds_server.model.policy import Attachment
+from xds_server.model.routes import GRPCRoute, HTTPRoute, MeshRoute, service_parents
 from xds_server.model.types import Labels
 from xds_server.translate.listeners import tcp_port_owners
 from xds_server.translate.naming import mesh_ports
@@ -100,7 +104,7 @@ VIEW_KINDS: dict[str, frozenset[Kind]] = {
     "outbound_route_tables": frozenset({Kind.SERVICE}),
 }
 """Derived views read as "every object of these kinds" (not worth comparing)."""
-UNTRACKED_VIEWS = frozenset({"services_by_namespace"})
+UNTRACKED_VIEWS = frozenset({"services_by_namespace", "policies_by_namespace", "routes_by_parent"})
 """Indexes whose readers record their own, finer facts (`services_selecting`)."""
 
 _FIELDS = [f.name for f in dataclasses.fields(MeshSnapshot)]
@@ -112,6 +116,11 @@ def object_fact(key: ObjectKey) -> Fact:
 
 def slices_fact(namespace: str, service: str) -> Fact:
     return ("slices", namespace, service)
+
+
+def parent_fact(namespace: str, service: str) -> Fact:
+    """The routes (HTTPRoute, GRPCRoute) whose parentRefs name one Service."""
+    return ("parent", namespace, service)
 
 
 class TrackedMesh(MeshSnapshot):
@@ -156,6 +165,17 @@ class TrackedMesh(MeshSnapshot):
         self.reads.add(("all", Kind.SERVICE, "routing"))
         return MeshSnapshot.sorted_services(self)
 
+    def backend_policy_for(self, service: Service) -> Attachment | None:
+        # Every policy of the Service's namespace and of the root namespace is a
+        # candidate (a new one may attach, or conflict), so those are the facts.
+        self.reads.add(("ns", Kind.BACKEND_POLICY, service.namespace))
+        self.reads.add(("ns", Kind.BACKEND_POLICY, self.root_namespace))
+        return super().backend_policy_for(service)
+
+    def routes_for(self, namespace: str, name: str) -> tuple[MeshRoute, ...]:
+        self.reads.add(parent_fact(namespace, name))
+        return super().routes_for(namespace, name)
+
     def services_selecting(self, namespace: str, labels: Labels) -> Iterator[Service]:
         # The scan reads every Service of the namespace, so that one fact covers each
         # (a change to any of them, its origin included, emits it): no fact per match,
@@ -164,15 +184,8 @@ class TrackedMesh(MeshSnapshot):
         return super().services_selecting(namespace, labels)
 
 
-_TABLES = {
-    Kind.SERVICE: "services",
-    Kind.ENDPOINT_SLICE: "endpoint_slices",
-    Kind.WORKLOAD: "workloads",
-}
-
-
 def _table(mesh: MeshSnapshot, kind: Kind) -> Any:
-    return getattr(mesh, _TABLES[kind])
+    return mesh.table(kind)
 
 
 def changed_objects(
@@ -205,6 +218,9 @@ def facts_of(changed: Iterable[Changed]) -> set[Fact]:
         for obj in (old, new):
             if isinstance(obj, EndpointSlice):
                 facts.add(slices_fact(obj.namespace, obj.service_name))
+            elif isinstance(obj, HTTPRoute | GRPCRoute):
+                for parent in service_parents(obj):
+                    facts.add(parent_fact(parent.namespace or obj.namespace, parent.name))
     return facts
 
 
