@@ -23,7 +23,6 @@ from ads_fakes import (
     route_config,
 )
 from envoy.service.discovery.v3 import ads_pb2_grpc
-from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
 from xds_server.cache import ResourceSet, Snapshot, SnapshotCache
