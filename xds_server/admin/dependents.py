@@ -34,7 +34,6 @@ from xds_server.admin.paging import Page, shown_names
 from xds_server.admin.views import short_name
 from xds_server.cache import Snapshot
 from xds_server.model import Kind, MeshSnapshot, ObjectKey
-from xds_server.model.changes import MeshObject
 from xds_server.provenance import SourceRef
 
 if TYPE_CHECKING:
@@ -93,12 +92,7 @@ class DependentsView(Protocol):
 
 
 def _mesh_object_ref(mesh: MeshSnapshot, key: ObjectKey) -> SourceRef | None:
-    tables: dict[Kind, Mapping[tuple[str, str], MeshObject]] = {
-        Kind.SERVICE: mesh.services,
-        Kind.ENDPOINT_SLICE: mesh.endpoint_slices,
-        Kind.WORKLOAD: mesh.workloads,
-    }
-    obj = tables[key.kind].get((key.namespace, key.name))
+    obj = mesh.table(key.kind).get((key.namespace, key.name))
     if obj is None:
         return None
     return SourceRef(key.kind.value, key.namespace, key.name, obj.origin)

@@ -10,7 +10,8 @@ builder.
 
 | generator | scope     | builds   | reads                                | held by          |
 |-----------|-----------|----------|--------------------------------------|------------------|
-| service   | Service   | CDS, EDS | the Service, its EndpointSlices      | every proxy      |
+| service   | Service   | CDS, EDS | the Service, its EndpointSlices, the | every proxy      |
+|           |           |          | BackendPolicies that may govern it   |                  |
 | routes    | namespace | RDS      | the routing surface of every Service | its namespace's  |
 | proxy     | proxy     | CDS, LDS | what translation asked (TrackedMesh) | that proxy       |
 """
@@ -29,6 +30,7 @@ from xds_server import translate
 from xds_server.cache import ResourceSet
 from xds_server.model import EndpointSlice, Kind, MeshSnapshot, ObjectKey, Proxy, Service
 from xds_server.model.mesh import NamespacedName
+from xds_server.model.policy import Attachment
 from xds_server.pipeline.deps import Unit
 from xds_server.pipeline.provenance import Provenance
 from xds_server.pipeline.reads import Fact, TrackedMesh, object_fact, slices_fact
@@ -76,7 +78,10 @@ ProxyResources = tuple[ResourceSet, ResourceSet]
 """A proxy's own clusters and listeners."""
 ServiceResources = tuple[list[Resource], list[Resource]]
 """A Service's outbound clusters and load assignments."""
-Memo = dict[NamespacedName, tuple[Service, tuple[EndpointSlice, ...], ServiceResources]]
+Memo = dict[
+    NamespacedName,
+    tuple[Service, tuple[EndpointSlice, ...], Attachment | None, ServiceResources],
+]
 """Service translations already made for this batch, reused by its later rounds."""
 
 
@@ -110,9 +115,17 @@ ROUTE_READS: frozenset[Fact] = frozenset({("all", Kind.SERVICE, "routing")})
 """What every namespace's route table reads: what routing sees of every Service."""
 
 
-def service_reads(key: NamespacedName) -> frozenset[Fact]:
-    """What a Service's clusters and load assignments read: it, and its slices."""
-    return frozenset({object_fact(ObjectKey(Kind.SERVICE, *key)), slices_fact(*key)})
+def service_reads(key: NamespacedName, root_namespace: str) -> frozenset[Fact]:
+    """What a Service's clusters and load assignments read: it, its slices, and the
+    BackendPolicies that may govern it (its namespace's and the root namespace's)."""
+    return frozenset(
+        {
+            object_fact(ObjectKey(Kind.SERVICE, *key)),
+            slices_fact(*key),
+            ("ns", Kind.BACKEND_POLICY, key[0]),
+            ("ns", Kind.BACKEND_POLICY, root_namespace),
+        }
+    )
 
 
 def proxy_resources(
@@ -134,16 +147,21 @@ def proxy_resources(
 
 
 def translate_service(
-    service: Service, slices: tuple[EndpointSlice, ...], provenance: Provenance
+    service: Service,
+    slices: tuple[EndpointSlice, ...],
+    provenance: Provenance,
+    attachment: Attachment | None = None,
 ) -> ServiceResources:
     """A Service's outbound clusters and load assignments, serialized.
 
-    Clusters name the sources stamped in them; a load assignment (which has
-    no metadata field) names its Service and the slices it was built from.
+    Clusters name the sources stamped in them (the Service, and the
+    BackendPolicy governing it); a load assignment (which has no metadata
+    field) names its Service and the slices it was built from.
     """
+    policy = attachment.policy if attachment is not None else None
     sources = provenance.refs_of([service, *slices])
     return (
-        _resources(translate.clusters_for_service(service), provenance),
+        _resources(translate.clusters_for_service(service, policy), provenance),
         [
             make_resource(m, sources)
             for m in translate.load_assignments_for_service(service, slices)
@@ -159,14 +177,16 @@ def service_resources(
     service, slices = mesh.services.get(key), mesh.slices_by_service.get(key, ())
     if service is None:
         return [], []
+    attachment = mesh.backend_policy_for(service)
     known = memo.get(key)
     if (
         known is not None
         and known[0] is service
         and all(a is b for a, b in zip(known[1], slices, strict=False))
         and len(known[1]) == len(slices)
+        and known[2] == attachment
     ):
-        return known[2]
-    resources = translate_service(service, slices, provenance)
-    memo[key] = (service, slices, resources)
+        return known[3]
+    resources = translate_service(service, slices, provenance, attachment)
+    memo[key] = (service, slices, attachment, resources)
     return resources

@@ -29,7 +29,7 @@ last good resources instead.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TypeVar
 
 from xds_server.model import ChangeSet, Kind, MeshSnapshot, ObjectKey
@@ -46,8 +46,16 @@ T = TypeVar("T")
 Culprit = tuple[ObjectKey, BaseException]
 """The upsert to blame, and what translating it raised."""
 
-_KIND_ORDER = {Kind.SERVICE: 0, Kind.ENDPOINT_SLICE: 1, Kind.WORKLOAD: 2}
-"""Candidates are tried Services first: a slice is blamed before the Service it needs."""
+_KIND_ORDER = {
+    Kind.SERVICE: 0,
+    Kind.ENDPOINT_SLICE: 1,
+    Kind.WORKLOAD: 2,
+    Kind.BACKEND_POLICY: 3,
+    Kind.HTTP_ROUTE: 4,
+    Kind.GRPC_ROUTE: 5,
+}
+"""Candidates are tried Services first: a slice, a policy or a route is blamed before
+the Service it needs."""
 
 MAX_SHOWN_KEY_CHARS = 300
 """An object's kind, namespace and name as an error quotes them."""
@@ -101,12 +109,7 @@ def without(
 
 def holds(mesh: MeshSnapshot, key: ObjectKey) -> bool:
     """Whether `mesh` has a version of the object `key`."""
-    table: Mapping[NamespacedName, object] = {
-        Kind.SERVICE: mesh.services,
-        Kind.ENDPOINT_SLICE: mesh.endpoint_slices,
-        Kind.WORKLOAD: mesh.workloads,
-    }[key.kind]
-    return (key.namespace, key.name) in table
+    return (key.namespace, key.name) in mesh.table(key.kind)
 
 
 def _raised(run: Callable[[], object]) -> BaseException | None:
@@ -127,20 +130,25 @@ def service_resources(
     service = mesh.services.get(key)
     if service is None:
         return [], []
-    return translate_service(service, mesh.slices_of(service), Provenance(mesh))
+    return translate_service(
+        service, mesh.slices_of(service), Provenance(mesh), mesh.backend_policy_for(service)
+    )
 
 
 def service_culprit(mesh: MeshSnapshot, key: NamespacedName) -> Culprit | None:
     """The object that makes Service `key`'s resources raise in `mesh`, searched on it alone.
 
-    The Service comes first, then its slices by name: a Service is blamed only
-    if it raises without any slice, and a slice only if adding it to the
-    Service (and the slices before it) does, whichever of them changed.
+    The Service comes first, then the BackendPolicy governing it, then its
+    slices by name: a Service is blamed only if it raises alone, the policy
+    only if adding it to the Service does, and a slice only if adding it to
+    those (and the slices before it) does, whichever of them changed.
     """
     service = mesh.services.get(key)
     if service is None:
         return None
-    candidates: list[MeshObject] = [service, *mesh.slices_of(service)]
+    attached = mesh.backend_policy_for(service)
+    policy: list[MeshObject] = [attached.policy] if attached is not None else []
+    candidates: list[MeshObject] = [service, *policy, *mesh.slices_of(service)]
 
     def attempt(count: int) -> BaseException | None:
         alone, _ = MeshSnapshot().apply(changes_of((), candidates[:count]))

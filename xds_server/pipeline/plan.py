@@ -151,7 +151,9 @@ class Planner:
                 continue
             plan.cluster_updates[key] = clusters
             plan.endpoint_updates[key] = assignments
-            plan.reads[unit] = service_reads(key) if key in mesh.services else frozenset()
+            plan.reads[unit] = (
+                service_reads(key, mesh.root_namespace) if key in mesh.services else frozenset()
+            )
             plan.unit_errors[service_unit(key)] = None
         if culprits:
             return culprits

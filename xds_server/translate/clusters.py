@@ -37,6 +37,7 @@ from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from google.protobuf import wrappers_pb2
 
 from xds_server.model import MeshSnapshot, PortProtocol, Proxy, Service
+from xds_server.model.policy import BackendPolicy
 from xds_server.translate.core import ads_config_source, packed, seconds
 from xds_server.translate.endpoints import static_load_assignment
 from xds_server.translate.inbound import inbound_ports
@@ -48,7 +49,12 @@ from xds_server.translate.naming import (
     inbound_cluster_name,
     mesh_ports,
 )
-from xds_server.translate.provenance import service_key, stamp_generator, stamp_sources
+from xds_server.translate.provenance import (
+    policy_key,
+    service_key,
+    stamp_generator,
+    stamp_sources,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -60,15 +66,20 @@ INBOUND_PASSTHROUGH_SOURCE_IPV6 = "::6"
 CAPTURE_GENERATOR = "capture"
 
 
-def clusters_for_service(service: Service) -> list[cluster_pb2.Cluster]:
-    """One EDS cluster per meshed Service port, endpoints fetched over ADS."""
+def clusters_for_service(
+    service: Service, policy: BackendPolicy | None = None
+) -> list[cluster_pb2.Cluster]:
+    """One EDS cluster per meshed Service port, endpoints fetched over ADS, shaped by
+    the BackendPolicy that governs the Service (`model.policy`), if any."""
     clusters = []
-    source = service_key(service)
+    sources = (
+        (service_key(service),) if policy is None else (service_key(service), policy_key(policy))
+    )
     for port in mesh_ports(service):
         cluster = _cluster(cluster_name(service, port), port.mesh_protocol)
         cluster.type = cluster_pb2.Cluster.EDS
         cluster.eds_cluster_config.eds_config.CopyFrom(ads_config_source())
-        stamp_sources(cluster, (source,))
+        stamp_sources(cluster, sources)
         clusters.append(cluster)
     return clusters
 

@@ -35,6 +35,8 @@ from google.protobuf import struct_pb2
 
 from xds_server.model import EndpointSlice, Service
 from xds_server.model.changes import Kind
+from xds_server.model.policy import BackendPolicy
+from xds_server.model.routes import HTTPRoute, MeshRoute
 from xds_server.provenance import PROVENANCE_KEY
 
 logger = logging.getLogger(__name__)
@@ -61,6 +63,17 @@ def service_key(service: Service) -> str:
 def slice_key(eps: EndpointSlice) -> str:
     """`EndpointSlice/namespace/name`."""
     return f"{Kind.ENDPOINT_SLICE.value}/{eps.namespace}/{eps.name}"
+
+
+def policy_key(policy: BackendPolicy) -> str:
+    """`BackendPolicy/namespace/name`."""
+    return f"{Kind.BACKEND_POLICY.value}/{policy.namespace}/{policy.name}"
+
+
+def route_key(route: MeshRoute) -> str:
+    """`HTTPRoute/namespace/name` or `GRPCRoute/namespace/name`."""
+    kind = Kind.HTTP_ROUTE if isinstance(route, HTTPRoute) else Kind.GRPC_ROUTE
+    return f"{kind.value}/{route.namespace}/{route.name}"
 
 
 def stamp_sources(message: Stamped, keys: Iterable[str]) -> None:
