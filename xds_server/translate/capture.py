@@ -39,7 +39,10 @@ original destination port:
 * each inbound port of the proxy (see `inbound`): for HTTP, the connection
   manager with the inline inbound route table that adds `x-mesh-inbound`, with
   the same TCP fallback as outbound; for TCP, a TCP proxy; both to the inbound
-  cluster `inbound|port||`, i.e. `app_address:port` (127.0.0.1 by default);
+  cluster `inbound|port||`, i.e. `app_address:port` (127.0.0.1 by default).
+  The port's BackendPolicy fault injection and local rate limit
+  (`inbound_policy`) run in the HTTP chain, and its connection limit ahead of
+  the TCP proxy of either chain, exactly as on the explicit inbound listener;
 * `inbound_capture_port` itself: `BlackHoleCluster`;
 * everything else: `InboundPassthroughCluster`, to the pod IP and port the
   client asked for, from 127.0.0.6.
@@ -64,14 +67,15 @@ Both listeners bind 0.0.0.0, and also `::` when the proxy's IP is IPv6.
 
 Provenance (see `provenance`): each listener names its generator, and each
 filter chain made for a Service port (or an inbound port) names the objects
-behind it; the chains of the proxy's own ports and the defaults name nothing.
+behind it (an inbound port's chains also the BackendPolicy whose filters they
+run); the chains of the proxy's own ports and the defaults name nothing.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from envoy.config.core.v3 import address_pb2, base_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
@@ -92,6 +96,7 @@ from xds_server.translate.filters import (
     tcp_proxy_filter,
 )
 from xds_server.translate.inbound import inbound_ports
+from xds_server.translate.inbound_policy import inbound_http_filters, inbound_network_filters
 from xds_server.translate.naming import (
     BLACKHOLE_CLUSTER,
     INBOUND_PASSTHROUGH_CLUSTER,
@@ -223,14 +228,24 @@ def _virtual_inbound(mesh: MeshSnapshot, proxy: Proxy) -> listener_pb2.Listener:
         key = ("", inbound.port)
         cluster = inbound_cluster_name(inbound.port)
         name = inbound_listener_name(inbound.port)
+        sources = inbound.listener_sources
         if inbound.protocol is not PortProtocol.TCP:
-            hcm = http_connection_manager(name, "inbound")
+            hcm = http_connection_manager(
+                name, "inbound", inbound_http_filters(inbound.policy, name)
+            )
             hcm.route_config.CopyFrom(inbound_route_config(proxy, inbound))
             chains.append(_chain(f"{cluster}|http", key, http_filter(hcm), http=True))
-            stamp_sources(chains[-1], inbound.sources)
+            stamp_sources(chains[-1], sources)
             http_ports.add(inbound.port)
-        chains.append(_chain(f"{cluster}|tcp", key, tcp_proxy_filter(name, cluster, "inbound")))
-        stamp_sources(chains[-1], inbound.sources)
+        chains.append(
+            _chain(
+                f"{cluster}|tcp",
+                key,
+                tcp_proxy_filter(name, cluster, "inbound"),
+                before=inbound_network_filters(inbound.policy, name),
+            )
+        )
+        stamp_sources(chains[-1], sources)
 
     passthrough = _chain(
         "InboundPassthroughFilterChain",
@@ -323,9 +338,13 @@ def _chain(
     network_filter: listener_components_pb2.Filter,
     *,
     http: bool = False,
+    before: Sequence[listener_components_pb2.Filter] = (),
 ) -> listener_components_pb2.FilterChain:
-    """A filter chain for destination `key` (None: the default chain), HTTP-only if `http`."""
-    chain = listener_components_pb2.FilterChain(name=name, filters=[network_filter])
+    """A filter chain for destination `key` (None: the default chain), HTTP-only if `http`.
+
+    `before` runs ahead of `network_filter` (an inbound port's connection limit).
+    """
+    chain = listener_components_pb2.FilterChain(name=name, filters=[*before, network_filter])
     if key is None:
         return chain
     cidr, port = key

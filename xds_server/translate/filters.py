@@ -9,6 +9,7 @@ identical filters for identical ports.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 from envoy.config.core.v3 import protocol_pb2
 from envoy.config.listener.v3 import listener_components_pb2
@@ -30,17 +31,23 @@ TCP_PROXY = "envoy.filters.network.tcp_proxy"
 ROUTER = "envoy.filters.http.router"
 
 
-def http_connection_manager(stat_prefix: str, direction: str) -> hcm_pb2.HttpConnectionManager:
+def http_connection_manager(
+    stat_prefix: str, direction: str, filters: Sequence[hcm_pb2.HttpFilter] = ()
+) -> hcm_pb2.HttpConnectionManager:
     """HTTP/1.1 and h2c on one port (codec AUTO), paths normalized, websockets allowed.
 
     The sidecar is not the edge: it neither trusts nor rewrites the client
     address (`use_remote_address` false) and appends to X-Forwarded-For as usual.
-    The caller sets the route configuration (RDS or inline).
+    The caller sets the route configuration (RDS or inline).  `filters` run
+    before the router, in order (an inbound port's policy filters).
     """
     return hcm_pb2.HttpConnectionManager(
         stat_prefix=stat_prefix,
         codec_type=hcm_pb2.HttpConnectionManager.AUTO,
-        http_filters=[hcm_pb2.HttpFilter(name=ROUTER, typed_config=packed(router_pb2.Router()))],
+        http_filters=[
+            *filters,
+            hcm_pb2.HttpFilter(name=ROUTER, typed_config=packed(router_pb2.Router())),
+        ],
         access_log=[http_access_log(direction)],
         use_remote_address=wrappers_pb2.BoolValue(value=False),
         normalize_path=wrappers_pb2.BoolValue(value=True),

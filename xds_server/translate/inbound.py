@@ -18,6 +18,16 @@ decide it live in one place:
 
 Each port names its sources (`provenance`): every Service with a port landing
 on it, and the EndpointSlice a named targetPort was resolved in.
+
+Each port also carries the BackendPolicy whose fault injection and local rate
+limit its listener applies (`inbound_policy`): the policy governing the first
+Service, in the same order, that lands on the port and whose policy has either
+part.  The sidecar cannot tell which Service a caller meant, so Services
+sharing a target port share that policy's faults and bucket.  Reading each
+selecting Service's policy (`mesh.backend_policy_for`) is what makes a policy
+change re-translate the proxies of the Services it may govern.  The listener
+names the policy among its sources (`listener_sources`); the inbound cluster,
+which the policy does not shape, does not.
 """
 
 from __future__ import annotations
@@ -33,9 +43,11 @@ from xds_server.model import (
     Service,
     ServicePort,
 )
+from xds_server.model.policy import BackendPolicy
 from xds_server.translate.core import addresses_overlap
+from xds_server.translate.inbound_policy import has_inbound_effect
 from xds_server.translate.naming import mesh_ports
-from xds_server.translate.provenance import service_key, slice_key
+from xds_server.translate.provenance import policy_key, service_key, slice_key
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +62,15 @@ class InboundPort:
     protocol: PortProtocol
     sources: tuple[str, ...] = ()
     """The keys of the objects that put the port here, sorted (see the module doc)."""
+    policy: BackendPolicy | None = None
+    """The policy whose fault injection and rate limit apply here (see the module doc)."""
+
+    @property
+    def listener_sources(self) -> tuple[str, ...]:
+        """What the port's listener (or filter chain) was made from: `sources` and the policy."""
+        if self.policy is None:
+            return self.sources
+        return (*self.sources, policy_key(self.policy))
 
 
 def inbound_ports(mesh: MeshSnapshot, proxy: Proxy) -> list[InboundPort]:
@@ -58,7 +79,11 @@ def inbound_ports(mesh: MeshSnapshot, proxy: Proxy) -> list[InboundPort]:
         return []
     protocols: dict[int, PortProtocol] = {}
     sources: dict[int, set[str]] = {}
+    policies: dict[int, BackendPolicy] = {}
     for service in mesh.services_selecting(proxy.namespace, proxy.labels):
+        attachment = mesh.backend_policy_for(service)
+        policy = attachment.policy if attachment is not None else None
+        inbound_policy = policy if has_inbound_effect(policy) else None
         for port in mesh_ports(service):
             target, resolved_in = resolve_target_port(mesh, service, port, proxy)
             if target is None:
@@ -71,12 +96,14 @@ def inbound_ports(mesh: MeshSnapshot, proxy: Proxy) -> list[InboundPort]:
                 )
                 continue
             protocols.setdefault(target, port.mesh_protocol)
+            if inbound_policy is not None:
+                policies.setdefault(target, inbound_policy)
             named = sources.setdefault(target, set())
             named.add(service_key(service))
             if resolved_in is not None:
                 named.add(slice_key(resolved_in))
     return [
-        InboundPort(number, protocols[number], tuple(sorted(sources[number])))
+        InboundPort(number, protocols[number], tuple(sorted(sources[number])), policies.get(number))
         for number in sorted(protocols)
     ]
 

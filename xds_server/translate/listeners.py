@@ -8,7 +8,9 @@ Each proxy gets:
 * `outbound_tcp_{port}` on `outbound_address:{port}` for every TCP Service
   port in the mesh, proxying to that port's cluster;
 * `inbound_{port}` on `ip:{port}` for every port of the Services selecting
-  the proxy (see `inbound` for which ports those are), to the local app.
+  the proxy (see `inbound` for which ports those are), to the local app,
+  through the port's BackendPolicy fault injection and local rate limit
+  (`inbound_policy`), if it has any.
 
 That is the "none" interception mode, where nothing captures traffic.  A
 proxy whose pod REDIRECTs its TCP with iptables gets the two virtual listeners
@@ -31,6 +33,7 @@ listener, made for the proxy's namespace, names its generator.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 from envoy.config.core.v3 import base_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
@@ -45,6 +48,7 @@ from xds_server.translate.filters import (
     tcp_proxy_filter,
 )
 from xds_server.translate.inbound import InboundPort, inbound_ports
+from xds_server.translate.inbound_policy import inbound_http_filters, inbound_network_filters
 from xds_server.translate.naming import (
     OUTBOUND_HTTP_LISTENER_NAME,
     cluster_name,
@@ -147,17 +151,30 @@ def _inbound_listener(proxy: Proxy, ip: str, inbound: InboundPort) -> listener_p
     port = inbound.port
     name = inbound_listener_name(port)
     if inbound.protocol is PortProtocol.TCP:
-        listener = _tcp_listener(name, ip, port, inbound_cluster_name(port), "inbound")
+        listener = _tcp_listener(
+            name,
+            ip,
+            port,
+            inbound_cluster_name(port),
+            "inbound",
+            before=inbound_network_filters(inbound.policy, name),
+        )
     else:
-        hcm = http_connection_manager(name, "inbound")
+        hcm = http_connection_manager(name, "inbound", inbound_http_filters(inbound.policy, name))
         hcm.route_config.CopyFrom(inbound_route_config(proxy, inbound))
         listener = _listener(name, ip, port, http_filter(hcm), base_pb2.INBOUND)
-    stamp_sources(listener, inbound.sources)
+    stamp_sources(listener, inbound.listener_sources)
     return listener
 
 
 def _tcp_listener(
-    name: str, address: str, port: int, cluster: str, direction: str
+    name: str,
+    address: str,
+    port: int,
+    cluster: str,
+    direction: str,
+    *,
+    before: Sequence[listener_components_pb2.Filter] = (),
 ) -> listener_pb2.Listener:
     return _listener(
         name,
@@ -165,6 +182,7 @@ def _tcp_listener(
         port,
         tcp_proxy_filter(name, cluster, direction),
         _TRAFFIC_DIRECTIONS[direction],
+        before=before,
     )
 
 
@@ -174,10 +192,13 @@ def _listener(
     port: int,
     network_filter: listener_components_pb2.Filter,
     direction: base_pb2.TrafficDirection,
+    *,
+    before: Sequence[listener_components_pb2.Filter] = (),
 ) -> listener_pb2.Listener:
+    """One filter chain: `before` (an inbound port's connection limit), then `network_filter`."""
     return listener_pb2.Listener(
         name=name,
         address=socket_address(address, port),
-        filter_chains=[listener_components_pb2.FilterChain(filters=[network_filter])],
+        filter_chains=[listener_components_pb2.FilterChain(filters=[*before, network_filter])],
         traffic_direction=direction,
     )
