@@ -38,6 +38,7 @@ from google.protobuf import wrappers_pb2
 
 from xds_server.model import MeshSnapshot, PortProtocol, Proxy, Service
 from xds_server.model.policy import BackendPolicy
+from xds_server.translate.backend_policy import apply_backend_policy, policy_name
 from xds_server.translate.core import ads_config_source, packed, seconds
 from xds_server.translate.endpoints import static_load_assignment
 from xds_server.translate.inbound import inbound_ports
@@ -79,6 +80,8 @@ def clusters_for_service(
         cluster = _cluster(cluster_name(service, port), port.mesh_protocol)
         cluster.type = cluster_pb2.Cluster.EDS
         cluster.eds_cluster_config.eds_config.CopyFrom(ads_config_source())
+        if policy is not None:  # the policy's sections replace the defaults they set
+            apply_backend_policy(cluster, policy.spec(), port.mesh_protocol, policy_name(policy))
         stamp_sources(cluster, sources)
         clusters.append(cluster)
     return clusters
