@@ -4,8 +4,13 @@
 address, and echoing the request method, path and headers, so a test can see
 which backend a sidecar chose and which headers the mesh added (`x-mesh-*`,
 `x-request-id`, ...).  `GET /status/<code>` answers with that status, for retry
-and outlier tests.  `GET /call` makes one request to an upstream service through
-the caller's sidecar: it connects to `upstream_proxy` (the sidecar's outbound
+and outlier tests; `GET /delay/<ms>` answers after that many milliseconds (at
+most 60 s), for circuit breaker and timeout tests.  An app can also play a
+broken or slow instance: its `fail_status` (when set) answers every request
+with that status, its `delay_seconds` holds every request that long first;
+both may change while it runs (and are `--fail-status` and `--delay-ms`).
+`GET /call` makes one request to an upstream service through the caller's
+sidecar: it connects to `upstream_proxy` (the sidecar's outbound
 listener) and sends `Host: <upstream_host>`, and answers with the upstream's
 status and its decoded response.  `/call?host=other:8080&path=/x` overrides both.
 
@@ -37,6 +42,7 @@ logger = logging.getLogger(__name__)
 
 MAX_HEADER_BYTES = 64 * 1024
 UPSTREAM_TIMEOUT_S = 10.0
+MAX_DELAY_MS = 60_000
 # Forwarded from the inbound request on /call so a trace spans both hops.
 PROPAGATED_HEADERS = ("x-request-id", "traceparent", "tracestate", "b3")
 PROPAGATED_PREFIXES = ("x-b3-",)
@@ -90,6 +96,10 @@ class SampleApp:
     port: int
     upstream_proxy: tuple[str, int] | None = None
     upstream_host: str | None = None
+    fail_status: int | None = None
+    """When set, every request (but `/call`) is answered with this status."""
+    delay_seconds: float = 0.0
+    """Every request is held this long before it is answered."""
     _server: asyncio.Server | None = field(default=None, repr=False)
     _writers: set[asyncio.StreamWriter] = field(default_factory=set, repr=False)
     _handlers: set[asyncio.Task[None]] = field(default_factory=set, repr=False)
@@ -162,10 +172,19 @@ class SampleApp:
     async def _respond(self, request: _Request) -> tuple[int, dict[str, Any]]:
         url = urllib.parse.urlsplit(request.target)
         query = dict(urllib.parse.parse_qsl(url.query))
+        if self.delay_seconds > 0:
+            await asyncio.sleep(self.delay_seconds)
         if url.path == "/call":
             return await self._call(request, query)
         status = 200
-        if url.path.startswith("/status/"):
+        if url.path.startswith("/delay/"):
+            millis = url.path.removeprefix("/delay/")
+            if not (millis.isdigit() and int(millis) <= MAX_DELAY_MS):
+                return 400, {"error": f"bad delay {millis!r} (0..{MAX_DELAY_MS} ms)"}
+            await asyncio.sleep(int(millis) / 1000)
+        if self.fail_status is not None:
+            status = self.fail_status
+        elif url.path.startswith("/status/"):
             code = url.path.removeprefix("/status/")
             if not (code.isdigit() and 200 <= int(code) <= 599):
                 return 400, {"error": f"bad status code {code!r}"}
@@ -221,6 +240,8 @@ async def start_sample_app(
     *,
     upstream_proxy: str | None = None,
     upstream_host: str | None = None,
+    fail_status: int | None = None,
+    delay_seconds: float = 0.0,
 ) -> SampleApp:
     """Start serving on `host:port` (0 picks a free port; read it from `.port`).
 
@@ -234,6 +255,8 @@ async def start_sample_app(
         port=port,
         upstream_proxy=parse_address(upstream_proxy) if upstream_proxy else None,
         upstream_host=upstream_host,
+        fail_status=fail_status,
+        delay_seconds=delay_seconds,
     )
     server = await asyncio.start_server(
         app._serve_connection, host, port, limit=MAX_HEADER_BYTES, reuse_address=True
@@ -252,12 +275,21 @@ def run_sample_app(
     *,
     upstream_proxy: str | None = None,
     upstream_host: str | None = None,
+    fail_status: int | None = None,
+    delay_seconds: float = 0.0,
 ) -> None:
     """Serve until SIGINT or SIGTERM; prints `listening on http://HOST:PORT` once bound."""
 
     async def main() -> None:
         app = await start_sample_app(
-            name, version, host, port, upstream_proxy=upstream_proxy, upstream_host=upstream_host
+            name,
+            version,
+            host,
+            port,
+            upstream_proxy=upstream_proxy,
+            upstream_host=upstream_host,
+            fail_status=fail_status,
+            delay_seconds=delay_seconds,
         )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -396,6 +428,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--listen", default="127.0.0.1:8080", help="HOST:PORT (port 0: any)")
     parser.add_argument("--upstream-proxy", help="HOST:PORT of the sidecar outbound listener")
     parser.add_argument("--upstream-host", help="Host header for /call, e.g. backend:8080")
+    parser.add_argument(
+        "--fail-status", type=int, help="answer every request with this status (a broken pod)"
+    )
+    parser.add_argument(
+        "--delay-ms", type=int, default=0, help="hold every request this long (a slow pod)"
+    )
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr)
@@ -407,6 +445,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             parse_address(args.upstream_proxy)
     except ValueError as error:
         parser.error(str(error))
+    if args.fail_status is not None and not 200 <= args.fail_status <= 599:
+        parser.error("--fail-status must be 200..599")
+    if not 0 <= args.delay_ms <= MAX_DELAY_MS:
+        parser.error(f"--delay-ms must be 0..{MAX_DELAY_MS}")
     run_sample_app(
         args.name,
         args.version,
@@ -414,6 +456,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         port,
         upstream_proxy=args.upstream_proxy,
         upstream_host=args.upstream_host,
+        fail_status=args.fail_status,
+        delay_seconds=args.delay_ms / 1000,
     )
 
 
