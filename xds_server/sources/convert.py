@@ -2,7 +2,9 @@
 
 This module owns the mapping from Kubernetes object shapes (`v1/Service`,
 `discovery.k8s.io/v1/EndpointSlice`, `v1/Pod`, as plain dicts) to the frozen
-model values.  The file source feeds it documents parsed from YAML; the
+model values; the traffic-policy kinds (Gateway API `HTTPRoute` and
+`GRPCRoute`, the project's `BackendPolicy`) are read by `convert_routes` and
+`convert_policy` and dispatched from here.  The file source feeds it documents parsed from YAML; the
 Kubernetes watcher feeds it objects from the API server; so a manifest means
 the same thing whichever way it arrives.
 
@@ -51,6 +53,8 @@ from xds_server.model.changes import MeshObject
 from xds_server.model.types import labels_of
 from xds_server.provenance import Origin
 from xds_server.sources import limits
+from xds_server.sources.convert_policy import POLICY_API_VERSION, backend_policy
+from xds_server.sources.convert_routes import GATEWAY_API_VERSION_V1, grpc_route, http_route
 from xds_server.sources.kinds import near_miss
 from xds_server.sources.object_reader import (
     ManifestError,
@@ -424,6 +428,9 @@ _CONVERTERS: dict[tuple[str, str], _Converter] = {
     ("v1", "Service"): _service,
     ("discovery.k8s.io/v1", "EndpointSlice"): _endpoint_slice,
     ("v1", "Pod"): _pod,
+    (GATEWAY_API_VERSION_V1, "HTTPRoute"): http_route,
+    (GATEWAY_API_VERSION_V1, "GRPCRoute"): grpc_route,
+    (POLICY_API_VERSION, "BackendPolicy"): backend_policy,
 }
 
 

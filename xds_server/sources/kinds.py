@@ -3,9 +3,9 @@
 A directory of manifests holds many kinds the mesh has no use for
 (Deployments, ConfigMaps, CRDs); those are ignored quietly, since reporting
 each would bury real problems.  But a typo in `kind` or `apiVersion` of a
-Service or EndpointSlice silently drops the object, and the user sees
-nothing at all; so a manifest that is *almost* one the mesh reads is
-reported, as a warning with a "did you mean":
+Service or EndpointSlice (or an HTTPRoute, GRPCRoute or BackendPolicy)
+silently drops the object, and the user sees nothing at all; so a manifest
+that is *almost* one the mesh reads is reported, as a warning with a "did you mean":
 
 - a kind that differs from a mesh kind only by case, surrounding space, a
   plural `s` or one or two typed letters (`Services`, `Service `,
@@ -34,7 +34,7 @@ __all__ = ["KindMiss", "near_miss"]
 
 _WELL_KNOWN = frozenset({
     "job", "node", "nodes", "event", "secret", "endpoints", "serviceaccount", "podtemplate",
-    "role", "lease",
+    "role", "lease", "tcproute", "backendlbpolicy",
 })  # fmt: skip
 """Real kinds a few letters from a mesh kind: never a typo of one."""
 _COMPARED_CHARS = 64
