@@ -40,6 +40,7 @@ from xds_server.admin.diff import DryRun
 from xds_server.cache import Snapshot, SnapshotCache
 from xds_server.history import PushDetail, PushHistory, PushSummary
 from xds_server.model import ChangeSet, ObjectKey
+from xds_server.model.status import ObjectStatus, policy_conditions, rejections
 from xds_server.pipeline import MeshPipeline
 from xds_server.server import (
     AggregatedDiscoveryServer,
@@ -227,6 +228,17 @@ class ControlPlane:
     def translation_errors(self) -> list[tuple[str, str]]:
         """Objects left out because translating them raised: (object, error)."""
         return self.pipeline.translation_errors()
+
+    def rejected_objects(self) -> dict[ObjectKey, str]:
+        """Routes and policies the source or the pipeline rejected now, and why."""
+        pipeline = self.pipeline
+        errors = [*pipeline.builder.object_errors.items(), *pipeline.batch_errors.items()]
+        return rejections(self.source.errors, errors)
+
+    def policy_statuses(self) -> list[ObjectStatus]:
+        """Every route and policy with its status conditions (`/api/policies`)."""
+        statuses = policy_conditions(self.pipeline.builder.mesh, self.rejected_objects())
+        return [statuses[key] for key in sorted(statuses, key=lambda k: (k.kind.value, *k[1:]))]
 
     async def preview(self, files: Mapping[str, bytes]) -> DryRun:
         """What writing `files` into the watched directory (or `kubectl apply` of them)

@@ -30,6 +30,7 @@ from starlette.concurrency import run_in_threadpool
 from xds_server.admin import dependents as object_dependents
 from xds_server.admin import diff as dry_run
 from xds_server.admin import page as html_page
+from xds_server.admin import policies as object_policies
 from xds_server.admin import pushes as push_history
 from xds_server.admin.config import config_json, parse_type, served_config
 from xds_server.admin.explain import explain
@@ -260,6 +261,25 @@ def create_app(view: AdminView) -> FastAPI:
         body = await run_in_threadpool(object_dependents.render, found, page)
         return Response(content=body, media_type="application/json")
 
+    @app.get("/api/policies", responses={200: {"model": object_policies.PolicyList}})
+    async def policies(
+        page: PageQuery,
+        kind: Annotated[
+            str | None, Query(description="Only this kind: HTTPRoute, GRPCRoute, BackendPolicy")
+        ] = None,
+    ) -> Response:
+        """One page of the routes and policies, each with its status conditions (Accepted,
+        ResolvedRefs: per Service parent for a route) and where it was read."""
+        try:
+            wanted = object_policies.parse_kind(kind)
+        except ValueError as error:
+            raise HTTPException(400, str(error)) from None
+        found = object_policies.statuses_of(view)  # on the event loop: one moment
+        if wanted is not None:
+            found = [status for status in found if status.key.kind is wanted]
+        body = await run_in_threadpool(object_policies.render, found, page)
+        return Response(content=body, media_type="application/json")
+
     @app.get("/metrics")
     async def metrics() -> Response:
         body, content_type = view.metrics()
@@ -272,6 +292,7 @@ def create_app(view: AdminView) -> FastAPI:
         dropped = translation_errors(view)
         snapshots = nack_snapshots(page.of(views), view.snapshot)
         recent = push_history.recent_pushes(view)
+        statuses = object_policies.statuses_of(view)
         text = await run_in_threadpool(
             lambda: html_page.render_index(
                 ready=ready,
@@ -283,6 +304,7 @@ def create_app(view: AdminView) -> FastAPI:
                 now=datetime.now(UTC),
                 snapshots=snapshots,
                 pushes=recent,
+                policies=statuses,
             )
         )
         return HTMLResponse(text)

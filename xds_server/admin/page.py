@@ -25,6 +25,7 @@ from urllib.parse import quote
 
 from xds_server.admin.config import ServedType
 from xds_server.admin.paging import DEFAULT_LIMIT, FIRST_PAGE, MAX_NAMES_SHOWN, Page, shown
+from xds_server.admin.policies import policies_html
 from xds_server.admin.pushes import recent_pushes_html
 from xds_server.admin.redact import redact_text
 from xds_server.admin.views import (
@@ -37,6 +38,7 @@ from xds_server.admin.views import (
 )
 from xds_server.cache import Snapshot
 from xds_server.history import PushSummary
+from xds_server.model.status import ObjectStatus
 from xds_server.resources import PUSH_ORDER
 from xds_server.server import NackStatus, StreamStatus, TypeStatus
 
@@ -242,6 +244,7 @@ def render_index(
     page: Page = FIRST_PAGE,
     snapshots: Mapping[str, Snapshot | None] = NO_SNAPSHOTS,
     pushes: Sequence[PushSummary] = (),
+    policies: Sequence[ObjectStatus] = (),
 ) -> str:
     """`/`: readiness, errors, then one row per connected proxy, a page of them at a time,
     then the recent pushes (newest first).
@@ -263,6 +266,7 @@ def render_index(
         "<table><thead><tr><th>Node</th><th>Stream</th><th>Connected</th>"
         f"{headers}<th>Snapshot pushed</th></tr></thead><tbody>{rows}</tbody></table>"
         f"{_pager(page, len(views), 'proxies')}"
+        f"{policies_html(policies)}"
         f"{recent_pushes_html(pushes)}"
         f'<p class="muted small">As of {_esc(now.strftime("%Y-%m-%d %H:%M:%S %Z"))}.</p>'
         "</div>"

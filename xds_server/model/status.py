@@ -512,6 +512,32 @@ def _precedence(lost: list[tuple[str, BackendPolicy]], why: str) -> str:
     return text + " (a narrower attachment wins)"
 
 
+# -- rejections, from the error tables that name objects ----------------------------------
+
+
+def rejections(
+    source_errors: Iterable[object], object_errors: Iterable[tuple[ObjectKey, str]]
+) -> dict[ObjectKey, str]:
+    """The routes and policies rejected now, and why, for `policy_conditions`.
+
+    `source_errors` are the source's (file or Kubernetes) errors: each names its
+    object as `Kind namespace/name` in `object_ref` (warnings reject nothing);
+    they come first, being about the newest version.  `object_errors` are the
+    pipeline's, keyed by object (translation left it out, or applying it raised).
+    """
+    found: dict[ObjectKey, str] = {}
+    for error in source_errors:
+        if getattr(error, "severity", "error") != "error":
+            continue
+        key = parse_object_ref(getattr(error, "object_ref", None))
+        if key is not None and key.kind in POLICY_KINDS:
+            found.setdefault(key, str(error))
+    for key, message in object_errors:
+        if key.kind in POLICY_KINDS:
+            found.setdefault(key, message)
+    return found
+
+
 # -- naming objects in error texts --------------------------------------------------------
 
 _OBJECT_REF = re.compile(r"^(?P<kind>[A-Za-z]+) (?P<namespace>[a-z0-9.-]+)/(?P<name>[a-z0-9.-]+)$")
