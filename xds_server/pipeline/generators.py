@@ -30,11 +30,14 @@ from xds_server import translate
 from xds_server.cache import ResourceSet
 from xds_server.model import EndpointSlice, Kind, MeshSnapshot, ObjectKey, Proxy, Service
 from xds_server.model.mesh import NamespacedName
-from xds_server.model.policy import Attachment
+from xds_server.model.policy import Attachment, BackendPolicy
 from xds_server.pipeline.deps import Unit
 from xds_server.pipeline.provenance import Provenance
 from xds_server.pipeline.reads import Fact, TrackedMesh, object_fact, slices_fact
+from xds_server.pipeline.validation import validate, validate_route_table
+from xds_server.provenance import SourceRef
 from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, Resource, make_resource
+from xds_server.translate.locality import locality_load_assignments
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +89,15 @@ Memo = dict[
 
 
 def _resources(messages: Iterable[Message], provenance: Provenance) -> list[Resource]:
-    return [make_resource(m, provenance.stamped(m)) for m in messages]
+    return [_checked(m, provenance.stamped(m)) for m in messages]
+
+
+def _checked(message: Message, sources: tuple[SourceRef, ...]) -> Resource:
+    """The resource of `message`, once it passes Envoy's validation rules (else the
+    `validation.EnvoyValidationError` raised makes isolation blame its source)."""
+    resource = make_resource(message, sources)
+    validate(resource, message)
+    return resource
 
 
 def route_table_resource(
@@ -94,6 +105,7 @@ def route_table_resource(
 ) -> Resource:
     """`namespace`'s route table, naming every Service whose virtual host it holds."""
     resource = tables.resource(namespace)
+    validate_route_table(resource)
     return dataclasses.replace(
         resource, provenance=provenance.refs_of_keys(tables.sources(namespace))
     )
@@ -162,11 +174,24 @@ def translate_service(
     sources = provenance.refs_of([service, *slices])
     return (
         _resources(translate.clusters_for_service(service, policy), provenance),
-        [
-            make_resource(m, sources)
-            for m in translate.load_assignments_for_service(service, slices)
-        ],
+        [_checked(m, sources) for m in translate.load_assignments_for_service(service, slices)]
+        + _zone_variants(service, slices, policy, provenance),
     )
+
+
+def _zone_variants(
+    service: Service,
+    slices: tuple[EndpointSlice, ...],
+    policy: BackendPolicy | None,
+    provenance: Provenance,
+) -> list[Resource]:
+    """The zone variants of the load assignments, when the policy enables locality
+    (`translate.locality`); they name the policy too."""
+    assignments = locality_load_assignments(service, slices, policy)
+    if not assignments or policy is None:
+        return []
+    sources = provenance.refs_of([service, *slices, policy])
+    return [_checked(m, sources) for m in assignments]
 
 
 def service_resources(
