@@ -7,7 +7,8 @@ overwrites the few fields that identify one proxy, and dumps the result with
 `yaml.safe_dump`, so no label value or node id can break the YAML or inject fields.
 
 The fields set per proxy are `node` (id, cluster, metadata from
-`xds_server.node_metadata`), the ADS `api_type` (SotW or delta), the control plane
+`xds_server.node_metadata`, `locality.zone` when the proxy has a zone), the ADS
+`api_type` (SotW or delta), the control plane
 cluster (its name, STATIC for IPs or STRICT_DNS for host names, and its addresses)
 and the admin address.  Everything else in the template is kept as written,
 notably how the sidecar comes back after losing the control plane: the ADS
@@ -31,7 +32,7 @@ from typing import Any, Literal
 
 import yaml
 
-from xds_server.model.types import Proxy, labels_of
+from xds_server.model.types import Proxy, is_zone, labels_of
 from xds_server.node_metadata import metadata_of
 
 logger = logging.getLogger(__name__)
@@ -62,6 +63,7 @@ def render_bootstrap(
     inbound_capture_port: int = 15006,
     admin_address: str = "127.0.0.1",
     template_path: Path | None = None,
+    zone: str | None = None,
 ) -> str:
     """The bootstrap YAML for one sidecar.
 
@@ -71,8 +73,9 @@ def render_bootstrap(
     the kernel choose (Envoy reports it through `--admin-address-path`).
     `interception="redirect"` is for a sidecar whose pod has the capture rules of
     `xds_server.capture` installed (outbound to `outbound_port`, inbound to
-    `inbound_capture_port`).  Raises `ValueError` for a malformed address, port or
-    metadata value.
+    `inbound_capture_port`).  `zone` is the sidecar's zone (`node.locality.zone`),
+    where locality-aware routing keeps its traffic.  Raises `ValueError` for a
+    malformed address, port, zone or metadata value.
     """
     proxy = Proxy(
         node_id=node_id,
@@ -86,6 +89,7 @@ def render_bootstrap(
         outbound_port=outbound_port,
         interception=interception,
         inbound_capture_port=inbound_capture_port,
+        zone=zone or None,
     )
     return render_bootstrap_for_proxy(
         proxy,
@@ -169,6 +173,10 @@ def build_bootstrap(
         "cluster": f"{proxy.workload}.{proxy.namespace}" if proxy.workload else proxy.namespace,
         "metadata": metadata_of(proxy),
     }
+    if proxy.zone:
+        if not is_zone(proxy.zone):
+            raise ValueError(f"zone {proxy.zone!r} is not a zone (a label value)")
+        bootstrap["node"]["locality"] = {"zone": proxy.zone}
 
     ads = _section(bootstrap, "dynamic_resources", "ads_config")
     ads["api_type"] = "DELTA_GRPC" if delta else "GRPC"

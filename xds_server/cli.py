@@ -144,6 +144,9 @@ def _parser() -> argparse.ArgumentParser:
         help="redirect: the pod's traffic is captured by iptables (xds-server capture-init)",
     )
     boot.add_argument("--inbound-capture-port", type=int, default=15006)
+    boot.add_argument(
+        "--zone", help="the sidecar's zone (node.locality.zone), for locality-aware routing"
+    )
     boot.add_argument("-o", "--output", type=Path, help="write here instead of stdout")
 
     demo = commands.add_parser("demo", help="run a mesh with sample services and real Envoys")
@@ -302,6 +305,7 @@ def _main(argv: list[str] | None) -> int:
                 outbound_port=args.outbound_port,
                 interception=args.interception,
                 inbound_capture_port=args.inbound_capture_port,
+                zone=args.zone,
             )
         except ValueError as error:
             print(f"xds-server bootstrap: {error}", file=sys.stderr)

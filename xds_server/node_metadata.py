@@ -32,12 +32,17 @@ for inbound), so the server gives it the virtual listeners of
 `xds_server.translate.capture`.  Istio's `TPROXY` is not supported and is rejected,
 as is a redirecting proxy whose two capture ports are one.
 
+The proxy's zone (`Proxy.zone`, the caller zone of locality-aware routing) is
+not metadata but Envoy's own `node.locality.zone`, which the bootstrap sets;
+a zone that is not a label value is refused, naming `locality.zone`.
+
 Any other key is kept in `Proxy.metadata` as sorted `(key, value)` pairs: string
 values as they are, other values as compact JSON, so the result stays hashable.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import json
 import logging
@@ -47,7 +52,7 @@ from typing import Any, Literal
 from envoy.config.core.v3 import base_pb2
 from google.protobuf import json_format
 
-from xds_server.model.types import Proxy, labels_of
+from xds_server.model.types import Proxy, is_zone, labels_of
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +66,8 @@ OUTBOUND_ADDRESS = "OUTBOUND_ADDRESS"
 OUTBOUND_PORT = "OUTBOUND_PORT"
 INTERCEPTION_MODE = "INTERCEPTION_MODE"
 INBOUND_CAPTURE_PORT = "INBOUND_CAPTURE_PORT"
+LOCALITY_ZONE = "locality.zone"
+"""Not a metadata key: the `Node` field holding the zone (named in errors)."""
 
 KNOWN_KEYS: frozenset[str] = frozenset(
     {
@@ -102,7 +109,13 @@ def proxy_from_node(node: base_pb2.Node) -> Proxy:
     if not node.id:
         raise NodeMetadataError("id", "the node has no id")
     metadata: dict[str, Any] = json_format.MessageToDict(node.metadata)
-    return proxy_from_metadata(node.id, metadata)
+    proxy = proxy_from_metadata(node.id, metadata)
+    zone = node.locality.zone
+    if not zone:
+        return proxy
+    if not is_zone(zone):
+        raise NodeMetadataError(LOCALITY_ZONE, f"{zone!r} is not a zone (a label value)")
+    return dataclasses.replace(proxy, zone=zone)
 
 
 def proxy_from_metadata(node_id: str, metadata: Mapping[str, Any]) -> Proxy:

@@ -152,6 +152,26 @@ def name_of(message: Message) -> str:
     return str(getattr(message, "name"))  # noqa: B009 - every other xDS type has .name
 
 
+VARIANT_SEPARATOR = "|"
+
+
+def load_assignment_variant(cluster: str, key: str, value: str) -> str:
+    """The name of a variant of `cluster`'s load assignment (`<cluster>|key=value`): the
+    same cluster's endpoints arranged for some callers (by zone, see
+    `translate.locality`), fetched by a copy of the cluster naming it as its EDS
+    service name.  `key` and `value` hold no separator."""
+    if VARIANT_SEPARATOR in key + value or "=" in key:
+        raise ValueError(f"load assignment variant {key}={value!r} of {cluster!r} is malformed")
+    return f"{cluster}{VARIANT_SEPARATOR}{key}={value}"
+
+
+def load_assignment_owner(name: str) -> str:
+    """The cluster a load assignment belongs to: its name, or for a variant
+    (`load_assignment_variant`) the cluster it is a variant of."""
+    base, sep, variant = name.rpartition(VARIANT_SEPARATOR)
+    return base if sep and "=" in variant else name
+
+
 def references_of(message: Message) -> frozenset[Ref]:
     """What a resource needs to exist elsewhere in the snapshot to be usable.
 

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from xds_server.cache.resource_set import ResourceMap, changed_names, version_of
-from xds_server.resources import CLUSTER, ENDPOINT, TYPES, Resource
+from xds_server.resources import CLUSTER, ENDPOINT, TYPES, Resource, load_assignment_owner
 
 
 class InconsistentSnapshotError(ValueError):
@@ -76,8 +76,9 @@ def find_problems(snapshot: Snapshot, previous: Snapshot | None = None) -> list[
                         f"{_short(ref_type)} {ref_name!r}"
                     )
             # EDS names a load assignment after its cluster (a naming rule of the
-            # protocol, not a reference the assignment makes).
-            if type_url == ENDPOINT and name not in snapshot.get(CLUSTER):
+            # protocol, not a reference the assignment makes), or after a variant
+            # of it that some callers' copy of the cluster fetches.
+            if type_url == ENDPOINT and load_assignment_owner(name) not in snapshot.get(CLUSTER):
                 problems.append(f"EDS {name!r} has no cluster in CDS")
     if previous is not None:
         for type_url in previous.resources:

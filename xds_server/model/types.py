@@ -8,6 +8,7 @@ hashable, so translation results can be memoised per value.
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -143,6 +144,17 @@ class Workload:
     """Where the source read it (provenance); not part of its value."""
 
 
+ZONE_LABEL = "topology.kubernetes.io/zone"
+"""The well-known label naming a node's zone (copied to its Pods' labels by newer
+Kubernetes, PodTopologyLabelsAdmission)."""
+_ZONE = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
+
+
+def is_zone(value: str) -> bool:
+    """Whether `value` can name a zone: a non-empty Kubernetes label value."""
+    return _ZONE.fullmatch(value) is not None
+
+
 @dataclass(frozen=True, slots=True)
 class Proxy:
     """A connected Envoy, identified by its node id and bootstrap metadata.
@@ -167,3 +179,6 @@ class Proxy:
     interception: Literal["none", "redirect"] = "none"
     inbound_capture_port: int = 15006
     metadata: tuple[tuple[str, str], ...] = field(default=(), compare=True)
+    zone: str | None = None
+    """The zone the proxy runs in (Envoy's `node.locality.zone`, or its Pod's
+    `topology.kubernetes.io/zone` label): locality-aware routing's caller zone."""

@@ -44,6 +44,7 @@ from xds_server.model.changes import MeshObject
 from xds_server.model.policy import Attachment
 from xds_server.model.routes import GRPCRoute, HTTPRoute, MeshRoute, service_parents
 from xds_server.model.types import Labels
+from xds_server.translate import locality
 from xds_server.translate.listeners import tcp_port_owners
 from xds_server.translate.naming import mesh_ports
 
@@ -97,6 +98,12 @@ COMPARED_VIEWS: dict[str, ComparedView] = {
         tcp_port_owners,
         _owners_shape,
         lambda before, after: _has_tcp_port(before) or _has_tcp_port(after),
+    ),
+    locality.VIEW: ComparedView(
+        frozenset({Kind.SERVICE, Kind.ENDPOINT_SLICE, Kind.BACKEND_POLICY}),
+        locality.locality_targets,
+        lambda targets: targets,
+        locality.targets_changed,
     ),
 }
 """Derived views compared by value, with the kinds they are computed from."""

@@ -12,6 +12,7 @@ import dataclasses
 import logging
 
 from xds_server.model import MeshSnapshot, Proxy, Workload
+from xds_server.model.types import ZONE_LABEL, is_zone
 
 logger = logging.getLogger(__name__)
 
@@ -47,10 +48,12 @@ def workload_of(
 def with_workload(
     proxy: Proxy, mesh: MeshSnapshot, by_ip: dict[str, list[Workload]] | None = None
 ) -> Proxy:
-    """`proxy` with the labels, service account, namespace and IP of its Pod, if known."""
+    """`proxy` with the labels, service account, namespace and IP of its Pod, if known,
+    and its zone when the Pod's labels name it (`topology.kubernetes.io/zone`)."""
     workload = workload_of(proxy, mesh, by_ip)
     if workload is None:
         return proxy
+    zone = dict(workload.labels).get(ZONE_LABEL, "")
     return dataclasses.replace(
         proxy,
         namespace=workload.namespace,
@@ -58,4 +61,5 @@ def with_workload(
         labels=workload.labels,
         service_account=workload.service_account,
         ip=workload.ip or proxy.ip,
+        zone=zone if is_zone(zone) else proxy.zone,
     )

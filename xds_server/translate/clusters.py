@@ -42,6 +42,7 @@ from xds_server.translate.backend_policy import apply_backend_policy, policy_nam
 from xds_server.translate.core import ads_config_source, packed, seconds
 from xds_server.translate.endpoints import static_load_assignment
 from xds_server.translate.inbound import inbound_ports
+from xds_server.translate.locality import caller_clusters
 from xds_server.translate.naming import (
     BLACKHOLE_CLUSTER,
     INBOUND_PASSTHROUGH_CLUSTER,
@@ -90,7 +91,8 @@ def clusters_for_service(
 def proxy_clusters(mesh: MeshSnapshot, proxy: Proxy) -> list[cluster_pb2.Cluster]:
     """The proxy's inbound STATIC clusters, `inbound|{port}||` -> app_address:port.
 
-    With captured traffic, followed by the passthrough and blackhole clusters.
+    With captured traffic, followed by the passthrough and blackhole clusters; with a
+    zone, the copies of the clusters whose locality-aware endpoints it fetches.
     """
     clusters = []
     for inbound in inbound_ports(mesh, proxy):
@@ -104,6 +106,8 @@ def proxy_clusters(mesh: MeshSnapshot, proxy: Proxy) -> list[cluster_pb2.Cluster
         clusters.append(cluster)
     if proxy.interception == "redirect":
         clusters.extend(capture_clusters())
+    # Locality-aware routing: this zone's view of some Services' endpoints (`locality`).
+    clusters.extend(caller_clusters(mesh, proxy, clusters_for_service))
     return clusters
 
 

@@ -35,13 +35,20 @@ def load_assignments_for_service(
     service: Service, slices: Sequence[EndpointSlice]
 ) -> list[endpoint_pb2.ClusterLoadAssignment]:
     """One CLA per meshed Service port, even with no endpoints, so no EDS cluster dangles."""
+    return [_load_assignment(name, by_zone) for name, by_zone in zone_hosts(service, slices)]
+
+
+def zone_hosts(
+    service: Service, slices: Sequence[EndpointSlice]
+) -> list[tuple[str, dict[str, set[HostPort]]]]:
+    """(cluster name, routable hosts by zone) for each meshed Service port, in port order:
+    what `load_assignments_for_service` assigns (`locality` groups the zones by priority)."""
     own = sorted(
         (s for s in slices if s.namespace == service.namespace and s.service_name == service.name),
         key=lambda s: s.name,
     )
     return [
-        _load_assignment(cluster_name(service, port), _hosts_by_zone(port, own))
-        for port in mesh_ports(service)
+        (cluster_name(service, port), _hosts_by_zone(port, own)) for port in mesh_ports(service)
     ]
 
 
@@ -96,16 +103,21 @@ def _parse_ip(address: str, eps: EndpointSlice) -> _IpAddress | None:
 def _load_assignment(
     name: str, by_zone: dict[str, set[HostPort]]
 ) -> endpoint_pb2.ClusterLoadAssignment:
-    localities = []
-    for zone in sorted(by_zone):
-        hosts = sorted(by_zone[zone], key=lambda hp: (hp[0].version, hp[0], hp[1]))
-        locality = endpoint_components_pb2.LocalityLbEndpoints(
-            lb_endpoints=[_lb_endpoint(str(ip), target) for ip, target in hosts]
-        )
-        if zone:
-            locality.locality.CopyFrom(base_pb2.Locality(zone=zone))
-        localities.append(locality)
+    localities = [locality_lb_endpoints(zone, by_zone[zone]) for zone in sorted(by_zone)]
     return endpoint_pb2.ClusterLoadAssignment(cluster_name=name, endpoints=localities)
+
+
+def locality_lb_endpoints(
+    zone: str, hosts: set[HostPort], priority: int = 0
+) -> endpoint_components_pb2.LocalityLbEndpoints:
+    """One zone's hosts, sorted, as a locality ("" : none) at `priority`."""
+    ordered = sorted(hosts, key=lambda hp: (hp[0].version, hp[0], hp[1]))
+    locality = endpoint_components_pb2.LocalityLbEndpoints(
+        lb_endpoints=[_lb_endpoint(str(ip), target) for ip, target in ordered], priority=priority
+    )
+    if zone:
+        locality.locality.CopyFrom(base_pb2.Locality(zone=zone))
+    return locality
 
 
 def _lb_endpoint(ip: str, port: int) -> endpoint_components_pb2.LbEndpoint:
