@@ -8,7 +8,12 @@ listens on), print a table by default and the admin's own JSON with
 
 * `status`: every connected proxy, per xDS type: SYNCED / STALE / NACKED /
   NOT SENT, the version sent and the version ACKed, and how long ago the
-  proxy last ACKed.
+  proxy last ACKed; then, when there are any, every route and policy with
+  its `Accepted` and `ResolvedRefs` conditions (per Service parent for a
+  route) and the message of the first that fails.  `status proxies` and
+  `status policies` show one table; with `-o json`, `status` (and `status
+  proxies`) prints the proxies' list as before and `status policies` the
+  routes' and policies' list (`/api/policies`).
 * `config PROXY [--type T]`: the resources the proxy is served (names and
   versions; `-o json` for the resources themselves, key material redacted).
 * `explain PROXY [RESOURCE] [--type T]`: for each resource, the source objects
@@ -42,6 +47,7 @@ if TYPE_CHECKING:
     from pydantic import BaseModel
 
     from xds_server.admin.models import ExplainResult, ProxyConfig, ProxyStatus
+    from xds_server.admin.policies import ConditionModel, ParentRefModel, PolicyStatusModel
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +99,13 @@ def add_commands(commands: argparse._SubParsersAction[Any]) -> None:
             name, help=HELP[name], description=f"{HELP[name]}. {EXIT_CODES}"
         )
         _common(parsers[name])
+    parsers["status"].add_argument(
+        "what",
+        nargs="?",
+        choices=STATUS_SCOPES,
+        default="all",
+        help="proxies, routes and policies, or all (default; -o json: the proxies)",
+    )
     for name in ("config", "explain"):
         parsers[name].add_argument("proxy", metavar="PROXY", help="the proxy's node id")
     parsers["explain"].add_argument(
@@ -128,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
     client = AdminClient(args.admin, args.timeout)
     try:
         if args.command == "status":
-            text = show_status(client.proxies(), args.output, datetime.now(UTC))
+            text = status_text(client, getattr(args, "what", "all"), args.output)
         elif args.command == "config":
             text = show_config(client.config(args.proxy, args.type), args.output)
         else:
@@ -166,6 +179,13 @@ class AdminClient:
             following = headers.get("X-Next-Offset")
             offset = int(following) if following and following.isdigit() else None
         return rows
+
+    def policies(self) -> list[PolicyStatusModel]:
+        """Every route and policy with its conditions (`/api/policies`, all pages)."""
+        from xds_server.admin.policies import PolicyList
+
+        pages = self._pages(PolicyList, "/api/policies", {})
+        return [policy for page in pages for policy in page.policies]
 
     def config(self, node_id: str, type_name: str | None) -> ProxyConfig:
         """Every resource served to `node_id` (of `type_name`), all pages merged."""
@@ -314,6 +334,72 @@ def show_status(proxies: Sequence[ProxyStatus], output: str, now: datetime) -> s
                 )
             )
     return table(STATUS_HEADERS, rows) if proxies else "no proxies connected\n"
+
+
+STATUS_SCOPES = ("all", "proxies", "policies")
+POLICY_HEADERS = ("KIND", "NAMESPACE", "NAME", "PARENT", "ACCEPTED", "RESOLVED REFS", "MESSAGE")
+MAX_MESSAGE_SHOWN = 160
+"""Characters of a condition's message a table cell shows (`-o json` has it whole)."""
+
+
+def status_text(client: AdminClient, what: str, output: str) -> str:
+    """`status [all|proxies|policies]`: the proxies' table, the policies' table, or both."""
+    if what == "policies":
+        return show_policies(client.policies(), output)
+    text = show_status(client.proxies(), output, datetime.now(UTC))
+    if what == "proxies" or output == "json":
+        return text
+    try:
+        policies = client.policies()
+    except AdminError as error:
+        if "HTTP 404" not in str(error):  # an older control plane has no /api/policies
+            raise
+        return text
+    return text + ("\n" + show_policies(policies, output) if policies else "")
+
+
+def _condition_cell(condition: ConditionModel | None) -> str:
+    return "-" if condition is None else f"{condition.status} {condition.reason}"
+
+
+def _message_cell(conditions: Sequence[ConditionModel | None]) -> str:
+    failing = [c for c in conditions if c is not None and c.status != "True"]
+    chosen = failing[0] if failing else next((c for c in conditions if c is not None), None)
+    message = " ".join((chosen.message if chosen is not None else "").split()) or "-"
+    return message if len(message) <= MAX_MESSAGE_SHOWN else message[: MAX_MESSAGE_SHOWN - 1] + "…"
+
+
+def show_policies(policies: Sequence[PolicyStatusModel], output: str) -> str:
+    """A row per route parent and per policy: Accepted and ResolvedRefs with their reasons."""
+    if output == "json":
+        return _dumped(policies)
+    rows = []
+    for policy in policies:
+        head = (policy.object.kind, policy.object.namespace, policy.object.name)
+        entries = [
+            (_parent_cell(parent.parent_ref), parent.conditions) for parent in policy.parents
+        ]
+        if policy.conditions or not entries:
+            entries.insert(0, ("-", policy.conditions))
+        for parent, conditions in entries:
+            accepted = next((c for c in conditions if c.type == "Accepted"), None)
+            resolved = next((c for c in conditions if c.type == "ResolvedRefs"), None)
+            rows.append(
+                (
+                    *head,
+                    parent,
+                    _condition_cell(accepted),
+                    _condition_cell(resolved),
+                    _message_cell([accepted, resolved]),
+                )
+            )
+    return table(POLICY_HEADERS, rows) if policies else "no routes or policies\n"
+
+
+def _parent_cell(ref: ParentRefModel) -> str:
+    name = f"{ref.namespace}/{ref.name}" if ref.namespace else ref.name
+    port = f":{ref.port}" if ref.port is not None else ""
+    return f"{ref.kind}/{name}{port}"
 
 
 def show_config(config: ProxyConfig, output: str) -> str:
