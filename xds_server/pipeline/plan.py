@@ -142,7 +142,9 @@ class Planner:
             except Exception as error:
                 culprit = isolation.service_culprit(mesh, key)
                 if culprit is not None:
-                    culprits.append(culprit)
+                    # Once: a policy governing several Services is blamed by each of them.
+                    if all(culprit[0] != blamed for blamed, _ in culprits):
+                        culprits.append(culprit)
                 else:
                     plan.unit_errors[service_unit(key)] = (
                         f"{service_unit(key)}: translating its clusters and endpoints raised "
