@@ -305,7 +305,7 @@ def schema_facts() -> dict[str, dict[str, Any]]:
             leaf = facts.setdefault(where, {})
             marker = MARKERS.get(field.full_name, Marker())
             kind = _scalar_type(field)
-            if field.type == FieldDescriptor.TYPE_MESSAGE:  # a Duration
+            if kind == FieldDescriptor.TYPE_MESSAGE:  # a Duration
                 leaf["pattern"] = f"^{_DURATION.pattern}$"
             elif kind == FieldDescriptor.TYPE_ENUM:
                 leaf["enum"] = [v.name for v in field.enum_type.values if v.number != 0]
