@@ -584,3 +584,12 @@ def test_a_namespace_policy_that_every_service_blames_is_left_out_once() -> None
     [(shown, error)] = builder.translation_errors()
     assert shown == "BackendPolicy default/ns"
     assert "outlierDetection.maxEjectionPercent" in error
+
+
+def test_serve_validates_unless_told_not_to() -> None:
+    from xds_server.cli import _parser
+    from xds_server.settings import Settings
+
+    assert Settings().envoy_validation is True
+    assert _parser().parse_args(["serve"]).envoy_validation is True
+    assert _parser().parse_args(["serve", "--no-envoy-validation"]).envoy_validation is False

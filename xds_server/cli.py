@@ -117,6 +117,13 @@ def _parser() -> argparse.ArgumentParser:
         default=Settings.xds_stuck_stream_seconds,
         help="a proxy that takes no response for this long is disconnected (default %(default)s)",
     )
+    serve.add_argument(
+        "--no-envoy-validation",
+        dest="envoy_validation",
+        action="store_false",
+        help="serve generated resources without checking Envoy's validation rules first "
+        "(for benchmarks; by default a resource breaking one is withheld and reported)",
+    )
 
     boot = commands.add_parser("bootstrap", help="render an Envoy sidecar bootstrap")
     boot.add_argument("--node-id", required=True)
@@ -204,6 +211,9 @@ def _run_cancellable(main: Coroutine[Any, Any, int | None]) -> int:
 def _serve(settings: Settings) -> int:
     """Run the control plane: the first SIGTERM/SIGINT drains it, a second cuts it short."""
     from xds_server.app import ControlPlane, StartupError
+    from xds_server.pipeline import validation
+
+    validation.configure(enabled=settings.envoy_validation)
 
     async def runner() -> int:
         plane = ControlPlane(settings)
@@ -268,6 +278,7 @@ def _main(argv: list[str] | None) -> int:
             xds_max_request_bytes=args.xds_max_request_bytes,
             xds_max_streams_per_peer=args.xds_max_streams_per_peer,
             xds_stuck_stream_seconds=args.xds_stuck_stream_seconds,
+            envoy_validation=args.envoy_validation,
             kubernetes=KubernetesSettings(kubeconfig=args.kubeconfig, namespaces=args.namespaces),
         )
         try:  # validate early, with a clear message

@@ -95,6 +95,9 @@ class Settings:
     xds_stuck_stream_seconds: float = 60.0
     kubernetes: KubernetesSettings = KubernetesSettings()
     supervision: SupervisionSettings = SupervisionSettings()
+    envoy_validation: bool = True
+    """Check every generated resource against Envoy's validate.rules before serving it
+    (`pipeline.validation`); off only for benchmarks (`--no-envoy-validation`)."""
 
     @property
     def source_kind(self) -> str:
