@@ -95,7 +95,7 @@ def inbound_http_filters(
 ) -> list[hcm_pb2.HttpFilter]:
     """The HTTP filters `policy` puts before the router of an inbound port, in order.
 
-    `stat_prefix` names the rate limiter's stats (`http_local_rate_limit.<prefix>.*`).
+    `stat_prefix` names the rate limiter's stats (`<prefix>.http_local_rate_limit.*`).
     Empty for no policy, or one with neither part.
     """
     if policy is None:
