@@ -53,6 +53,7 @@ from xds_server.model.policy import BackendPolicy
 from xds_server.pipeline import SnapshotBuilder, validation
 from xds_server.pipeline.validation import EnvoyValidationError, EnvoyValidator
 from xds_server.policy_api import backend_policy_pb2 as api
+from xds_server.provenance import Origin
 from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, make_resource, unpack
 from xds_server.translate import backend_policy
 
@@ -514,9 +515,11 @@ def test_a_policy_whose_cluster_breaks_an_envoy_rule_is_left_out_naming_field_an
     too_big = policy(
         {"loadBalancer": {"algorithm": "RingHash", "ringHash": {"minimumRingSize": 9_000_000}}}
     )
+    read_from = Origin(file="policies.yaml", document=1)
     builder.apply(
         changes_of(
-            dataclasses.replace(too_big, target_refs=(), name="ring"), service("extra", http(80))
+            dataclasses.replace(too_big, target_refs=(), name="ring", origin=read_from),
+            service("extra", http(80)),
         )
     )
 
@@ -528,12 +531,15 @@ def test_a_policy_whose_cluster_breaks_an_envoy_rule_is_left_out_naming_field_an
     assert "its last good version stays in force" in error
     assert f"typed_config<{RING_HASH}>.minimum_ring_size" in error
     assert "(validate.rules).uint64 { lte: 8388608 gte: 1 }" in error
+    assert "built from BackendPolicy default/ring (policies.yaml, document 1)" in error
 
 
 def test_a_service_whose_route_table_host_breaks_an_envoy_rule_stays_out() -> None:
     """A value no source lets through (CR LF in a name), built as a model value directly."""
     builder = synced()
-    broken = service("evil\r\nx-injected: 1", http(80))
+    broken = dataclasses.replace(
+        service("evil\r\nx-injected: 1", http(80)), origin=Origin(file="evil.yaml", document=0)
+    )
 
     builder.apply(changes_of(broken, service("extra", http(80))))
 
@@ -544,6 +550,7 @@ def test_a_service_whose_route_table_host_breaks_an_envoy_rule_stays_out() -> No
     assert "stays out of the mesh until fixed" in error
     assert "virtual_hosts[" in error and "].domains" in error
     assert "HTTP_HEADER_VALUE" in error
+    assert "built from Service default/evil\r\nx-injected: 1 (evil.yaml, document 0)" in error
 
 
 def test_a_cluster_breaking_an_envoy_rule_keeps_the_service_s_last_good_version(

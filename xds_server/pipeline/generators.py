@@ -104,11 +104,11 @@ def route_table_resource(
     tables: translate.OutboundRouteTables, namespace: str, provenance: Provenance
 ) -> Resource:
     """`namespace`'s route table, naming every Service whose virtual host it holds."""
-    resource = tables.resource(namespace)
-    validate_route_table(resource)
-    return dataclasses.replace(
-        resource, provenance=provenance.refs_of_keys(tables.sources(namespace))
+    resource = dataclasses.replace(
+        tables.resource(namespace), provenance=provenance.refs_of_keys(tables.sources(namespace))
     )
+    validate_route_table(resource)
+    return resource
 
 
 def proxy_unit(node_id: str) -> Unit:

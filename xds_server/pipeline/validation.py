@@ -56,12 +56,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import jinja2
+from envoy.config.route.v3 import route_components_pb2, route_pb2
 from google.protobuf import descriptor_pool, message_factory, text_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor, OneofDescriptor
 from google.protobuf.message import DecodeError, Message
 from protoc_gen_validate import validator as pgv
 
+from xds_server.provenance import SourceRef
 from xds_server.resources import ROUTE, SHORT_NAMES, TYPES, Resource
+from xds_server.translate.provenance import stamped_sources
 
 logger = logging.getLogger(__name__)
 
@@ -76,27 +79,71 @@ _VIRTUAL_HOSTS_FIELD = 2
 
 
 class EnvoyValidationError(ValueError):
-    """A generated resource breaks one of the Envoy API's validation rules."""
+    """A generated resource breaks one of the Envoy API's validation rules.
+
+    `sources` are the objects the failing part was built from, with where
+    they were read (the resource's provenance; for a route table, those of the
+    failing virtual host, whose keys are `source_keys`).
+    """
 
     def __init__(
-        self, type_url: str, resource_name: str, field_path: str, rule: str, reason: str
+        self,
+        type_url: str,
+        resource_name: str,
+        field_path: str,
+        rule: str,
+        reason: str,
+        sources: tuple[SourceRef, ...] = (),
+        source_keys: frozenset[str] = frozenset(),
     ) -> None:
         self.type_url = type_url
         self.resource_name = resource_name
         self.field_path = field_path
         self.rule = rule
         self.reason = reason
+        self.sources = sources
+        self.source_keys = source_keys
         kind = SHORT_NAMES.get(type_url, type_url.rsplit(".", 1)[-1])
-        super().__init__(
+        text = (
             f"{kind} resource {resource_name!r} breaks Envoy's validation rules: "
             f"field {field_path or '(message)'}: {reason} (rule: {rule})"
         )
+        if sources:
+            shown = ", ".join(_source_text(ref) for ref in sources[:MAX_SOURCES_SHOWN])
+            more = len(sources) - MAX_SOURCES_SHOWN
+            text += f"; built from {shown}" + (f" and {more} more" if more > 0 else "")
+        super().__init__(text)
 
-    def again(self) -> EnvoyValidationError:
-        """A new error with the same content (a cached failure is raised fresh)."""
+    def again(self, sources: tuple[SourceRef, ...]) -> EnvoyValidationError:
+        """A new error with the same content, naming `sources` (a cached failure is
+        raised fresh, for the resource at hand: provenance is not part of content)."""
         return EnvoyValidationError(
-            self.type_url, self.resource_name, self.field_path, self.rule, self.reason
+            self.type_url,
+            self.resource_name,
+            self.field_path,
+            self.rule,
+            self.reason,
+            sources,
+            self.source_keys,
         )
+
+
+MAX_SOURCES_SHOWN = 3
+
+
+def _source_text(ref: SourceRef) -> str:
+    """`BackendPolicy default/ring (policy.yaml, document 0)`."""
+    origin = ref.origin
+    where = []
+    if origin is not None:
+        if origin.file is not None:
+            where.append(origin.file)
+        if origin.document is not None:
+            where.append(f"document {origin.document}")
+        if origin.uid is not None:
+            where.append(f"uid {origin.uid}")
+    place = f" ({', '.join(where)})" if where else ""
+    return f"{ref.kind} {ref.namespace}/{ref.name}{place}"
 
 
 # -- protoc-gen-validate, as this protobuf needs it ----------------------------------------
@@ -289,11 +336,7 @@ class _Rules:
 def _descends(field: FieldDescriptor) -> bool:
     """Whether PGV's code for this message field calls `validate` on it."""
     rules = rules_of(field)
-    return (
-        rules is not None
-        and rules.HasField("message")
-        and not rules.message.skip
-    )
+    return rules is not None and rules.HasField("message") and not rules.message.skip
 
 
 # -- where a failing message fails -----------------------------------------------------------
@@ -465,7 +508,7 @@ class EnvoyValidator:
             outcome = self._outcome(resource.type_url, resource.name, message)
             self.results.put(key, outcome)
         if outcome is not None:
-            raise outcome.again()
+            raise outcome.again(resource.provenance)
 
     def validate_route_table(self, resource: Resource) -> None:
         """`validate` for a RouteConfiguration, each virtual host checked once by content."""
@@ -477,7 +520,8 @@ class EnvoyValidator:
             outcome = self._route_table_outcome(resource)
             self.results.put(key, outcome)
         if outcome is not None:
-            raise outcome.again()
+            keys = outcome.source_keys
+            raise outcome.again(tuple(ref for ref in resource.provenance if ref.key in keys))
 
     def _outcome(self, type_url: str, name: str, message: Message, prefix: str = "") -> Outcome:
         self.checked += 1
@@ -492,8 +536,6 @@ class EnvoyValidator:
         return None
 
     def _route_table_outcome(self, resource: Resource) -> Outcome:
-        from envoy.config.route.v3 import route_components_pb2, route_pb2
-
         rest = bytearray()
         index = -1
         for number, start, end in _top_level_fields(resource.data):
@@ -507,6 +549,15 @@ class EnvoyValidator:
             if not known:
                 host = route_components_pb2.VirtualHost.FromString(_payload(piece))
                 outcome = self._outcome(ROUTE, resource.name, host, f"virtual_hosts[{index}]")
+                if outcome is not None:  # the Service(s) the host names in its metadata
+                    outcome = EnvoyValidationError(
+                        ROUTE,
+                        resource.name,
+                        outcome.field_path,
+                        outcome.rule,
+                        outcome.reason,
+                        source_keys=frozenset(stamped_sources(host)),
+                    )
                 self.results.put(digest, outcome)
             if outcome is not None:  # name the table and this host's position in it
                 return EnvoyValidationError(
@@ -515,6 +566,7 @@ class EnvoyValidator:
                     _reindexed(outcome.field_path, index),
                     outcome.rule,
                     outcome.reason,
+                    source_keys=outcome.source_keys,
                 )
         return self._outcome(ROUTE, resource.name, route_pb2.RouteConfiguration.FromString(rest))
 
