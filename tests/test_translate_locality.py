@@ -332,6 +332,15 @@ def test_only_a_change_of_the_zones_or_the_policy_retranslates_the_zoned_proxies
     assert find_problems(snapshot) == []
 
 
+def test_a_policy_change_reaches_the_zoned_callers_copy_of_the_cluster() -> None:
+    cache, builder = builder_with(BACKEND, SLICE, policy(), proxies=(ZONE_A,))
+    builder.apply(upsert(policy(loadBalancer={"algorithm": "LeastRequest"})))
+    copy = unpack(held(cache, ZONE_A).get(CLUSTER)[CLUSTER_NAME])
+    assert isinstance(copy, cluster_pb2.Cluster)
+    assert copy.eds_cluster_config.service_name == variant_name(CLUSTER_NAME, "a")
+    assert copy.lb_policy == cluster_pb2.Cluster.LEAST_REQUEST
+
+
 def test_another_services_endpoints_never_reach_the_zoned_proxies() -> None:
     other = service("other", http(9090))
     _, builder = builder_with(
