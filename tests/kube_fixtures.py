@@ -76,12 +76,21 @@ KINDS: dict[ResourceKey, str] = {
     PODS: "Pod",
     ENDPOINT_SLICES: "EndpointSlice",
 }
+HTTP_ROUTES: ResourceKey = ("gateway.networking.k8s.io", "v1", "httproutes")
+GRPC_ROUTES: ResourceKey = ("gateway.networking.k8s.io", "v1", "grpcroutes")
+BACKEND_POLICIES: ResourceKey = ("policy.xds-server.dev", "v1alpha1", "backendpolicies")
+CUSTOM_KINDS: dict[ResourceKey, str] = {
+    HTTP_ROUTES: "HTTPRoute",
+    GRPC_ROUTES: "GRPCRoute",
+    BACKEND_POLICIES: "BackendPolicy",
+}
+"""Custom resources the emulator serves once a test calls `install_crd` (404 until then)."""
 
 
 def resource_of(obj: Mapping[str, Any]) -> ResourceKey:
     """The resource a manifest belongs to, from its apiVersion and kind."""
     group, _, version = str(obj["apiVersion"]).rpartition("/")
-    for key, kind in KINDS.items():
+    for key, kind in (KINDS | CUSTOM_KINDS).items():
         if (key[0], key[1], kind) == (group, version, obj["kind"]):
             return key
     return (group, version, f"{str(obj['kind']).lower()}s")
@@ -257,6 +266,10 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
     def revision(self) -> int:
         """The resourceVersion of the latest write."""
         return self._revision
+
+    def install_crd(self, resource: ResourceKey) -> None:
+        """Serve a custom resource (see CUSTOM_KINDS), as once its CRD is applied."""
+        self._store.setdefault(resource, {})
 
     def objects_of(self, resource: ResourceKey) -> dict[ObjectName, dict[str, Any]]:
         return dict(self._store[resource])

@@ -449,7 +449,7 @@ async def test_namespaces_get_a_watch_each_and_nothing_else_is_read(
     running = await run_source(settings)
 
     assert set(running.recorder.mesh) == {service_key("web", "a"), service_key("web", "b")}
-    assert len(running.source.watches) == 6
+    assert len(running.source.watches) == 2 * len(MESH_KINDS)
     assert "v1 services in a" in running.source.watches
     api_server.create(service("api", namespace="b"))
     await running.recorder.until(lambda: service_key("api", "b") in running.recorder.mesh)

@@ -31,6 +31,8 @@ from kubernetes import client
 
 from xds_server.model.changes import MeshObject
 from xds_server.sources.convert import convert
+from xds_server.sources.convert_policy import POLICY_GROUP
+from xds_server.sources.convert_routes import GATEWAY_API_GROUP, GATEWAY_API_VERSION_V1
 
 __all__ = [
     "MESH_KINDS",
@@ -111,6 +113,10 @@ class WatchedKind:
     )
     label_selector: str | None = None
     """Watch only the objects these labels select (Kubernetes selector syntax)."""
+    optional: bool = False
+    """A custom resource whose CRD a cluster may not have installed: a list answered 404
+    counts as an empty list (the other kinds' first sync does not wait for it), is logged
+    once, and is retried with backoff until the CRD appears."""
 
     def describe(self, namespace: str | None) -> str:
         """How logs and errors name one watch: `v1 services in default`."""
@@ -139,6 +145,29 @@ MESH_KINDS: tuple[WatchedKind, ...] = (
         plural="pods",
         lists=core_v1_lists("list_namespaced_pod", "list_pod_for_all_namespaces"),
     ),
+    WatchedKind(
+        kind="HTTPRoute",
+        api_version=GATEWAY_API_VERSION_V1,
+        plural="httproutes",
+        lists=custom_object_lists(GATEWAY_API_GROUP, "v1", "httproutes"),
+        optional=True,
+    ),
+    WatchedKind(
+        kind="GRPCRoute",
+        api_version=GATEWAY_API_VERSION_V1,
+        plural="grpcroutes",
+        lists=custom_object_lists(GATEWAY_API_GROUP, "v1", "grpcroutes"),
+        optional=True,
+    ),
+    WatchedKind(
+        kind="BackendPolicy",
+        api_version=f"{POLICY_GROUP}/v1alpha1",
+        plural="backendpolicies",
+        lists=custom_object_lists(POLICY_GROUP, "v1alpha1", "backendpolicies"),
+        optional=True,
+    ),
 )
 """What the mesh model is built from: Services, their EndpointSlices, and Pods
-(each sidecar's own labels, service account and IP)."""
+(each sidecar's own labels, service account and IP); and what configures its
+traffic: Gateway API HTTPRoutes and GRPCRoutes (GAMMA) and BackendPolicies, whose
+CRDs a cluster may lack (`optional`)."""

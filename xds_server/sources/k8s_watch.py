@@ -29,6 +29,12 @@ official (synchronous) client and run in a thread of its own:
    large" for a lagging API server.  An outage (refused connections, 503)
    resumes without a relist, unless the history moved on meanwhile (410).
 
+5. A kind marked `optional` (a custom resource) whose list is answered `404`
+   has no CRD in this cluster: it counts as an empty list (so the source's
+   first sync does not wait for it, and objects of a CRD since removed are
+   deleted), is logged once, and is listed again with the patient backoff
+   until the CRD is installed.
+
 The loop never ends on an error: only `stop` ends it.  What it learns goes to
 `report` as `WatchReport`s (a ChangeSet, whether a full list just completed,
 the watch's current errors); the caller moves them to its event loop.  Each
@@ -65,6 +71,7 @@ __all__ = ["ResourceWatch", "WatchReport"]
 logger = logging.getLogger(__name__)
 
 HTTP_GONE = 410
+HTTP_NOT_FOUND = 404
 MIN_HEALTHY_WATCH_S = 1.0
 """A watch the server ends sooner than this, with no event, counts as a failure
 (so a server that closes every watch at once cannot make us spin)."""
@@ -93,6 +100,14 @@ def _lines(response: Any) -> Iterator[str]:
                 yield line.decode("utf-8")
     if buffer.strip():
         yield buffer.decode("utf-8")
+
+
+class KindNotServed(Exception):
+    """An optional kind's list was answered 404: its CRD is not installed."""
+
+    def __init__(self, cause: ApiException) -> None:
+        super().__init__(_describe_api_error(cause))
+        self.cause = cause
 
 
 def _describe_api_error(error: ApiException) -> str:
@@ -135,6 +150,7 @@ class ResourceWatch:
         self.objects = WatchedObjects(self.name, kind.api_version, kind.kind, kind.convert)
         self._failure: KubernetesSourceError | None = None
         self._reported_errors: tuple[KubernetesSourceError, ...] = ()
+        self._not_served = False
         self._response: Any = None
         self._response_lock = threading.Lock()
         self._stop = threading.Event()
@@ -173,6 +189,9 @@ class ResourceWatch:
                 need_list = True
                 delay = self._retry.expired()
                 logger.info("%s: %s; relisting%s", self.name, error, _after(delay))
+            except KindNotServed as error:
+                need_list = True
+                delay = self._retry.failed(error.cause).delay
             except Exception as error:
                 if self._stop.is_set():
                     break
@@ -192,7 +211,14 @@ class ResourceWatch:
             params: dict[str, Any] = {"limit": self._settings.list_page_size}
             if token:
                 params["_continue"] = token
-            page = self._call(params, (self._settings.connect_timeout, self._settings.list_timeout))
+            try:
+                page = self._call(
+                    params, (self._settings.connect_timeout, self._settings.list_timeout)
+                )
+            except ApiException as error:
+                if error.status == HTTP_NOT_FOUND and self.kind.optional and token is None:
+                    self._absent(error)
+                raise
             observed_at = observed_at or time.time()
             try:
                 body: Any = json.loads(page.data)
@@ -209,6 +235,9 @@ class ResourceWatch:
         if not version:
             raise ValueError("the list response has no metadata.resourceVersion")
         self._failure = None
+        if self._not_served:
+            logger.info("%s: served now", self.name)
+            self._not_served = False
         changes = self.objects.replace(items, version)
         changes.observed_at = observed_at
         logger.info(
@@ -289,6 +318,19 @@ class ResourceWatch:
             raise
         self._retry.answered()
         return response
+
+    def _absent(self, error: ApiException) -> None:
+        """The kind's CRD is not installed: it has no objects (and the first sync may go on)."""
+        level = logging.DEBUG if self._not_served else logging.WARNING
+        logger.log(
+            level, "%s: not served (%s): is its CRD installed? Listing again, with backoff",
+            self.name, _describe_api_error(error),
+        )  # fmt: skip
+        self._not_served = True
+        self._failure = None
+        changes = self.objects.replace((), self.objects.resource_version or "")
+        self._send(changes, synced=True)
+        raise KindNotServed(error)
 
     # -- reporting -----------------------------------------------------------
     def _failed(self, verb: str, error: Exception, delay: float) -> None:
