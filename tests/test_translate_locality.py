@@ -341,6 +341,16 @@ def test_a_policy_change_reaches_the_zoned_callers_copy_of_the_cluster() -> None
     assert copy.lb_policy == cluster_pb2.Cluster.LEAST_REQUEST
 
 
+def test_a_bad_failover_rule_leaves_the_policy_out_and_the_last_good_one_in_force() -> None:
+    cache, builder = builder_with(BACKEND, SLICE, policy(("a", "c")), proxies=(ZONE_A,))
+    builder.apply(upsert(policy(("a", "a"))))
+    ((key, message),) = builder.translation_errors()
+    assert key == "BackendPolicy default/local"
+    assert "spec.loadBalancer.locality.failover[0].toZone" in message
+    assert eds_name(held(cache, ZONE_A)) == variant_name(CLUSTER_NAME, "a")
+    assert find_problems(held(cache, ZONE_A)) == []
+
+
 def test_another_services_endpoints_never_reach_the_zoned_proxies() -> None:
     other = service("other", http(9090))
     _, builder = builder_with(
