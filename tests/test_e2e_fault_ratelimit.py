@@ -36,7 +36,6 @@ from e2e_mesh import (
     Sidecar,
     eventually,
     running_control_plane,
-    slice_yaml,
     start_sidecar,
     write_documents,
 )
@@ -59,7 +58,8 @@ BACKEND_NODE = "backend-0.default"
 CONCURRENCY = 20
 
 
-def backend_service(target_port: int) -> str:
+def backend_service(http_target: int, tcp_port: int, tcp_target: int) -> str:
+    """backend: HTTP on 8080, and a TCP port (the same kind of app, proxied as bytes)."""
     return textwrap.dedent(
         f"""\
         apiVersion: v1
@@ -68,7 +68,28 @@ def backend_service(target_port: int) -> str:
         spec:
           selector: {{app: backend}}
           ports:
-            - {{name: http, port: {SERVICE_PORT}, targetPort: {target_port}}}
+            - {{name: http, port: {SERVICE_PORT}, targetPort: {http_target}}}
+            - {{name: tcp, port: {tcp_port}, targetPort: {tcp_target}}}
+        """
+    )
+
+
+def backend_slice(http_target: int, tcp_target: int) -> str:
+    return textwrap.dedent(
+        f"""\
+        apiVersion: discovery.k8s.io/v1
+        kind: EndpointSlice
+        metadata:
+          name: backend-slice
+          namespace: default
+          labels: {{kubernetes.io/service-name: backend}}
+        addressType: IPv4
+        ports:
+          - {{name: http, port: {http_target}, protocol: TCP}}
+          - {{name: tcp, port: {tcp_target}, protocol: TCP}}
+        endpoints:
+          - addresses: [{POD_IP!r}]
+            conditions: {{ready: true}}
         """
     )
 
@@ -95,6 +116,10 @@ class Mesh:
     app: SampleApp
     target: EnvoyProcess
     client: Sidecar
+    tcp_port: int
+    """backend's TCP Service port: the client's outbound TCP listener for it."""
+    tcp_target: int
+    """The app port behind it: the target's inbound TCP listener."""
 
     @property
     def port(self) -> int:
@@ -131,12 +156,13 @@ async def started_mesh(
     The target's listener then has the policy's filters from its first version,
     so no connection of an older listener is still draining when a test counts.
     """
-    port = free_port()
+    port, tcp_port, tcp_target = free_port(), free_port(), free_port()
     app = await start_sample_app("backend", "v1", APP_IP, port)
+    tcp_app = await start_sample_app("backend", "tcp", APP_IP, tcp_target)
     directory = tmp_path / "manifests"
     directory.mkdir()
-    write_documents(directory / "backend.yaml", backend_service(port))
-    write_documents(directory / "endpoints.yaml", slice_yaml("backend", [POD_IP], port))
+    write_documents(directory / "backend.yaml", backend_service(port, tcp_port, tcp_target))
+    write_documents(directory / "endpoints.yaml", backend_slice(port, tcp_target))
     if policy_spec is not None:
         write_documents(directory / "policy.yaml", backend_policy(policy_spec))
     try:
@@ -160,7 +186,7 @@ async def started_mesh(
             await target.start_async()
             await target.wait_live_async()
             client = await start_sidecar(envoy_factory, plane.xds_port, free_port(), delta=delta)
-            mesh = Mesh(directory, plane, app, target, client)
+            mesh = Mesh(directory, plane, app, target, client, tcp_port, tcp_target)
             await eventually(
                 lambda: through_the_target(mesh),
                 within=20,
@@ -170,6 +196,7 @@ async def started_mesh(
             yield mesh
     finally:
         await app.close()
+        await tcp_app.close()
 
 
 async def through_the_target(mesh: Mesh) -> bool:
@@ -405,3 +432,36 @@ async def test_a_policy_envoy_would_reject_is_withheld_and_its_status_names_the_
         answers = await burst(mesh, 10)
         assert {a.status for a in answers} == {200}
         assert await mesh.counter(rejected) == 0
+
+
+# -- on a TCP port the bucket counts connections --------------------------------------------
+
+
+async def exchange_over_tcp(port: int) -> bool:
+    """One connection to the client's outbound TCP listener: whether a response came back."""
+    reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 5)
+    try:
+        writer.write(b"GET / HTTP/1.1\r\nHost: backend\r\nConnection: close\r\n\r\n")
+        await writer.drain()
+        reply = await asyncio.wait_for(reader.read(), 10)
+    except (ConnectionError, OSError):
+        return False
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError, OSError):
+            await writer.wait_closed()
+    return reply.startswith(b"HTTP/1.1 200")
+
+
+async def test_on_a_tcp_port_connections_past_the_bucket_are_closed(mesh_with: MeshWith) -> None:
+    async with mesh_with(LIMITED) as mesh:
+        await eventually(
+            lambda: exchange_over_tcp(mesh.tcp_port), within=20, interval=0.5, message="TCP path"
+        )
+        await wait_for_a_fill(mesh)
+        refused = f"local_rate_limit.inbound_{mesh.tcp_target}.rate_limited"
+        before = await mesh.counter(refused)
+        served = [await exchange_over_tcp(mesh.tcp_port) for _ in range(12)]
+        # A full bucket admits its size in connections; one fill during the run adds a bucket.
+        assert BUCKET <= served.count(True) <= 2 * BUCKET, served
+        assert await mesh.counter(refused) - before == served.count(False)
