@@ -6,7 +6,8 @@ The BackendPolicy is a manifest in the watched directory, like the Service.
 What is asserted is what a caller sees: latencies, statuses and headers over a
 bounded number of requests, against the configured rates with binomial
 tolerances (about 4 standard deviations), with the target Envoy's own fault
-and rate-limit counters as corroboration.  Changing the policy reconfigures
+and rate-limit counters as corroboration.  On a TCP port the bucket counts
+connections, and those past it are closed.  Changing the policy reconfigures
 the target's sidecar and sends the client's nothing; `explain` and Envoy's
 own config name the policy behind the target's inbound listener; a policy
 that passes the CRD's schema but breaks an Envoy rule is withheld (the target
