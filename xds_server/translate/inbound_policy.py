@@ -9,7 +9,7 @@ module turns those two parts of a spec into Envoy filters, with no I/O:
 * `faultInjection` -> `envoy.filters.http.fault`: `delay` holds a share of
   requests for `fixedDelay` before they go on to the app, `abort` answers a
   share with `httpStatus` without reaching it.  Shares are percentages in the
-  API (unset: 100) and a `FractionalPercent` per million in Envoy, so 0.01 %
+  API (unset: 100) and a `FractionalPercent` per million in Envoy, so 0.0001 %
   steps are exact.  Delay and abort are drawn independently; a request that is
   both delayed and aborted is answered with the abort after the delay.
 * `localRateLimit` -> `envoy.filters.http.local_ratelimit`: one token bucket
