@@ -7,7 +7,11 @@
 #      sidecar's stats count it; the answer carries x-mesh-inbound from the backend's);
 #   3. scaling backend changes the endpoints the frontend's Envoy uses, both ways.
 # The cluster is deleted at the end (KEEP_CLUSTER=1 keeps it; REUSE_CLUSTER=1 uses an
-# existing one of the same name).
+# existing one of the same name).  Before the mesh, the Gateway API's CRDs (HTTPRoute,
+# GRPCRoute) are installed from the upstream release the project pins
+# (GATEWAY_API_VERSION in xds_server/sources/convert_routes.py), standard channel by
+# default; GATEWAY_API_CHANNEL=experimental installs the experimental channel, where
+# that release keeps HTTPRoute's `retry`.
 #
 #   scripts/kind-e2e.sh                 # needs docker (with a running engine), kind, kubectl
 #   CLUSTER_NAME=mine KEEP_CLUSTER=1 scripts/kind-e2e.sh
@@ -20,6 +24,8 @@ ENVOY_IMAGE="${ENVOY_IMAGE:-envoyproxy/envoy:v1.40.0}"
 NAMESPACE="${NAMESPACE:-mesh-demo}"
 TIMEOUT="${TIMEOUT:-300s}"
 CONTEXT="kind-${CLUSTER_NAME}"
+GATEWAY_API_VERSION="${GATEWAY_API_VERSION:-$(sed -n 's/^GATEWAY_API_VERSION = "\(.*\)"$/\1/p' xds_server/sources/convert_routes.py)}"
+GATEWAY_API_CHANNEL="${GATEWAY_API_CHANNEL:-standard}"
 
 say() { printf '\n== %s\n' "$*"; }
 die() { printf 'FAIL: %s\n' "$*" >&2; exit 1; }
@@ -69,6 +75,13 @@ kind load docker-image "$IMAGE" --name "$CLUSTER_NAME"
 if docker pull "$ENVOY_IMAGE"; then
   kind load docker-image "$ENVOY_IMAGE" --name "$CLUSTER_NAME"
 fi
+
+[ -n "$GATEWAY_API_VERSION" ] || die "no GATEWAY_API_VERSION in xds_server/sources/convert_routes.py"
+say "installing the Gateway API $GATEWAY_API_VERSION CRDs ($GATEWAY_API_CHANNEL channel)"
+# Server-side: the CRDs are too large for client-side apply's last-applied annotation.
+k apply --server-side -f "https://github.com/kubernetes-sigs/gateway-api/releases/download/${GATEWAY_API_VERSION}/${GATEWAY_API_CHANNEL}-install.yaml"
+k wait --for condition=established --timeout=60s \
+  crd/httproutes.gateway.networking.k8s.io crd/grpcroutes.gateway.networking.k8s.io
 
 say "deploying the mesh (kubectl apply -k manifests/)"
 k apply -k manifests/

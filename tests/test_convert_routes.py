@@ -8,6 +8,8 @@ error names (the CRD schema's, and its CEL rules').
 from __future__ import annotations
 
 import copy
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -749,5 +751,12 @@ def test_regular_expressions_are_checked_as_re2(pattern: str, ok: bool) -> None:
     assert (regex_problem(pattern) is None) == ok, regex_problem(pattern)
 
 
-def test_the_pinned_gateway_api_version_is_a_release() -> None:
-    assert GATEWAY_API_VERSION.startswith("v1.")
+def test_the_readme_names_and_the_kind_script_installs_the_pinned_version() -> None:
+    root = Path(__file__).resolve().parent.parent
+    assert re.fullmatch(r"v1\.\d+\.\d+", GATEWAY_API_VERSION)
+    readme = (root / "README.md").read_text()
+    assert f"Gateway API {GATEWAY_API_VERSION}" in readme
+    assert f"download/{GATEWAY_API_VERSION}/standard-install.yaml" in readme
+    script = (root / "scripts" / "kind-e2e.sh").read_text()
+    assert "xds_server/sources/convert_routes.py" in script  # the version is read from there
+    assert "releases/download/${GATEWAY_API_VERSION}/${GATEWAY_API_CHANNEL}-install.yaml" in script

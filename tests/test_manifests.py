@@ -33,6 +33,7 @@ from kubernetes.client import models as k8s
 from xds_server import cli
 from xds_server.inject import InjectionConfig, inject_yaml
 from xds_server.inject.webhook_command import WEBHOOK_NAME
+from xds_server.sources.k8s_kinds import MESH_KINDS
 
 REPO = Path(__file__).resolve().parent.parent
 MANIFESTS = REPO / "manifests"
@@ -220,12 +221,32 @@ def grants(service_account: str) -> list[tuple[str, str, str, tuple[str, ...], t
     return sorted(found)
 
 
-def test_the_control_plane_may_only_read_what_it_watches() -> None:
+def test_the_control_plane_may_only_read_what_it_watches_and_write_status() -> None:
+    status = ("get", "update", "patch")
     assert grants("xds-server") == [
         ("cluster", "", "pods", tuple(READ_ONLY), ()),
         ("cluster", "", "services", tuple(READ_ONLY), ()),
         ("cluster", "discovery.k8s.io", "endpointslices", tuple(READ_ONLY), ()),
+        ("cluster", "gateway.networking.k8s.io", "grpcroutes", tuple(READ_ONLY), ()),
+        ("cluster", "gateway.networking.k8s.io", "grpcroutes/status", status, ()),
+        ("cluster", "gateway.networking.k8s.io", "httproutes", tuple(READ_ONLY), ()),
+        ("cluster", "gateway.networking.k8s.io", "httproutes/status", status, ()),
+        ("cluster", "policy.xds-server.dev", "backendpolicies", tuple(READ_ONLY), ()),
+        ("cluster", "policy.xds-server.dev", "backendpolicies/status", status, ()),
+        ("mesh-system", "coordination.k8s.io", "leases", ("create",), ()),
+        ("mesh-system", "coordination.k8s.io", "leases", ("get", "update"), ("xds-server-status",)),
     ]
+
+
+def test_the_control_plane_may_read_every_kind_it_watches() -> None:
+    readable = {
+        (group, resource)
+        for scope, group, resource, verbs, names in grants("xds-server")
+        if scope == "cluster" and set(READ_ONLY) <= set(verbs) and not names
+    }
+    for kind in MESH_KINDS:
+        group = kind.api_version.rpartition("/")[0]
+        assert (group, kind.plural) in readable, kind.describe(None)
 
 
 def test_the_injector_may_only_touch_its_own_secret_and_webhook_configuration() -> None:

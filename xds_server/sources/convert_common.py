@@ -10,6 +10,12 @@ Timestamps are RFC 3339 as the API server writes them.  They are kept
 normalised to UTC with second precision (`2024-05-01T12:00:00Z`, the form
 `metav1.Time` serialises to), so comparing two of them as strings orders
 them in time, whatever offset or fraction a hand-written file used.
+
+A file need not give a timestamp.  Where the spec breaks ties by creation time
+(conflicting routes, policies attached at the same level), an undated object
+counts as newer than every dated one, and ties (equal or no timestamps) go to
+the first by namespace/name (`model.policy._order`; docs/sources.md), so the
+order never depends on the order files or documents are read in.
 """
 
 from __future__ import annotations
