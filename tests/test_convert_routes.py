@@ -150,6 +150,17 @@ def test_http_route_defaults_are_applied(spec: str, rule: HTTPRouteRule) -> None
     assert route.rules == (rule,)
 
 
+def test_references_to_one_service_may_differ_by_port_as_the_experimental_channel_allows() -> None:
+    route = convert(
+        http_route(
+            '{parentRefs: [{group: "", kind: Service, name: web, port: 80}, '
+            '{group: "", kind: Service, name: web, port: 8080}]}'
+        )
+    )
+    assert isinstance(route, HTTPRoute)
+    assert [ref.port for ref in route.parent_refs] == [80, 8080]
+
+
 def test_a_parent_ref_without_group_and_kind_is_a_gateway_not_a_service() -> None:
     route = convert(http_route("{parentRefs: [{name: web}]}"))
     assert isinstance(route, HTTPRoute)

@@ -398,7 +398,9 @@ def _parent_refs(obj: ObjectReader, spec: Mapping[str, Any]) -> tuple[ParentRef,
             obj, spec.get("parentRefs"), "spec.parentRefs", MAX_PARENT_REFS, PARENT_REF_FIELDS
         )
     ]
-    # The CRD's two sectionName rules, for parentRefs naming the same parent.
+    # The CRD's rules for parentRefs naming the same parent.  The standard channel's tell
+    # them apart by sectionName, the experimental channel's by sectionName and port; the
+    # API server of either channel may have accepted the route, so either suffices.
     by_parent: dict[tuple[str, str, str, str], list[tuple[str, ParentRef]]] = {}
     for field, ref in refs:
         by_parent.setdefault((ref.group, ref.kind, ref.name, ref.namespace or ""), []).append(
@@ -407,23 +409,43 @@ def _parent_refs(obj: ObjectReader, spec: Mapping[str, Any]) -> tuple[ParentRef,
     for same in by_parent.values():
         if len(same) < 2:
             continue
-        if len({ref.section_name is None for _, ref in same}) > 1:
-            obj.fail(
-                f"{same[1][0]}.sectionName",
-                "sectionName must be specified when parentRefs includes 2 or more references "
-                "to the same parent",
-            )
-        sections = [(f"{f}.sectionName", ref.section_name or "") for f, ref in same]
-        seen: set[str] = set()
-        for where, section in sections:
-            if section in seen:
-                obj.fail(
-                    where,
-                    "sectionName must be unique when parentRefs includes 2 or more references "
-                    "to the same parent",
-                )
-            seen.add(section)
+        standard = _distinct_parents(obj, same, with_port=False)
+        if standard is not None and _distinct_parents(obj, same, with_port=True) is not None:
+            where, message = standard
+            obj.fail(where, message)
     return tuple(ref for _, ref in refs)
+
+
+def _distinct_parents(
+    obj: ObjectReader, same: list[tuple[str, ParentRef]], *, with_port: bool
+) -> tuple[str, str] | None:
+    """Why references to one parent are not told apart (field, message), or None."""
+    what = "sectionName or port" if with_port else "sectionName"
+
+    def key(ref: ParentRef) -> tuple[str, int]:
+        return (ref.section_name or "", (ref.port or 0) if with_port else 0)
+
+    def presence(ref: ParentRef) -> tuple[bool, bool]:
+        return (ref.section_name is None, with_port and ref.port is None)
+
+    first = presence(same[0][1])
+    for field, ref in same[1:]:
+        if presence(ref) != first:
+            return (
+                f"{field}.sectionName",
+                f"{what} must be specified when parentRefs includes 2 or more references to "
+                f"the same parent",
+            )
+    seen: set[tuple[str, int]] = set()
+    for field, ref in same:
+        if key(ref) in seen:
+            return (
+                f"{field}.sectionName",
+                f"{what} must be unique when parentRefs includes 2 or more references to the "
+                f"same parent",
+            )
+        seen.add(key(ref))
+    return None
 
 
 def _hostnames(obj: ObjectReader, spec: Mapping[str, Any]) -> tuple[str, ...]:
