@@ -28,7 +28,7 @@ import logging
 import os
 import socket
 from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
 import uvicorn
@@ -39,7 +39,7 @@ from xds_server.admin.dependents import ObjectDependents, gather
 from xds_server.admin.diff import DryRun
 from xds_server.cache import Snapshot, SnapshotCache
 from xds_server.history import PushDetail, PushHistory, PushSummary
-from xds_server.model import ChangeSet, ObjectKey
+from xds_server.model import ChangeSet, MeshSnapshot, ObjectKey
 from xds_server.model.status import ObjectStatus, policy_conditions, rejections
 from xds_server.pipeline import MeshPipeline
 from xds_server.server import (
@@ -53,6 +53,9 @@ from xds_server.settings import SOURCE_KUBERNETES, Settings, split_host_port
 from xds_server.sources.file import FileSource
 from xds_server.sources.proposal import propose_apply, propose_files
 from xds_server.supervise import Supervisor
+
+if TYPE_CHECKING:
+    from xds_server.sources.k8s_status import StatusWriter
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +86,23 @@ def create_source(settings: Settings) -> MeshSource:
 
         return KubernetesSource(settings.kubernetes)
     return FileSource(settings.source_directory)
+
+
+def create_status_writer(
+    settings: Settings, inputs: Callable[[], tuple[MeshSnapshot, dict[ObjectKey, str]]]
+) -> StatusWriter | None:
+    """In Kubernetes mode, the status write-back (`sources.k8s_status`); else None."""
+    if settings.source_kind != SOURCE_KUBERNETES:
+        return None
+    from xds_server.sources.k8s_status import StatusSettings, StatusWriter
+    from xds_server.sources.kubernetes import load_configuration
+
+    kubeconfig = settings.kubernetes.kubeconfig
+    return StatusWriter(
+        inputs,
+        StatusSettings.from_environment(),
+        load_configuration=lambda: load_configuration(kubeconfig),
+    )
 
 
 class _QuietUvicorn(uvicorn.Server):
@@ -179,6 +199,8 @@ class ControlPlane:
             callbacks=self.callbacks,
         )
         self.source: MeshSource = create_source(settings)
+        self.status_writer = create_status_writer(settings, self._status_inputs)
+        """Kubernetes mode: writes route and policy status while holding the Lease."""
         self.supervisor = Supervisor(settings.supervision)
         self.xds_serving = False
         self.listening = asyncio.Event()
@@ -234,6 +256,10 @@ class ControlPlane:
         pipeline = self.pipeline
         errors = [*pipeline.builder.object_errors.items(), *pipeline.batch_errors.items()]
         return rejections(self.source.errors, errors)
+
+    def _status_inputs(self) -> tuple[MeshSnapshot, dict[ObjectKey, str]]:
+        """What route and policy status is computed from: the mesh, and the rejections."""
+        return self.pipeline.builder.mesh, self.rejected_objects()
 
     def policy_statuses(self) -> list[ObjectStatus]:
         """Every route and policy with its status conditions (`/api/policies`)."""
@@ -314,6 +340,9 @@ class ControlPlane:
                     tasks.create_task(run("pipeline", self.pipeline.run), name="pipeline"),
                     tasks.create_task(run("source", watch_source), name="source"),
                 ]
+                if self.status_writer is not None:
+                    writer = self.status_writer.run
+                    workers.append(tasks.create_task(run("status", writer), name="status"))
                 admin = tasks.create_task(run("admin", self._serve_admin), name="admin")
                 try:
                     while not (self._admin_server and self._admin_server.started):  # noqa: ASYNC110 - uvicorn exposes only a flag
