@@ -38,17 +38,28 @@ serialization, since a RouteConfiguration here holds only its name and
 virtual hosts and serialized repeated fields concatenate; so N namespaces
 cost N byte copies and content hashes, not N translations.
 
-Each port's virtual host and its route are built in `virtual_hosts`.
+Each port's virtual host and its routes are built in `virtual_hosts`.  Mesh
+routes (HTTPRoute, GRPCRoute bound to a Service, `mesh_routes`) change that
+host's routes; they are inputs of its memo like the Service itself: a
+Service's hosts are rebuilt when the Service, the routes bound to it, the
+ports of the Services those routes reference, or its BackendPolicy's retry
+and timeouts change, and reused otherwise.  Consumer routes (in another
+namespace than their Service) make a variant of the host for their
+namespace only: that namespace's table has it spliced in place of the
+shared one, so tables differ per namespace only where consumer routes are.
+A route that cannot be translated is left out and listed in `issues`; an
+unforeseen failure leaves that Service its last good hosts.
 
 The inbound tables are inlined into each inbound listener: they forward to
 the local app and stamp `x-mesh-inbound: <node id>`, which shows that a
 request passed through the destination's sidecar.
 
-Provenance (see `provenance`): each virtual host names its Service in its
-metadata, inside the bytes serialized once per Service; a namespace's outbound
-table names its generator and namespace in a trailer after the virtual hosts
-(`metadata` is a later field than `virtual_hosts`, so head, hosts and trailer
-concatenate to the deterministic serialization still).  An inbound table and
+Provenance (see `provenance`): each virtual host names its Service (and the
+routes and BackendPolicy that shaped it) in its metadata, inside the bytes
+serialized once per Service; a namespace's outbound table names its
+generator and namespace in a trailer after the virtual hosts (`metadata` is a
+later field than `virtual_hosts`, so head, hosts and trailer concatenate to
+the deterministic serialization still).  An inbound table and
 its one virtual host name the objects behind the port.
 """
 
@@ -56,22 +67,29 @@ from __future__ import annotations
 
 import functools
 import logging
+from array import array
+from collections import Counter
 from typing import NamedTuple
 
 from envoy.config.core.v3 import base_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
 
 from xds_server.model import MeshSnapshot, PortProtocol, Proxy, Service
+from xds_server.model.policy import BackendPolicy
+from xds_server.model.routes import MeshRoute
 from xds_server.resources import ROUTE, Resource, serialized_resource
 from xds_server.translate.core import seconds
 from xds_server.translate.inbound import InboundPort
+from xds_server.translate.mesh_route_filters import NamespacedName
+from xds_server.translate.mesh_routes import RouteIssue, referenced_backends
 from xds_server.translate.naming import (
     inbound_cluster_name,
     inbound_route_name,
+    mesh_ports,
     outbound_route_name,
 )
 from xds_server.translate.provenance import generator_metadata
-from xds_server.translate.virtual_hosts import PortHost, service_hosts
+from xds_server.translate.virtual_hosts import PortHost, ServiceHosts, service_hosts, shaping_policy
 
 logger = logging.getLogger(__name__)
 
@@ -133,30 +151,58 @@ def inbound_route_config(proxy: Proxy, inbound: InboundPort) -> route_pb2.RouteC
     return config
 
 
+BackendSurface = tuple[tuple[NamespacedName, tuple[int, ...] | None], ...]
+"""What a Service's routes see of the Services they reference: each one's port numbers."""
+
+
+class _Entry(NamedTuple):
+    """A Service's virtual hosts and every input they were built from (the memo key)."""
+
+    service: Service
+    routes: tuple[MeshRoute, ...]
+    backends: BackendSurface
+    policy: BackendPolicy | None
+    hosts: ServiceHosts
+
+
 class OutboundRouteTables:
     """Every namespace's outbound table for one mesh snapshot (see the module doc)."""
 
     def __init__(self, mesh: MeshSnapshot, previous: OutboundRouteTables | None = None) -> None:
-        known = previous._hosts if previous is not None else {}
-        self._hosts: dict[Service, tuple[PortHost, ...]] = {}
+        known = previous._entries if previous is not None else {}
+        self._entries: dict[NamespacedName, _Entry] = {}
         ports: list[tuple[str, PortHost]] = []
+        overrides: dict[str, dict[int, PortHost]] = {}
+        issues: list[RouteIssue] = []
         for service in mesh.sorted_services():
-            hosts = known.get(service)
-            if hosts is None:
-                hosts = service_hosts(service)
-            self._hosts[service] = hosts
-            ports.extend((service.namespace, host) for host in hosts)
+            key = (service.namespace, service.name)
+            entry = _entry(mesh, service, known.get(key))
+            self._entries[key] = entry
+            hosts = entry.hosts
+            first = len(ports)
+            ports.extend((service.namespace, host) for host in hosts.hosts)
+            for caller, variants in hosts.consumers.items():
+                replaced = overrides.setdefault(caller, {})
+                for index, host in variants:
+                    replaced[first + index] = host
+            issues.extend(hosts.issues)
         self._ports = ports
+        self._overrides = overrides
+        """By caller namespace: the hosts its consumer routes put in place of a port's."""
+        self.issues: tuple[RouteIssue, ...] = tuple(issues)
+        """Route rules left out of the tables, each naming its route and field."""
         self._claims: _Claims
         self._resources: dict[str, Resource]
         self._sources: dict[str, tuple[str, ...]]
         self._everywhere: tuple[frozenset[str], tuple[str, ...]] | None = None
         """Every key with a qualified host in some table: as a set, and sorted."""
         if previous is not None and previous._ports == ports:
-            # The same virtual hosts in the same order: the same tables, already serialized.
-            self._claims = previous._claims
-            self._resources, self._sources = previous._resources, previous._sources
-            self._everywhere = previous._everywhere
+            # The same virtual hosts in the same order: the same claims, already joined.
+            self._claims, self._everywhere = previous._claims, previous._everywhere
+            if previous._overrides == overrides:
+                self._resources, self._sources = previous._resources, previous._sources
+            else:
+                self._resources, self._sources = {}, {}
         else:
             self._claims = _claim(ports)
             self._resources, self._sources = {}, {}
@@ -165,45 +211,75 @@ class OutboundRouteTables:
         """The deterministic serialization of `namespace`'s table."""
         head, tail = _header(namespace)
         claims = self._claims
+        pieces: list[tuple[int, int, list[bytes]]] = []
         span = claims.spans.get(namespace)
-        if span is None:
+        if span is not None:
+            start, end, first, last = span
+            pieces.append((start, end, self._local_pieces(first, last)))
+        offsets = claims.offsets
+        for index, host in self._overrides.get(namespace, {}).items():
+            pieces.append((offsets[index], offsets[index + 1], [self._qualified(index, host)]))
+        if not pieces:
             return b"".join((head, claims.blob, tail))
-        start, end, first, last = span
+        pieces.sort(key=lambda piece: piece[0])
         blob = memoryview(claims.blob)
-        return b"".join((head, blob[:start], *self._local_pieces(first, last), blob[end:], tail))
+        joined: list[bytes | memoryview] = [head]
+        at = 0
+        for start, end, replacement in pieces:
+            joined.append(blob[at:start])
+            joined.extend(replacement)
+            at = end
+        joined += [blob[at:], tail]
+        return b"".join(joined)
 
     def sources(self, namespace: str) -> tuple[str, ...]:
-        """The keys of the Services with a virtual host in `namespace`'s table, sorted.
+        """The keys of the objects behind the virtual hosts in `namespace`'s table, sorted.
 
         Every table holds the qualified hosts of every namespace; a namespace's
-        own table may add a host present only by its short names.  The shared
-        part is sorted once per tables, so 20 namespaces cost one sort of 10,000.
+        own table may add a host present only by its short names, and its
+        consumer routes replace some hosts.  The shared part is sorted once per
+        tables, so 20 namespaces cost one sort of 10,000.
         """
         found = self._sources.get(namespace)
         if found is None:
             claims = self._claims
             if self._everywhere is None:
-                everywhere = {key for present in claims.present.values() for key in present}
-                self._everywhere = (frozenset(everywhere), tuple(sorted(everywhere)))
+                self._everywhere = (frozenset(claims.counts), tuple(sorted(claims.counts)))
             every_key, every_sorted = self._everywhere
             span = claims.spans.get(namespace)
-            local = self._local_keys(span) if span is not None else frozenset()
-            own = claims.present.get(namespace, set())
-            # Keys are "Service/ns/name": only this namespace's own hosts can differ here.
-            extra, missing = local - every_key, own - local
-            changed = extra or missing
-            found = tuple(sorted((every_key - missing) | extra)) if changed else every_sorted
+            replaced = self._overrides.get(namespace, {})
+            removed: Counter[str] = Counter()
+            added: set[str] = set()
+            if span is not None:
+                _, _, first, last = span
+                pieces = self._local_pieces(first, last)
+                for index, piece in zip(range(first, last), pieces, strict=True):
+                    host = self._ports[index][1]
+                    if self._in_blob(index):
+                        removed.update(host.sources)
+                    if piece:
+                        added.update(host.sources)
+            for index, host in replaced.items():
+                if self._in_blob(index):
+                    removed.update(self._ports[index][1].sources)
+                if self._qualified(index, host):
+                    added.update(host.sources)
+            gone = {key for key, n in removed.items() if claims.counts[key] <= n} - added
+            extra = added - every_key
+            found = tuple(sorted((every_key - gone) | extra)) if gone or extra else every_sorted
             self._sources[namespace] = found
         return found
 
-    def _local_keys(self, span: tuple[int, int, int, int]) -> frozenset[str]:
-        _, _, first, last = span
-        pieces = self._local_pieces(first, last)
-        return frozenset(
-            self._ports[index][1].source
-            for index, piece in zip(range(first, last), pieces, strict=True)
-            if piece
-        )
+    def _in_blob(self, index: int) -> bool:
+        offsets = self._claims.offsets
+        return offsets[index + 1] > offsets[index]
+
+    def _qualified(self, index: int, host: PortHost) -> bytes:
+        """`host` in place of port `index`, with the qualified domains that port claimed."""
+        reduced = self._claims.reduced.get(index)
+        if reduced is None:
+            return host.qualified
+        return host.encode([domain for domain, _ in host.domains if domain in reduced])
 
     def config(self, namespace: str) -> route_pb2.RouteConfiguration:
         """`namespace`'s table as a proto (for inspection; the pipeline serves `resource`)."""
@@ -250,6 +326,44 @@ class OutboundRouteTables:
         return pieces
 
 
+def _entry(mesh: MeshSnapshot, service: Service, known: _Entry | None) -> _Entry:
+    """`service`'s hosts, reused from `known` while every input is the same."""
+    routes = mesh.routes_for(service.namespace, service.name)
+    attachment = mesh.backend_policy_for(service)
+    policy = shaping_policy(attachment.policy if attachment is not None else None)
+    backends: dict[NamespacedName, Service] = {}
+    surface: BackendSurface = ()
+    if routes:
+        found = {ref: mesh.services.get(ref) for ref in sorted(referenced_backends(routes))}
+        backends = {ref: backend for ref, backend in found.items() if backend is not None}
+        surface = tuple(
+            (ref, None if backend is None else tuple(p.port for p in mesh_ports(backend)))
+            for ref, backend in found.items()
+        )
+    if (
+        known is not None
+        and (known.service is service or known.service == service)
+        and known.routes == routes
+        and known.backends == surface
+        and known.policy == policy
+    ):
+        return known
+    try:
+        hosts = service_hosts(service, routes, backends, policy)
+    except Exception:
+        # A route no check foresaw must not cost the other Services their hosts: this
+        # Service keeps its last good hosts (or, new, its hosts without routes).
+        logger.exception("%s/%s: translating its routes failed", service.namespace, service.name)
+        hosts = known.hosts if known is not None else service_hosts(service, (), None, policy)
+        issue = RouteIssue(
+            f"Service/{service.namespace}/{service.name}",
+            "routes",
+            "translating the routes bound to it failed; its last good virtual hosts stay",
+        )
+        hosts = ServiceHosts(hosts.hosts, hosts.consumers, (*hosts.issues, issue))
+    return _Entry(service, routes, surface, policy, hosts)
+
+
 class _Claims(NamedTuple):
     """Which port routes which qualified domain, and the qualified variants joined."""
 
@@ -261,8 +375,10 @@ class _Claims(NamedTuple):
     """By namespace: its ports' byte range in `blob`, and their index range in the ports."""
     blob: bytes
     """Every port's qualified variant, in order."""
-    present: dict[str, set[str]]
-    """By namespace: the keys of its Services with a qualified variant left in `blob`."""
+    offsets: array[int]
+    """Where each port's piece starts in `blob` (and, last, where the blob ends)."""
+    counts: Counter[str]
+    """How many pieces left in `blob` name each source key."""
 
 
 def _claim(ports: list[tuple[str, PortHost]]) -> _Claims:
@@ -270,7 +386,8 @@ def _claim(ports: list[tuple[str, PortHost]]) -> _Claims:
     taken: set[str] = set()
     reduced: dict[int, frozenset[str]] = {}
     spans: dict[str, tuple[int, int, int, int]] = {}
-    present: dict[str, set[str]] = {}
+    counts: Counter[str] = Counter()
+    offsets = array("Q", [0])
     pieces: list[bytes] = []
     offset = 0
     for index, (namespace, host) in enumerate(ports):
@@ -289,10 +406,11 @@ def _claim(ports: list[tuple[str, PortHost]]) -> _Claims:
             (offset, end, index, index + 1) if span is None else (span[0], end, span[2], index + 1)
         )
         if piece:
-            present.setdefault(namespace, set()).add(host.source)
+            counts.update(host.sources)
         pieces.append(piece)
+        offsets.append(end)
         offset = end
-    return _Claims(taken, reduced, spans, b"".join(pieces), present)
+    return _Claims(taken, reduced, spans, b"".join(pieces), offsets, counts)
 
 
 @functools.lru_cache(maxsize=4096)
