@@ -13,6 +13,8 @@ builder.
 | service   | Service   | CDS, EDS | the Service, its EndpointSlices, the | every proxy      |
 |           |           |          | BackendPolicies that may govern it   |                  |
 | routes    | namespace | RDS      | the routing surface of every Service | its namespace's  |
+|           |           |          | every HTTPRoute, GRPCRoute and       |                  |
+|           |           |          | BackendPolicy                        |                  |
 | proxy     | proxy     | CDS, LDS | what translation asked (TrackedMesh) | that proxy       |
 """
 
@@ -123,8 +125,16 @@ def route_unit(namespace: str) -> Unit:
     return ("routes", namespace)
 
 
-ROUTE_READS: frozenset[Fact] = frozenset({("all", Kind.SERVICE, "routing")})
-"""What every namespace's route table reads: what routing sees of every Service."""
+ROUTE_READS: frozenset[Fact] = frozenset(
+    {
+        ("all", Kind.SERVICE, "routing"),
+        ("all", Kind.HTTP_ROUTE),
+        ("all", Kind.GRPC_ROUTE),
+        ("all", Kind.BACKEND_POLICY),
+    }
+)
+"""What every namespace's route table reads: what routing sees of every Service, every
+mesh route, and every BackendPolicy (default retries and timeouts)."""
 
 
 def service_reads(key: NamespacedName, root_namespace: str) -> frozenset[Fact]:

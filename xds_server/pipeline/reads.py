@@ -108,7 +108,9 @@ COMPARED_VIEWS: dict[str, ComparedView] = {
 }
 """Derived views compared by value, with the kinds they are computed from."""
 VIEW_KINDS: dict[str, frozenset[Kind]] = {
-    "outbound_route_tables": frozenset({Kind.SERVICE}),
+    "outbound_route_tables": frozenset(
+        {Kind.SERVICE, Kind.HTTP_ROUTE, Kind.GRPC_ROUTE, Kind.BACKEND_POLICY}
+    ),
 }
 """Derived views read as "every object of these kinds" (not worth comparing)."""
 UNTRACKED_VIEWS = frozenset({"services_by_namespace", "policies_by_namespace", "routes_by_parent"})
