@@ -9,6 +9,9 @@ most 60 s), for circuit breaker and timeout tests.  An app can also play a
 broken or slow instance: its `fail_status` (when set) answers every request
 with that status, its `delay_seconds` holds every request that long first;
 both may change while it runs (and are `--fail-status` and `--delay-ms`).
+`?fail_every=<n>` on any path answers 503 to all but every n-th such request
+the app sees (`fail_every=2`: fails every other one, for retry tests), and
+`hits` counts the requests an app has answered but `/call` (mirror and retry tests).
 `GET /call` makes one request to an upstream service through the caller's
 sidecar: it connects to `upstream_proxy` (the sidecar's outbound
 listener) and sends `Host: <upstream_host>`, and answers with the upstream's
@@ -100,6 +103,9 @@ class SampleApp:
     """When set, every request (but `/call`) is answered with this status."""
     delay_seconds: float = 0.0
     """Every request is held this long before it is answered."""
+    hits: int = 0
+    """Requests answered so far (any path but `/call`)."""
+    _fail_every_seen: int = field(default=0, repr=False)
     _server: asyncio.Server | None = field(default=None, repr=False)
     _writers: set[asyncio.StreamWriter] = field(default_factory=set, repr=False)
     _handlers: set[asyncio.Task[None]] = field(default_factory=set, repr=False)
@@ -182,8 +188,15 @@ class SampleApp:
             if not (millis.isdigit() and int(millis) <= MAX_DELAY_MS):
                 return 400, {"error": f"bad delay {millis!r} (0..{MAX_DELAY_MS} ms)"}
             await asyncio.sleep(int(millis) / 1000)
+        self.hits += 1
+        fail_every = query.get("fail_every", "")
         if self.fail_status is not None:
             status = self.fail_status
+        elif fail_every:
+            if not (fail_every.isdigit() and int(fail_every) >= 1):
+                return 400, {"error": f"bad fail_every {fail_every!r} (an integer >= 1)"}
+            self._fail_every_seen += 1
+            status = 200 if self._fail_every_seen % int(fail_every) == 0 else 503
         elif url.path.startswith("/status/"):
             code = url.path.removeprefix("/status/")
             if not (code.isdigit() and 200 <= int(code) <= 599):
