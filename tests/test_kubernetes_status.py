@@ -20,6 +20,7 @@ import dataclasses
 import textwrap
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp.web
@@ -30,12 +31,22 @@ import yaml
 pytest.register_assert_rewrite("kube_fixtures")
 
 from kmock._internal import rendering
-from kube_fixtures import ApiError, ApiServerEmulator, ResourceKey, _key, _status, merge_patch
+from kube_fixtures import (
+    ApiError,
+    ApiServerEmulator,
+    ResourceKey,
+    _key,
+    _status,
+    merge_patch,
+    write_kubeconfig,
+)
 from kubernetes import client
 
+from xds_server.app import ControlPlane
 from xds_server.model import ChangeSet, Kind, MeshSnapshot, ObjectKey
 from xds_server.model.changes import MeshObject
 from xds_server.model.status import CONTROLLER_NAME
+from xds_server.settings import DebounceSettings, KubernetesSettings, Settings
 from xds_server.sources.convert import convert
 from xds_server.sources.k8s_status import LEASE_NAME, StatusSettings, StatusWriter
 
@@ -471,6 +482,76 @@ async def test_only_the_lease_holder_writes_and_another_takes_over_when_it_stops
     finally:
         with contextlib.suppress(Exception):
             await a.__aexit__(None, None, None)
+
+
+async def test_a_control_plane_watches_routes_and_policies_and_writes_their_status_back(
+    api_server: StatusApiEmulator, tmp_path: Path, free_port: Callable[[], int]
+) -> None:
+    create_all(api_server, manifests(*MANIFESTS))
+    kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", str(api_server.url))
+    plane = ControlPlane(
+        Settings(
+            source="kubernetes",
+            xds_listen=f"127.0.0.1:{free_port()}",
+            admin_listen=f"127.0.0.1:{free_port()}",
+            debounce=DebounceSettings(quiet=0.02, max_delay=0.2, endpoint_quiet=0.005),
+            grace_seconds=0.5,
+            kubernetes=KubernetesSettings(
+                watch_timeout=2.0,
+                read_timeout_margin=2.0,
+                connect_timeout=2.0,
+                list_timeout=5.0,
+                backoff_initial=0.05,
+                backoff_max=0.5,
+                kubeconfig=kubeconfig,
+            ),
+        )
+    )
+    task = asyncio.create_task(plane.run())
+    try:
+        await asyncio.wait_for(plane.started.wait(), timeout=15)
+
+        def reason(name: str) -> str | None:
+            entries = ours(api_server.object(HTTP_ROUTES, name))
+            return conditions(entries[0]["conditions"])["Accepted"]["reason"] if entries else None
+
+        def policy_reason(name: str) -> str | None:
+            found = (api_server.object(BACKEND_POLICIES, name).get("status") or {}).get(
+                "conditions"
+            )
+            return conditions(found)["Accepted"]["reason"] if found else None
+
+        await eventually(
+            lambda: (
+                (reason("to-api"), reason("lost"), policy_reason("newer"))
+                == ("Accepted", "NoMatchingParent", "Conflicted")
+            )
+        )
+        assert api_server.holder() is not None
+
+        # Watched: the missing parent appears in the API, and the route is accepted.
+        api_server.create(manifests(CHECKOUT)[0])
+        await eventually(lambda: reason("lost") == "Accepted")
+
+        # A spec the API server takes but the mesh refuses (RE2 has no backreferences):
+        # Accepted=False, Invalid, naming the field, for the generation the API holds.
+        route = api_server.object(HTTP_ROUTES, "lost")
+        route["spec"]["rules"][0]["matches"] = [
+            {"path": {"type": "RegularExpression", "value": "/(a)\\1"}}
+        ]
+        api_server.replace(route)
+        await eventually(lambda: reason("lost") == "Invalid")
+        [entry] = ours(api_server.object(HTTP_ROUTES, "lost"))
+        accepted = conditions(entry["conditions"])["Accepted"]
+        assert "spec.rules[0].matches[0].path.value" in accepted["message"]
+        assert accepted["observedGeneration"] == 2
+        assert [p.key for p in plane.policy_statuses() if p.rejected] == [
+            ObjectKey(Kind.HTTP_ROUTE, "shop", "lost")
+        ]
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(task, timeout=15)
 
 
 def test_settings_come_from_the_downward_api() -> None:
