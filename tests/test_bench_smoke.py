@@ -137,3 +137,27 @@ def test_startup_times_envoy_over_xds_and_from_static_files() -> None:
         assert result["ratios"][f"{mode}_vs_pb"] > 0
     assert result["control_plane"]["translate_serialize_ms"] > 0
     assert result["control_plane"]["first_push_bytes"] > 0
+
+
+def test_policy_change_sends_only_the_changed_clusters_and_nothing_to_others() -> None:
+    result = run_bench("policy_change", "--services", "200", "--proxies", "2", "--changes", "2")
+
+    assert result["benchmark"] == "policy_change"
+    assert result["goal_met"] == {
+        "delta_only_changed_clusters": True,
+        "unchanged_proxies_sent_nothing": True,
+    }
+    for variant, summary in result["variants"].items():
+        scenarios = summary["scenarios"]
+        assert scenarios["service"]["clusters_changed"] == 1, variant
+        assert scenarios["namespace"]["clusters_changed"] == 100, variant
+        assert scenarios["inbound-only"]["clusters_changed"] == 0, variant
+        assert scenarios["inbound-only"]["most_bytes_per_proxy"] == 0, variant
+        for name in ("service", "namespace"):
+            measured = scenarios[name]
+            assert set(measured["types_sent"]) <= {"CDS", "EDS"}, (variant, name)
+            assert measured["least_bytes_per_proxy"] > 0, (variant, name)
+            assert measured["server_most_bytes_per_proxy"] == measured["most_bytes_per_proxy"]
+            assert measured["apply_cpu_ms"] > 0 and measured["push_cpu_ms"] > 0
+    delta = result["variants"]["delta"]["scenarios"]["service"]
+    assert delta["most_bytes_per_proxy"] < 2048  # one cluster and its endpoints
