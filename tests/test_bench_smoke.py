@@ -161,3 +161,26 @@ def test_policy_change_sends_only_the_changed_clusters_and_nothing_to_others() -
             assert measured["apply_cpu_ms"] > 0 and measured["push_cpu_ms"] > 0
     delta = result["variants"]["delta"]["scenarios"]["service"]
     assert delta["most_bytes_per_proxy"] < 2048  # one cluster and its endpoints
+
+
+def test_validation_measures_envoy_rule_checks_per_resource_and_per_push() -> None:
+    result = run_bench(
+        "validation",
+        *("--services", "200", "--proxies", "2", "--spread", "2"),
+        *("--changes", "2", "--repeat", "20"),
+    )
+
+    assert result["benchmark"] == "validation"
+    resources = {r["resource"]: r for r in result["resources"]}
+    assert any(name.startswith("route table") for name in resources)
+    for name, measured in resources.items():
+        assert measured["cold_us"] > 0, name
+        if measured["cached_us"] is not None:
+            assert 0 < measured["cached_us"] < measured["cold_us"], name
+    endpoint, service = result["pushes"]["endpoint"], result["pushes"]["service"]
+    assert endpoint["with_checked"] == 1  # the one new load assignment
+    assert service["with_checked"] >= 3  # its new cluster, load assignment and host at least
+    assert endpoint["without_checked"] == service["without_checked"] == 0
+    for push in (endpoint, service):
+        assert push["with_ms"] > 0 and push["without_ms"] > 0
+    assert result["initial_sync"]["with_checked"] > 400

@@ -19,6 +19,7 @@ resource the pipeline builds (`pipeline.validation`, with protoc-gen-validate):
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -35,6 +36,8 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 from envoy.extensions.load_balancing_policies.ring_hash.v3 import ring_hash_pb2
 from google.protobuf import json_format
 from google.protobuf.message import Message
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from translate_builders import (
     endpoint,
     endpoint_slice,
@@ -600,3 +603,94 @@ def test_serve_validates_unless_told_not_to() -> None:
     assert Settings().envoy_validation is True
     assert _parser().parse_args(["serve"]).envoy_validation is True
     assert _parser().parse_args(["serve", "--no-envoy-validation"]).envoy_validation is False
+
+
+# -- route tables: only what differs from the last table checked is walked ---------------------
+
+
+def simple_fields(data: bytes) -> list[tuple[int, int]]:
+    from xds_server.pipeline.validation_tables import field_at
+
+    found, position = [], 0
+    while position < len(data):
+        _, end = field_at(data, position)
+        found.append((position, end))
+        position = end
+    return found
+
+
+BASE_TABLE = translate.outbound_route_config(synthetic_mesh_snapshot(60, 2)[0], "bench-0")
+
+Edit = tuple[str, int]
+
+
+@given(
+    edits=st.lists(
+        st.tuples(
+            st.sampled_from(["replace", "insert", "delete", "break", "rename", "retag"]),
+            st.integers(0, 59),
+        ),
+        max_size=6,
+    ),
+    referenced=st.booleans(),
+)
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_a_route_table_walked_against_the_last_one_gets_the_same_verdict_as_whole(
+    edits: list[Edit], referenced: bool
+) -> None:
+    from xds_server.pipeline.validation_tables import new_fields
+
+    validator = EnvoyValidator()
+    if referenced:  # the last table checked: the base one
+        validator.validate_route_table(make_resource(BASE_TABLE))
+    config = copy_of(BASE_TABLE)
+    for edit, where in edits:
+        hosts = config.virtual_hosts
+        index = where % max(1, len(hosts))
+        if edit == "replace" and hosts:
+            hosts[index].domains.append(f"extra-{where}.example")
+        elif edit == "insert":
+            added = copy_of(BASE_TABLE.virtual_hosts[index])
+            added.name = f"new-{where}"
+            added.domains[:] = [f"new-{where}.example"]
+            kept = list(hosts)
+            del hosts[:]
+            hosts.extend([*kept[:index], added, *kept[index:]])
+        elif edit == "delete" and hosts:
+            del hosts[index]
+        elif edit == "break" and hosts:
+            hosts[index].routes[0].route.cluster = ""
+        elif edit == "rename":
+            config.name = f"outbound|other-{where}"
+        elif edit == "retag":
+            config.metadata.filter_metadata["xds-server"].fields["namespace"].string_value = "x"
+    resource = make_resource(config)
+
+    _, lengths, _ = new_fields(resource.data, validator._reference)
+    bounds = list(itertools.accumulate(lengths, initial=0))
+    assert list(itertools.pairwise(bounds)) == simple_fields(resource.data)
+    try:
+        EnvoyValidator().validate(resource, config)
+    except EnvoyValidationError as whole:
+        with pytest.raises(EnvoyValidationError) as walked:
+            validator.validate_route_table(resource)
+        assert str(walked.value) == str(whole)
+    else:
+        validator.validate_route_table(resource)
+
+
+def test_a_table_differing_in_one_host_from_the_last_walks_that_host_and_its_own_fields() -> None:
+    from xds_server.pipeline.validation_tables import VIRTUAL_HOSTS_FIELD, new_fields
+
+    validator = EnvoyValidator()
+    validator.validate_route_table(make_resource(BASE_TABLE))
+    config = copy_of(BASE_TABLE)
+    config.name = "outbound|elsewhere"
+    config.virtual_hosts[40].domains.append("changed.example")
+    del config.virtual_hosts[10]
+
+    fields, _, _ = new_fields(make_resource(config).data, validator._reference)
+
+    walked = [f.host_index for f in fields if f.number == VIRTUAL_HOSTS_FIELD]
+    assert walked == [39]  # the changed one (after the deletion), nothing else
+    assert len(fields) == 3  # and the table's own fields: its name and trailer

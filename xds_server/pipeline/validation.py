@@ -33,10 +33,12 @@ Results are cached by (type URL, version): the version is the content hash of
 the resource's bytes, so a push that rebuilds an unchanged resource pays a
 dict lookup.  The namespace route tables (one virtual host per Service port,
 10,000 of them at 10,000 Services, rebuilt for every namespace when a Service
-changes) are checked per virtual host by the hash of its bytes
-(`check_route_table`): a new table costs a walk over its top-level fields and
-one hash per host, and only new hosts are parsed and checked.  That is exact
-because `RouteConfiguration.virtual_hosts` carries no rule of its own.
+changes) are checked per virtual host (`validate_route_table`): only the
+fields in which a table differs from the last table that passed are walked
+(`validation_tables`, a few memcmps of the table), each host among them is
+looked up by the hash of its bytes, and only hosts never seen are parsed and
+checked; the table's own fields are checked together.  That is exact because
+`RouteConfiguration.virtual_hosts` carries no rule of its own.
 
 Finding *where* a message fails is the slow path, taken only on failure:
 descend into the first child that fails on its own, then run the failing
@@ -62,6 +64,7 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor, OneofDescrip
 from google.protobuf.message import DecodeError, Message
 from protoc_gen_validate import validator as pgv
 
+from xds_server.pipeline.validation_tables import CheckedTable, new_fields, payload
 from xds_server.provenance import SourceRef
 from xds_server.resources import ROUTE, SHORT_NAMES, TYPES, Resource
 from xds_server.translate.provenance import stamped_sources
@@ -73,9 +76,6 @@ RULES_EXTENSION = "validate.rules"
 ONEOF_REQUIRED = "validate.required"
 DEFAULT_CACHE_ENTRIES = 100_000
 """Results kept (resources and route-table virtual hosts), least recently used out first."""
-
-_VIRTUAL_HOSTS_FIELD = 2
-"""`RouteConfiguration.virtual_hosts`, length-delimited."""
 
 
 class EnvoyValidationError(ValueError):
@@ -492,6 +492,9 @@ class EnvoyValidator:
         self.enabled = enabled
         self._rules = _Rules()
         self.results = _Results(cache_entries)
+        self._reference: CheckedTable | None = None
+        """The last route table that passed whole (see `validation_tables`)."""
+        self._table_lock = threading.Lock()
         self.checked = 0
         """Messages actually checked (cache misses): what the cache saves shows here."""
 
@@ -536,19 +539,23 @@ class EnvoyValidator:
         return None
 
     def _route_table_outcome(self, resource: Resource) -> Outcome:
+        """Check what differs from the last table that passed, hosts by content."""
+        data = resource.data
+        with self._table_lock:
+            reference = self._reference
+        fields, lengths, others = new_fields(data, reference)
         rest = bytearray()
-        index = -1
-        for number, start, end in _top_level_fields(resource.data):
-            if number != _VIRTUAL_HOSTS_FIELD:
-                rest += resource.data[start:end]
+        for field in fields:
+            if field.host_index < 0:
+                rest += data[field.start : field.end]
                 continue
-            index += 1
-            piece = resource.data[start:end]
+            piece = data[field.start : field.end]
             digest = hashlib.blake2b(piece, digest_size=16).digest()
             known, outcome = self.results.get(digest)
             if not known:
-                host = route_components_pb2.VirtualHost.FromString(_payload(piece))
-                outcome = self._outcome(ROUTE, resource.name, host, f"virtual_hosts[{index}]")
+                host = route_components_pb2.VirtualHost.FromString(payload(data, field))
+                path = f"virtual_hosts[{field.host_index}]"
+                outcome = self._outcome(ROUTE, resource.name, host, path)
                 if outcome is not None:  # the Service(s) the host names in its metadata
                     outcome = EnvoyValidationError(
                         ROUTE,
@@ -563,15 +570,23 @@ class EnvoyValidator:
                 return EnvoyValidationError(
                     ROUTE,
                     resource.name,
-                    _reindexed(outcome.field_path, index),
+                    _reindexed(outcome.field_path, field.host_index),
                     outcome.rule,
                     outcome.reason,
                     source_keys=outcome.source_keys,
                 )
-        return self._outcome(ROUTE, resource.name, route_pb2.RouteConfiguration.FromString(rest))
+        outcome = self._outcome(
+            ROUTE, resource.name, route_pb2.RouteConfiguration.FromString(bytes(rest))
+        )
+        if outcome is None:
+            with self._table_lock:
+                self._reference = CheckedTable(data, lengths, others)
+        return outcome
 
     def clear(self) -> None:
         self.results.clear()
+        with self._table_lock:
+            self._reference = None
         self.checked = 0
 
 
@@ -579,45 +594,6 @@ def _reindexed(path: str, index: int) -> str:
     """A cached host's path, with the index it has in this table."""
     _, _, rest = path.partition("]")
     return f"virtual_hosts[{index}]{rest}"
-
-
-def _varint(data: bytes, position: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        byte = data[position]
-        position += 1
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, position
-        shift += 7
-
-
-def _top_level_fields(data: bytes) -> Iterator[tuple[int, int, int]]:
-    """(field number, start, end) of each top-level field of a serialized message."""
-    position, size = 0, len(data)
-    while position < size:
-        start = position
-        tag, position = _varint(data, position)
-        wire_type = tag & 7
-        if wire_type == 2:
-            length, position = _varint(data, position)
-            position += length
-        elif wire_type == 0:
-            _, position = _varint(data, position)
-        elif wire_type == 1:
-            position += 8
-        elif wire_type == 5:
-            position += 4
-        else:
-            raise DecodeError(f"unexpected wire type {wire_type} at byte {start}")
-        yield tag >> 3, start, position
-
-
-def _payload(piece: bytes) -> bytes:
-    """The message bytes of one length-delimited field (tag and length stripped)."""
-    _, position = _varint(piece, 0)
-    _, position = _varint(piece, position)
-    return piece[position:]
 
 
 # -- the process's validator ------------------------------------------------------------------
