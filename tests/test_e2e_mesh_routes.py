@@ -339,6 +339,44 @@ async def test_a_slow_upstream_yields_504_within_the_route_timeout(mesh: Mesh) -
     assert (await mesh.get("slow", "/delay/50")).status_code == 200
 
 
+async def test_a_backend_policys_retry_and_timeout_govern_callers_without_a_route(
+    mesh: Mesh,
+) -> None:
+    # web-v2 has no route: its callers use the default route, which the policy shapes.
+    policy = {
+        "apiVersion": "policy.xds-server.dev/v1alpha1",
+        "kind": "BackendPolicy",
+        "metadata": {"name": "web-v2", "namespace": "default"},
+        "spec": {
+            "targetRefs": [{"kind": "Service", "name": "web-v2"}],
+            "retry": {"attempts": 1, "codes": [503]},
+            "timeouts": {"request": "0.5s"},
+        },
+    }
+    assert (await mesh.get("web-v2", "/?fail_every=2")).status_code in (200, 503)
+    write_documents(mesh.directory / "policy.yaml", yaml_document(policy))
+
+    async def retried() -> bool:
+        statuses = [(await mesh.get("web-v2", "/?fail_every=2")).status_code for _ in range(4)]
+        return statuses == [200] * 4
+
+    await eventually(retried, within=15, message="the policy's retry")
+    statuses = [(await mesh.get("web-v2", "/?fail_every=2")).status_code for _ in range(20)]
+    assert statuses == [200] * 20
+    started = time.monotonic()
+    assert (await mesh.get("web-v2", "/delay/5000")).status_code == 504
+    assert time.monotonic() - started < 3.0
+    # A route of the Service's own wins over the policy: no retry for 503 there.
+    rules = [{"backendRefs": [to("web-v2", mesh.port)], "retry": {"codes": [500]}}]
+    mesh.write_routes(http_route("web-v2", "web-v2", rules))
+
+    async def own_retry() -> bool:
+        statuses = [(await mesh.get("web-v2", "/?fail_every=2")).status_code for _ in range(4)]
+        return 503 in statuses
+
+    await eventually(own_retry, within=15, message="the route's own retry policy")
+
+
 async def test_a_consumer_route_applies_only_to_its_namespaces_callers(
     mesh: Mesh, envoy_factory: EnvoyFactory, free_port: Callable[[], int]
 ) -> None:
