@@ -25,9 +25,12 @@ on requests and in Envoy's own admin (`/clusters`, `/stats`):
   (`upstream_cx_connect_timeout`), not the 10 s default.
 
 Then what the control plane says about it: `explain` names the policy
-behind the cluster, and a policy change re-sends only the targeted
-Service's cluster (the other Service's cluster is not touched in Envoy, no
-listener, route or endpoint is sent).
+behind the cluster; a policy change re-sends only the targeted Service's
+cluster (the other Service's cluster is not touched in Envoy, no listener,
+route or endpoint is sent); and a policy that passes the CRD's schema but
+that Envoy would reject (a ring smaller than its minimum) is refused with
+`Accepted: False, Invalid` naming the field, while Envoy keeps the last good
+cluster, rejects nothing, and traffic flows.
 """
 
 from __future__ import annotations
@@ -283,7 +286,7 @@ async def test_outlier_detection_ejects_the_failing_endpoint_and_traffic_moves_o
                 "consecutive5xx": 3,
                 "interval": "1s",
                 "baseEjectionTime": "60s",
-                "maxEjectionPercent": 50,
+                # maxEjectionPercent left at 10 %: one of 3 endpoints may still go
             }
         },
     )
@@ -536,3 +539,40 @@ async def test_a_policy_change_resends_only_the_targeted_service_s_cluster(
         type_url: list(names.names) for push in new for type_url, names in push.changed.items()
     }
     assert changed == {CLUSTER: [BACKEND_CLUSTER]}
+
+
+async def test_a_policy_envoy_would_reject_is_refused_naming_the_field_and_traffic_goes_on(
+    mesh_of: Callable[[int], Awaitable[Mesh]],
+) -> None:
+    mesh = await mesh_of(1)
+    await mesh.apply_policy("good", {"connectTimeout": "2s"})
+    envoy = mesh.sidecar.envoy
+    rejected = r"^cluster_manager\.cds\.update_rejected$"
+    bad = {
+        "loadBalancer": {
+            "algorithm": "RingHash",
+            "ringHash": {"minimumRingSize": 4096, "maximumRingSize": 64},
+        }
+    }
+    write_documents(mesh.directory / "policy-good.yaml", policy_yaml("good", bad))
+    admin = f"http://127.0.0.1:{mesh.plane.admin_port}"
+
+    async def refused() -> dict[str, Any] | None:
+        async with httpx.AsyncClient(base_url=admin, timeout=5.0) as client:
+            response = await client.get("/api/policies", params={"kind": "BackendPolicy"})
+        response.raise_for_status()
+        for status in response.json()["policies"]:
+            if status["key"] == "BackendPolicy/default/good" and status["rejected"]:
+                return dict(status)
+        return None
+
+    status = await eventually(refused, within=20, message="the policy is refused")
+    (accepted,) = [c for c in status["conditions"] if c["type"] == "Accepted"]
+    assert (accepted["status"], accepted["reason"]) == ("False", "Invalid")
+    assert "spec.loadBalancer.ringHash.minimumRingSize" in accepted["message"]
+    # Envoy never saw it: the last good cluster stays, and traffic flows.
+    cluster = await mesh.cluster_config(BACKEND_CLUSTER)
+    assert cluster["cluster"]["connect_timeout"] == "2s"
+    assert "load_balancing_policy" not in cluster["cluster"]
+    assert await mesh.who() == mesh.apps[0].host
+    assert (await envoy.stats_async(rejected)).get("cluster_manager.cds.update_rejected", 0) == 0

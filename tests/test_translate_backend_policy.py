@@ -271,6 +271,7 @@ OUTLIER_DEFAULTS = {
     "interval": "10s",
     "baseEjectionTime": "30s",
     "maxEjectionPercent": 10,
+    "alwaysEjectOneHost": True,
 }
 
 
@@ -298,7 +299,11 @@ OUTLIER_DEFAULTS = {
             OUTLIER_DEFAULTS
             | {"consecutiveGatewayFailure": 3, "enforcingConsecutiveGatewayFailure": 100},
         ),
-        ({"maxEjectionPercent": 0}, OUTLIER_DEFAULTS | {"maxEjectionPercent": 0}),
+        (
+            {"maxEjectionPercent": 0},
+            {k: v for k, v in OUTLIER_DEFAULTS.items() if k != "alwaysEjectOneHost"}
+            | {"maxEjectionPercent": 0},
+        ),
     ],
 )
 def test_outlier_detection_ejects_on_consecutive_errors_only(

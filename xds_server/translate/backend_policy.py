@@ -22,7 +22,10 @@ opened up, no outlier detection, no health checks, a 10s connect timeout).
 * `outlierDetection`: consecutive 5xx and gateway-error ejection with the
   spec's documented defaults written out; ejection on success-rate
   statistics (on in Envoy by default) is turned off, so only the rules the
-  policy names eject an endpoint.
+  policy names eject an endpoint.  One endpoint may always be ejected
+  (`always_eject_one_host`) unless `maxEjectionPercent` is 0: Envoy counts
+  the ejection it is about to make against the percentage, so with the
+  default 10 % a Service of fewer than 10 endpoints would never eject one.
 * `healthCheck`: one HTTP or TCP health checker.  Every caller's sidecar
   probes every endpoint it load balances to (endpoints come over EDS).
   Envoy probes a cluster that carries no traffic only every 60s by default;
@@ -311,6 +314,10 @@ def outlier_detection(
         if percent > 100:
             raise PolicyError(policy, f"{where}.maxEjectionPercent", "must be at most 100")
         found.max_ejection_percent.value = percent
+    if found.max_ejection_percent.value > 0:
+        # Envoy ejects only while (ejected + 1) / endpoints stays within the percentage:
+        # at 10 %, a Service of fewer than 10 endpoints would never eject any.
+        found.always_eject_one_host.value = True
     return found
 
 
