@@ -230,10 +230,34 @@ async def test_header_modifiers_and_url_rewrite_are_seen_by_the_upstream(mesh: M
                     "path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/new"}}},
             ],
             "backendRefs": [to("web-v1", mesh.port)],
-        }
+        },
+        {
+            "matches": [{"path": {"type": "PathPrefix", "value": "/full"}},
+                        {"path": {"type": "Exact", "value": "/whole"}}],
+            "filters": [{"type": "URLRewrite", "urlRewrite": {
+                "path": {"type": "ReplaceFullPath", "replaceFullPath": "/replaced"}}}],
+            "backendRefs": [to("web-v1", mesh.port)],
+        },
+        {
+            "matches": [{"path": {"type": "PathPrefix", "value": "/strip"}}],
+            "filters": [{"type": "URLRewrite", "urlRewrite": {
+                "path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/"}}}],
+            "backendRefs": [to("web-v1", mesh.port)],
+        },
     ]  # fmt: skip
     mesh.write_routes(http_route("filters", "filters", rules))
     await mesh.answers("filters", "/old", "web-v1")
+    rewritten = {
+        path: (await mesh.get("filters", path)).json()["path"]
+        for path in ("/full/deep/x?q=2", "/whole", "/strip/a/b?c=d", "/strip", "/strip/")
+    }
+    assert rewritten == {
+        "/full/deep/x?q=2": "/replaced?q=2",  # the query string is kept
+        "/whole": "/replaced",
+        "/strip/a/b?c=d": "/a/b?c=d",
+        "/strip": "/",
+        "/strip/": "/",
+    }
     response = await mesh.get(
         "filters", "/old/page?q=1", headers={"x-set": "client", "x-add": "client", "x-drop": "1"}
     )
