@@ -328,8 +328,10 @@ class OutboundRouteTables:
 
 def _entry(mesh: MeshSnapshot, service: Service, known: _Entry | None) -> _Entry:
     """`service`'s hosts, reused from `known` while every input is the same."""
-    routes = mesh.routes_for(service.namespace, service.name)
-    attachment = mesh.backend_policy_for(service)
+    # Most meshes have few routes and policies: no lookup per Service when there are none.
+    any_routes = bool(mesh.http_routes or mesh.grpc_routes)
+    routes = mesh.routes_for(service.namespace, service.name) if any_routes else ()
+    attachment = mesh.backend_policy_for(service) if mesh.backend_policies else None
     policy = shaping_policy(attachment.policy if attachment is not None else None)
     backends: dict[NamespacedName, Service] = {}
     surface: BackendSurface = ()

@@ -177,15 +177,31 @@ def service_hosts(
     Service's governing BackendPolicy.
     """
     bare = _bare_port(service)
-    known = backends if backends is not None else {}
     shaping = shaping_policy(policy)
+    if not routes:  # the common case, kept lean: 10,000 Services are built at start-up
+        extra = (policy_key(shaping),) if shaping else ()
+        return ServiceHosts(
+            tuple(
+                PortHost.build(
+                    service,
+                    port,
+                    _domains(service, port.port, port.port == bare),
+                    (),
+                    extra,
+                    shaping,
+                )
+                for port in mesh_ports(service)
+                if port.mesh_protocol.is_http
+            )
+        )
+    known = backends if backends is not None else {}
     hosts: list[PortHost] = []
     consumers: dict[str, list[tuple[int, PortHost]]] = {}
     issues: list[RouteIssue] = []
     for port in (port for port in mesh_ports(service) if port.mesh_protocol.is_http):
         domains = _domains(service, port.port, port.port == bare)
         index, own = len(hosts), None
-        groups = governing_routes(service, port, routes) if routes else {}
+        groups = governing_routes(service, port, routes)
         for who, group in sorted(groups.items(), key=lambda item: item[0] or ""):
             translated = port_routes(service, port, group, known, shaping)
             issues.extend(translated.issues)
