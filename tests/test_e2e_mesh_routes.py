@@ -212,6 +212,13 @@ async def test_a_rule_envoy_would_reject_is_left_out_and_nothing_is_nacked(mesh:
     assert await mesh.who("web-v2") == "web-v2"  # other Services keep their routes
     stats = await mesh.sidecar.envoy.stats_async(filter=r"rds\..*update_rejected$")
     assert stats and set(stats.values()) == {0}, stats
+    # The route's status says which rule is left out, and that the rest is in force.
+    (status,) = [s for s in mesh.plane.policy_statuses() if s.key.name == "match"]
+    assert status.accepted
+    (parent,) = status.parents
+    partially = parent.condition("PartiallyInvalid")
+    assert partially is not None and partially.reason == "UnsupportedValue", status
+    assert "spec.rules[0]" in partially.message, partially.message
 
 
 async def test_header_modifiers_and_url_rewrite_are_seen_by_the_upstream(mesh: Mesh) -> None:

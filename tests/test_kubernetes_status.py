@@ -236,8 +236,10 @@ class Pipeline:
     mesh: MeshSnapshot = field(default_factory=MeshSnapshot)
     rejected: dict[ObjectKey, str] = field(default_factory=dict)
 
-    def __call__(self) -> tuple[MeshSnapshot, Mapping[ObjectKey, str]]:
-        return self.mesh, self.rejected
+    def __call__(
+        self,
+    ) -> tuple[MeshSnapshot, Mapping[ObjectKey, str], Mapping[ObjectKey, tuple[str, ...]]]:
+        return self.mesh, self.rejected, {}
 
     def load(self, objects: list[dict[str, Any]], api: StatusApiEmulator) -> None:
         """The objects as the API server holds them (with their generation), into the mesh."""

@@ -426,6 +426,21 @@ def test_a_rejected_route_is_not_accepted_on_any_parent_it_had() -> None:
     check(status, Expect(("False", "Invalid")), ParentRef("web"))
 
 
+def test_a_route_with_rules_left_out_stays_accepted_and_says_which_are_partially_invalid() -> None:
+    route = http_route()
+    key = ObjectKey(Kind.HTTP_ROUTE, "shop", "r")
+    partial = {key: ("spec.rules[1].matches[0].path.value: Envoy's RE2 refuses it",)}
+    status = policy_conditions(mesh_of(WEB, API, route), partial=partial)[key]
+    check(status, Expect(("True", "Accepted")), ParentRef("web"))
+    found = status.condition("PartiallyInvalid", ParentRef("web"))
+    assert found is not None
+    assert (found.status, found.reason) == ("True", "UnsupportedValue")
+    assert "spec.rules[1].matches[0].path.value" in found.message
+    assert found.observed_generation == route.generation
+    unaffected = policy_conditions(mesh_of(WEB, API, route))[key]
+    assert unaffected.condition("PartiallyInvalid", ParentRef("web")) is None
+
+
 def test_rejections_of_other_kinds_are_not_statuses() -> None:
     key = ObjectKey(Kind.SERVICE, "shop", "web")
     assert key not in policy_conditions(mesh_of(WEB), {key: "Service shop/web: bad"})

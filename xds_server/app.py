@@ -55,6 +55,7 @@ from xds_server.sources.proposal import propose_apply, propose_files
 from xds_server.supervise import Supervisor
 
 if TYPE_CHECKING:
+    from xds_server.sources.k8s_status import Inputs as StatusInputs
     from xds_server.sources.k8s_status import StatusWriter
 
 logger = logging.getLogger(__name__)
@@ -88,9 +89,7 @@ def create_source(settings: Settings) -> MeshSource:
     return FileSource(settings.source_directory)
 
 
-def create_status_writer(
-    settings: Settings, inputs: Callable[[], tuple[MeshSnapshot, dict[ObjectKey, str]]]
-) -> StatusWriter | None:
+def create_status_writer(settings: Settings, inputs: StatusInputs) -> StatusWriter | None:
     """In Kubernetes mode, the status write-back (`sources.k8s_status`); else None."""
     if settings.source_kind != SOURCE_KUBERNETES:
         return None
@@ -257,13 +256,17 @@ class ControlPlane:
         errors = [*pipeline.builder.object_errors.items(), *pipeline.batch_errors.items()]
         return rejections(self.source.errors, errors)
 
-    def _status_inputs(self) -> tuple[MeshSnapshot, dict[ObjectKey, str]]:
-        """What route and policy status is computed from: the mesh, and the rejections."""
-        return self.pipeline.builder.mesh, self.rejected_objects()
+    def _status_inputs(
+        self,
+    ) -> tuple[MeshSnapshot, dict[ObjectKey, str], dict[ObjectKey, tuple[str, ...]]]:
+        """What route and policy status is computed from: the mesh, the rejections, and
+        the rules translation left out of routes."""
+        builder = self.pipeline.builder
+        return builder.mesh, self.rejected_objects(), builder.route_issues()
 
     def policy_statuses(self) -> list[ObjectStatus]:
         """Every route and policy with its status conditions (`/api/policies`)."""
-        statuses = policy_conditions(self.pipeline.builder.mesh, self.rejected_objects())
+        statuses = policy_conditions(*self._status_inputs())
         return [statuses[key] for key in sorted(statuses, key=lambda k: (k.kind.value, *k[1:]))]
 
     async def preview(self, files: Mapping[str, bytes]) -> DryRun:

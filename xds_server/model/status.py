@@ -44,13 +44,15 @@ GEP-713 words policy status:
 
 Rejections come from outside the model (the pipeline's and the source's error
 tables, keyed by object): `policy_conditions(mesh, rejected)` takes them as
-`{ObjectKey: message}`.  A rejected object's last good version may still be in
-force (or none); its status says it was rejected all the same, because its
-latest spec is not what runs.
+`{ObjectKey: message}`; so do the rules translation left out of a route that
+otherwise applies (`partial`: `PartiallyInvalid`).  A rejected object's last
+good version may still be in force (or none); its status says it was rejected
+all the same, because its latest spec is not what runs.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 from collections.abc import Iterable, Mapping
@@ -81,7 +83,8 @@ CONTROLLER_NAME = "xds-server.dev/mesh"
 
 ACCEPTED = "Accepted"
 RESOLVED_REFS = "ResolvedRefs"
-CONDITION_TYPES = (ACCEPTED, RESOLVED_REFS)
+PARTIALLY_INVALID = "PartiallyInvalid"
+CONDITION_TYPES = (ACCEPTED, RESOLVED_REFS, PARTIALLY_INVALID)
 """The condition types this control plane sets (and so may replace or remove)."""
 
 # Reasons (Gateway API `RouteConditionReason`, GEP-713 `PolicyConditionReason`).
@@ -94,6 +97,7 @@ BACKEND_NOT_FOUND = "BackendNotFound"
 INVALID_KIND = "InvalidKind"
 REF_NOT_PERMITTED = "RefNotPermitted"
 TARGET_NOT_FOUND = "TargetNotFound"
+UNSUPPORTED_VALUE = "UnsupportedValue"
 
 MAX_PROBLEMS_NAMED = 5
 """Unresolved references a message names one by one; the rest are counted."""
@@ -165,18 +169,39 @@ class ObjectStatus:
 
 
 def policy_conditions(
-    mesh: MeshSnapshot, rejected: Mapping[ObjectKey, str] | None = None
+    mesh: MeshSnapshot,
+    rejected: Mapping[ObjectKey, str] | None = None,
+    partial: Mapping[ObjectKey, tuple[str, ...]] | None = None,
 ) -> dict[ObjectKey, ObjectStatus]:
     """The status of every HTTPRoute, GRPCRoute and BackendPolicy, by key.
 
     `rejected`: objects the source or the pipeline left out, with why (other
     kinds are ignored); they are `Accepted=False`, reason `Invalid`.
+    `partial`: routes some of whose rules translation left out (a match or
+    filter Envoy would refuse), with why: each of their parents also carries
+    `PartiallyInvalid=True`, reason `UnsupportedValue` (Gateway API v1.1's
+    condition for a route whose valid rules stay in force).
     """
     statuses = dict(mesh.derive("policy_status", lambda: _mesh_status(mesh)))
+    for key, problems in (partial or {}).items():
+        found = statuses.get(key)
+        if found is not None and problems and found.parents:
+            statuses[key] = _partially_invalid(found, problems)
     for key, message in (rejected or {}).items():
         if key.kind in POLICY_KINDS:
             statuses[key] = _rejected(mesh, key, message)
     return statuses
+
+
+def _partially_invalid(status: ObjectStatus, problems: tuple[str, ...]) -> ObjectStatus:
+    shown = "; ".join(problems[:MAX_PROBLEMS_NAMED])
+    more = len(problems) - MAX_PROBLEMS_NAMED
+    message = f"rules left out: {shown}" + (f" (+{more} more)" if more > 0 else "")
+    condition = Condition(PARTIALLY_INVALID, "True", UNSUPPORTED_VALUE, message, status.generation)
+    parents = tuple(
+        ParentStatus(entry.parent_ref, (*entry.conditions, condition)) for entry in status.parents
+    )
+    return dataclasses.replace(status, parents=parents)
 
 
 def _mesh_status(mesh: MeshSnapshot) -> dict[ObjectKey, ObjectStatus]:

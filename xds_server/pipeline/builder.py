@@ -334,6 +334,25 @@ class SnapshotBuilder:
 
     # -- route tables and namespaces ----------------------------------------------------
 
+    def route_issues(self) -> dict[ObjectKey, tuple[str, ...]]:
+        """Rules the current route tables left out, by route (for its status).
+
+        A GRPCRoute winning a port over HTTPRoutes is not among them: status
+        derives that `Conflicted` from the model itself.
+        """
+        tables = self._route_tables
+        found: dict[ObjectKey, list[str]] = {}
+        for issue in tables.issues if tables is not None else ():
+            if issue.conflict:
+                continue
+            kind, _, rest = issue.route.partition("/")
+            namespace, _, name = rest.partition("/")
+            key = ObjectKey(Kind(kind), namespace, name)
+            text = f"{issue.field}: {issue.message}"
+            if text not in found.setdefault(key, []):
+                found[key].append(text)
+        return {key: tuple(texts) for key, texts in found.items()}
+
     def _current_tables(self, mesh: MeshSnapshot) -> translate.OutboundRouteTables:
         if self._route_tables is None or not self._tables_current:
             return translate.outbound_route_tables(mesh, self._route_tables)

@@ -82,8 +82,11 @@ RESOURCES: dict[Kind, tuple[str, str, str]] = {
 """Where each kind's objects live: (group, version, plural)."""
 WRITES_AT_ONCE = 4
 
-Inputs = Callable[[], tuple[MeshSnapshot, Mapping[ObjectKey, str]]]
-"""The pipeline's current mesh and rejections (called on the event loop)."""
+Inputs = Callable[
+    [], tuple[MeshSnapshot, Mapping[ObjectKey, str], Mapping[ObjectKey, tuple[str, ...]]]
+]
+"""The pipeline's current mesh, rejections and routes' left-out rules (called on the
+event loop); see `model.status.policy_conditions`."""
 
 
 # -- one object's status, merged into what is there ------------------------------------------
@@ -211,7 +214,7 @@ class StatusWriter:
     writes: int = 0
     """PATCHes sent (tests and metrics read it)."""
     _desired: dict[ObjectKey, ObjectStatus] = field(default_factory=dict)
-    _seen: tuple[object, object] | None = None
+    _seen: tuple[object, object, object] | None = None
     _pending: set[ObjectKey] = field(default_factory=set)
     """Keys whose desired status is not what was settled."""
     _failing: dict[ObjectKey, _Pending] = field(default_factory=dict)
@@ -273,11 +276,16 @@ class StatusWriter:
 
     def _refresh(self) -> bool:
         """Recompute the desired statuses if the pipeline's mesh or rejections moved."""
-        mesh, rejected = self.inputs()
-        if self._seen is not None and self._seen[0] is mesh and self._seen[1] == rejected:
+        mesh, rejected, partial = self.inputs()
+        if (
+            self._seen is not None
+            and self._seen[0] is mesh
+            and self._seen[1] == rejected
+            and self._seen[2] == partial
+        ):
             return False
-        self._seen = (mesh, dict(rejected))
-        statuses = policy_conditions(mesh, rejected)
+        self._seen = (mesh, dict(rejected), dict(partial))
+        statuses = policy_conditions(mesh, rejected, partial)
         for kind in (Kind.HTTP_ROUTE, Kind.GRPC_ROUTE):  # a route no longer ours: clear ours
             table = mesh.table(kind)
             for namespace, name in table:

@@ -100,6 +100,8 @@ class RouteIssue:
     """`HTTPRoute/ns/name` or `GRPCRoute/ns/name`."""
     field: str
     message: str
+    conflict: bool = False
+    """The whole route lost its port to another route type (not a rule it got wrong)."""
 
     def __str__(self) -> str:
         return f"{self.route}: {self.field}: {self.message}"
@@ -184,6 +186,7 @@ def port_routes(
                 "spec.parentRefs",
                 f"Conflicted: a GRPCRoute binds to {service.namespace}/{service.name} "
                 f"port {port.port}, and wins over HTTPRoutes",
+                conflict=True,
             )
             for route in http
         )
