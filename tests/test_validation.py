@@ -53,6 +53,15 @@ from xds_server.cache import Snapshot, SnapshotCache
 from xds_server.model import ChangeSet, ObjectKey, Proxy, Service
 from xds_server.model.changes import MeshObject
 from xds_server.model.policy import BackendPolicy
+from xds_server.model.routes import (
+    BackendObjectRef,
+    BackendRef,
+    HeaderModifier,
+    HTTPRoute,
+    HTTPRouteRule,
+    ParentRef,
+    RequestHeaderModifierFilter,
+)
 from xds_server.pipeline import SnapshotBuilder, validation
 from xds_server.pipeline.validation import EnvoyValidationError, EnvoyValidator
 from xds_server.policy_api import backend_policy_pb2 as api
@@ -694,3 +703,30 @@ def test_a_table_differing_in_one_host_from_the_last_walks_that_host_and_its_own
     walked = [f.host_index for f in fields if f.number == VIRTUAL_HOSTS_FIELD]
     assert walked == [39]  # the changed one (after the deletion), nothing else
     assert len(fields) == 3  # and the table's own fields: its name and trailer
+
+
+def test_a_route_whose_virtual_host_breaks_an_envoy_rule_is_blamed_and_left_out() -> None:
+    """A header value no source lets through (CR LF), in an HTTPRoute built as a model value:
+    the route tables' isolation searches routes too, so the route is named, not the tables."""
+    builder = synced()
+    modifier = HeaderModifier(set=(("x-evil", "a\r\nx-injected: 1"),))
+    route = HTTPRoute(
+        "default",
+        "evil-route",
+        parent_refs=(ParentRef("backend", port=80),),
+        rules=(
+            HTTPRouteRule(
+                filters=(RequestHeaderModifierFilter(modifier),),
+                backend_refs=(BackendRef(BackendObjectRef("backend", port=80)),),
+            ),
+        ),
+        origin=Origin(file="routes.yaml", document=0),
+    )
+
+    builder.apply(changes_of(route, service("extra", http(80))))
+
+    assert ("default", "evil-route") not in builder.mesh.http_routes
+    assert "outbound|80||extra.default.svc.cluster.local" in clusters_of(builder)
+    [(shown, error)] = builder.translation_errors()
+    assert shown.startswith("HTTPRoute default/evil-route")
+    assert "stays out of the mesh until fixed" in error

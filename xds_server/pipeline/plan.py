@@ -98,6 +98,12 @@ class Plan:
     """Per unit, its new error, or None where it translated again (clearing the old one)."""
 
 
+ROUTE_TABLE_KINDS = frozenset(
+    {Kind.SERVICE, Kind.HTTP_ROUTE, Kind.GRPC_ROUTE, Kind.BACKEND_POLICY}
+)
+"""What the route tables are built from: the kinds a failing build may be blamed on."""
+
+
 class Planner:
     """Plans batches against the builder's current proxies and tables (read, never written)."""
 
@@ -201,9 +207,7 @@ class Planner:
         try:
             plan.route_tables, plan.route_resources = build(plan.mesh)
         except Exception as error:
-            culprit = isolation.mesh_culprit(
-                base, plan.changes, build, kinds=frozenset({Kind.SERVICE})
-            )
+            culprit = isolation.mesh_culprit(base, plan.changes, build, kinds=ROUTE_TABLE_KINDS)
             if culprit is not None:
                 return [culprit]
             plan.unit_errors[ROUTE_TABLES] = (
