@@ -418,6 +418,26 @@ async def until(condition: Callable[[], bool], within: float = 5.0) -> None:
         await asyncio.sleep(0.005)
 
 
+def test_a_delete_exposing_a_bad_pod_at_a_proxy_s_address_takes_that_pod_out() -> None:
+    """The batch changes only a good Pod; the bad one, already held, is to blame."""
+    proxy = Proxy(node_id="pod-x", ip="127.0.70.5")
+    good = Workload("default", "pod-x", labels=(("app", "web"),), ip=proxy.ip)
+    bad = Workload(f"ns-{SURROGATE}", "pod-x", labels=(("app", "web"),), ip=proxy.ip)
+    builder = SnapshotBuilder(SnapshotCache())
+    builder.add_proxy(proxy)
+    builder.mark_synced()
+    builder.apply(changes(good, bad))  # the proxy is in the good Pod's namespace: it wins
+    assert builder.proxy_error(proxy.node_id) is None
+
+    gone = ChangeSet()
+    gone.delete(ObjectKey.of(good))
+    builder.apply(gone)
+
+    assert builder.proxy_error(proxy.node_id) is None
+    assert ObjectKey.of(bad) in dict(builder.object_errors.items())
+    assert (bad.namespace, bad.name) not in builder.mesh.workloads
+
+
 # -- the invariant: incremental equals a from-scratch build of what was kept -----------------
 
 ZONES = st.sampled_from([None, "zone-a", SURROGATE])

@@ -32,12 +32,13 @@ import logging
 from collections.abc import Callable, Iterable, Sequence
 from typing import TypeVar
 
-from xds_server.model import ChangeSet, Kind, MeshSnapshot, ObjectKey
+from xds_server.model import ChangeSet, Kind, MeshSnapshot, ObjectKey, Proxy
 from xds_server.model.changes import MeshObject
 from xds_server.model.mesh import NamespacedName
 from xds_server.pipeline.errors import bounded, describe
 from xds_server.pipeline.generators import translate_service
 from xds_server.pipeline.provenance import Provenance
+from xds_server.pipeline.workloads import workload_of
 from xds_server.resources import Resource
 
 logger = logging.getLogger(__name__)
@@ -192,6 +193,29 @@ def mesh_culprit(
         return _raised(lambda: run(mesh))
 
     return first_culprit(candidates, attempt)
+
+
+def own_workload_culprit(
+    mesh: MeshSnapshot, declared: Proxy, run: Callable[[MeshSnapshot], object]
+) -> Culprit | None:
+    """The Pod a proxy takes its identity from, if `run` raises with it and not without.
+
+    A batch can expose a Pod it did not change: deleting the Pod a proxy
+    matched leaves it with another Pod at its address, already in the mesh,
+    that no translation had read yet.  No upsert is to blame then; that Pod
+    is, and it is taken out of the mesh.
+    """
+    workload = workload_of(declared, mesh)
+    if workload is None:
+        return None
+    key = ObjectKey.of(workload)
+    error = _raised(lambda: run(mesh))
+    if error is None:
+        return None
+    without, _ = mesh.apply(changes_of((key,), ()))
+    if _raised(lambda: run(without)) is not None:
+        return None
+    return key, error
 
 
 # -- what the errors say -----------------------------------------------------------------

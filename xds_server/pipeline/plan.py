@@ -98,9 +98,7 @@ class Plan:
     """Per unit, its new error, or None where it translated again (clearing the old one)."""
 
 
-ROUTE_TABLE_KINDS = frozenset(
-    {Kind.SERVICE, Kind.HTTP_ROUTE, Kind.GRPC_ROUTE, Kind.BACKEND_POLICY}
-)
+ROUTE_TABLE_KINDS = frozenset({Kind.SERVICE, Kind.HTTP_ROUTE, Kind.GRPC_ROUTE, Kind.BACKEND_POLICY})
 """What the route tables are built from: the kinds a failing build may be blamed on."""
 
 
@@ -239,7 +237,9 @@ class Planner:
                 def translate_it(mesh: MeshSnapshot, state: ProxyState = state) -> object:
                     return proxy_resources(mesh, state, with_workload(state.declared, mesh))
 
-                culprit = isolation.mesh_culprit(base, plan.changes, translate_it, meshes=meshes)
+                culprit = isolation.mesh_culprit(
+                    base, plan.changes, translate_it, meshes=meshes
+                ) or isolation.own_workload_culprit(plan.mesh, state.declared, translate_it)
                 if culprit is not None:
                     return [culprit]
                 plan.failed[node_id] = proxy_failure(node_id, error)
