@@ -208,7 +208,7 @@ def keys_of(prefix: str, keys: Iterable[ObjectKey]) -> set[ObjectKey]:
 def alive(pid: int) -> bool:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # gone, or exiting as it was read
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 

@@ -234,21 +234,21 @@ def slice_text(endpoints: int) -> str:
     )
 
 
-def test_the_default_reader_is_faster_than_the_pure_python_one_on_a_large_slice() -> None:
+def test_the_default_reader_parses_in_libyaml_and_reads_what_the_pure_python_one_reads() -> None:
+    """libyaml does the parsing (its speed is a benchmark's to show, not a timed unit
+    test's: one fails on a busy machine); both readers agree on a large slice."""
     if ManifestLoader is PurePythonLoader:
         pytest.skip("PyYAML has no libyaml here")
+    from yaml.cyaml import CParser  # type: ignore[attr-defined]
+
+    assert issubclass(ManifestLoader, CParser)
     text = slice_text(limits.MAX_ENDPOINTS_PER_SLICE)
-    timings: dict[type[Any], float] = {}
+    values = []
     for loader in (ManifestLoader, PurePythonLoader):
-        runs = []
-        for _ in range(3):  # the best of three: a busy machine slows a run, never speeds one
-            started = time.perf_counter()
-            (document,) = read_documents(text, loader)
-            runs.append(time.perf_counter() - started)
-            assert isinstance(document, Document)
-            assert document.value == yaml.safe_load(text)
-        timings[loader] = min(runs)
-    assert timings[ManifestLoader] * 2 < timings[PurePythonLoader]
+        (document,) = read_documents(text, loader)
+        assert isinstance(document, Document)
+        values.append(document.value)
+    assert values[0] == values[1] == yaml.safe_load(text)
 
 
 @pytest.mark.parametrize(
