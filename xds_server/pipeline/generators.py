@@ -35,7 +35,7 @@ from xds_server.model.mesh import NamespacedName
 from xds_server.model.policy import Attachment, BackendPolicy
 from xds_server.pipeline.deps import Unit
 from xds_server.pipeline.provenance import Provenance
-from xds_server.pipeline.reads import Fact, TrackedMesh, object_fact, slices_fact
+from xds_server.pipeline.reads import ROUTE_POLICIES, Fact, TrackedMesh, object_fact, slices_fact
 from xds_server.pipeline.validation import validate, validate_route_table
 from xds_server.provenance import SourceRef
 from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, Resource, make_resource
@@ -130,11 +130,12 @@ ROUTE_READS: frozenset[Fact] = frozenset(
         ("all", Kind.SERVICE, "routing"),
         ("all", Kind.HTTP_ROUTE),
         ("all", Kind.GRPC_ROUTE),
-        ("all", Kind.BACKEND_POLICY),
+        ("view", ROUTE_POLICIES),
     }
 )
 """What every namespace's route table reads: what routing sees of every Service, every
-mesh route, and every BackendPolicy (default retries and timeouts)."""
+mesh route, and of BackendPolicies only who sets default retries and timeouts for which
+Service (`reads.route_policies`): a policy that shapes clusters only rebuilds no table."""
 
 
 def service_reads(key: NamespacedName, root_namespace: str) -> frozenset[Fact]:

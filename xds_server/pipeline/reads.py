@@ -47,6 +47,7 @@ from xds_server.model.types import Labels
 from xds_server.translate import locality
 from xds_server.translate.listeners import tcp_port_owners
 from xds_server.translate.naming import mesh_ports
+from xds_server.translate.virtual_hosts import shaping_policy
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +93,38 @@ def _owners_shape(owners: list[tuple[int, tuple[Service, Any]]]) -> Any:
     return [(number, s.namespace, s.name, p) for number, (s, p) in owners]
 
 
+ROUTE_POLICIES = "route_policies"
+
+
+def route_policies(mesh: MeshSnapshot) -> tuple[Any, ...]:
+    """Each Service whose governing BackendPolicy sets what routes carry (default retries
+    or timeouts), with that policy: all of BackendPolicy the route tables read.
+
+    Computed once per snapshot.  A mesh without such a policy has none to resolve
+    (the common case: policies that shape clusters only), so a policy change there
+    costs the route tables nothing.
+    """
+    return mesh.derive(ROUTE_POLICIES, lambda: _route_policies(mesh))
+
+
+def _route_policies(mesh: MeshSnapshot) -> tuple[Any, ...]:
+    if not any(shaping_policy(p) for p in mesh.backend_policies.values()):
+        return ()
+    found = []
+    for key in sorted(mesh.services):
+        attachment = mesh.backend_policy_for(mesh.services[key])
+        if attachment is not None and shaping_policy(attachment.policy) is not None:
+            found.append((key, attachment.policy, attachment.policy.origin))
+    return tuple(found)
+
+
 COMPARED_VIEWS: dict[str, ComparedView] = {
+    ROUTE_POLICIES: ComparedView(
+        frozenset({Kind.BACKEND_POLICY}),
+        route_policies,
+        lambda found: found,
+        lambda before, after: True,
+    ),
     "tcp_port_owners": ComparedView(
         frozenset({Kind.SERVICE}),
         tcp_port_owners,
@@ -113,7 +145,9 @@ VIEW_KINDS: dict[str, frozenset[Kind]] = {
     ),
 }
 """Derived views read as "every object of these kinds" (not worth comparing)."""
-UNTRACKED_VIEWS = frozenset({"services_by_namespace", "policies_by_namespace", "routes_by_parent"})
+UNTRACKED_VIEWS = frozenset(
+    {"services_by_namespace", "policies_by_namespace", "routes_by_parent", ROUTE_POLICIES}
+)
 """Indexes whose readers record their own, finer facts (`services_selecting`)."""
 
 _FIELDS = [f.name for f in dataclasses.fields(MeshSnapshot)]
