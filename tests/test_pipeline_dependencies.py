@@ -1,9 +1,9 @@
 """Dependency-tracked pushes: a change re-runs exactly what read it, and nothing drifts.
 
 The invariant that proves the index right is a property: for any sequence of
-Service, EndpointSlice and Pod adds, edits and deletes, the incrementally
-maintained resources of every proxy equal, byte for byte, those of a builder
-that translates the final state from scratch.
+Service, EndpointSlice, Pod, HTTPRoute and BackendPolicy adds, edits and
+deletes, the incrementally maintained resources of every proxy equal, byte for
+byte, those of a builder that translates the final state from scratch.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from collections.abc import Iterable
 
 import pytest
 from envoy.config.listener.v3 import listener_pb2
+from google.protobuf import json_format
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -29,15 +30,35 @@ from xds_server.model import (
     Workload,
 )
 from xds_server.model.changes import MeshObject
+from xds_server.model.policy import ROOT_NAMESPACE, BackendPolicy
+from xds_server.model.routes import (
+    BackendObjectRef,
+    BackendRef,
+    HeaderMatch,
+    HTTPRoute,
+    HTTPRouteMatch,
+    HTTPRouteRule,
+    MatchType,
+    ParentRef,
+    PathMatch,
+    RouteRetry,
+)
 from xds_server.pipeline import SnapshotBuilder
 from xds_server.pipeline.records import GenerationRecord
+from xds_server.policy_api import backend_policy_pb2 as api
 from xds_server.provenance import Origin
 from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, PUSH_ORDER, ROUTE, unpack
 
 NAMESPACES = ("ns-a", "ns-b")
 SERVICES = ("s1", "s2", "s3")
 PROXIES = (
-    Proxy(node_id="p1.ns-a", namespace="ns-a", ip="127.0.0.11", labels=(("app", "one"),)),
+    Proxy(
+        node_id="p1.ns-a",
+        namespace="ns-a",
+        ip="127.0.0.11",
+        labels=(("app", "one"),),
+        zone="zone-a",
+    ),
     Proxy(node_id="p2.ns-a", namespace="ns-a", ip="127.0.0.12", labels=(("app", "two"),)),
     Proxy(node_id="p3.ns-b", namespace="ns-b", ip="127.0.0.13", labels=(("app", "one"),)),
     Proxy(node_id="sidecar-4", namespace="ns-b", ip="127.0.0.14", labels=(("app", "two"),)),
@@ -50,6 +71,8 @@ PROXIES = (
     ),
 )
 IPS = tuple(proxy.ip or "" for proxy in PROXIES)
+SLICE_NAMES = ("slice-x", "slice-y", "slice-z")
+POD_NAMES = ("p1", "p2", "p3", "other")
 
 
 def builder_with(changes: ChangeSet | None = None) -> tuple[SnapshotCache, SnapshotBuilder]:
@@ -128,7 +151,10 @@ def slices(draw: st.DrawFn) -> EndpointSlice:
         draw(st.sampled_from(["slice-x", "slice-y", "slice-z"])),
         draw(st.sampled_from(SERVICES)),
         ports=ports,
-        endpoints=tuple(Endpoint((address,)) for address in addresses),
+        endpoints=tuple(
+            Endpoint((address,), zone=draw(st.sampled_from([None, "zone-a", "zone-b"])))
+            for address in addresses
+        ),
     )
 
 
@@ -142,14 +168,78 @@ def pods(draw: st.DrawFn) -> Workload:
     )
 
 
+@st.composite
+def http_routes(draw: st.DrawFn) -> HTTPRoute:
+    """A producer or consumer route to one of the Services, splitting or matching."""
+    backends = draw(st.lists(st.sampled_from(SERVICES), min_size=1, max_size=2, unique=True))
+    port = draw(st.sampled_from([80, 8080]))
+    rule = HTTPRouteRule(
+        matches=draw(
+            st.sampled_from(
+                [
+                    (HTTPRouteMatch(),),
+                    (HTTPRouteMatch(PathMatch(MatchType.EXACT, "/exact")),),
+                    (HTTPRouteMatch(headers=(HeaderMatch("x-canary", "yes"),)),),
+                ]
+            )
+        ),
+        backend_refs=tuple(
+            BackendRef(BackendObjectRef(name, port=port), weight=draw(st.sampled_from([0, 1, 3])))
+            for name in backends
+        ),
+        retry=draw(st.sampled_from([None, RouteRetry(codes=(503,), attempts=2)])),
+    )
+    return HTTPRoute(
+        draw(st.sampled_from(NAMESPACES)),
+        draw(st.sampled_from(["r1", "r2"])),
+        parent_refs=(
+            ParentRef(
+                draw(st.sampled_from(SERVICES)),
+                namespace=draw(st.sampled_from([None, *NAMESPACES])),
+                port=draw(st.sampled_from([None, 80])),
+            ),
+        ),
+        rules=(rule,),
+        creation_timestamp=draw(st.sampled_from([None, "2026-01-01T00:00:00Z"])),
+    )
+
+
+POLICY_SPECS = (
+    {"loadBalancer": {"algorithm": "LeastRequest"}},
+    {"connectionPool": {"maxConnections": 7}, "outlierDetection": {"consecutive5xx": 3}},
+    {"retry": {"attempts": 2, "codes": [503]}, "timeouts": {"request": "3s"}},
+    {"localRateLimit": {"maxTokens": 5, "fillInterval": "1s"}},
+    {"faultInjection": {"abort": {"httpStatus": 503, "percentage": 10}}},
+    {"loadBalancer": {"locality": {"enabled": True}}},
+)
+
+
+@st.composite
+def backend_policies(draw: st.DrawFn) -> BackendPolicy:
+    """A Service's own policy, a namespace default, or the mesh default."""
+    namespace = draw(st.sampled_from([*NAMESPACES, ROOT_NAMESPACE]))
+    targets = draw(
+        st.sampled_from([[], *([{"kind": "Service", "name": name}] for name in SERVICES)])
+    )
+    spec = json_format.ParseDict(
+        {"targetRefs": targets, **draw(st.sampled_from(POLICY_SPECS))}, api.BackendPolicySpec()
+    )
+    return BackendPolicy.of(
+        namespace,
+        draw(st.sampled_from(["bp1", "bp2"])),
+        spec,
+        creation_timestamp=draw(st.sampled_from([None, "2026-01-01T00:00:00Z"])),
+    )
+
+
 keys = st.builds(
     ObjectKey,
     st.sampled_from(list(Kind)),
-    st.sampled_from(NAMESPACES),
-    st.sampled_from([*SERVICES, "slice-x", "slice-y", "slice-z", "p1", "p2", "p3", "other"]),
+    st.sampled_from([*NAMESPACES, ROOT_NAMESPACE]),
+    st.sampled_from([*SERVICES, *SLICE_NAMES, *POD_NAMES, "r1", "r2", "bp1", "bp2"]),
 )
 operations = st.one_of(
-    services(), slices(), pods(), keys.map(lambda key: key)
+    services(), slices(), pods(), http_routes(), backend_policies(), keys.map(lambda key: key)
 )  # an object is an upsert, a key a delete
 batches = st.lists(st.lists(operations, min_size=1, max_size=3), min_size=1, max_size=12)
 
@@ -178,8 +268,8 @@ def test_incremental_resources_equal_a_translation_from_scratch(
     for operations in sequence:
         builder.apply(batch_of(operations))
     final = ChangeSet()
-    for table in (builder.mesh.services, builder.mesh.endpoint_slices, builder.mesh.workloads):
-        for obj in table.values():
+    for kind in Kind:
+        for obj in builder.mesh.table(kind).values():
             final.upsert(obj)
     fresh_cache, _ = builder_with(final)
     assert served(cache) == served(fresh_cache)
