@@ -22,6 +22,9 @@ time counts the server alone.  The parent drives them over a `Connection`:
   shared by every process on Linux) the first EDS response after it arrived;
 * `("stop",)`: close every stream and exit.
 
+`ClientProcess` is the parent's side: it starts the process and holds the
+conversation.
+
 Nothing is sent to the parent between a mark and a report, so the parent's
 CPU time in that window is the server's.  A client whose stream fails
 reports `("error", text)`.
@@ -32,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import multiprocessing
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterable
@@ -241,3 +245,53 @@ async def _obey(
             conn.send(("report", {client.spec.node_id: client.report() for client in clients}))
         elif command == "stop":
             stop.set()
+
+
+class ClientProcess:
+    """The child process of proxies, and the request/reply conversation with it."""
+
+    def __init__(self, plan: ClientPlan) -> None:
+        context = multiprocessing.get_context("spawn")
+        self._conn, child_conn = context.Pipe()
+        self._process = context.Process(
+            target=client_process, args=(plan, child_conn), name="bench-ads-clients", daemon=True
+        )
+        self._process.start()
+        child_conn.close()
+
+    async def ask(self, command: str, reply_within: float = 30.0) -> Any:
+        return await asyncio.to_thread(self._ask, command, reply_within)
+
+    def check(self) -> None:
+        """Raise if a client reported an error or the process died."""
+        try:
+            while self._conn.poll():
+                self._reply(self._conn.recv())
+        except EOFError:
+            pass  # the process ended: say so below, with its exit code
+        if not self._process.is_alive():
+            raise RuntimeError(f"the client process exited with {self._process.exitcode}")
+
+    def stop(self) -> None:
+        with contextlib.suppress(OSError):  # the process is already gone
+            self._conn.send(("stop",))
+        self._process.join(10.0)
+        if self._process.is_alive():
+            self._process.kill()
+            self._process.join()
+        self._conn.close()
+
+    def _ask(self, command: str, reply_within: float) -> Any:
+        self._conn.send((command,))
+        deadline = time.monotonic() + reply_within
+        while self._conn.poll(max(0.0, deadline - time.monotonic())):
+            reply = self._reply(self._conn.recv())
+            if reply[0] == command or (command == "mark" and reply[0] == "marked"):
+                return reply[1] if len(reply) > 1 else None
+        raise TimeoutError(f"the client process did not answer {command!r} in {reply_within}s")
+
+    @staticmethod
+    def _reply(message: tuple[Any, ...]) -> tuple[Any, ...]:
+        if message[0] == "error":
+            raise RuntimeError(f"an ADS client failed: {message[1]}")
+        return message

@@ -43,15 +43,15 @@ import gc
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import footprint
 import report
+import serving
 import synthetic_mesh
-from ads_clients import ClientPlan, ClientReport, ClientSpec, ClientStatus
-from push import ClientProcess, server_bytes, wait_disconnected
+from ads_clients import ClientPlan, ClientProcess, ClientReport, ClientSpec
 from serving import ControlPlaneUnderTest
 
 from xds_server.cache import Snapshot
@@ -59,7 +59,6 @@ from xds_server.model import ChangeSet
 from xds_server.model.policy import BackendPolicy
 from xds_server.policy_api import backend_policy_pb2 as api
 from xds_server.resources import CLUSTER, ENDPOINT, SHORT_NAMES
-from xds_server.server import StreamStatus
 
 logger = logging.getLogger("bench.policy_change")
 
@@ -124,15 +123,9 @@ def upsert(obj: BackendPolicy) -> ChangeSet:
 
 
 @dataclass(frozen=True)
-class ChangeMeasurement:
-    apply_wall_s: float
-    apply_cpu_s: float
-    push_wall_s: float
-    push_cpu_s: float
+class ChangeMeasurement(serving.PushCost):
     clusters_changed: int
     changed_cluster_bytes: int
-    client_bytes: dict[str, dict[str, int]]
-    server_bytes: dict[str, dict[str, int]]
 
 
 def changed_clusters(before: Snapshot, after: Snapshot) -> tuple[int, int]:
@@ -153,7 +146,7 @@ async def measure_change(
     await clients.ask("mark")
     some_node = min(nodes)
     snapshot_before = plane.cache.get_snapshot(some_node)
-    bytes_before = server_bytes(plane, nodes)
+    bytes_before = serving.server_bytes(plane, nodes)
     acks_wanted = plane.ads.acks[CLUSTER] + len(nodes)
     gc.collect()
     wall, cpu = time.perf_counter(), time.process_time()
@@ -167,9 +160,9 @@ async def measure_change(
         await asyncio.wait_for(plane.ads.wait_acks(CLUSTER, acks_wanted), 60.0)
     push_wall, push_cpu = time.perf_counter() - wall, time.process_time() - cpu
     await asyncio.sleep(0.5)  # anything else on its way has arrived by now
-    await asyncio.wait_for(wait_synced(plane, clients, nodes), 60.0)
+    await asyncio.wait_for(serving.wait_synced(plane, clients, nodes, own_snapshot(plane)), 60.0)
     reports: dict[str, ClientReport] = await clients.ask("report")
-    bytes_after = server_bytes(plane, nodes)
+    bytes_after = serving.server_bytes(plane, nodes)
     return ChangeMeasurement(
         apply_wall_s=apply_wall,
         apply_cpu_s=apply_cpu,
@@ -179,43 +172,25 @@ async def measure_change(
         changed_cluster_bytes=size,
         client_bytes={node: dict(r.bytes_by_type) for node, r in reports.items()},
         server_bytes={
-            node: _growth(bytes_before.get(node, {}), now) for node, now in bytes_after.items()
+            node: serving.bytes_growth(bytes_before.get(node, {}), now)
+            for node, now in bytes_after.items()
         },
     )
 
 
-async def wait_synced(
-    plane: ControlPlaneUnderTest, clients: ClientProcess, nodes: set[str]
-) -> float:
-    """Wait until nothing is in flight on any node's stream; return the seconds it took.
+def own_snapshot(plane: ControlPlaneUnderTest) -> Callable[[str], str | None]:
+    """The version each node's stream must be at: its own snapshot's in the cache.
 
-    As `push.wait_synced`, but against each node's own snapshot in the cache:
-    a change that leaves a proxy's resources as they were publishes it no
-    new snapshot, so its stream stays at the version it had.
+    Not the builder's generation (`serving.wait_synced`'s default): a change
+    that leaves a proxy's resources as they were publishes it no new snapshot,
+    so its stream stays at the version it had.
     """
-    started = time.monotonic()
-    while True:
-        seen: dict[str, ClientStatus] = await clients.ask("status")
-        streams = {s.node_id: s for s in plane.ads.streams() if s.node_id in nodes}
-        if len(streams) == len(nodes) and all(
-            _in_step(streams[node], seen[node], plane.cache.get_snapshot(node)) for node in nodes
-        ):
-            return time.monotonic() - started
-        await asyncio.sleep(0.25)
 
+    def version(node: str) -> str | None:
+        snapshot = plane.cache.get_snapshot(node)
+        return None if snapshot is None else snapshot.version
 
-def _in_step(stream: StreamStatus, client: ClientStatus, snapshot: Snapshot | None) -> bool:
-    return (
-        snapshot is not None
-        and stream.snapshot_version == snapshot.version
-        and stream.requests == client.requests
-        and set(stream.types) == set(client.nonces)
-        and all(state.nonce == client.nonces[url] for url, state in stream.types.items())
-    )
-
-
-def _growth(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
-    return {name: n - before.get(name, 0) for name, n in after.items() if n > before.get(name, 0)}
+    return version
 
 
 async def measure_scenario(
@@ -227,7 +202,7 @@ async def measure_scenario(
 ) -> dict[str, Any]:
     # Attach the policy first, untimed: the changes measured are changes of a policy.
     plane.pipeline.builder.apply(upsert(policy(scenario, 0)))
-    await asyncio.wait_for(wait_synced(plane, clients, nodes), 60.0)
+    await asyncio.wait_for(serving.wait_synced(plane, clients, nodes, own_snapshot(plane)), 60.0)
     measured = []
     for change in range(changes):
         measured.append(
@@ -288,7 +263,7 @@ async def measure_variant(
     clients = ClientProcess(plan)
     try:
         async with asyncio.timeout(args.timeout):
-            sync_s = await wait_synced(plane, clients, nodes)
+            sync_s = await serving.wait_synced(plane, clients, nodes, own_snapshot(plane))
         scenarios = {
             scenario: await measure_scenario(plane, clients, nodes, scenario, args.changes)
             for scenario in SCENARIOS
@@ -296,7 +271,7 @@ async def measure_variant(
         clients.check()
     finally:
         await asyncio.to_thread(clients.stop)
-    await wait_disconnected(plane, nodes)
+    await serving.wait_disconnected(plane, nodes)
     return {"proxies": len(nodes), "sync_s": round(sync_s, 3), "scenarios": scenarios}
 
 
@@ -372,11 +347,7 @@ def _bytes(summary: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    result = asyncio.run(run(args))
-    report.emit(tables(result), result)
-    return 0
+    return report.main(argv, parse_args, run, tables)
 
 
 if __name__ == "__main__":

@@ -30,17 +30,15 @@ process) connect and sync: the growth of this process's resident memory
 `tracemalloc` cannot see) divided by N is the control plane's memory per
 proxy, with malloc's heap in use beside it (free of allocator slack); its CPU
 time while they synced, divided by N, is the CPU of serving a proxy its first
-config (the 4 Hz polling of `wait_synced` included).
+config (the 4 Hz polling of `serving.wait_synced` included).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import gc
 import logging
-import multiprocessing
 import sys
 import time
 from collections.abc import Sequence
@@ -49,13 +47,13 @@ from typing import Any
 
 import footprint
 import report
+import serving
 import synthetic_mesh
-from ads_clients import ClientPlan, ClientReport, ClientSpec, ClientStatus, client_process
+from ads_clients import ClientPlan, ClientProcess, ClientReport, ClientSpec
 from serving import ControlPlaneUnderTest
 
 from xds_server.envoy_process import wait_for_async
-from xds_server.resources import ENDPOINT, SHORT_NAMES
-from xds_server.server import StreamStatus
+from xds_server.resources import ENDPOINT
 
 logger = logging.getLogger("bench.push")
 
@@ -91,14 +89,9 @@ def role_of(node: str) -> str:
 
 
 @dataclass(frozen=True)
-class ChangeMeasurement:
-    apply_wall_s: float
-    apply_cpu_s: float
-    push_wall_s: float
-    push_cpu_s: float
+class ChangeMeasurement(serving.PushCost):
     delivered_s: float
-    client_bytes: dict[str, dict[str, int]]
-    server_bytes: dict[str, dict[str, int]]
+    """From `apply` until the last subscribed proxy got its EDS response."""
 
 
 @dataclass(frozen=True)
@@ -109,96 +102,6 @@ class GrowthMeasurement:
     rss_per_proxy_bytes: int
     heap_per_proxy_bytes: int | None
     sync_cpu_per_proxy_s: float
-
-
-class ClientProcess:
-    """The child process of proxies, and the request/reply conversation with it."""
-
-    def __init__(self, plan: ClientPlan) -> None:
-        context = multiprocessing.get_context("spawn")
-        self._conn, child_conn = context.Pipe()
-        self._process = context.Process(
-            target=client_process, args=(plan, child_conn), name="bench-ads-clients", daemon=True
-        )
-        self._process.start()
-        child_conn.close()
-
-    async def ask(self, command: str, reply_within: float = 30.0) -> Any:
-        return await asyncio.to_thread(self._ask, command, reply_within)
-
-    def check(self) -> None:
-        """Raise if a client reported an error or the process died."""
-        try:
-            while self._conn.poll():
-                self._reply(self._conn.recv())
-        except EOFError:
-            pass  # the process ended: say so below, with its exit code
-        if not self._process.is_alive():
-            raise RuntimeError(f"the client process exited with {self._process.exitcode}")
-
-    def stop(self) -> None:
-        with contextlib.suppress(OSError):  # the process is already gone
-            self._conn.send(("stop",))
-        self._process.join(10.0)
-        if self._process.is_alive():
-            self._process.kill()
-            self._process.join()
-        self._conn.close()
-
-    def _ask(self, command: str, reply_within: float) -> Any:
-        self._conn.send((command,))
-        deadline = time.monotonic() + reply_within
-        while self._conn.poll(max(0.0, deadline - time.monotonic())):
-            reply = self._reply(self._conn.recv())
-            if reply[0] == command or (command == "mark" and reply[0] == "marked"):
-                return reply[1] if len(reply) > 1 else None
-        raise TimeoutError(f"the client process did not answer {command!r} in {reply_within}s")
-
-    @staticmethod
-    def _reply(message: tuple[Any, ...]) -> tuple[Any, ...]:
-        if message[0] == "error":
-            raise RuntimeError(f"an ADS client failed: {message[1]}")
-        return message
-
-
-def server_bytes(plane: ControlPlaneUnderTest, nodes: set[str]) -> dict[str, dict[str, int]]:
-    return {
-        status.node_id: {
-            SHORT_NAMES[url]: type_status.bytes_sent for url, type_status in status.types.items()
-        }
-        for status in plane.ads.streams()
-        if status.node_id in nodes
-    }
-
-
-async def wait_synced(
-    plane: ControlPlaneUnderTest, clients: ClientProcess, nodes: set[str]
-) -> float:
-    """Wait until nothing is in flight on any node's stream; return the seconds it took.
-
-    That is: every stream has processed the builder's latest snapshot and every
-    request its client queued, and the latest response of each type the server
-    sent is the one the client last received (and ACKed).
-    """
-    started = time.monotonic()
-    while True:
-        version = str(plane.pipeline.builder.generation)
-        seen: dict[str, ClientStatus] = await clients.ask("status")
-        streams = {s.node_id: s for s in plane.ads.streams() if s.node_id in nodes}
-        if len(streams) == len(nodes) and all(
-            _in_step(streams[node], seen[node], version) for node in nodes
-        ):
-            return time.monotonic() - started
-        await asyncio.sleep(0.25)
-
-
-def _in_step(stream: StreamStatus, client: ClientStatus, version: str) -> bool:
-    return (
-        stream.snapshot_version == version
-        and stream.requests == client.requests
-        and set(stream.types) == set(client.nonces)
-        and all(state.nonce == client.nonces[url] for url, state in stream.types.items())
-    )
 
 
 async def wait_streams_at(plane: ControlPlaneUnderTest, nodes: set[str]) -> None:
@@ -222,7 +125,7 @@ async def measure_change(
     changes = flapper.next_change()
     await clients.ask("mark")
     version_before = _assignment_version(plane, nodes, flapper.cluster_name)
-    before = server_bytes(plane, nodes)
+    before = serving.server_bytes(plane, nodes)
     acks_wanted = plane.ads.acks[ENDPOINT] + subscribed
     gc.collect()
     wall, cpu = time.perf_counter(), time.process_time()
@@ -236,7 +139,7 @@ async def measure_change(
     await wait_streams_at(plane, nodes)
     await asyncio.sleep(0.2)  # anything sent to an unsubscribed proxy has arrived by now
     reports: dict[str, ClientReport] = await clients.ask("report")
-    after = server_bytes(plane, nodes)
+    after = serving.server_bytes(plane, nodes)
     received = [r.eds_received_at for n, r in reports.items() if role_of(n) != UNSUBSCRIBED]
     if any(at is None for at in received):
         raise RuntimeError("a subscribed proxy got no EDS response for the change")
@@ -247,7 +150,9 @@ async def measure_change(
         push_cpu_s=push_cpu,
         delivered_s=max(at for at in received if at is not None) - started,
         client_bytes={node: dict(r.bytes_by_type) for node, r in reports.items()},
-        server_bytes={node: _growth(before.get(node, {}), now) for node, now in after.items()},
+        server_bytes={
+            node: serving.bytes_growth(before.get(node, {}), now) for node, now in after.items()
+        },
     )
 
 
@@ -282,22 +187,14 @@ async def measure_growth(
     clients = ClientProcess(client_plan(plane, variant, flapper, args, specs))
     try:
         async with asyncio.timeout(args.timeout):
-            await wait_synced(plane, clients, nodes)
+            await serving.wait_synced(plane, clients, nodes)
         sync_cpu = time.process_time() - cpu
         growth, heap_after = footprint.rss_bytes() - rss, footprint.heap_in_use_bytes()
     finally:
         await asyncio.to_thread(clients.stop)
-    await wait_disconnected(plane, nodes)
+    await serving.wait_disconnected(plane, nodes)
     heap_growth = None if heap is None or heap_after is None else (heap_after - heap) // count
     return GrowthMeasurement(count, growth // count, heap_growth, sync_cpu / count)
-
-
-async def wait_disconnected(plane: ControlPlaneUnderTest, nodes: set[str]) -> None:
-    await wait_for_async(
-        lambda: not nodes & set(plane.ads.connected_nodes()),
-        timeout=10.0,
-        message="the proxies disconnected",
-    )
 
 
 async def measure_variant(
@@ -313,7 +210,7 @@ async def measure_variant(
     clients = ClientProcess(client_plan(plane, variant, flapper, args, specs))
     try:
         async with asyncio.timeout(args.timeout):
-            sync_s = await wait_synced(plane, clients, nodes)
+            sync_s = await serving.wait_synced(plane, clients, nodes)
         changes = [
             await measure_change(plane, clients, nodes, len(specs) - 1, flapper)
             for _ in range(args.changes)
@@ -321,12 +218,8 @@ async def measure_variant(
         growth = await measure_growth(plane, variant, flapper, args, len(specs))
     finally:
         await asyncio.to_thread(clients.stop)
-    await wait_disconnected(plane, nodes)
+    await serving.wait_disconnected(plane, nodes)
     return summarize(variant, len(specs), sync_s, changes, growth)
-
-
-def _growth(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
-    return {name: n - before.get(name, 0) for name, n in after.items() if n > before.get(name, 0)}
 
 
 def _assignment_version(plane: ControlPlaneUnderTest, nodes: set[str], name: str) -> str:
@@ -461,11 +354,7 @@ def _bytes(summary: dict[str, Any], role: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    result = asyncio.run(run(args))
-    report.emit(tables(result), result)
-    return 0
+    return report.main(argv, parse_args, run, tables)
 
 
 if __name__ == "__main__":

@@ -6,10 +6,14 @@ scripts (and the smoke tests), so a figure is never scraped from prose.
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import inspect
 import json
+import logging
 import statistics
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TextIO
 
 
@@ -49,3 +53,19 @@ def emit(tables: Sequence[str], result: dict[str, Any], out: TextIO | None = Non
         print(file=stream)
     print(json.dumps(result, sort_keys=True, separators=(",", ":")), file=stream)
     stream.flush()
+
+
+def main(
+    argv: Sequence[str] | None,
+    parse_args: Callable[[Sequence[str] | None], argparse.Namespace],
+    run: Callable[[argparse.Namespace], dict[str, Any] | Awaitable[dict[str, Any]]],
+    tables: Callable[[dict[str, Any]], list[str]],
+) -> int:
+    """A benchmark's command line: parse `argv`, log warnings only, `run` (a coroutine
+    function runs in its own event loop), then `emit` its tables and its result."""
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    measured = run(args)
+    result = asyncio.run(measured) if inspect.isawaitable(measured) else measured
+    emit(tables(result), result)
+    return 0

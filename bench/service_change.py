@@ -53,7 +53,7 @@ import report
 import synthetic_mesh
 
 from xds_server.cache import Snapshot, SnapshotCache
-from xds_server.model import ChangeSet, Proxy, Service, ServicePort
+from xds_server.model import ChangeSet, Service, ServicePort
 from xds_server.pipeline import SnapshotBuilder
 from xds_server.resources import ROUTE, SHORT_NAMES
 
@@ -104,18 +104,6 @@ def changed_service(scenario: str, index: int, *, changed: bool) -> Service:
         )
         return dataclasses.replace(base, ports=moved)
     return dataclasses.replace(base, selector=(("app", "nobody"),))
-
-
-def proxy(index: int, namespaces: int) -> Proxy:
-    """Proxy `index`, in namespace `index % namespaces`, a pod of that namespace's first Service."""
-    first = (index % namespaces) * synthetic_mesh.SERVICES_PER_NAMESPACE
-    namespace = synthetic_mesh.namespace_of(first)
-    return Proxy(
-        node_id=f"proxy-{index}.{namespace}",
-        namespace=namespace,
-        labels=synthetic_mesh.app_labels(first),
-        ip=synthetic_mesh.proxy_address(index),
-    )
 
 
 def snapshots(builder: SnapshotBuilder) -> dict[str, Snapshot]:
@@ -190,7 +178,7 @@ def memory_per_proxy(
     def adder(first: int) -> Callable[[], None]:
         def add() -> None:
             for i in range(first, first + proxies):
-                builder.add_proxy(proxy(i, namespaces))
+                builder.add_proxy(synthetic_mesh.proxy(i, namespaces))
 
         return add
 
@@ -218,7 +206,7 @@ def measure_layout(args: argparse.Namespace, namespaces: int) -> dict[str, Any]:
     mesh_cpu = time.process_time() - cpu
     rss_mesh, heap_mesh = footprint.rss_bytes(), footprint.heap_in_use_bytes()
     for i in range(args.proxies):
-        builder.add_proxy(proxy(i, namespaces))
+        builder.add_proxy(synthetic_mesh.proxy(i, namespaces))
     wall, cpu = time.perf_counter(), time.process_time()
     builder.mark_synced()
     sync_wall, sync_cpu = time.perf_counter() - wall, time.process_time() - cpu
@@ -322,11 +310,7 @@ def _recorded(values: list[int | None]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    result = run(args)
-    report.emit(tables(result), result)
-    return 0
+    return report.main(argv, parse_args, run, tables)
 
 
 if __name__ == "__main__":

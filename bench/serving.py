@@ -12,19 +12,36 @@ The benchmarks also measure checkouts older than the server callbacks
 feature-detected: through a `ServerCallbacks` implementation where
 `xds_server.server` has them, else through the servicer's own `ack_received`
 hook, which older servers call for the same event.
+
+It also owns watching the serving path against the client processes
+(`ads_clients.ClientProcess`): `wait_synced` (nothing in flight on any
+stream), `wait_disconnected`, the bytes the server counted per proxy (`server_bytes`,
+`bytes_growth`), and what a change cost (`PushCost`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
+
+from ads_clients import ClientProcess, ClientStatus
 
 from xds_server import server as ads_server
 from xds_server.cache import SnapshotCache
+from xds_server.envoy_process import wait_for_async
 from xds_server.pipeline import MeshPipeline
-from xds_server.server import AggregatedDiscoveryServer, ServerLimits, bind_grpc_server
+from xds_server.resources import SHORT_NAMES
+from xds_server.server import (
+    AggregatedDiscoveryServer,
+    ServerLimits,
+    StreamStatus,
+    bind_grpc_server,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -112,3 +129,78 @@ class ControlPlaneUnderTest:
     async def __aexit__(self, *exc_info: object) -> None:
         self.ads.close()
         await self.server.stop(1.0)
+
+
+@dataclass(frozen=True)
+class PushCost:
+    """What one change cost: `SnapshotBuilder.apply` alone (wall, CPU), from `apply` until
+    the ACKs awaited (wall, the server's CPU), and the bytes each proxy received by type
+    (client side) and the server counted sending it (`server_bytes` growth)."""
+
+    apply_wall_s: float
+    apply_cpu_s: float
+    push_wall_s: float
+    push_cpu_s: float
+    client_bytes: dict[str, dict[str, int]]
+    server_bytes: dict[str, dict[str, int]]
+
+
+def server_bytes(plane: ControlPlaneUnderTest, nodes: set[str]) -> dict[str, dict[str, int]]:
+    """The bytes the server has sent each of `nodes`, by short type name."""
+    return {
+        status.node_id: {
+            SHORT_NAMES[url]: type_status.bytes_sent for url, type_status in status.types.items()
+        }
+        for status in plane.ads.streams()
+        if status.node_id in nodes
+    }
+
+
+def bytes_growth(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    """What grew from `before` to `after` (one proxy's `server_bytes`), by type."""
+    return {name: n - before.get(name, 0) for name, n in after.items() if n > before.get(name, 0)}
+
+
+async def wait_synced(
+    plane: ControlPlaneUnderTest,
+    clients: ClientProcess,
+    nodes: set[str],
+    version: Callable[[str], str | None] | None = None,
+) -> float:
+    """Wait until nothing is in flight on any node's stream; return the seconds it took.
+
+    That is: every stream has processed the snapshot it should be at
+    (`version(node)`; by default the builder's latest generation) and every
+    request its client queued, and the latest response of each type the server
+    sent is the one the client last received (and ACKed).
+    """
+    started = time.monotonic()
+    while True:
+        latest = str(plane.pipeline.builder.generation)
+        seen: dict[str, ClientStatus] = await clients.ask("status")
+        streams = {s.node_id: s for s in plane.ads.streams() if s.node_id in nodes}
+        if len(streams) == len(nodes) and all(
+            _in_step(streams[node], seen[node], latest if version is None else version(node))
+            for node in nodes
+        ):
+            return time.monotonic() - started
+        await asyncio.sleep(0.25)
+
+
+def _in_step(stream: StreamStatus, client: ClientStatus, version: str | None) -> bool:
+    return (
+        version is not None
+        and stream.snapshot_version == version
+        and stream.requests == client.requests
+        and set(stream.types) == set(client.nonces)
+        and all(state.nonce == client.nonces[url] for url, state in stream.types.items())
+    )
+
+
+async def wait_disconnected(plane: ControlPlaneUnderTest, nodes: set[str]) -> None:
+    """Wait until none of `nodes` has a stream open."""
+    await wait_for_async(
+        lambda: not nodes & set(plane.ads.connected_nodes()),
+        timeout=10.0,
+        message="the proxies disconnected",
+    )

@@ -8,7 +8,7 @@ real cluster would be) and each has one HTTP port, so the mesh translates to
 one outbound EDS cluster and one ClusterLoadAssignment per Service, and one
 virtual host per Service in each namespace's `outbound|{namespace}` route table.
 Service `svc-i` selects the pods labelled `app: svc-i` (`app_labels`), so a
-proxy given those labels and an IP has an inbound side for it.
+proxy given those labels and an IP has an inbound side for it (`proxy`).
 
 The generator is deterministic: a benchmark's client processes rebuild the
 cluster names from the same arguments instead of receiving them.
@@ -23,6 +23,7 @@ from xds_server.model import (
     Endpoint,
     EndpointPort,
     EndpointSlice,
+    Proxy,
     Service,
     ServicePort,
 )
@@ -65,6 +66,18 @@ def app_labels(index: int) -> tuple[tuple[str, str], ...]:
 
 def namespace_of(index: int) -> str:
     return f"bench-{index // SERVICES_PER_NAMESPACE}"
+
+
+def proxy(index: int, namespaces: int) -> Proxy:
+    """Proxy `index`, in namespace `index % namespaces`, a pod of that namespace's first Service."""
+    first = (index % namespaces) * SERVICES_PER_NAMESPACE
+    namespace = namespace_of(first)
+    return Proxy(
+        node_id=f"proxy-{index}.{namespace}",
+        namespace=namespace,
+        labels=app_labels(first),
+        ip=proxy_address(index),
+    )
 
 
 def service(index: int) -> Service:

@@ -63,7 +63,7 @@ from google.protobuf.message import Message
 
 from xds_server import translate
 from xds_server.cache import SnapshotCache
-from xds_server.model import ChangeSet, Proxy, Service, ServicePort
+from xds_server.model import ChangeSet, Service, ServicePort
 from xds_server.model.policy import BackendPolicy
 from xds_server.pipeline import SnapshotBuilder, validation
 from xds_server.pipeline.validation import EnvoyValidator
@@ -96,18 +96,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if args.services < 2 * synthetic_mesh.SERVICES_PER_NAMESPACE and args.spread > 1:
         args.spread = max(1, args.services // synthetic_mesh.SERVICES_PER_NAMESPACE)
     return args
-
-
-def proxy(index: int, namespaces: int) -> Proxy:
-    """Proxy `index`, in namespace `index % namespaces`, a pod of its first Service."""
-    first = (index % namespaces) * synthetic_mesh.SERVICES_PER_NAMESPACE
-    namespace = synthetic_mesh.namespace_of(first)
-    return Proxy(
-        node_id=f"proxy-{index}.{namespace}",
-        namespace=namespace,
-        labels=synthetic_mesh.app_labels(first),
-        ip=synthetic_mesh.proxy_address(index),
-    )
 
 
 # -- per resource ------------------------------------------------------------------------
@@ -186,7 +174,7 @@ def per_resource(builder: SnapshotBuilder, args: argparse.Namespace) -> list[dic
     (plain,) = translate.clusters_for_service(svc, None)
     (shaped,) = translate.clusters_for_service(svc, tuned)
     (assignment,) = translate.load_assignments_for_service(svc, mesh.slices_of(svc))
-    node = proxy(0, args.spread)
+    node = synthetic_mesh.proxy(0, args.spread)
     snapshot = builder.cache.get_snapshot(node.node_id)
     assert snapshot is not None
     samples: list[tuple[str, Message]] = [
@@ -249,7 +237,7 @@ def synced_builder(
     start_wall, start_cpu = time.perf_counter(), time.process_time()
     builder.apply(synthetic_mesh.mesh_changes(args.services, args.endpoints))
     for index in range(args.proxies):
-        builder.add_proxy(proxy(index, args.spread))
+        builder.add_proxy(synthetic_mesh.proxy(index, args.spread))
     builder.mark_synced()
     sync = {
         "wall": time.perf_counter() - start_wall,
@@ -365,11 +353,7 @@ def tables(result: dict[str, Any]) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    result = run(args)
-    report.emit(tables(result), result)
-    return 0
+    return report.main(argv, parse_args, run, tables)
 
 
 if __name__ == "__main__":
