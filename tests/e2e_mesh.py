@@ -144,20 +144,24 @@ def with_invalid_cluster(proxy: Proxy, snapshot: Snapshot) -> Snapshot:
     return Snapshot(resources=resources, version=snapshot.version + "-bad")
 
 
+def plane_settings(source: str, free_port: Callable[[], int], **overrides: Any) -> Settings:
+    """A test control plane's settings: `source`, free loopback ports, a fast debounce."""
+    return Settings(
+        source=source,
+        xds_listen=f"127.0.0.1:{free_port()}",
+        admin_listen=f"127.0.0.1:{free_port()}",
+        debounce=DebounceSettings(quiet=0.02, max_delay=0.2, endpoint_quiet=0.005),
+        grace_seconds=0.5,
+        **overrides,
+    )
+
+
 @contextlib.asynccontextmanager
 async def running_control_plane(
     directory: Path, free_port: Callable[[], int]
 ) -> AsyncIterator[ControlPlane]:
     """An in-process control plane on `directory`, fast debounce, stopped on exit."""
-    plane = ControlPlane(
-        Settings(
-            source=f"file:{directory}",
-            xds_listen=f"127.0.0.1:{free_port()}",
-            admin_listen=f"127.0.0.1:{free_port()}",
-            debounce=DebounceSettings(quiet=0.02, max_delay=0.2, endpoint_quiet=0.005),
-            grace_seconds=0.5,
-        )
-    )
+    plane = ControlPlane(plane_settings(f"file:{directory}", free_port))
     task = asyncio.create_task(plane.run())
     try:
         await asyncio.wait_for(plane.started.wait(), timeout=15)

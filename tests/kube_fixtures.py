@@ -46,6 +46,7 @@ import asyncio
 import collections
 import contextlib
 import copy
+import dataclasses
 import itertools
 import re
 import textwrap
@@ -60,8 +61,12 @@ import aiohttp.web
 import attrs
 import kmock
 import pytest
+from e2e_mesh import plane_settings
 from kmock._internal import apps, rendering
 from kubernetes import client
+
+from xds_server.app import ControlPlane
+from xds_server.settings import KubernetesSettings
 
 ResourceKey = tuple[str, str, str]
 """(group, version, plural); the core group is ""."""
@@ -698,6 +703,34 @@ def write_kubeconfig(path: Path, url: str) -> Path:
         )
     )
     return path
+
+
+# -- what watches it in the tests --------------------------------------------------------
+
+FAST = KubernetesSettings(
+    watch_timeout=1.0,
+    read_timeout_margin=1.0,
+    connect_timeout=2.0,
+    list_timeout=5.0,
+    backoff_initial=0.05,
+    backoff_max=0.4,
+)
+"""A `KubernetesSource` against the emulator: short watches, quick retries."""
+PLANE_KUBERNETES = KubernetesSettings(
+    watch_timeout=2.0,
+    read_timeout_margin=2.0,
+    connect_timeout=2.0,
+    list_timeout=5.0,
+    backoff_initial=0.05,
+    backoff_max=0.5,
+)
+"""The source of a whole control plane (`kubernetes_control_plane`) against the emulator."""
+
+
+def kubernetes_control_plane(kubeconfig: Path, free_port: Callable[[], int]) -> ControlPlane:
+    """An in-process control plane in Kubernetes mode, watching the API `kubeconfig` names."""
+    kubernetes = dataclasses.replace(PLANE_KUBERNETES, kubeconfig=kubeconfig)
+    return ControlPlane(plane_settings("kubernetes", free_port, kubernetes=kubernetes))
 
 
 @dataclass

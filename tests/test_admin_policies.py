@@ -15,11 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
-import subprocess
-import sys
 import textwrap
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +26,7 @@ import pytest
 pytest.register_assert_rewrite("e2e_mesh")
 
 from e2e_mesh import eventually, running_control_plane, service_yaml, write_documents
+from test_cli_admin import table_rows, xds_server
 
 from xds_server.admin.policies import PolicyList, PolicyStatusModel
 from xds_server.app import ControlPlane
@@ -133,19 +131,6 @@ def conditions(policy: PolicyStatusModel) -> dict[str, tuple[str, str, str]]:
     return {c.type: (c.status, c.reason, c.message) for c in found}
 
 
-def xds_server(*args: str) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "xds_server.cli", *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=30)
-
-
-def table_rows(text: str) -> list[dict[str, str]]:
-    header, *lines = text.splitlines()
-    columns = re.split(r"\s{2,}", header.strip())
-    rows = [re.split(r"\s{2,}", line.strip()) for line in lines]
-    assert all(len(row) == len(columns) for row in rows), text
-    return [dict(zip(columns, row, strict=True)) for row in rows]
-
-
 def admin_url(plane: ControlPlane) -> str:
     return f"http://127.0.0.1:{plane.admin_port}"
 
@@ -170,91 +155,89 @@ def manifests(tmp_path: Path) -> Path:
     return directory
 
 
+@pytest.fixture
+async def plane(manifests: Path, free_port: Callable[[], int]) -> AsyncIterator[ControlPlane]:
+    """A control plane on `manifests`, once every route and policy there has a status."""
+    async with running_control_plane(manifests, free_port) as plane:
+        await eventually(
+            lambda: asyncio.sleep(0, len(plane.policy_statuses()) == len(EXPECTED)),
+            within=15,
+            message="every route and policy has a status",
+        )
+        yield plane
+
+
 async def test_the_admin_api_shows_each_route_and_policy_with_its_conditions(
-    manifests: Path, free_port: Callable[[], int]
+    plane: ControlPlane, manifests: Path
 ) -> None:
-    async with running_control_plane(manifests, free_port) as plane:
-        await eventually(
-            lambda: asyncio.sleep(0, len(plane.policy_statuses()) == len(EXPECTED)),
-            within=15,
-            message="every route and policy has a status",
+    shown = await policies(plane)
+
+    assert set(shown) == set(EXPECTED)
+    for key, (accepted, resolved, words) in EXPECTED.items():
+        found = conditions(shown[key])
+        assert found["Accepted"][:2] == accepted, (key, found)
+        if resolved is not None:
+            assert found["ResolvedRefs"][:2] == resolved, (key, found)
+        assert any(words in message for _, _, message in found.values()), (key, found)
+        assert shown[key].accepted == (accepted[0] == "True")
+
+    # Provenance: the file and document each came from; a route's generation is observed.
+    assert str(shown["HTTPRoute/default/to-api"].object.file).endswith("/routes.yaml")
+    assert shown["HTTPRoute/default/to-api"].object.document == 0
+    assert shown["BackendPolicy/default/newer"].object.document == 1
+    to_api = shown["HTTPRoute/default/to-api"].parents[0]
+    assert to_api.controller_name == "xds-server.dev/mesh"
+    assert (to_api.parent_ref.kind, to_api.parent_ref.name, to_api.parent_ref.port) == (
+        "Service",
+        "web",
+        8080,
+    )
+    assert {c.observed_generation for c in to_api.conditions} == {4}
+    # Rejected by the source: never in the mesh; by translation: the source read it.
+    assert (
+        shown["HTTPRoute/default/bad-weight"].rejected,
+        shown["HTTPRoute/default/bad-weight"].in_mesh,
+    ) == (True, False)
+    assert shown["BackendPolicy/default/envoy-refuses"].rejected
+
+    only_policies = await policies(plane, kind="backendpolicies")
+    assert set(only_policies) == {k for k in EXPECTED if k.startswith("BackendPolicy/")}
+
+    async with httpx.AsyncClient(base_url=admin_url(plane), timeout=10) as client:
+        paged = (await client.get("/api/policies", params={"limit": 2, "offset": 8})).json()
+        bad_kind = await client.get("/api/policies", params={"kind": "Gateway"})
+        index = await client.get("/")
+    assert (paged["total"], len(paged["policies"]), paged["next_offset"]) == (9, 1, None)
+    assert bad_kind.status_code == 400 and "Gateway" in bad_kind.text
+    assert "Routes and policies (9, 6 not accepted)" in index.text
+    assert "NoMatchingParent" in index.text
+
+    # Fix two objects: the parent appears, the conflict goes; conditions follow.
+    write_documents(
+        manifests / "services.yaml",
+        service_yaml("web"),
+        service_yaml("api"),
+        service_yaml("gone"),
+    )
+    write_documents(manifests / "policies.yaml", POLICIES[0], POLICIES[2], POLICIES[3])
+
+    async def fixed() -> bool:
+        now = await policies(plane)
+        return (
+            now["HTTPRoute/default/lost-parent"].accepted
+            and "BackendPolicy/default/newer" not in now
         )
-        shown = await policies(plane)
 
-        assert set(shown) == set(EXPECTED)
-        for key, (accepted, resolved, words) in EXPECTED.items():
-            found = conditions(shown[key])
-            assert found["Accepted"][:2] == accepted, (key, found)
-            if resolved is not None:
-                assert found["ResolvedRefs"][:2] == resolved, (key, found)
-            assert any(words in message for _, _, message in found.values()), (key, found)
-            assert shown[key].accepted == (accepted[0] == "True")
-
-        # Provenance: the file and document each came from; a route's generation is observed.
-        assert str(shown["HTTPRoute/default/to-api"].object.file).endswith("/routes.yaml")
-        assert shown["HTTPRoute/default/to-api"].object.document == 0
-        assert shown["BackendPolicy/default/newer"].object.document == 1
-        to_api = shown["HTTPRoute/default/to-api"].parents[0]
-        assert to_api.controller_name == "xds-server.dev/mesh"
-        assert (to_api.parent_ref.kind, to_api.parent_ref.name, to_api.parent_ref.port) == (
-            "Service",
-            "web",
-            8080,
-        )
-        assert {c.observed_generation for c in to_api.conditions} == {4}
-        # Rejected by the source: never in the mesh; by translation: the source read it.
-        assert (
-            shown["HTTPRoute/default/bad-weight"].rejected,
-            shown["HTTPRoute/default/bad-weight"].in_mesh,
-        ) == (True, False)
-        assert shown["BackendPolicy/default/envoy-refuses"].rejected
-
-        only_policies = await policies(plane, kind="backendpolicies")
-        assert set(only_policies) == {k for k in EXPECTED if k.startswith("BackendPolicy/")}
-
-        async with httpx.AsyncClient(base_url=admin_url(plane), timeout=10) as client:
-            paged = (await client.get("/api/policies", params={"limit": 2, "offset": 8})).json()
-            bad_kind = await client.get("/api/policies", params={"kind": "Gateway"})
-            index = await client.get("/")
-        assert (paged["total"], len(paged["policies"]), paged["next_offset"]) == (9, 1, None)
-        assert bad_kind.status_code == 400 and "Gateway" in bad_kind.text
-        assert "Routes and policies (9, 6 not accepted)" in index.text
-        assert "NoMatchingParent" in index.text
-
-        # Fix two objects: the parent appears, the conflict goes; conditions follow.
-        write_documents(
-            manifests / "services.yaml",
-            service_yaml("web"),
-            service_yaml("api"),
-            service_yaml("gone"),
-        )
-        write_documents(manifests / "policies.yaml", POLICIES[0], POLICIES[2], POLICIES[3])
-
-        async def fixed() -> bool:
-            now = await policies(plane)
-            return (
-                now["HTTPRoute/default/lost-parent"].accepted
-                and "BackendPolicy/default/newer" not in now
-            )
-
-        await eventually(fixed, within=15, message="the fixed route accepted, the policy gone")
+    await eventually(fixed, within=15, message="the fixed route accepted, the policy gone")
 
 
-async def test_xds_server_status_prints_the_routes_and_policies_table(
-    manifests: Path, free_port: Callable[[], int]
-) -> None:
-    async with running_control_plane(manifests, free_port) as plane:
-        await eventually(
-            lambda: asyncio.sleep(0, len(plane.policy_statuses()) == len(EXPECTED)),
-            within=15,
-            message="every route and policy has a status",
-        )
-        url = admin_url(plane)
-        both, table, as_json = await asyncio.gather(
-            asyncio.to_thread(xds_server, "status", "--admin", url),
-            asyncio.to_thread(xds_server, "status", "policies", "--admin", url),
-            asyncio.to_thread(xds_server, "status", "policies", "--admin", url, "-o", "json"),
-        )
+async def test_xds_server_status_prints_the_routes_and_policies_table(plane: ControlPlane) -> None:
+    url = admin_url(plane)
+    both, table, as_json = await asyncio.gather(
+        asyncio.to_thread(xds_server, "status", "--admin", url),
+        asyncio.to_thread(xds_server, "status", "policies", "--admin", url),
+        asyncio.to_thread(xds_server, "status", "policies", "--admin", url, "-o", "json"),
+    )
 
     assert (table.returncode, table.stderr) == (0, "")
     rows = {f"{r['KIND']}/{r['NAMESPACE']}/{r['NAME']}": r for r in table_rows(table.stdout)}

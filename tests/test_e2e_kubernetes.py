@@ -37,6 +37,7 @@ from kube_fixtures import (
     SERVICES,
     ApiServerEmulator,
     endpoint_slice,
+    kubernetes_control_plane,
     pod,
     service,
     unavailable,
@@ -47,7 +48,6 @@ from xds_server.bootstrap import render_bootstrap
 from xds_server.envoy_process import EnvoyProcess
 from xds_server.resources import CLUSTER, ENDPOINT, ROUTE
 from xds_server.sample_app import SampleApp, start_sample_app
-from xds_server.settings import DebounceSettings, KubernetesSettings, Settings
 
 pytest_plugins = ("kube_fixtures",)
 
@@ -57,14 +57,6 @@ BACKEND_APP, BACKEND_POD, ECHO_V1, ECHO_V2 = "127.0.42.1", "127.0.42.2", "127.0.
 SERVICE_PORT = 8080
 BACKEND_NODE = "backend-0.default"
 CLIENT_NODE = "client-0.default"
-KUBERNETES = KubernetesSettings(
-    watch_timeout=2.0,
-    read_timeout_margin=2.0,
-    connect_timeout=2.0,
-    list_timeout=5.0,
-    backoff_initial=0.05,
-    backoff_max=0.5,
-)
 
 
 @dataclass
@@ -89,23 +81,10 @@ async def apps(free_port: Callable[[], int]) -> AsyncIterator[Apps]:
         await app.close()
 
 
-def control_plane(kubeconfig: Path, free_port: Callable[[], int]) -> ControlPlane:
-    return ControlPlane(
-        Settings(
-            source="kubernetes",
-            xds_listen=f"127.0.0.1:{free_port()}",
-            admin_listen=f"127.0.0.1:{free_port()}",
-            debounce=DebounceSettings(quiet=0.02, max_delay=0.2, endpoint_quiet=0.005),
-            grace_seconds=0.5,
-            kubernetes=KubernetesSettings(**{**KUBERNETES.__dict__, "kubeconfig": kubeconfig}),
-        )
-    )
-
-
 @pytest.fixture
 async def plane(kubeconfig: Path, free_port: Callable[[], int]) -> AsyncIterator[ControlPlane]:
     """The control plane, in this loop, watching the emulated API; listening (maybe not synced)."""
-    started = control_plane(kubeconfig, free_port)
+    started = kubernetes_control_plane(kubeconfig, free_port)
     task = asyncio.create_task(started.run())
     await asyncio.wait_for(started.listening.wait(), timeout=10)
     yield started
@@ -181,7 +160,7 @@ async def test_readiness_is_false_until_every_kind_is_listed(
 ) -> None:
     api_server.create(service("backend"))
     with unavailable(api_server, "pods"):
-        plane = control_plane(kubeconfig, free_port)
+        plane = kubernetes_control_plane(kubeconfig, free_port)
         task = asyncio.create_task(plane.run())
         try:
             await asyncio.wait_for(plane.listening.wait(), timeout=10)
@@ -332,7 +311,7 @@ async def test_two_replicas_serve_the_same_config_and_follow_the_same_changes(
     backend_objects(api_server, apps.port)
     api_server.create(service("echo", port=SERVICE_PORT, target_port=apps.port))
     api_server.create(endpoint_slice("echo", [ECHO_V1], apps.port))
-    replicas = [control_plane(kubeconfig, free_port) for _ in range(2)]
+    replicas = [kubernetes_control_plane(kubeconfig, free_port) for _ in range(2)]
     tasks = [asyncio.create_task(replica.run()) for replica in replicas]
     try:
         for replica in replicas:

@@ -25,6 +25,7 @@ pytest.register_assert_rewrite("kube_fixtures")
 
 from kube_fixtures import (
     BACKEND_POLICIES,
+    FAST,
     GRPC_ROUTES,
     HTTP_ROUTES,
     SERVICES,
@@ -37,21 +38,12 @@ from xds_server.model import ChangeSet, Kind, ObjectKey
 from xds_server.model.changes import MeshObject
 from xds_server.model.policy import BackendPolicy
 from xds_server.model.routes import GRPCRoute, HTTPRoute
-from xds_server.settings import KubernetesSettings
 from xds_server.sources.kubernetes import KubernetesSource
 
 pytest_plugins = ("kube_fixtures",)
 
 pytestmark = pytest.mark.timeout(60)
 
-FAST = KubernetesSettings(
-    watch_timeout=1.0,
-    read_timeout_margin=1.0,
-    connect_timeout=2.0,
-    list_timeout=5.0,
-    backoff_initial=0.05,
-    backoff_max=0.4,
-)
 WAIT_S = 10.0
 CRDS = (HTTP_ROUTES, GRPC_ROUTES, BACKEND_POLICIES)
 

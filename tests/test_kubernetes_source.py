@@ -26,6 +26,7 @@ pytest.register_assert_rewrite("kube_fixtures")  # also a plugin (its fixtures),
 
 from kube_fixtures import (
     ENDPOINT_SLICES,
+    FAST,
     PODS,
     SERVICES,
     ApiServerEmulator,
@@ -55,14 +56,6 @@ pytest_plugins = ("kube_fixtures",)
 
 pytestmark = pytest.mark.timeout(60)
 
-FAST = KubernetesSettings(
-    watch_timeout=1.0,
-    read_timeout_margin=1.0,
-    connect_timeout=2.0,
-    list_timeout=5.0,
-    backoff_initial=0.05,
-    backoff_max=0.4,
-)
 WAIT_S = 5.0
 
 

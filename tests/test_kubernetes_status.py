@@ -37,16 +37,15 @@ from kube_fixtures import (
     ResourceKey,
     _key,
     _status,
+    kubernetes_control_plane,
     merge_patch,
     write_kubeconfig,
 )
 from kubernetes import client
 
-from xds_server.app import ControlPlane
 from xds_server.model import ChangeSet, Kind, MeshSnapshot, ObjectKey
 from xds_server.model.changes import MeshObject
 from xds_server.model.status import CONTROLLER_NAME
-from xds_server.settings import DebounceSettings, KubernetesSettings, Settings
 from xds_server.sources.convert import convert
 from xds_server.sources.k8s_status import LEASE_NAME, StatusSettings, StatusWriter
 
@@ -317,6 +316,26 @@ def conditions(entries: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return {c["type"]: c for c in entries}
 
 
+def route_conditions(api: StatusApiEmulator, name: str) -> dict[str, dict[str, Any]]:
+    """Our conditions on route `name` (its first Service parent) by type; {} before we wrote."""
+    entries = ours(api.object(HTTP_ROUTES, name))
+    return conditions(entries[0]["conditions"]) if entries else {}
+
+
+def policy_conditions_of(api: StatusApiEmulator, name: str) -> dict[str, dict[str, Any]]:
+    """BackendPolicy `name`'s conditions by type; {} before any were written."""
+    found = (api.object(BACKEND_POLICIES, name).get("status") or {}).get("conditions")
+    return conditions(found) if found else {}
+
+
+def accepted_reason(found: dict[str, dict[str, Any]]) -> str | None:
+    return found.get("Accepted", {}).get("reason")
+
+
+def route_accepted(api: StatusApiEmulator, name: str) -> bool:
+    return route_conditions(api, name).get("Accepted", {}).get("status") == "True"
+
+
 def settled(writer: StatusWriter, pipeline: Pipeline) -> bool:
     """The writer has read the pipeline's latest state and has nothing left to write."""
     seen = writer._seen
@@ -358,17 +377,17 @@ async def test_status_patches_arrive_with_the_right_conditions(
         assert found["Accepted"]["observedGeneration"] == to_api["metadata"]["generation"] == 1
         accepted_since = found["Accepted"]["lastTransitionTime"]
 
-        lost = conditions(ours(api_server.object(HTTP_ROUTES, "lost"))[0]["conditions"])
+        lost = route_conditions(api_server, "lost")
         assert (lost["Accepted"]["status"], lost["Accepted"]["reason"]) == (
             "False",
             "NoMatchingParent",
         )
         assert "Service shop/checkout not found" in lost["Accepted"]["message"]
 
-        newer = conditions(api_server.object(BACKEND_POLICIES, "newer")["status"]["conditions"])
+        newer = policy_conditions_of(api_server, "newer")
         assert (newer["Accepted"]["status"], newer["Accepted"]["reason"]) == ("False", "Conflicted")
         assert "BackendPolicy shop/older takes precedence" in newer["Accepted"]["message"]
-        older = conditions(api_server.object(BACKEND_POLICIES, "older")["status"]["conditions"])
+        older = policy_conditions_of(api_server, "older")
         assert older["Accepted"]["status"] == "True"
 
         # The same statuses again (a new snapshot, nothing changed): nothing is written.
@@ -381,16 +400,8 @@ async def test_status_patches_arrive_with_the_right_conditions(
         checkout = manifests(CHECKOUT)
         create_all(api_server, checkout)
         pipeline.load(checkout, api_server)
-
-        def lost_accepted() -> bool:
-            entries = ours(api_server.object(HTTP_ROUTES, "lost"))
-            return (
-                bool(entries)
-                and conditions(entries[0]["conditions"])["Accepted"]["status"] == "True"
-            )
-
-        await eventually(lost_accepted)
-        again = conditions(ours(api_server.object(HTTP_ROUTES, "to-api"))[0]["conditions"])
+        await eventually(lambda: route_accepted(api_server, "lost"))
+        again = route_conditions(api_server, "to-api")
         assert again["Accepted"]["lastTransitionTime"] == accepted_since
 
         # A spec change the mesh has not seen: no stale status; once it has, the new generation.
@@ -398,12 +409,12 @@ async def test_status_patches_arrive_with_the_right_conditions(
         route["spec"]["rules"][0]["backendRefs"][0]["port"] = 9999
         api_server.replace(route)
         await eventually(lambda: settled(writer, pipeline))
-        stale = conditions(ours(api_server.object(HTTP_ROUTES, "to-api"))[0]["conditions"])
+        stale = route_conditions(api_server, "to-api")
         assert stale["ResolvedRefs"]["observedGeneration"] == 1  # not stamped with generation 2
         pipeline.load([api_server.object(HTTP_ROUTES, "to-api")], api_server)
 
         def resolved_refs_of_generation_2() -> dict[str, Any] | None:
-            entry = conditions(ours(api_server.object(HTTP_ROUTES, "to-api"))[0]["conditions"])
+            entry = route_conditions(api_server, "to-api")
             refs = entry["ResolvedRefs"]
             return refs if refs["observedGeneration"] == 2 else None
 
@@ -420,7 +431,7 @@ async def test_status_patches_arrive_with_the_right_conditions(
         pipeline.mesh = pipeline.mesh.apply(ChangeSet())[0]
 
         def rejected() -> dict[str, dict[str, Any]] | None:
-            found = conditions(api_server.object(BACKEND_POLICIES, "older")["status"]["conditions"])
+            found = policy_conditions_of(api_server, "older")
             return found if found["Accepted"]["reason"] == "Invalid" else None
 
         await eventually(rejected)
@@ -466,15 +477,7 @@ async def test_only_the_lease_holder_writes_and_another_takes_over_when_it_stops
             await eventually(lambda: api_server.holder() == "replica-b", within=WAIT_S)
             took_over = asyncio.get_running_loop().time() - stopped
             assert took_over >= SETTINGS.lease_duration * 0.9  # it waited the Lease out
-
-            def lost_accepted() -> bool:
-                entries = ours(api_server.object(HTTP_ROUTES, "lost"))
-                return (
-                    bool(entries)
-                    and conditions(entries[0]["conditions"])["Accepted"]["status"] == "True"
-                )
-
-            await eventually(lost_accepted)
+            await eventually(lambda: route_accepted(api_server, "lost"))
             assert ("replica-b", "lost") in api_server.status_writes("replica-b")
             assert api_server.lease()["spec"]["leaseTransitions"] == 1
             # No two writers at once: every status write of A came before B's first Lease write.
@@ -491,37 +494,16 @@ async def test_a_control_plane_watches_routes_and_policies_and_writes_their_stat
 ) -> None:
     create_all(api_server, manifests(*MANIFESTS))
     kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", str(api_server.url))
-    plane = ControlPlane(
-        Settings(
-            source="kubernetes",
-            xds_listen=f"127.0.0.1:{free_port()}",
-            admin_listen=f"127.0.0.1:{free_port()}",
-            debounce=DebounceSettings(quiet=0.02, max_delay=0.2, endpoint_quiet=0.005),
-            grace_seconds=0.5,
-            kubernetes=KubernetesSettings(
-                watch_timeout=2.0,
-                read_timeout_margin=2.0,
-                connect_timeout=2.0,
-                list_timeout=5.0,
-                backoff_initial=0.05,
-                backoff_max=0.5,
-                kubeconfig=kubeconfig,
-            ),
-        )
-    )
+    plane = kubernetes_control_plane(kubeconfig, free_port)
     task = asyncio.create_task(plane.run())
     try:
         await asyncio.wait_for(plane.started.wait(), timeout=15)
 
         def reason(name: str) -> str | None:
-            entries = ours(api_server.object(HTTP_ROUTES, name))
-            return conditions(entries[0]["conditions"])["Accepted"]["reason"] if entries else None
+            return accepted_reason(route_conditions(api_server, name))
 
         def policy_reason(name: str) -> str | None:
-            found = (api_server.object(BACKEND_POLICIES, name).get("status") or {}).get(
-                "conditions"
-            )
-            return conditions(found)["Accepted"]["reason"] if found else None
+            return accepted_reason(policy_conditions_of(api_server, name))
 
         await eventually(
             lambda: (

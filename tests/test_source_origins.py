@@ -44,6 +44,7 @@ from file_source_fixtures import (
 )
 from kube_fixtures import (
     ENDPOINT_SLICES,
+    FAST,
     PODS,
     SERVICES,
     ApiServerEmulator,
@@ -57,7 +58,6 @@ from kubernetes import client
 from xds_server.model import ChangeSet, Kind, ObjectKey
 from xds_server.model.changes import MeshObject
 from xds_server.provenance import Origin
-from xds_server.settings import KubernetesSettings
 from xds_server.sources import limits
 from xds_server.sources.file import FileSource
 from xds_server.sources.file_state import DirectoryState, FileState, parse_file
@@ -282,14 +282,6 @@ async def test_a_large_file_rewritten_mid_parse_keeps_the_time_its_first_change_
 
 # -- Kubernetes mode: uid and resourceVersion -------------------------------------------------
 
-FAST = KubernetesSettings(
-    watch_timeout=1.0,
-    read_timeout_margin=1.0,
-    connect_timeout=2.0,
-    list_timeout=5.0,
-    backoff_initial=0.05,
-    backoff_max=0.4,
-)
 WAIT_S = 5.0
 
 
