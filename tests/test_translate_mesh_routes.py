@@ -604,7 +604,7 @@ def test_url_rewrite_of_the_hostname_and_the_full_path() -> None:
 @pytest.mark.parametrize(
     ("given", "expected"),
     [
-        (RequestRedirectFilter(), {"responseCode": "FOUND"}),
+        (RequestRedirectFilter(), {"portRedirect": 8080, "responseCode": "FOUND"}),
         (
             RequestRedirectFilter(status_code=301, hostname="example.org"),
             {
@@ -635,7 +635,7 @@ def test_url_rewrite_of_the_hostname_and_the_full_path() -> None:
         ),
         (
             RequestRedirectFilter(path=PathModifier(PathModifierType.REPLACE_FULL_PATH, "/moved")),
-            {"pathRedirect": "/moved", "responseCode": "FOUND"},
+            {"pathRedirect": "/moved", "portRedirect": 8080, "responseCode": "FOUND"},
         ),
     ],
 )
@@ -667,11 +667,11 @@ def test_timeouts_and_retry_of_a_rule() -> None:
     assert (retry["perTryTimeout"], retry["retryBackOff"]) == ("0.500s", {"baseInterval": "0.050s"})
 
 
-def test_backend_request_alone_bounds_the_route_too() -> None:
+def test_backend_request_alone_bounds_each_attempt_not_the_route() -> None:
     (found,) = routes(
         WEB, V1, route(rule(backends=(to("web-v1"),), timeouts=RouteTimeouts(backend_request=1)))
     )
-    assert found.route.timeout.seconds == 1
+    assert found.route.timeout.ToNanoseconds() == 0  # none: see the conformance tests below
     assert found.route.retry_policy.per_try_timeout.seconds == 1
 
 
@@ -817,3 +817,54 @@ def test_a_change_to_any_input_of_a_routed_host_rebuilds_it(change: ChangeSet) -
         is hosts(first)["other.shop.svc.cluster.local:8080"]
     )
     assert second.encoded("default") == OutboundRouteTables(after).encoded("default")
+
+
+# -- found by the Gateway API conformance tables (tests/test_e2e_gamma_conformance.py) -------
+
+
+def test_retries_of_attempts_that_time_out_get_their_time() -> None:
+    # httproute-retry-with-timeouts: attempts 2, backendRequest 200ms, no request timeout;
+    # two attempts that time out and a third that answers must end in 200, so the route
+    # timeout may not be the 200ms of one attempt.
+    given = rule(
+        backends=(to("web-v1"),),
+        retry=RouteRetry(attempts=2),
+        timeouts=RouteTimeouts(backend_request=0.2),
+    )
+    (found,) = routes(WEB, V1, route(given))
+    assert found.route.retry_policy.per_try_timeout.ToMilliseconds() == 200
+    assert found.route.retry_policy.num_retries.value == 2
+    assert "reset" in found.route.retry_policy.retry_on.split(",")  # a timed-out attempt
+    assert found.route.timeout.ToNanoseconds() == 0
+
+
+def test_backend_request_alone_takes_the_policys_request_timeout() -> None:
+    spec = api.BackendPolicySpec()
+    spec.timeouts.request.FromSeconds(5)
+    given = rule(backends=(to("web-v1"),), timeouts=RouteTimeouts(backend_request=1))
+    (found,) = routes(WEB, V1, route(given), policy(spec))
+    assert (found.route.timeout.seconds, found.route.retry_policy.per_try_timeout.seconds) == (5, 1)
+
+
+@pytest.mark.parametrize(
+    ("port", "expected"),
+    [
+        (80, None),  # the request's Host (with :80 or without) already says it
+        (8080, 8080),  # a Host without a port would say 80: write the listener port
+    ],
+)
+def test_a_redirect_without_host_port_or_scheme_keeps_the_service_port(
+    port: int, expected: int | None
+) -> None:
+    # HTTPRequestRedirectFilter.port: "If redirect scheme is empty, the redirect port MUST
+    # be the Gateway Listener port" (here the Service port); a Service's first HTTP port
+    # answers to its bare name too, so the request's Host may carry no port.
+    parent = service("web", http(port))
+    redirect = RequestRedirectFilter(status_code=303)
+    host = vhost(
+        parent,
+        route(rule(prefix("/old"), filters=(redirect,))),
+        host=f"web.default.svc.cluster.local:{port}",
+    )
+    (found,) = host.routes
+    assert (found.redirect.port_redirect or None) == expected

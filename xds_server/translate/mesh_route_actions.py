@@ -18,8 +18,9 @@ port no route governs, with its BackendPolicy's retry and timeouts.
   rule's one backend (they are then the route's): Envoy cannot scope them to
   one of several clusters, and such a rule is rejected.
 * `timeouts.request` -> the route timeout (0 disables it);
-  `timeouts.backendRequest` -> the retry policy's `per_try_timeout` (and the
-  route timeout when `request` is unset).  `retry` -> `retry_on`
+  `timeouts.backendRequest` -> the retry policy's `per_try_timeout` only
+  (unset `request`: the policy's, else none, so that retries of an attempt
+  that timed out still run; httproute-retry-with-timeouts).  `retry` -> `retry_on`
   `connect-failure,refused-stream,reset[,retriable-status-codes]`,
   `retriable_status_codes`, `num_retries` (attempts) and
   `retry_back_off.base_interval` (backoff).
@@ -181,10 +182,10 @@ def apply_retry_and_timeouts(
     elif per_try is not None:
         action.retry_policy.per_try_timeout.CopyFrom(per_try)
 
+    # `backendRequest` bounds each attempt only: as the route timeout too, it would end
+    # the request at the first attempt's deadline and leave its retries no time.
     if timeouts is not None and timeouts.request is not None:
         action.timeout.CopyFrom(_duration(timeouts.request, f"{field}.timeouts.request"))
-    elif per_try is not None:
-        action.timeout.CopyFrom(per_try)
     elif spec is not None and spec.HasField("timeouts"):
         given_timeouts = spec.timeouts
         if given_timeouts.HasField("request"):

@@ -18,7 +18,8 @@ naming the field as the route's YAML spells it.
 * `RequestRedirect`: scheme, host, port, path and status 301/302/303/307/308,
   with the port rules of the spec (an unset port is the scheme's well-known
   one, else the Service port; 80 and 443 are left out of `Location` when the
-  host is rewritten; without a hostname Envoy keeps the request's `Host`).
+  host is rewritten; without a hostname Envoy keeps the request's `Host`, so
+  any other port is written, as the request may have left it out).
 """
 
 from __future__ import annotations
@@ -219,8 +220,9 @@ def redirect(
         action.host_redirect = given.hostname
         if port != WELL_KNOWN_PORTS[final_scheme]:
             action.port_redirect = port
-    elif given.port is not None or scheme is not None:
-        # Without a hostname Envoy keeps the request's Host (and its port) unless told one.
+    elif given.port is not None or scheme is not None or port != WELL_KNOWN_PORTS[final_scheme]:
+        # Without a hostname Envoy keeps the request's Host (and its port, or none) unless
+        # told one: a Host without a port names port 80, not a Service port 8080.
         action.port_redirect = port
     if given.path is not None:
         if given.path.type is PathModifierType.REPLACE_FULL_PATH:
