@@ -156,6 +156,7 @@ def route_doc(
     port: int | None = 80,
     namespace: str = NS,
     hostnames: Sequence[str] = (),
+    created: str | None = None,
 ) -> str:
     """An upstream route, its rules as upstream's YAML, bound to `parent` in NS."""
     parent_ref: dict[str, Any] = {"group": "", "kind": "Service", "name": parent}
@@ -170,7 +171,8 @@ def route_doc(
     document = {
         "apiVersion": "gateway.networking.k8s.io/v1",
         "kind": kind,
-        "metadata": {"name": name, "namespace": namespace},
+        "metadata": {"name": name, "namespace": namespace}
+        | ({"creationTimestamp": created} if created else {}),
         "spec": spec,
     }
     return json.dumps(document) + "\n"
@@ -629,6 +631,27 @@ MATCHING_ROUTES = [
     route_doc("invalid-nonexistent-backend-ref", "nonexistent-backend", """
       - backendRefs: [{name: nonexistent, port: 8080}]
     """),
+    # Ours, from HTTPRouteRule.matches: equal matches in two routes go to the oldest
+    # route, then to the first by {namespace}/{name}; a route without a creationTimestamp
+    # (a file may give none) comes after every dated one (docs/routes.md).
+    route_doc("a-newer", "ties", """
+      - matches: [{path: {type: Exact, value: /age}}]
+        backendRefs: [{name: echo-v1, port: 8080}]
+      - matches: [{path: {type: Exact, value: /undated}}]
+        backendRefs: [{name: echo-v1, port: 8080}]
+    """, created="2024-02-01T00:00:00Z"),
+    route_doc("b-older", "ties", """
+      - matches: [{path: {type: Exact, value: /age}}]
+        backendRefs: [{name: echo-v2, port: 8080}]
+    """, created="2024-01-01T00:00:00Z"),
+    route_doc("c-undated", "ties", """
+      - matches: [{path: {type: Exact, value: /undated}}, {path: {type: Exact, value: /name}}]
+        backendRefs: [{name: echo-v2, port: 8080}]
+    """),
+    route_doc("d-undated", "ties", """
+      - matches: [{path: {type: Exact, value: /name}}]
+        backendRefs: [{name: echo-v3, port: 8080}]
+    """),
     # httproute-query-param-matching.yaml (the Gateway's: mesh/'s plus case and precedence)
     route_doc("query-param-matching", "query-param-matching", """
       - matches: [{queryParams: [{name: animal, value: whale}]}]
@@ -670,7 +693,7 @@ MATCHING_ROUTES = [
 MATCHING_PARENTS = [
     "matching", "query-params", "header-matching", "method-matching", "path-match-order",
     "exact-matching", "across-routes", "simple", "named-rule", "omitted-backendrefs",
-    "nonexistent-backend", "query-param-matching",
+    "nonexistent-backend", "query-param-matching", "ties",
 ]  # fmt: skip
 
 
@@ -807,6 +830,11 @@ MATCHING_CASES = [
         ("/empty-no-forward", {}, 500),
     ]),
     Case("httproute-invalid-nonexistent-backendref.go", "nonexistent-backend", "/", status=500),
+    *_cases("(spec) HTTPRouteRule.matches ties", "ties", [
+        ("/age", {}, V2),  # b-older is older than a-newer
+        ("/undated", {}, V1),  # a-newer is dated, c-undated is not
+        ("/name", {}, V2),  # both undated: c- before d-
+    ]),
 ]  # fmt: skip
 
 
