@@ -3,6 +3,13 @@
 The control plane runs in the test's event loop (so tests can reach into it,
 e.g. the NACK seam) or as a real `xds-server serve` process (so a test can
 kill it).  Upstream "pods" are sample apps on their own loopback IPs.
+
+The pieces: manifests (`service_yaml`, `slice_yaml`, `write_documents`,
+`manifest_directory`), upstreams (`start_apps`), the control plane
+(`running_control_plane`, `plane_settings`) and its admin API (`admin_get`,
+`admin_json`), sidecars (`start_sidecar`: a client, or with `workload`,
+`labels`, `instance_ip`, ... a pod's own) and what Envoy runs (`Sidecar`:
+`active_cluster`, `cluster_hosts`), and `eventually`.
 """
 
 from __future__ import annotations
@@ -11,7 +18,7 @@ import asyncio
 import contextlib
 import json
 import textwrap
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +32,7 @@ from xds_server.cache import LayeredResources, ResourceSet, Snapshot
 from xds_server.envoy_process import EnvoyProcess
 from xds_server.model import Proxy
 from xds_server.resources import CLUSTER, make_resource
+from xds_server.sample_app import SampleApp, start_sample_app
 from xds_server.settings import DebounceSettings, Settings
 
 SERVICE_PORT = 8080
@@ -72,6 +80,29 @@ def write_documents(path: Path, *documents: str) -> None:
     staging.replace(path)
 
 
+def manifest_directory(
+    tmp_path: Path, files: Mapping[str, Sequence[str]], name: str = "manifests"
+) -> Path:
+    """A new directory `tmp_path/name` holding `files` (file name -> its documents)."""
+    directory = tmp_path / name
+    directory.mkdir()
+    for file_name, documents in files.items():
+        write_documents(directory / file_name, *documents)
+    return directory
+
+
+async def start_apps(
+    stack: contextlib.AsyncExitStack, port: int, *apps: tuple[str, str, str]
+) -> list[SampleApp]:
+    """Sample apps, each `(service, version, ip)` listening on `port`; closed with `stack`."""
+    started = []
+    for service, version, ip in apps:
+        app = await start_sample_app(service, version, ip, port)
+        stack.push_async_callback(app.close)
+        started.append(app)
+    return started
+
+
 @dataclass
 class Sidecar:
     envoy: EnvoyProcess
@@ -95,10 +126,36 @@ class Sidecar:
     async def cluster_names(self) -> set[str]:
         return {status["name"] for status in await self.envoy.clusters_async()}
 
+    async def active_cluster(self, name: str) -> dict[str, Any] | None:
+        """Cluster `name`'s entry in Envoy's config dump (`cluster`, `last_updated`), if active."""
+        dump = await self.envoy.config_dump_async(resource="dynamic_active_clusters")
+        for entry in dump.get("configs", []):
+            if entry.get("cluster", {}).get("name") == name:
+                return dict(entry)
+        return None
+
+    async def cluster_hosts(self, name: str) -> dict[str, dict[str, Any]]:
+        """Cluster `name`'s hosts in Envoy's `/clusters`, by IP ({} without the cluster)."""
+        for status in await self.envoy.clusters_async():
+            if status["name"] == name:
+                return {
+                    host["address"]["socket_address"]["address"]: host
+                    for host in status.get("host_statuses", [])
+                }
+        return {}
+
 
 def sidecar_bootstrap(
-    node_id: str, xds_port: int, outbound_port: int, *, delta: bool, namespace: str = "default"
+    node_id: str,
+    xds_port: int,
+    outbound_port: int,
+    *,
+    delta: bool,
+    namespace: str = "default",
+    **node: Any,
 ) -> str:
+    """A sidecar's bootstrap; `node`: more of `render_bootstrap`'s (`workload`, `labels`,
+    `instance_ip`, `app_address`, `zone`: a pod's own sidecar, with an inbound side)."""
     return render_bootstrap(
         node_id=node_id,
         namespace=namespace,
@@ -106,6 +163,7 @@ def sidecar_bootstrap(
         admin_port=0,
         delta=delta,
         outbound_port=outbound_port,
+        **node,
     )
 
 
@@ -156,6 +214,19 @@ def plane_settings(source: str, free_port: Callable[[], int], **overrides: Any) 
     )
 
 
+async def admin_get(plane: ControlPlane, path: str, **params: str) -> httpx.Response:
+    """GET `path` from the control plane's admin API."""
+    async with httpx.AsyncClient(timeout=5.0) as client:
+        return await client.get(f"http://127.0.0.1:{plane.admin_port}{path}", params=params)
+
+
+async def admin_json(plane: ControlPlane, path: str, **params: str) -> Any:
+    """The JSON the admin API answers at `path` (an error status raises)."""
+    response = await admin_get(plane, path, **params)
+    response.raise_for_status()
+    return response.json()
+
+
 @contextlib.asynccontextmanager
 async def running_control_plane(
     directory: Path, free_port: Callable[[], int]
@@ -180,10 +251,14 @@ async def start_sidecar(
     delta: bool,
     node_id: str = "client-0.default",
     namespace: str = "default",
+    **node: Any,
 ) -> Sidecar:
-    """A real Envoy client sidecar in `namespace`, LIVE (its first CDS and LDS applied)."""
+    """A real Envoy sidecar in `namespace`, LIVE (its first CDS and LDS applied): a client,
+    or with `node` (`sidecar_bootstrap`) a pod's own."""
     envoy = envoy_factory(
-        sidecar_bootstrap(node_id, xds_port, outbound_port, delta=delta, namespace=namespace),
+        sidecar_bootstrap(
+            node_id, xds_port, outbound_port, delta=delta, namespace=namespace, **node
+        ),
         name=node_id.split(".")[0],
         start=False,
     )

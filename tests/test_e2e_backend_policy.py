@@ -44,26 +44,26 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import httpx
 import pytest
-import yaml
 from conftest import EnvoyFactory
 from e2e_mesh import (
     Sidecar,
     eventually,
+    manifest_directory,
     running_control_plane,
     service_yaml,
     slice_yaml,
+    start_apps,
     start_sidecar,
     write_documents,
 )
+from e2e_policies import backend_policy_yaml, explain, policy_status, stamped_sources
 
 from xds_server.app import ControlPlane
-from xds_server.provenance import PROVENANCE_KEY
 from xds_server.resources import CLUSTER
-from xds_server.sample_app import SampleApp, start_sample_app
+from xds_server.sample_app import SampleApp
 
 pytestmark = [pytest.mark.envoy, pytest.mark.timeout(120)]
 
@@ -75,15 +75,6 @@ ENDPOINT_IPS = ("127.0.46.1", "127.0.46.2", "127.0.46.3")
 OTHER_IP = "127.0.46.20"
 BLACKHOLE_IP = "127.0.46.30"
 UPDATES = r"^(cluster_manager\.cds|listener_manager\.lds|http\.\w+\.rds\.[^.]+)\.update_success$"
-POLICY_KIND = {"apiVersion": "policy.xds-server.dev/v1alpha1", "kind": "BackendPolicy"}
-
-
-def policy_yaml(name: str, spec: dict[str, Any], target: str = "backend") -> str:
-    document = POLICY_KIND | {
-        "metadata": {"name": name, "namespace": "default"},
-        "spec": {"targetRefs": [{"kind": "Service", "name": target}]} | spec,
-    }
-    return yaml.safe_dump(document, sort_keys=False)
 
 
 @dataclass
@@ -126,12 +117,12 @@ class Mesh:
 
     async def apply_policy(self, name: str, spec: dict[str, Any]) -> dict[str, Any]:
         """Write BackendPolicy `name` for `backend` and wait until Envoy runs its cluster."""
-        write_documents(self.directory / f"policy-{name}.yaml", policy_yaml(name, spec))
+        write_documents(self.directory / f"policy-{name}.yaml", backend_policy_yaml(name, spec))
         key = f"BackendPolicy/default/{name}"
 
         async def shaped() -> dict[str, Any] | None:
             cluster = await self.cluster_config(BACKEND_CLUSTER)
-            return cluster if key in stamped(cluster) else None
+            return cluster if key in stamped_sources(cluster["cluster"]) else None
 
         found: dict[str, Any] = await eventually(
             shaped, within=20, message=f"Envoy runs {BACKEND_CLUSTER} shaped by {key}"
@@ -139,21 +130,14 @@ class Mesh:
         return found
 
     async def cluster_config(self, name: str) -> dict[str, Any]:
-        dump = await self.sidecar.envoy.config_dump_async(resource="dynamic_active_clusters")
-        for entry in dump["configs"]:
-            if entry["cluster"]["name"] == name:
-                return dict(entry)
-        raise AssertionError(f"{name} is not an active cluster")
+        found = await self.sidecar.active_cluster(name)
+        if found is None:
+            raise AssertionError(f"{name} is not an active cluster")
+        return found
 
     async def hosts(self) -> dict[str, dict[str, Any]]:
         """`backend`'s hosts in Envoy's `/clusters`, by IP."""
-        for status in await self.sidecar.envoy.clusters_async():
-            if status["name"] == BACKEND_CLUSTER:
-                return {
-                    host["address"]["socket_address"]["address"]: host
-                    for host in status.get("host_statuses", [])
-                }
-        return {}
+        return await self.sidecar.cluster_hosts(BACKEND_CLUSTER)
 
     async def stat(self, name: str) -> int:
         """`cluster.<backend>.<name>` from Envoy's `/stats` (0 if not there yet)."""
@@ -164,13 +148,6 @@ class Mesh:
 
 def _regex(text: str) -> str:
     return "".join(f"\\{c}" if c in r".|\^$*+?()[]{}" else c for c in text)
-
-
-def stamped(cluster: dict[str, Any]) -> list[str]:
-    """The source keys Envoy's config dump shows on a cluster."""
-    metadata = cluster["cluster"].get("metadata", {}).get("filter_metadata", {})
-    sources: list[str] = metadata.get(PROVENANCE_KEY, {}).get("sources", [])
-    return sources
 
 
 def host_stat(host: dict[str, Any], name: str) -> int:
@@ -192,22 +169,18 @@ async def start_mesh(
     stack: contextlib.AsyncExitStack,
 ) -> Mesh:
     port = free_port()
-    apps = []
-    for index, ip in enumerate(ENDPOINT_IPS[:endpoints]):
-        app = await start_sample_app("backend", f"e{index + 1}", ip, port)
-        stack.push_async_callback(app.close)
-        apps.append(app)
-    other = await start_sample_app("other", "v1", OTHER_IP, port)
-    stack.push_async_callback(other.close)
-    directory = tmp_path / "mesh"
-    directory.mkdir()
-    write_documents(
-        directory / "services.yaml",
+    ips = ENDPOINT_IPS[:endpoints]
+    apps = await start_apps(
+        stack, port, *(("backend", f"e{i + 1}", ip) for i, ip in enumerate(ips))
+    )
+    await start_apps(stack, port, ("other", "v1", OTHER_IP))
+    services = [
         service_yaml("backend"),
-        slice_yaml("backend", ENDPOINT_IPS[:endpoints], port),
+        slice_yaml("backend", ips, port),
         service_yaml("other"),
         slice_yaml("other", [OTHER_IP], port),
-    )
+    ]
+    directory = manifest_directory(tmp_path, {"services.yaml": services}, "mesh")
     plane = await stack.enter_async_context(running_control_plane(directory, free_port))
     sidecar = await start_sidecar(
         envoy_factory, plane.xds_port, free_port(), delta=False, node_id=NODE
@@ -453,14 +426,12 @@ async def test_the_connect_timeout_bounds_the_wait_for_an_endpoint_that_never_ac
     tmp_path: Path, free_port: Callable[[], int], envoy_factory: EnvoyFactory
 ) -> None:
     with never_accepting(BLACKHOLE_IP) as port:
-        directory = tmp_path / "mesh"
-        directory.mkdir()
-        write_documents(
-            directory / "services.yaml",
+        services = [
             service_yaml("backend"),
             slice_yaml("backend", [BLACKHOLE_IP], port),
-            policy_yaml("connect", {"connectTimeout": "0.25s"}),
-        )
+            backend_policy_yaml("connect", {"connectTimeout": "0.25s"}),
+        ]
+        directory = manifest_directory(tmp_path, {"services.yaml": services}, "mesh")
         async with running_control_plane(directory, free_port) as plane:
             sidecar = await start_sidecar(
                 envoy_factory, plane.xds_port, free_port(), delta=False, node_id=NODE
@@ -490,22 +461,12 @@ async def test_explain_names_the_policy_behind_the_cluster(
 ) -> None:
     mesh = await mesh_of(1)
     await mesh.apply_policy("named", {"connectTimeout": "2s"})
-    admin = f"http://127.0.0.1:{mesh.plane.admin_port}"
-    async with httpx.AsyncClient(base_url=admin, timeout=5.0) as client:
-        response = await client.get(
-            f"/api/proxies/{quote(NODE, safe='')}/explain",
-            params={"type": "CDS", "name": BACKEND_CLUSTER},
-        )
-    response.raise_for_status()
-    (resource,) = response.json()["resources"]
-    sources = {
-        f"{source['kind']}/{source['namespace']}/{source['name']}": source
-        for source in resource["sources"]
-    }
+    (resource,) = await explain(mesh.plane, NODE, "CDS", BACKEND_CLUSTER)
+    sources = {source.key: source for source in resource.sources}
     assert set(sources) == {"BackendPolicy/default/named", "Service/default/backend"}
     policy = sources["BackendPolicy/default/named"]
-    assert policy["file"] == str(mesh.directory / "policy-named.yaml")
-    assert policy["document"] == 0
+    assert policy.file == str(mesh.directory / "policy-named.yaml")
+    assert policy.document == 0
 
 
 async def test_a_policy_change_resends_only_the_targeted_service_s_cluster(
@@ -519,7 +480,8 @@ async def test_a_policy_change_resends_only_the_targeted_service_s_cluster(
     generations = {push.generation for push in mesh.plane.pushes()}
 
     write_documents(
-        mesh.directory / "policy-pushed.yaml", policy_yaml("pushed", {"connectTimeout": "3s"})
+        mesh.directory / "policy-pushed.yaml",
+        backend_policy_yaml("pushed", {"connectTimeout": "3s"}),
     )
 
     async def three_seconds() -> bool:
@@ -554,17 +516,11 @@ async def test_a_policy_envoy_would_reject_is_refused_naming_the_field_and_traff
             "ringHash": {"minimumRingSize": 4096, "maximumRingSize": 64},
         }
     }
-    write_documents(mesh.directory / "policy-good.yaml", policy_yaml("good", bad))
-    admin = f"http://127.0.0.1:{mesh.plane.admin_port}"
+    write_documents(mesh.directory / "policy-good.yaml", backend_policy_yaml("good", bad))
 
     async def refused() -> dict[str, Any] | None:
-        async with httpx.AsyncClient(base_url=admin, timeout=5.0) as client:
-            response = await client.get("/api/policies", params={"kind": "BackendPolicy"})
-        response.raise_for_status()
-        for status in response.json()["policies"]:
-            if status["key"] == "BackendPolicy/default/good" and status["rejected"]:
-                return dict(status)
-        return None
+        status = await policy_status(mesh.plane, "BackendPolicy/default/good")
+        return status if status is not None and status["rejected"] else None
 
     status = await eventually(refused, within=20, message="the policy is refused")
     (accepted,) = [c for c in status["conditions"] if c["type"] == "Accepted"]

@@ -21,7 +21,6 @@ import asyncio
 import contextlib
 import functools
 import json
-import math
 import textwrap
 import time
 from collections.abc import AsyncIterator, Callable
@@ -36,17 +35,24 @@ from e2e_mesh import (
     SERVICE_PORT,
     Sidecar,
     eventually,
+    manifest_directory,
     running_control_plane,
+    start_apps,
     start_sidecar,
     write_documents,
 )
+from e2e_policies import (
+    backend_policy_yaml,
+    explain,
+    policy_condition,
+    stamped_sources,
+    within_binomial,
+)
 from test_e2e_precise_pushes import responses_sent, update_counts
 
-from xds_server.admin.models import ExplainResult
 from xds_server.app import ControlPlane
-from xds_server.bootstrap import render_bootstrap
 from xds_server.envoy_process import EnvoyProcess
-from xds_server.sample_app import SampleApp, start_sample_app
+from xds_server.sample_app import SampleApp
 from xds_server.translate.inbound_policy import RATE_LIMITED_HEADER
 
 pytestmark = [pytest.mark.envoy, pytest.mark.timeout(120)]
@@ -96,18 +102,8 @@ def backend_slice(http_target: int, tcp_target: int) -> str:
 
 
 POLICY_NAME = "backend-resilience"
-
-
-def backend_policy(spec: str, name: str = POLICY_NAME) -> str:
-    return textwrap.dedent(
-        f"""\
-            apiVersion: policy.xds-server.dev/v1alpha1
-            kind: BackendPolicy
-            metadata: {{name: {name}, namespace: default}}
-            spec:
-              targetRefs: [{{kind: Service, name: backend}}]
-            """
-    ) + textwrap.indent(textwrap.dedent(spec), "  ")
+POLICY_KEY = f"BackendPolicy/default/{POLICY_NAME}"
+Spec = dict[str, Any]
 
 
 @dataclass
@@ -126,8 +122,8 @@ class Mesh:
     def port(self) -> int:
         return self.app.port
 
-    def write_policy(self, spec: str) -> None:
-        write_documents(self.directory / "policy.yaml", backend_policy(spec))
+    def write_policy(self, spec: Spec) -> None:
+        write_documents(self.directory / "policy.yaml", backend_policy_yaml(POLICY_NAME, spec))
 
     async def target_stats(self, pattern: str) -> dict[str, int]:
         return await self.target.stats_async(filter=pattern)
@@ -148,7 +144,7 @@ async def started_mesh(
     tmp_path: Path,
     free_port: Callable[[], int],
     envoy_factory: EnvoyFactory,
-    policy_spec: str | None,
+    policy_spec: Spec | None,
     *,
     delta: bool = False,
 ) -> AsyncIterator[Mesh]:
@@ -158,46 +154,37 @@ async def started_mesh(
     so no connection of an older listener is still draining when a test counts.
     """
     port, tcp_port, tcp_target = free_port(), free_port(), free_port()
-    app = await start_sample_app("backend", "v1", APP_IP, port)
-    tcp_app = await start_sample_app("backend", "tcp", APP_IP, tcp_target)
-    directory = tmp_path / "manifests"
-    directory.mkdir()
-    write_documents(directory / "backend.yaml", backend_service(port, tcp_port, tcp_target))
-    write_documents(directory / "endpoints.yaml", backend_slice(port, tcp_target))
+    files = {
+        "backend.yaml": [backend_service(port, tcp_port, tcp_target)],
+        "endpoints.yaml": [backend_slice(port, tcp_target)],
+    }
     if policy_spec is not None:
-        write_documents(directory / "policy.yaml", backend_policy(policy_spec))
-    try:
-        async with running_control_plane(directory, free_port) as plane:
-            target = envoy_factory(
-                render_bootstrap(
-                    node_id=BACKEND_NODE,
-                    namespace="default",
-                    xds_address=f"127.0.0.1:{plane.xds_port}",
-                    admin_port=0,
-                    delta=delta,
-                    workload="backend-0",
-                    labels={"app": "backend"},
-                    instance_ip=POD_IP,
-                    app_address=APP_IP,
-                    outbound_port=free_port(),
-                ),
-                name="backend-0",
-                start=False,
-            )
-            await target.start_async()
-            await target.wait_live_async()
-            client = await start_sidecar(envoy_factory, plane.xds_port, free_port(), delta=delta)
-            mesh = Mesh(directory, plane, app, target, client, tcp_port, tcp_target)
-            await eventually(
-                lambda: through_the_target(mesh),
-                within=20,
-                interval=0.2,
-                message="client -> backend's sidecar",
-            )
-            yield mesh
-    finally:
-        await app.close()
-        await tcp_app.close()
+        files["policy.yaml"] = [backend_policy_yaml(POLICY_NAME, policy_spec)]
+    async with contextlib.AsyncExitStack() as stack:
+        (app,) = await start_apps(stack, port, ("backend", "v1", APP_IP))
+        await start_apps(stack, tcp_target, ("backend", "tcp", APP_IP))
+        directory = manifest_directory(tmp_path, files)
+        plane = await stack.enter_async_context(running_control_plane(directory, free_port))
+        target = await start_sidecar(
+            envoy_factory,
+            plane.xds_port,
+            free_port(),
+            delta=delta,
+            node_id=BACKEND_NODE,
+            workload="backend-0",
+            labels={"app": "backend"},
+            instance_ip=POD_IP,
+            app_address=APP_IP,
+        )
+        client = await start_sidecar(envoy_factory, plane.xds_port, free_port(), delta=delta)
+        mesh = Mesh(directory, plane, app, target.envoy, client, tcp_port, tcp_target)
+        await eventually(
+            lambda: through_the_target(mesh),
+            within=20,
+            interval=0.2,
+            message="client -> backend's sidecar",
+        )
+        yield mesh
 
 
 async def through_the_target(mesh: Mesh) -> bool:
@@ -237,13 +224,6 @@ async def burst(mesh: Mesh, count: int, concurrency: int = CONCURRENCY) -> list[
         return await asyncio.gather(*(one() for _ in range(count)))
 
 
-def within_binomial(hits: int, trials: int, share: float, sigmas: float = 4.0) -> bool:
-    """Whether `hits` of `trials` is a plausible draw at `share` (normal approximation)."""
-    mean = trials * share
-    spread = sigmas * math.sqrt(trials * share * (1 - share))
-    return mean - spread <= hits <= mean + spread
-
-
 MeshWith = Callable[..., contextlib.AbstractAsyncContextManager[Mesh]]
 
 
@@ -260,10 +240,11 @@ def mesh_with(
 
 DELAY_SECONDS = 1.0
 DELAY_SHARE = 0.5
-DELAYED = f"""\
-faultInjection:
-  delay: {{fixedDelay: {DELAY_SECONDS}s, percentage: {DELAY_SHARE * 100}}}
-"""
+DELAYED = {
+    "faultInjection": {
+        "delay": {"fixedDelay": f"{DELAY_SECONDS}s", "percentage": DELAY_SHARE * 100}
+    }
+}
 
 
 async def test_a_delay_holds_about_the_configured_share_for_the_configured_time(
@@ -287,10 +268,9 @@ async def test_a_delay_holds_about_the_configured_share_for_the_configured_time(
 
 ABORT_STATUS = 503
 ABORT_SHARE = 0.3
-ABORTED = f"""\
-faultInjection:
-  abort: {{httpStatus: {ABORT_STATUS}, percentage: {ABORT_SHARE * 100}}}
-"""
+ABORTED = {
+    "faultInjection": {"abort": {"httpStatus": ABORT_STATUS, "percentage": ABORT_SHARE * 100}}
+}
 
 
 async def test_an_abort_answers_about_the_configured_share_with_the_status(
@@ -315,21 +295,14 @@ async def test_explain_names_the_policy_behind_the_targets_inbound_listener(
 ) -> None:
     async with mesh_with(ABORTED) as mesh:
         listener = f"inbound_{mesh.port}"
-        async with httpx.AsyncClient(timeout=5.0) as client:
-            response = await client.get(
-                f"http://127.0.0.1:{mesh.plane.admin_port}/api/proxies/{BACKEND_NODE}/explain",
-                params={"type": "LDS", "name": listener},
-            )
-        response.raise_for_status()
-        [explained] = ExplainResult.model_validate(response.json()).resources
+        [explained] = await explain(mesh.plane, BACKEND_NODE, "LDS", listener)
         policy = [s for s in explained.sources if s.kind == "BackendPolicy"]
         assert [(s.namespace, s.name) for s in policy] == [("default", POLICY_NAME)]
         assert policy[0].file == str(mesh.directory / "policy.yaml")
         # Envoy runs the listener with the same names in its metadata.
         dump = await mesh.target.config_dump_async(resource="dynamic_listeners")
         [running] = [c for c in dump["configs"] if c["name"] == listener]
-        stamp = running["active_state"]["listener"]["metadata"]["filter_metadata"]["xds-server"]
-        assert f"BackendPolicy/default/{POLICY_NAME}" in stamp["sources"]
+        assert POLICY_KEY in stamped_sources(running["active_state"]["listener"])
 
 
 # -- local rate limiting ------------------------------------------------------------------
@@ -337,10 +310,14 @@ async def test_explain_names_the_policy_behind_the_targets_inbound_listener(
 
 BUCKET = 5
 FILL_SECONDS = 4
-LIMITED = f"""\
-localRateLimit: {{maxTokens: {BUCKET}, tokensPerFill: {BUCKET}, fillInterval: {FILL_SECONDS}s}}
-"""
-ROOMY = LIMITED.replace(f"maxTokens: {BUCKET}", "maxTokens: 1000")
+LIMITED = {
+    "localRateLimit": {
+        "maxTokens": BUCKET,
+        "tokensPerFill": BUCKET,
+        "fillInterval": f"{FILL_SECONDS}s",
+    }
+}
+ROOMY = {"localRateLimit": LIMITED["localRateLimit"] | {"maxTokens": 1000}}
 """A rate limit no test reaches: a policy on the port that refuses nothing."""
 
 
@@ -389,7 +366,7 @@ async def test_changing_the_policy_pushes_to_the_targets_sidecar_only(
         client_responses = responses_sent(mesh.plane, mesh.client.node_id)
         target_updates = await asyncio.to_thread(update_counts, mesh.target)
 
-        mesh.write_policy("faultInjection: {abort: {httpStatus: 418}}\n")
+        mesh.write_policy({"faultInjection": {"abort": {"httpStatus": 418}}})
 
         async def teapot() -> bool:
             return (await mesh.client.get("backend")).status_code == 418
@@ -411,17 +388,11 @@ async def test_a_policy_envoy_would_reject_is_withheld_and_its_status_names_the_
         rejected = "listener_manager.lds.update_rejected"
 
         # Valid for the CRD's schema; Envoy refuses a bucket refilled under every 50 ms.
-        mesh.write_policy("localRateLimit: {maxTokens: 1, fillInterval: 0.010s}\n")
+        mesh.write_policy({"localRateLimit": {"maxTokens": 1, "fillInterval": "0.010s"}})
 
         async def accepted_condition() -> dict[str, Any] | None:
-            async with httpx.AsyncClient(timeout=5.0) as client:
-                response = await client.get(
-                    f"http://127.0.0.1:{mesh.plane.admin_port}/api/policies",
-                    params={"kind": "BackendPolicy"},
-                )
-            [policy] = response.json()["policies"]
-            [condition] = [c for c in policy["conditions"] if c["type"] == "Accepted"]
-            return condition if condition["status"] == "False" else None
+            condition = await policy_condition(mesh.plane, POLICY_KEY)
+            return condition if condition is not None and condition["status"] == "False" else None
 
         condition = await eventually(
             accepted_condition, within=10, message="the policy's status says it is not accepted"

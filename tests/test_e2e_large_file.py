@@ -12,6 +12,7 @@ it would take hours), and the objects it defined before stay in force.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from collections.abc import AsyncIterator, Callable
@@ -23,17 +24,19 @@ import pytest
 from conftest import EnvoyFactory
 from e2e_mesh import (
     Sidecar,
+    admin_json,
     eventually,
+    manifest_directory,
     running_control_plane,
     service_yaml,
     slice_yaml,
+    start_apps,
     start_sidecar,
     write_documents,
 )
 from file_source_fixtures import slices_of_size
 
 from xds_server.app import ControlPlane
-from xds_server.sample_app import SampleApp, start_sample_app
 from xds_server.sources import limits
 from xds_server.sources.file import FileSource
 
@@ -56,9 +59,7 @@ class Mesh:
         return self.plane.source
 
     async def source_errors(self) -> list[str]:
-        async with httpx.AsyncClient(timeout=5.0) as client:
-            response = await client.get(f"http://127.0.0.1:{self.plane.admin_port}/api/errors")
-        errors: list[str] = response.json()["source"]
+        errors: list[str] = (await admin_json(self.plane, "/api/errors"))["source"]
         return errors
 
 
@@ -68,24 +69,22 @@ async def mesh(
 ) -> AsyncIterator[Mesh]:
     """backend (v1 routed, v2 up but not yet an endpoint) and bulk, each a "pod"; one sidecar."""
     port = free_port()
-    apps: list[SampleApp] = []
-    try:
-        for name, version, address in [
+    files = {
+        "services.yaml": [service_yaml("backend")],
+        "backend.yaml": [slice_yaml("backend", [BACKEND_V1], port)],
+    }
+    async with contextlib.AsyncExitStack() as stack:
+        await start_apps(
+            stack,
+            port,
             ("backend", "v1", BACKEND_V1),
             ("backend", "v2", BACKEND_V2),
             ("bulk", "v1", BULK),
-        ]:
-            apps.append(await start_sample_app(name, version, address, port))
-        directory = tmp_path / "manifests"
-        directory.mkdir()
-        write_documents(directory / "services.yaml", service_yaml("backend"))
-        write_documents(directory / "backend.yaml", slice_yaml("backend", [BACKEND_V1], port))
-        async with running_control_plane(directory, free_port) as plane:
-            sidecar = await start_sidecar(envoy_factory, plane.xds_port, free_port(), delta=False)
-            yield Mesh(directory, plane, sidecar, port)
-    finally:
-        for app in apps:
-            await app.close()
+        )
+        directory = manifest_directory(tmp_path, files)
+        plane = await stack.enter_async_context(running_control_plane(directory, free_port))
+        sidecar = await start_sidecar(envoy_factory, plane.xds_port, free_port(), delta=False)
+        yield Mesh(directory, plane, sidecar, port)
 
 
 @dataclass

@@ -31,11 +31,17 @@ from typing import Any
 import httpx
 import pytest
 from conftest import EnvoyFactory
-from e2e_mesh import eventually, running_control_plane, service_yaml, write_documents
-
-from xds_server.bootstrap import render_bootstrap
-from xds_server.envoy_process import EnvoyProcess
-from xds_server.sample_app import start_sample_app
+from e2e_mesh import (
+    Sidecar,
+    eventually,
+    manifest_directory,
+    running_control_plane,
+    service_yaml,
+    start_apps,
+    start_sidecar,
+    write_documents,
+)
+from e2e_policies import backend_policy_yaml
 
 pytestmark = [pytest.mark.envoy, pytest.mark.timeout(120)]
 
@@ -49,18 +55,13 @@ ENDPOINTS = {  # version (the zone and an index) -> IP
 }
 REQUESTS = 40
 
-POLICY = textwrap.dedent(
-    """\
-    apiVersion: policy.xds-server.dev/v1alpha1
-    kind: BackendPolicy
-    metadata: {name: zonal, namespace: default}
-    spec:
-      targetRefs: [{kind: Service, name: backend}]
-      loadBalancer:
-        locality:
-          enabled: true
-          failover: [{fromZone: a, toZone: c}]
-    """
+POLICY = backend_policy_yaml(
+    "zonal",
+    {
+        "loadBalancer": {
+            "locality": {"enabled": True, "failover": [{"fromZone": "a", "toZone": "c"}]}
+        }
+    },
 )
 
 
@@ -95,9 +96,8 @@ def slice_yaml(port: int, not_ready: frozenset[str] = frozenset()) -> str:
 class Caller:
     """A real Envoy sidecar in one zone."""
 
-    envoy: EnvoyProcess
+    sidecar: Sidecar
     zone: str
-    outbound_port: int
 
     async def answers(self, count: int = REQUESTS) -> Counter[str]:
         """Which endpoint (version) answered each of `count` requests (or `HTTP <code>`)."""
@@ -106,7 +106,7 @@ class Caller:
         async with httpx.AsyncClient(timeout=5.0, limits=limits) as client:
             for _ in range(count):
                 response = await client.get(
-                    f"http://127.0.0.1:{self.outbound_port}/", headers={"Host": BACKEND}
+                    f"http://127.0.0.1:{self.sidecar.outbound_port}/", headers={"Host": BACKEND}
                 )
                 if response.status_code == 200:
                     seen[json.loads(response.text)["version"]] += 1
@@ -115,24 +115,18 @@ class Caller:
         return seen
 
     async def eds_service_name(self) -> str | None:
-        dump = await self.envoy.config_dump_async(resource="dynamic_active_clusters")
-        for entry in dump["configs"]:
-            cluster: dict[str, Any] = entry["cluster"]
-            if cluster["name"] == CLUSTER:
-                name: str | None = cluster.get("eds_cluster_config", {}).get("service_name")
-                return name
-        return None
+        entry = await self.sidecar.active_cluster(CLUSTER)
+        if entry is None:
+            return None
+        cluster: dict[str, Any] = entry["cluster"]
+        name: str | None = cluster.get("eds_cluster_config", {}).get("service_name")
+        return name
 
     async def priorities(self) -> dict[str, int]:
         """The priority Envoy gives each of `backend`'s hosts, by endpoint version."""
         by_ip = {ip: version for version, ip in ENDPOINTS.items()}
-        for status in await self.envoy.clusters_async():
-            if status["name"] == CLUSTER:
-                return {
-                    by_ip[host["address"]["socket_address"]["address"]]: host.get("priority", 0)
-                    for host in status.get("host_statuses", [])
-                }
-        return {}
+        hosts = await self.sidecar.cluster_hosts(CLUSTER)
+        return {by_ip[ip]: host.get("priority", 0) for ip, host in hosts.items()}
 
 
 @dataclass
@@ -155,30 +149,21 @@ async def zones(
 ) -> AsyncIterator[Zones]:
     async with contextlib.AsyncExitStack() as stack:
         port = free_port()
-        for version, ip in ENDPOINTS.items():
-            app = await start_sample_app("backend", version, ip, port)
-            stack.push_async_callback(app.close)
-        directory = tmp_path / "mesh"
-        directory.mkdir()
+        await start_apps(stack, port, *(("backend", v, ip) for v, ip in ENDPOINTS.items()))
+        directory = manifest_directory(tmp_path, {"policy.yaml": [POLICY]}, "mesh")
         mesh = Zones(directory, port, {})
         mesh.endpoints_not_ready()
-        write_documents(directory / "policy.yaml", POLICY)
         plane = await stack.enter_async_context(running_control_plane(directory, free_port))
         for zone in ("a", "b"):
-            outbound_port = free_port()
-            bootstrap = render_bootstrap(
-                node_id=f"client-{zone}.default",
-                namespace="default",
-                xds_address=f"127.0.0.1:{plane.xds_port}",
-                admin_port=0,
-                outbound_port=outbound_port,
+            sidecar = await start_sidecar(
+                envoy_factory,
+                plane.xds_port,
+                free_port(),
                 delta=zone == "b",  # one caller on each xDS variant
+                node_id=f"client-{zone}.default",
                 zone=zone,
             )
-            envoy = envoy_factory(bootstrap, name=f"client-{zone}", start=False)
-            await envoy.start_async()
-            await envoy.wait_live_async()
-            mesh.callers[zone] = Caller(envoy, zone, outbound_port)
+            mesh.callers[zone] = Caller(sidecar, zone)
         for zone, caller in mesh.callers.items():
             expected = f"{CLUSTER}|zone={zone}"
 

@@ -11,15 +11,12 @@ Service here is a routing construct without endpoints of its own (GEP-1294,
 from __future__ import annotations
 
 import asyncio
-import json
-import math
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import grpc
 import httpx
@@ -28,16 +25,24 @@ from conftest import EnvoyFactory
 from e2e_mesh import (
     Sidecar,
     eventually,
+    manifest_directory,
     running_control_plane,
     service_yaml,
     slice_yaml,
+    start_apps,
     start_sidecar,
     write_documents,
 )
+from e2e_policies import (
+    backend_policy_yaml,
+    explain,
+    stamped_sources,
+    within_binomial,
+    yaml_document,
+)
 
 from xds_server.app import ControlPlane
-from xds_server.provenance import PROVENANCE_KEY
-from xds_server.sample_app import SampleApp, start_sample_app
+from xds_server.sample_app import SampleApp
 
 pytestmark = [pytest.mark.envoy, pytest.mark.timeout(120)]
 
@@ -58,10 +63,6 @@ def http_route(name: str, parent: str, rules: list[dict[str, Any]], **meta: Any)
         "spec": {"parentRefs": [parent_ref], "rules": rules},
     }
     return yaml_document(document)
-
-
-def yaml_document(document: dict[str, Any]) -> str:
-    return json.dumps(document) + "\n"  # JSON is YAML
 
 
 def to(name: str, port: int, weight: int | None = None, **extra: Any) -> dict[str, Any]:
@@ -111,19 +112,15 @@ async def mesh(
     tmp_path: Path, free_port: Callable[[], int], envoy_factory: EnvoyFactory
 ) -> AsyncIterator[Mesh]:
     port = free_port()
-    directory = tmp_path / "manifests"
-    directory.mkdir()
+    parents = ["split", "match", "filters", "mirror", "flaky", "slow", "consumed"]
+    services = [
+        *(service_yaml(name, port) for name in [*APPS, *parents]),
+        *(slice_yaml(name, [ip], port) for name, ip in APPS.items()),
+    ]
     async with AsyncExitStack() as stack:
-        apps = {}
-        for name, ip in APPS.items():
-            apps[name] = await start_sample_app(name, "v1", ip, port)
-            stack.push_async_callback(apps[name].close)
-        parents = ["split", "match", "filters", "mirror", "flaky", "slow", "consumed"]
-        write_documents(
-            directory / "services.yaml",
-            *(service_yaml(name, port) for name in [*APPS, *parents]),
-            *(slice_yaml(name, [ip], port) for name, ip in APPS.items()),
-        )
+        started = await start_apps(stack, port, *((name, "v1", ip) for name, ip in APPS.items()))
+        apps = dict(zip(APPS, started, strict=True))
+        directory = manifest_directory(tmp_path, {"services.yaml": services})
         plane = await stack.enter_async_context(running_control_plane(directory, free_port))
         sidecar = await start_sidecar(envoy_factory, plane.xds_port, free_port(), delta=False)
         client = await stack.enter_async_context(httpx.AsyncClient(timeout=10.0))
@@ -141,8 +138,7 @@ async def test_an_80_20_split_lands_within_statistical_tolerance(mesh: Mesh) -> 
         assert time.monotonic() < deadline, "the split took too long"
         counts[await mesh.who("split")] += 1
     # Binomial(400, 0.8): mean 320, sigma 8; 4 sigma either side.
-    sigma = math.sqrt(total * 0.8 * 0.2)
-    assert abs(counts["web-v1"] - 0.8 * total) <= 4 * sigma, counts
+    assert within_binomial(counts["web-v1"], total, 0.8), counts
     assert counts["web-v1"] + counts["web-v2"] == total
 
 
@@ -195,8 +191,7 @@ async def test_a_missing_backend_answers_500_for_its_share_only(mesh: Mesh) -> N
     total = 200
     answers = [await mesh.who("split") for _ in range(total)]
     assert set(answers) == {"web-v1", "HTTP 500"}
-    sigma = math.sqrt(total * 0.5 * 0.5)
-    assert abs(answers.count("HTTP 500") - total / 2) <= 4 * sigma
+    assert within_binomial(answers.count("HTTP 500"), total, 0.5)
 
 
 async def test_a_rule_envoy_would_reject_is_left_out_and_nothing_is_nacked(mesh: Mesh) -> None:
@@ -374,18 +369,13 @@ async def test_a_backend_policys_retry_and_timeout_govern_callers_without_a_rout
     mesh: Mesh,
 ) -> None:
     # web-v2 has no route: its callers use the default route, which the policy shapes.
-    policy = {
-        "apiVersion": "policy.xds-server.dev/v1alpha1",
-        "kind": "BackendPolicy",
-        "metadata": {"name": "web-v2", "namespace": "default"},
-        "spec": {
-            "targetRefs": [{"kind": "Service", "name": "web-v2"}],
-            "retry": {"attempts": 1, "codes": [503]},
-            "timeouts": {"request": "0.5s"},
-        },
-    }
+    policy = backend_policy_yaml(
+        "web-v2",
+        {"retry": {"attempts": 1, "codes": [503]}, "timeouts": {"request": "0.5s"}},
+        target="web-v2",
+    )
     assert (await mesh.get("web-v2", "/?fail_every=2")).status_code in (200, 503)
-    write_documents(mesh.directory / "policy.yaml", yaml_document(policy))
+    write_documents(mesh.directory / "policy.yaml", policy)
 
     async def retried() -> bool:
         statuses = [(await mesh.get("web-v2", "/?fail_every=2")).status_code for _ in range(4)]
@@ -446,16 +436,10 @@ async def test_a_consumer_route_applies_only_to_its_namespaces_callers(
 
 
 async def explained_sources(plane: ControlPlane, node_id: str, vhost: str) -> list[str]:
-    async with httpx.AsyncClient(timeout=5.0) as client:
-        response = await client.get(
-            f"http://127.0.0.1:{plane.admin_port}/api/proxies/{quote(node_id, safe='')}/explain",
-            params={"type": "RDS"},
-        )
-    response.raise_for_status()
-    for resource in response.json()["resources"]:
-        for host in resource.get("virtual_hosts", []):
-            if host["name"] == vhost:
-                return ["{kind}/{namespace}/{name}".format(**s) for s in host["sources"]]
+    for resource in await explain(plane, node_id, "RDS"):
+        for host in resource.virtual_hosts:
+            if host.name == vhost:
+                return [source.key for source in host.sources]
     return []
 
 
@@ -464,8 +448,7 @@ async def running_sources(sidecar: Sidecar, vhost: str) -> list[str]:
     for entry in dump["configs"]:
         for host in entry["route_config"].get("virtual_hosts", []):
             if host["name"] == vhost:
-                stamp = host["metadata"]["filter_metadata"][PROVENANCE_KEY]
-                return list(stamp["sources"])
+                return stamped_sources(host)
     return []
 
 
@@ -507,8 +490,6 @@ async def test_a_grpc_method_match_routes_to_its_backend(
     tmp_path: Path, free_port: Callable[[], int], envoy_factory: EnvoyFactory
 ) -> None:
     port = free_port()
-    directory = tmp_path / "manifests"
-    directory.mkdir()
     route = {
         "apiVersion": "gateway.networking.k8s.io/v1",
         "kind": "GRPCRoute",
@@ -522,13 +503,13 @@ async def test_a_grpc_method_match_routes_to_its_backend(
             ],
         },
     }  # fmt: skip
-    write_documents(
-        directory / "mesh.yaml",
+    mesh = [
         *(grpc_service(name, port) for name in ["greeter", *GREETERS]),
         *(slice_yaml(name, [ip], port).replace("name: http", "name: grpc")
           for name, ip in GREETERS.items()),
         yaml_document(route),
-    )  # fmt: skip
+    ]  # fmt: skip
+    directory = manifest_directory(tmp_path, {"mesh.yaml": mesh})
     servers = [await start_greeter(name, ip, port) for name, ip in GREETERS.items()]
     try:
         async with running_control_plane(directory, free_port) as plane:

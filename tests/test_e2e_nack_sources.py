@@ -13,6 +13,7 @@ the error clears once the seam is lifted.
 
 from __future__ import annotations
 
+import contextlib
 import html
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -25,22 +26,23 @@ from conftest import EnvoyFactory
 from e2e_mesh import (
     SERVICE_PORT,
     Sidecar,
+    admin_get,
+    admin_json,
     eventually,
+    manifest_directory,
     running_control_plane,
     service_yaml,
     slice_yaml,
+    start_apps,
     start_sidecar,
-    write_documents,
 )
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.listener.v3 import listener_pb2
 
 from xds_server.app import ControlPlane
-from xds_server.bootstrap import render_bootstrap
 from xds_server.cache import LayeredResources, ResourceSet, Snapshot
 from xds_server.model import Proxy
 from xds_server.resources import CLUSTER, LISTENER, TYPES, Resource, make_resource, unpack
-from xds_server.sample_app import start_sample_app
 
 pytestmark = [pytest.mark.envoy, pytest.mark.timeout(120)]
 
@@ -54,34 +56,26 @@ class Mesh:
     plane: ControlPlane
     directory: Path
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.plane.admin_port}"
-
     async def get(self, path: str, **params: str) -> httpx.Response:
-        async with httpx.AsyncClient(base_url=self.url, timeout=5.0) as client:
-            return await client.get(path, params=params)
+        return await admin_get(self.plane, path, **params)
 
     async def json(self, path: str, **params: str) -> Any:
-        response = await self.get(path, **params)
-        response.raise_for_status()
-        return response.json()
+        return await admin_json(self.plane, path, **params)
 
 
 @pytest.fixture
 async def mesh(tmp_path: Path, free_port: Callable[[], int]) -> AsyncIterator[Mesh]:
     """`backend` as document 1 of services.yaml (after `frontend`), one ready pod."""
     upstream_port = free_port()
-    backend = await start_sample_app("backend", "v1", BACKEND, upstream_port)
-    directory = tmp_path / "manifests"
-    directory.mkdir()
-    write_documents(directory / "services.yaml", service_yaml("frontend"), service_yaml("backend"))
-    write_documents(directory / "endpoints.yaml", slice_yaml("backend", [BACKEND], upstream_port))
-    try:
-        async with running_control_plane(directory, free_port) as plane:
-            yield Mesh(plane, directory)
-    finally:
-        await backend.close()
+    files = {
+        "services.yaml": [service_yaml("frontend"), service_yaml("backend")],
+        "endpoints.yaml": [slice_yaml("backend", [BACKEND], upstream_port)],
+    }
+    async with contextlib.AsyncExitStack() as stack:
+        await start_apps(stack, upstream_port, ("backend", "v1", BACKEND))
+        directory = manifest_directory(tmp_path, files)
+        plane = await stack.enter_async_context(running_control_plane(directory, free_port))
+        yield Mesh(plane, directory)
 
 
 async def client_sidecar(
@@ -95,22 +89,16 @@ async def backend_sidecar(
     mesh: Mesh, envoy_factory: EnvoyFactory, free_port: Callable[[], int], delta: bool
 ) -> Sidecar:
     """`backend`'s own sidecar: selected by the Service, so it has an inbound listener for it."""
-    node_id, outbound_port = "backend-0.default", free_port()
-    bootstrap = render_bootstrap(
-        node_id=node_id,
-        namespace="default",
-        xds_address=f"127.0.0.1:{mesh.plane.xds_port}",
-        admin_port=0,
+    return await start_sidecar(
+        envoy_factory,
+        mesh.plane.xds_port,
+        free_port(),
         delta=delta,
+        node_id="backend-0.default",
         workload="backend",
         labels={"app": "backend"},
         instance_ip=BACKEND,
-        outbound_port=outbound_port,
     )
-    envoy = envoy_factory(bootstrap, name="backend-0", start=False)
-    await envoy.start_async()
-    await envoy.wait_live_async()
-    return Sidecar(envoy, node_id, outbound_port)
 
 
 def invalid_cluster(message: cluster_pb2.Cluster) -> None:

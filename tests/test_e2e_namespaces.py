@@ -11,6 +11,7 @@ IPs.  Over both state-of-the-world and Delta xDS.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,15 +22,17 @@ from e2e_mesh import (
     SERVICE_PORT,
     Sidecar,
     eventually,
+    manifest_directory,
     running_control_plane,
     service_yaml,
     slice_yaml,
+    start_apps,
     start_sidecar,
     write_documents,
 )
 
 from xds_server.app import ControlPlane
-from xds_server.sample_app import SampleApp, start_sample_app
+from xds_server.sample_app import SampleApp
 
 pytestmark = [pytest.mark.envoy, pytest.mark.timeout(120)]
 
@@ -50,11 +53,9 @@ class TwoNamespaces:
 async def apps(free_port: Callable[[], int]) -> AsyncIterator[tuple[int, list[SampleApp]]]:
     """`backend` in each namespace (its version says which), and `cart` in shop; one port."""
     port = free_port()
-    started = [await start_sample_app("backend", ns, BACKEND_IPS[ns], port) for ns in NAMESPACES]
-    started.append(await start_sample_app("cart", "shop", CART_IP, port))
-    yield port, started
-    for app in started:
-        await app.close()
+    backends = [("backend", ns, BACKEND_IPS[ns]) for ns in NAMESPACES]
+    async with contextlib.AsyncExitStack() as stack:
+        yield port, await start_apps(stack, port, *backends, ("cart", "shop", CART_IP))
 
 
 @pytest.fixture
@@ -66,14 +67,14 @@ async def mesh(
     delta: bool,
 ) -> AsyncIterator[TwoNamespaces]:
     port, _ = apps
-    directory = tmp_path / "manifests"
-    directory.mkdir()
-    for ns in NAMESPACES:
-        write_documents(
-            directory / f"backend-{ns}.yaml",
+    files = {
+        f"backend-{ns}.yaml": [
             service_yaml("backend", namespace=ns),
             slice_yaml("backend", [BACKEND_IPS[ns]], port, namespace=ns),
-        )
+        ]
+        for ns in NAMESPACES
+    }
+    directory = manifest_directory(tmp_path, files)
     async with running_control_plane(directory, free_port) as plane:
         sidecars = {
             ns: await start_sidecar(

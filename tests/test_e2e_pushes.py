@@ -12,6 +12,7 @@ observation per proxy.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -19,22 +20,24 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from conftest import EnvoyFactory
 from e2e_mesh import (
     SERVICE_PORT,
     Sidecar,
+    admin_get,
+    admin_json,
     eventually,
+    manifest_directory,
     running_control_plane,
     service_yaml,
     slice_yaml,
+    start_apps,
     start_sidecar,
     write_documents,
 )
 
 from xds_server.app import ControlPlane
-from xds_server.sample_app import start_sample_app
 
 pytestmark = [pytest.mark.envoy, pytest.mark.timeout(120)]
 
@@ -48,35 +51,28 @@ XDS_TYPES = ("CDS", "EDS", "LDS", "RDS")
 class Mesh:
     plane: ControlPlane
     directory: Path
-    url: str
     backend_port: int
 
     async def json(self, path: str) -> Any:
-        async with httpx.AsyncClient(base_url=self.url, timeout=5.0) as client:
-            response = await client.get(path)
-            response.raise_for_status()
-            return response.json()
+        return await admin_json(self.plane, path)
 
     async def text(self, path: str) -> str:
-        async with httpx.AsyncClient(base_url=self.url, timeout=5.0) as client:
-            return (await client.get(path)).text
+        return (await admin_get(self.plane, path)).text
 
 
 @pytest.fixture
 async def mesh(tmp_path: Path, free_port: Callable[[], int]) -> AsyncIterator[Mesh]:
     """`backend` with two pods (sample apps); its slice names only the first for now."""
     port = free_port()
-    pods = [await start_sample_app("backend", "v1", address, port) for address in (FIRST, SECOND)]
-    directory = tmp_path / "manifests"
-    directory.mkdir()
-    write_documents(directory / "services.yaml", service_yaml("backend"))
-    write_documents(directory / "endpoints.yaml", slice_yaml("backend", [FIRST], port))
-    try:
-        async with running_control_plane(directory, free_port) as plane:
-            yield Mesh(plane, directory, f"http://127.0.0.1:{plane.admin_port}", port)
-    finally:
-        for pod in pods:
-            await pod.close()
+    files = {
+        "services.yaml": [service_yaml("backend")],
+        "endpoints.yaml": [slice_yaml("backend", [FIRST], port)],
+    }
+    async with contextlib.AsyncExitStack() as stack:
+        await start_apps(stack, port, ("backend", "v1", FIRST), ("backend", "v1", SECOND))
+        directory = manifest_directory(tmp_path, files)
+        plane = await stack.enter_async_context(running_control_plane(directory, free_port))
+        yield Mesh(plane, directory, port)
 
 
 async def all_synced(mesh: Mesh, sidecars: list[Sidecar]) -> bool:
@@ -100,13 +96,7 @@ def ack_observations(metrics: str) -> float:
 
 
 async def hosts(sidecar: Sidecar) -> set[str]:
-    for status in await sidecar.envoy.clusters_async():
-        if status["name"] == BACKEND_CLUSTER:
-            return {
-                host["address"]["socket_address"]["address"]
-                for host in status.get("host_statuses", [])
-            }
-    return set()
+    return set(await sidecar.cluster_hosts(BACKEND_CLUSTER))
 
 
 def moment(iso: str) -> float:

@@ -24,27 +24,29 @@ clears the error and the new ring arrives.
 
 from __future__ import annotations
 
-import textwrap
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from conftest import EnvoyFactory
 from e2e_mesh import (
     Sidecar,
+    admin_json,
     eventually,
+    manifest_directory,
     running_control_plane,
     service_yaml,
     slice_yaml,
+    start_apps,
     start_sidecar,
     write_documents,
 )
+from e2e_policies import backend_policy_yaml, policy_condition
 
 from xds_server.app import ControlPlane
-from xds_server.sample_app import SampleApp, start_sample_app
 from xds_server.translate import backend_policy
 
 pytestmark = [pytest.mark.envoy, pytest.mark.timeout(120)]
@@ -57,19 +59,12 @@ POLICY_FILE = "policy.yaml"
 
 
 def ring_policy(minimum_ring_size: int) -> str:
-    return textwrap.dedent(
-        f"""\
-        apiVersion: policy.xds-server.dev/v1alpha1
-        kind: BackendPolicy
-        metadata: {{name: ring, namespace: default}}
-        spec:
-          targetRefs: [{{kind: Service, name: backend}}]
-          loadBalancer:
-            algorithm: RingHash
-            ringHash: {{minimumRingSize: {minimum_ring_size}}}
-            hashPolicies: [{{header: {{name: x-user}}}}]
-        """
-    )
+    ring_hash = {
+        "algorithm": "RingHash",
+        "ringHash": {"minimumRingSize": minimum_ring_size},
+        "hashPolicies": [{"header": {"name": "x-user"}}],
+    }
+    return backend_policy_yaml("ring", {"loadBalancer": ring_hash})
 
 
 @dataclass
@@ -87,29 +82,18 @@ class Mesh:
             self.directory / "other-endpoints.yaml", slice_yaml("other", list(addresses), self.port)
         )
 
-    async def api(self, path: str, **params: str) -> Any:
-        async with httpx.AsyncClient(timeout=5.0) as client:
-            response = await client.get(
-                f"http://127.0.0.1:{self.plane.admin_port}{path}", params=params
-            )
-        response.raise_for_status()
-        return response.json()
-
     async def translation_errors(self) -> list[dict[str, str]]:
-        errors: list[dict[str, str]] = (await self.api("/api/errors"))["translation"]
+        errors: list[dict[str, str]] = (await admin_json(self.plane, "/api/errors"))["translation"]
         return errors
 
     async def ring_size_in_envoy(self) -> int | None:
         """The minimum ring size of backend's cluster as the sidecar runs it."""
-        dump = await self.client.envoy.config_dump_async(resource="dynamic_active_clusters")
-        for entry in dump.get("configs", []):
-            cluster = entry.get("cluster", {})
-            if cluster.get("name") != BACKEND_CLUSTER:
-                continue
-            for policy in cluster.get("load_balancing_policy", {}).get("policies", []):
-                config = policy["typed_extension_config"]["typed_config"]
-                if config.get("@type", "").endswith(RING_HASH):
-                    return int(config.get("minimum_ring_size", 0))
+        entry = await self.client.active_cluster(BACKEND_CLUSTER)
+        cluster = {} if entry is None else entry["cluster"]
+        for policy in cluster.get("load_balancing_policy", {}).get("policies", []):
+            config = policy["typed_extension_config"]["typed_config"]
+            if config.get("@type", "").endswith(RING_HASH):
+                return int(config.get("minimum_ring_size", 0))
         return None
 
     async def rejected_updates(self) -> dict[str, int]:
@@ -122,11 +106,9 @@ class Mesh:
         return {await self.client.who_answers(host) for _ in range(count)}
 
     async def policy_accepted(self) -> dict[str, Any]:
-        listed = await self.api("/api/policies", kind="BackendPolicy")
-        [policy] = listed["policies"]
-        [condition] = [c for c in policy["conditions"] if c["type"] == "Accepted"]
-        found: dict[str, Any] = condition
-        return found
+        condition = await policy_condition(self.plane, "BackendPolicy/default/ring")
+        assert condition is not None, "the policy has no Accepted condition"
+        return condition
 
 
 @pytest.fixture
@@ -134,28 +116,28 @@ async def mesh(
     tmp_path: Path, free_port: Callable[[], int], envoy_factory: EnvoyFactory
 ) -> AsyncIterator[Mesh]:
     port = free_port()
-    apps: list[SampleApp] = [
-        await start_sample_app("backend", "v1", BACKEND, port),
-        await start_sample_app("other", "v1", OTHER_V1, port),
-        await start_sample_app("other", "v2", OTHER_V2, port),
-    ]
-    directory = tmp_path / "manifests"
-    directory.mkdir()
-    write_documents(directory / "services.yaml", service_yaml("backend"), service_yaml("other"))
-    write_documents(directory / "backend-endpoints.yaml", slice_yaml("backend", [BACKEND], port))
-    write_documents(directory / "other-endpoints.yaml", slice_yaml("other", [OTHER_V1], port))
-    write_documents(directory / POLICY_FILE, ring_policy(64))
-    try:
-        async with running_control_plane(directory, free_port) as plane:
-            client = await start_sidecar(envoy_factory, plane.xds_port, free_port(), delta=False)
-            found = Mesh(directory, plane, client, port)
-            await eventually(
-                found.ring_size_in_envoy, within=20, message="the first ring reaches Envoy"
-            )
-            yield found
-    finally:
-        for app in apps:
-            await app.close()
+    files = {
+        "services.yaml": [service_yaml("backend"), service_yaml("other")],
+        "backend-endpoints.yaml": [slice_yaml("backend", [BACKEND], port)],
+        "other-endpoints.yaml": [slice_yaml("other", [OTHER_V1], port)],
+        POLICY_FILE: [ring_policy(64)],
+    }
+    async with contextlib.AsyncExitStack() as stack:
+        await start_apps(
+            stack,
+            port,
+            ("backend", "v1", BACKEND),
+            ("other", "v1", OTHER_V1),
+            ("other", "v2", OTHER_V2),
+        )
+        directory = manifest_directory(tmp_path, files)
+        plane = await stack.enter_async_context(running_control_plane(directory, free_port))
+        client = await start_sidecar(envoy_factory, plane.xds_port, free_port(), delta=False)
+        found = Mesh(directory, plane, client, port)
+        await eventually(
+            found.ring_size_in_envoy, within=20, message="the first ring reaches Envoy"
+        )
+        yield found
 
 
 async def assert_withheld(mesh: Mesh, *naming: str, other: set[str]) -> None:

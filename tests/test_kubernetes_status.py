@@ -349,13 +349,19 @@ def settled(writer: StatusWriter, pipeline: Pipeline) -> bool:
 # -- the tests ---------------------------------------------------------------------------------
 
 
-async def test_status_patches_arrive_with_the_right_conditions(
-    api_server: StatusApiEmulator,
-) -> None:
+@pytest.fixture
+def pipeline(api_server: StatusApiEmulator) -> Pipeline:
+    """MANIFESTS created in the API server and, as it holds them, in the pipeline's mesh."""
     objects = manifests(*MANIFESTS)
     create_all(api_server, objects)
-    pipeline = Pipeline()
-    pipeline.load(objects, api_server)
+    loaded = Pipeline()
+    loaded.load(objects, api_server)
+    return loaded
+
+
+async def test_status_patches_arrive_with_the_right_conditions(
+    api_server: StatusApiEmulator, pipeline: Pipeline
+) -> None:
 
     async with running_writer(api_server, pipeline, "replica-a") as writer:
         await eventually(lambda: settled(writer, pipeline) and writer.writes >= 4)
@@ -443,12 +449,8 @@ async def test_status_patches_arrive_with_the_right_conditions(
 
 
 async def test_only_the_lease_holder_writes_and_another_takes_over_when_it_stops_renewing(
-    api_server: StatusApiEmulator,
+    api_server: StatusApiEmulator, pipeline: Pipeline
 ) -> None:
-    objects = manifests(*MANIFESTS)
-    create_all(api_server, objects)
-    pipeline = Pipeline()
-    pipeline.load(objects, api_server)
 
     a = running_writer(api_server, pipeline, "replica-a", release_on_stop=False)
     writer_a = await a.__aenter__()
