@@ -10,8 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pytest
+from translate_builders import mesh
 
-from xds_server.model import ChangeSet, Kind, MeshSnapshot, ObjectKey, Service, ServicePort
+from xds_server.model import Kind, ObjectKey, Service, ServicePort
 from xds_server.model.changes import MeshObject
 from xds_server.model.policy import BackendPolicy
 from xds_server.model.routes import (
@@ -38,13 +39,6 @@ WEB = Service(
 )
 API = Service("shop", "api", ports=(ServicePort(80, name="http"),))
 OTHER = Service("other", "db", ports=(ServicePort(5432, name="tcp"),))
-
-
-def mesh_of(*objects: MeshObject) -> MeshSnapshot:
-    changes = ChangeSet()
-    for obj in objects:
-        changes.upsert(obj)
-    return MeshSnapshot().apply(changes)[0]
 
 
 def http_route(
@@ -187,7 +181,7 @@ HTTP_ROUTE_CASES = {
 def test_http_route_conditions(
     objects: tuple[MeshObject, ...], route: HTTPRoute, expect: Expect
 ) -> None:
-    statuses = policy_conditions(mesh_of(*objects, route))
+    statuses = policy_conditions(mesh(*objects, route))
     status = statuses[ObjectKey(Kind.HTTP_ROUTE, "shop", route.name)]
     [parent] = route.parent_refs
     check(status, expect, parent)
@@ -207,7 +201,7 @@ def test_a_missing_mirror_backend_is_an_unresolved_ref() -> None:
             ),
         ),
     )
-    status = policy_conditions(mesh_of(WEB, API, route))[ObjectKey(Kind.HTTP_ROUTE, "shop", "r")]
+    status = policy_conditions(mesh(WEB, API, route))[ObjectKey(Kind.HTTP_ROUTE, "shop", "r")]
     check(
         status,
         Expect(
@@ -227,7 +221,7 @@ def test_each_parent_is_judged_on_its_own() -> None:
             ParentRef("gw", group="gateway.networking.k8s.io", kind="Gateway"),
         )
     )
-    status = policy_conditions(mesh_of(WEB, API, route))[ObjectKey(Kind.HTTP_ROUTE, "shop", "r")]
+    status = policy_conditions(mesh(WEB, API, route))[ObjectKey(Kind.HTTP_ROUTE, "shop", "r")]
     assert [p.parent_ref.name for p in status.parents] == ["web", "gone"]  # a Gateway is not ours
     check(status, Expect(("True", "Accepted")), ParentRef("web"))
     check(status, Expect(("False", "NoMatchingParent")), ParentRef("gone"))
@@ -238,12 +232,12 @@ def test_a_route_without_a_service_parent_gets_no_status_from_the_mesh() -> None
     route = http_route(
         parents=(ParentRef("gw", group="gateway.networking.k8s.io", kind="Gateway"),)
     )
-    assert ObjectKey(Kind.HTTP_ROUTE, "shop", "r") not in policy_conditions(mesh_of(WEB, route))
+    assert ObjectKey(Kind.HTTP_ROUTE, "shop", "r") not in policy_conditions(mesh(WEB, route))
 
 
 def test_routes_of_one_kind_for_one_parent_are_merged_not_rejected() -> None:
     first, second = http_route("a"), http_route("b")
-    statuses = policy_conditions(mesh_of(WEB, API, first, second))
+    statuses = policy_conditions(mesh(WEB, API, first, second))
     assert all(statuses[ObjectKey(Kind.HTTP_ROUTE, "shop", n)].accepted for n in ("a", "b"))
 
 
@@ -251,7 +245,7 @@ def test_a_grpc_route_takes_a_service_port_from_an_http_route_of_the_same_namesp
     grpc = GRPCRoute("shop", "g", (ParentRef("api"),), rules=(GRPCRouteRule(),))
     http = http_route("h", parents=(ParentRef("api"),))
     consumer = http_route("c", namespace="other", parents=(ParentRef("api", namespace="shop"),))
-    statuses = policy_conditions(mesh_of(WEB, API, OTHER, grpc, http, consumer))
+    statuses = policy_conditions(mesh(WEB, API, OTHER, grpc, http, consumer))
     check(
         statuses[ObjectKey(Kind.GRPC_ROUTE, "shop", "g")],
         Expect(("True", "Accepted")),
@@ -273,9 +267,7 @@ def test_a_grpc_route_takes_a_service_port_from_an_http_route_of_the_same_namesp
 def test_an_http_route_keeps_the_ports_a_grpc_route_does_not_bind() -> None:
     grpc = GRPCRoute("shop", "g", (ParentRef("web", port=9090),), rules=(GRPCRouteRule(),))
     http = http_route("h")
-    status = policy_conditions(mesh_of(WEB, API, grpc, http))[
-        ObjectKey(Kind.HTTP_ROUTE, "shop", "h")
-    ]
+    status = policy_conditions(mesh(WEB, API, grpc, http))[ObjectKey(Kind.HTTP_ROUTE, "shop", "h")]
     check(
         status,
         Expect(("True", "Accepted"), None, "not on port 9090 (GRPCRoute shop/g)"),
@@ -394,7 +386,7 @@ def test_backend_policy_conditions(
     services: tuple[Service, ...], policies: tuple[BackendPolicy, ...], expect: Expect
 ) -> None:
     subject = next(p for p in policies if p.name == "p")
-    statuses = policy_conditions(mesh_of(*services, *policies))
+    statuses = policy_conditions(mesh(*services, *policies))
     status = statuses[ObjectKey(Kind.BACKEND_POLICY, subject.namespace, "p")]
     check(status, expect)
     assert status.parents == ()
@@ -410,8 +402,8 @@ REJECTED = (
 @pytest.mark.parametrize("in_mesh", [True, False], ids=["last good version kept", "never accepted"])
 def test_an_object_the_pipeline_rejected_is_not_accepted_and_says_why(in_mesh: bool) -> None:
     key = ObjectKey(Kind.BACKEND_POLICY, "shop", "p")
-    mesh = mesh_of(WEB, *([policy("p", ("Service", "web"))] if in_mesh else []))
-    status = policy_conditions(mesh, {key: REJECTED})[key]
+    snapshot = mesh(WEB, *([policy("p", ("Service", "web"))] if in_mesh else []))
+    status = policy_conditions(snapshot, {key: REJECTED})[key]
     check(status, Expect(("False", "Invalid"), None, "spec.loadBalancer.ringHash.minimumRingSize"))
     assert (status.rejected, status.in_mesh) == (True, in_mesh)
 
@@ -420,7 +412,7 @@ def test_a_rejected_route_is_not_accepted_on_any_parent_it_had() -> None:
     route = http_route()
     key = ObjectKey(Kind.HTTP_ROUTE, "shop", "r")
     status = policy_conditions(
-        mesh_of(WEB, API, route), {key: "HTTPRoute shop/r: spec.rules[0]: bad"}
+        mesh(WEB, API, route), {key: "HTTPRoute shop/r: spec.rules[0]: bad"}
     )[key]
     check(status, Expect(("False", "Invalid"), None, "spec.rules[0]: bad"))
     check(status, Expect(("False", "Invalid")), ParentRef("web"))
@@ -430,25 +422,25 @@ def test_a_route_with_rules_left_out_stays_accepted_and_says_which_are_partially
     route = http_route()
     key = ObjectKey(Kind.HTTP_ROUTE, "shop", "r")
     partial = {key: ("spec.rules[1].matches[0].path.value: Envoy's RE2 refuses it",)}
-    status = policy_conditions(mesh_of(WEB, API, route), partial=partial)[key]
+    status = policy_conditions(mesh(WEB, API, route), partial=partial)[key]
     check(status, Expect(("True", "Accepted")), ParentRef("web"))
     found = status.condition("PartiallyInvalid", ParentRef("web"))
     assert found is not None
     assert (found.status, found.reason) == ("True", "UnsupportedValue")
     assert "spec.rules[1].matches[0].path.value" in found.message
     assert found.observed_generation == route.generation
-    unaffected = policy_conditions(mesh_of(WEB, API, route))[key]
+    unaffected = policy_conditions(mesh(WEB, API, route))[key]
     assert unaffected.condition("PartiallyInvalid", ParentRef("web")) is None
 
 
 def test_rejections_of_other_kinds_are_not_statuses() -> None:
     key = ObjectKey(Kind.SERVICE, "shop", "web")
-    assert key not in policy_conditions(mesh_of(WEB), {key: "Service shop/web: bad"})
+    assert key not in policy_conditions(mesh(WEB), {key: "Service shop/web: bad"})
 
 
 def test_conditions_are_computed_once_per_snapshot() -> None:
-    mesh = mesh_of(WEB, API, http_route())
-    first, second = policy_conditions(mesh), policy_conditions(mesh)
+    snapshot = mesh(WEB, API, http_route())
+    first, second = policy_conditions(snapshot), policy_conditions(snapshot)
     assert first == second
     assert (
         first[ObjectKey(Kind.HTTP_ROUTE, "shop", "r")]

@@ -21,12 +21,12 @@ from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import base_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from google.protobuf import json_format
-from translate_builders import endpoint, endpoint_slice, http, service
+from translate_builders import endpoint, endpoint_slice, http, mesh, service, upserts
 
 from xds_server.bootstrap import render_bootstrap
 from xds_server.cache import Snapshot, SnapshotCache
 from xds_server.cache.snapshot import find_problems
-from xds_server.model import ChangeSet, EndpointSlice, MeshSnapshot, Proxy, Workload
+from xds_server.model import EndpointSlice, Proxy, Workload
 from xds_server.model.policy import BackendPolicy
 from xds_server.model.types import labels_of
 from xds_server.node_metadata import NodeMetadataError, proxy_from_node
@@ -75,14 +75,6 @@ def policy(
     body.setdefault("loadBalancer", {})["locality"] = locality
     message = json_format.ParseDict(body, backend_policy_pb2.BackendPolicySpec())
     return BackendPolicy.of("default", name, message)
-
-
-def snapshot_of(*objects: Any) -> MeshSnapshot:
-    changes = ChangeSet()
-    for obj in objects:
-        changes.upsert(obj)
-    mesh, _ = MeshSnapshot().apply(changes)
-    return mesh
 
 
 def shape(assignment: endpoint_pb2.ClusterLoadAssignment) -> list[tuple[int, str, list[str]]]:
@@ -178,28 +170,28 @@ def test_a_fromzone_without_endpoints_gets_a_variant_and_unready_endpoints_are_n
 def test_without_locality_nothing_changes_byte_for_byte(governing: BackendPolicy | None) -> None:
     assert locality_load_assignments(BACKEND, [SLICE], governing) == []
     objects: list[Any] = [BACKEND, SLICE] + ([governing] if governing else [])
-    mesh = snapshot_of(*objects)
+    snapshot = mesh(*objects)
     zoned = Proxy(node_id="client.default", zone="a")
     unzoned = Proxy(node_id="client.default")
-    assert [c.SerializeToString(deterministic=True) for c in proxy_clusters(mesh, zoned)] == [
-        c.SerializeToString(deterministic=True) for c in proxy_clusters(mesh, unzoned)
+    assert [c.SerializeToString(deterministic=True) for c in proxy_clusters(snapshot, zoned)] == [
+        c.SerializeToString(deterministic=True) for c in proxy_clusters(snapshot, unzoned)
     ]
-    assert locality_targets(mesh) == ()
+    assert locality_targets(snapshot) == ()
 
 
 def test_a_zoned_caller_gets_a_copy_of_the_shared_cluster_fetching_its_zones_variant() -> None:
     governing = policy(("a", "c"), loadBalancer={"algorithm": "LeastRequest"})
-    mesh = snapshot_of(BACKEND, SLICE, governing)
+    snapshot = mesh(BACKEND, SLICE, governing)
     (shared,) = clusters_for_service(BACKEND, governing)
     for zone in ("a", "b", "c"):
-        (copy,) = proxy_clusters(mesh, Proxy(node_id="c.default", zone=zone))
+        (copy,) = proxy_clusters(snapshot, Proxy(node_id="c.default", zone=zone))
         assert copy.name == CLUSTER_NAME
         assert copy.eds_cluster_config.service_name == variant_name(CLUSTER_NAME, zone)
         copy.eds_cluster_config.ClearField("service_name")
         assert copy == shared  # everything else (the policy's LB included) is the shared one's
     # A zone the Service has no endpoints or rules for: the flat, shared assignment does.
-    assert proxy_clusters(mesh, Proxy(node_id="c.default", zone="elsewhere")) == []
-    assert proxy_clusters(mesh, Proxy(node_id="c.default")) == []
+    assert proxy_clusters(snapshot, Proxy(node_id="c.default", zone="elsewhere")) == []
+    assert proxy_clusters(snapshot, Proxy(node_id="c.default")) == []
 
 
 @pytest.mark.parametrize(
@@ -225,10 +217,7 @@ def builder_with(
 ) -> tuple[SnapshotCache, SnapshotBuilder]:
     cache = SnapshotCache()
     builder = SnapshotBuilder(cache)
-    changes = ChangeSet()
-    for obj in objects:
-        changes.upsert(obj)
-    builder.apply(changes)
+    builder.apply(upserts(*objects))
     for proxy in proxies:
         builder.add_proxy(proxy)
     builder.mark_synced()
@@ -280,13 +269,6 @@ def test_the_consistency_check_still_finds_a_variant_without_its_cluster() -> No
     assert load_assignment_owner("inbound|8080||") == "inbound|8080||"
 
 
-def upsert(*objects: Any) -> ChangeSet:
-    changes = ChangeSet()
-    for obj in objects:
-        changes.upsert(obj)
-    return changes
-
-
 def with_endpoints(*endpoints: Any) -> EndpointSlice:
     return endpoint_slice(BACKEND, *endpoints, name=SLICE.name)
 
@@ -298,7 +280,7 @@ def test_only_a_change_of_the_zones_or_the_policy_retranslates_the_zoned_proxies
     # Endpoints come and go, readiness flaps: the zones are the same, no proxy re-runs.
     before = builder.retranslated
     builder.apply(
-        upsert(
+        upserts(
             with_endpoints(
                 endpoint("127.0.61.1", zone="a", ready=False),
                 endpoint("127.0.62.1", zone="b"),
@@ -314,18 +296,18 @@ def test_only_a_change_of_the_zones_or_the_policy_retranslates_the_zoned_proxies
 
     # Zone a's endpoints are removed: its variant goes, so zone a's caller re-runs (and
     # takes the shared cluster); the caller without a zone does not.
-    builder.apply(upsert(with_endpoints(endpoint("127.0.62.1", zone="b"))))
+    builder.apply(upserts(with_endpoints(endpoint("127.0.62.1", zone="b"))))
     assert builder.retranslated == before + 1
     assert eds_name(held(cache, ZONE_A)) == CLUSTER_NAME
     assert find_problems(held(cache, ZONE_A)) == []
 
     # The policy names zone a in a rule again: a's variant is back.
-    builder.apply(upsert(policy(("a", "b"))))
+    builder.apply(upserts(policy(("a", "b"))))
     assert eds_name(held(cache, ZONE_A)) == variant_name(CLUSTER_NAME, "a")
     assert held(cache, NO_ZONE).get(CLUSTER) == no_zone_before.get(CLUSTER)
 
     # Locality off: back to the shared cluster, the variants are gone.
-    builder.apply(upsert(policy(enabled=False)))
+    builder.apply(upserts(policy(enabled=False)))
     snapshot = held(cache, ZONE_A)
     assert eds_name(snapshot) == CLUSTER_NAME
     assert not any("|zone=" in name for name in snapshot.get(ENDPOINT))
@@ -334,7 +316,7 @@ def test_only_a_change_of_the_zones_or_the_policy_retranslates_the_zoned_proxies
 
 def test_a_policy_change_reaches_the_zoned_callers_copy_of_the_cluster() -> None:
     cache, builder = builder_with(BACKEND, SLICE, policy(), proxies=(ZONE_A,))
-    builder.apply(upsert(policy(loadBalancer={"algorithm": "LeastRequest"})))
+    builder.apply(upserts(policy(loadBalancer={"algorithm": "LeastRequest"})))
     copy = unpack(held(cache, ZONE_A).get(CLUSTER)[CLUSTER_NAME])
     assert isinstance(copy, cluster_pb2.Cluster)
     assert copy.eds_cluster_config.service_name == variant_name(CLUSTER_NAME, "a")
@@ -343,7 +325,7 @@ def test_a_policy_change_reaches_the_zoned_callers_copy_of_the_cluster() -> None
 
 def test_a_bad_failover_rule_leaves_the_policy_out_and_the_last_good_one_in_force() -> None:
     cache, builder = builder_with(BACKEND, SLICE, policy(("a", "c")), proxies=(ZONE_A,))
-    builder.apply(upsert(policy(("a", "a"))))
+    builder.apply(upserts(policy(("a", "a"))))
     ((key, message),) = builder.translation_errors()
     assert key == "BackendPolicy default/local"
     assert "spec.loadBalancer.locality.failover[0].toZone" in message
@@ -357,7 +339,7 @@ def test_another_services_endpoints_never_reach_the_zoned_proxies() -> None:
         BACKEND, SLICE, policy(), other, endpoint_slice(other), proxies=(ZONE_A,)
     )
     before = builder.retranslated
-    builder.apply(upsert(endpoint_slice(other, endpoint("127.0.70.1", zone="q"))))
+    builder.apply(upserts(endpoint_slice(other, endpoint("127.0.70.1", zone="q"))))
     assert builder.retranslated == before
 
 
@@ -402,10 +384,10 @@ def test_a_pod_labelled_with_its_zone_gives_the_proxy_that_zone() -> None:
     pod = Workload(
         "default", "client", labels=labels_of({"topology.kubernetes.io/zone": "b"}), ip="127.0.9.1"
     )
-    mesh = snapshot_of(pod)
+    snapshot = mesh(pod)
     declared = Proxy(node_id="client.default", zone="a")
-    assert with_workload(declared, mesh).zone == "b"
-    unlabelled = snapshot_of(Workload("default", "client", ip="127.0.9.1"))
+    assert with_workload(declared, snapshot).zone == "b"
+    unlabelled = mesh(Workload("default", "client", ip="127.0.9.1"))
     assert with_workload(declared, unlabelled).zone == "a"
 
 
@@ -416,5 +398,5 @@ def test_the_shared_load_assignment_is_the_same_with_locality_on() -> None:
     after = held(local, NO_ZONE).get(ENDPOINT)[CLUSTER_NAME]
     assert after.data == before.data
     assert eds_name(held(local, NO_ZONE)) == CLUSTER_NAME
-    (target,) = locality_targets(snapshot_of(BACKEND, SLICE, policy()))
+    (target,) = locality_targets(mesh(BACKEND, SLICE, policy()))
     assert (target.namespace, target.name, target.zones) == ("default", "backend", {"a", "b", "c"})

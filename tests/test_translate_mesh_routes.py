@@ -12,9 +12,9 @@ import re
 import pytest
 from envoy.config.route.v3 import route_components_pb2, route_pb2
 from google.protobuf import json_format
-from translate_builders import grpc, http, service
+from translate_builders import grpc, http, mesh, service, upserts
 
-from xds_server.model import ChangeSet, MeshSnapshot, Service
+from xds_server.model import ChangeSet, Service
 from xds_server.model.policy import BackendPolicy
 from xds_server.model.routes import (
     BackendObjectRef,
@@ -60,18 +60,6 @@ def cluster(name: str, namespace: str = "default", port: int = 8080) -> str:
     return f"outbound|{port}||{name}.{namespace}.svc.cluster.local"
 
 
-def upserts(*objects: Obj) -> ChangeSet:
-    changes = ChangeSet()
-    for obj in objects:
-        changes.upsert(obj)
-    return changes
-
-
-def mesh(*objects: Obj) -> MeshSnapshot:
-    snapshot, _ = MeshSnapshot().apply(upserts(*objects))
-    return snapshot
-
-
 def to(
     name: str,
     weight: int = 1,
@@ -98,6 +86,11 @@ def route(
         rules=rules,
         creation_timestamp=created,
     )
+
+
+def greeter_route(*rules: GRPCRouteRule) -> GRPCRoute:
+    """GRPCRoute default/g with `rules`, bound to Service `greeter`."""
+    return GRPCRoute("default", "g", parent_refs=(ParentRef("greeter"),), rules=rules)
 
 
 def rule(
@@ -388,15 +381,10 @@ def test_grpc_method_matches(
     matches: list[str],
     misses: list[str],
 ) -> None:
-    given = GRPCRoute(
-        "default",
-        "g",
-        parent_refs=(ParentRef("greeter"),),
-        rules=(
-            GRPCRouteRule(
-                matches=(GRPCRouteMatch(method=method),), backend_refs=(to("greeter", port=9090),)
-            ),
-        ),
+    given = greeter_route(
+        GRPCRouteRule(
+            matches=(GRPCRouteMatch(method=method),), backend_refs=(to("greeter", port=9090),)
+        )
     )
     greeter = service("greeter", grpc(9090))
     config = outbound_route_tables(mesh(greeter, given)).config("default")
@@ -418,11 +406,8 @@ def test_grpc_precedence_prefers_the_longer_service_then_method_then_headers() -
             tuple(HeaderMatch(f"h{i}", "1") for i in range(headers)),
         )
 
-    given = GRPCRoute(
-        "default",
-        "g",
-        parent_refs=(ParentRef("greeter"),),
-        rules=tuple(
+    given = greeter_route(
+        *(
             GRPCRouteRule(
                 matches=(m,), backend_refs=(BackendRef(BackendObjectRef("greeter", port=9090)),)
             )
@@ -446,11 +431,8 @@ def test_grpc_precedence_prefers_the_longer_service_then_method_then_headers() -
 def test_a_grpc_route_wins_over_http_routes_on_the_same_port() -> None:
     greeter = service("greeter", grpc(9090))
     http_route = route(rule(backends=(to("greeter", port=9090),)), parent="greeter", name="h")
-    grpc_route = GRPCRoute(
-        "default",
-        "g",
-        parent_refs=(ParentRef("greeter"),),
-        rules=(GRPCRouteRule(backend_refs=(BackendRef(BackendObjectRef("greeter", port=9090)),)),),
+    grpc_route = greeter_route(
+        GRPCRouteRule(backend_refs=(BackendRef(BackendObjectRef("greeter", port=9090)),))
     )
     tables = outbound_route_tables(mesh(greeter, http_route, grpc_route))
     assert [r.name for r in tables.config("default").virtual_hosts[0].routes] == [

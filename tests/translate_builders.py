@@ -25,8 +25,8 @@ from xds_server.model import (
     Proxy,
     Service,
     ServicePort,
-    Workload,
 )
+from xds_server.model.changes import MeshObject
 from xds_server.model.types import labels_of
 
 
@@ -121,12 +121,17 @@ def proxy(
     )
 
 
-def mesh(*objects: Service | EndpointSlice | Workload) -> MeshSnapshot:
-    """A snapshot holding `objects`, indexed exactly as the pipeline indexes them."""
+def upserts(*objects: MeshObject) -> ChangeSet:
+    """A ChangeSet upserting `objects`."""
     changes = ChangeSet()
     for obj in objects:
         changes.upsert(obj)
-    snapshot, _ = MeshSnapshot().apply(changes)
+    return changes
+
+
+def mesh(*objects: MeshObject) -> MeshSnapshot:
+    """A snapshot holding `objects`, indexed exactly as the pipeline indexes them."""
+    snapshot, _ = MeshSnapshot().apply(upserts(*objects))
     return snapshot
 
 
