@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from convert_checks import manifest
 
 from xds_server.model import (
     Endpoint,
@@ -19,14 +20,6 @@ from xds_server.model import (
 from xds_server.sources import limits
 from xds_server.sources.convert import ManifestError, convert
 from xds_server.sources.object_reader import show
-from xds_server.sources.yaml_reader import Document, read_documents
-
-
-def manifest(text: str) -> Any:
-    """One document read as the file source reads it (Kubernetes' YAML semantics)."""
-    (document,) = read_documents(text)
-    assert isinstance(document, Document), document
-    return document.value
 
 
 def service(spec: str, name: str = "backend") -> Any:

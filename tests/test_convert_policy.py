@@ -7,24 +7,22 @@ from typing import Any
 
 import pytest
 import yaml
+from convert_checks import manifest, refusal
 
 from xds_server.model import Kind, ObjectKey
 from xds_server.model.policy import BackendPolicy, TargetRef
 from xds_server.policy_api import backend_policy_pb2 as api
 from xds_server.sources.convert import ManifestError, convert
 from xds_server.sources.convert_policy import schema_facts
-from xds_server.sources.yaml_reader import Document, read_documents
 
 CRD = Path(__file__).resolve().parent.parent / "manifests" / "crds" / "backendpolicy.yaml"
 
 
 def policy(spec: str, metadata: str = "{name: web-policy, namespace: shop}") -> Any:
-    (document,) = read_documents(
+    return manifest(
         "apiVersion: policy.xds-server.dev/v1alpha1\nkind: BackendPolicy\n"
         f"metadata: {metadata}\nspec: {spec}"
     )
-    assert isinstance(document, Document), document
-    return document.value
 
 
 def test_a_full_policy_converts_to_its_spec_message() -> None:
@@ -241,12 +239,7 @@ BAD = [
 
 @pytest.mark.parametrize(("spec", "field", "message"), BAD)
 def test_bad_policies_name_the_object_and_the_field(spec: str, field: str, message: str) -> None:
-    with pytest.raises(ManifestError) as caught:
-        convert(policy(spec))
-    error = caught.value
-    assert (error.object_ref, error.field) == ("BackendPolicy shop/web-policy", field), str(error)
-    assert message in error.message, str(error)
-    assert error.key == ObjectKey(Kind.BACKEND_POLICY, "shop", "web-policy")
+    refusal(policy(spec), ObjectKey(Kind.BACKEND_POLICY, "shop", "web-policy"), field, message)
 
 
 @pytest.mark.parametrize(
