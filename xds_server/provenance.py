@@ -69,6 +69,24 @@ class SourceRef:
             shown.update(self.origin.as_json())
         return shown
 
+    def describe(self, *, resource_version: bool = True) -> str:
+        """`Service default/web (services.yaml, document 0)`: the object, and where it was
+        read.  Without `resource_version` for text that must not change when only the
+        object's version does (an error that becomes a status message)."""
+        where = []
+        origin = self.origin
+        if origin is not None:
+            if origin.file is not None:
+                where.append(origin.file)
+            if origin.document is not None:
+                where.append(f"document {origin.document}")
+            if origin.uid is not None:
+                where.append(f"uid {origin.uid}")
+            if resource_version and origin.resource_version is not None:
+                where.append(f"resourceVersion {origin.resource_version}")
+        place = f" ({', '.join(where)})" if where else ""
+        return f"{self.kind} {self.namespace}/{self.name}{place}"
+
     @classmethod
     def parse(cls, key: str) -> SourceRef:
         """The inverse of `key` (names and namespaces hold no '/')."""

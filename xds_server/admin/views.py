@@ -115,19 +115,7 @@ def noun(type_url: str) -> str:
 
 def source_text(source: SourceRef) -> str:
     """`Service default/web (services.yaml, document 0)`: an object, and where it was read."""
-    where = []
-    origin = source.origin
-    if origin is not None:
-        if origin.file is not None:
-            where.append(origin.file)
-        if origin.document is not None:
-            where.append(f"document {origin.document}")
-        if origin.uid is not None:
-            where.append(f"uid {origin.uid}")
-        if origin.resource_version is not None:
-            where.append(f"resourceVersion {origin.resource_version}")
-    place = f" ({', '.join(where)})" if where else ""
-    return f"{source.kind} {source.namespace}/{source.name}{place}"
+    return source.describe()
 
 
 @dataclass(frozen=True, slots=True)

@@ -135,18 +135,9 @@ MAX_SOURCES_SHOWN = 3
 
 
 def _source_text(ref: SourceRef) -> str:
-    """`BackendPolicy default/ring (policy.yaml, document 0)`."""
-    origin = ref.origin
-    where = []
-    if origin is not None:
-        if origin.file is not None:
-            where.append(origin.file)
-        if origin.document is not None:
-            where.append(f"document {origin.document}")
-        if origin.uid is not None:
-            where.append(f"uid {origin.uid}")
-    place = f" ({', '.join(where)})" if where else ""
-    return f"{ref.kind} {ref.namespace}/{ref.name}{place}"
+    """`BackendPolicy default/ring (policy.yaml, document 0)`: no resourceVersion, which
+    would make the error (and the status message it becomes) change with every write."""
+    return ref.describe(resource_version=False)
 
 
 # -- results, cached by content -------------------------------------------------------------
