@@ -36,7 +36,6 @@ from __future__ import annotations
 import ipaddress
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from xds_server.model import (
@@ -53,6 +52,7 @@ from xds_server.model.changes import MeshObject
 from xds_server.model.types import labels_of
 from xds_server.provenance import Origin
 from xds_server.sources import limits
+from xds_server.sources.convert_common import core_meta
 from xds_server.sources.convert_policy import POLICY_API_VERSION, backend_policy
 from xds_server.sources.convert_routes import GATEWAY_API_VERSION_V1, grpc_route, http_route
 from xds_server.sources.kinds import near_miss
@@ -75,7 +75,6 @@ from xds_server.sources.schema import (
     HINTS_FIELDS,
     IP_FAMILIES,
     IP_FAMILY_POLICIES,
-    METADATA_FIELDS,
     OBJECT_REFERENCE_FIELDS,
     POD_FIELDS,
     POD_IP_FIELDS,
@@ -91,7 +90,6 @@ from xds_server.sources.schema import (
     SLICE_FIELDS,
     SLICE_PORT_FIELDS,
     TRAFFIC_POLICIES,
-    NameRule,
 )
 
 __all__ = ["SERVICE_NAME_LABEL", "ManifestError", "convert", "describe"]
@@ -99,13 +97,6 @@ __all__ = ["SERVICE_NAME_LABEL", "ManifestError", "convert", "describe"]
 logger = logging.getLogger(__name__)
 
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
-
-
-@dataclass(frozen=True)
-class _Metadata:
-    namespace: str
-    name: str
-    labels: dict[str, str]
 
 
 def describe(manifest: Mapping[str, Any]) -> tuple[str, ObjectKey | None]:
@@ -131,17 +122,6 @@ def describe(manifest: Mapping[str, Any]) -> tuple[str, ObjectKey | None]:
     except ValueError:
         key = None
     return ref, key
-
-
-def _metadata(obj: ObjectReader, manifest: Mapping[str, Any], name_rule: NameRule) -> _Metadata:
-    metadata = obj.mapping(manifest.get("metadata"), "metadata", METADATA_FIELDS)
-    name = obj.required_string(metadata.get("name"), "metadata.name")
-    obj.dns_name(name, "metadata.name", name_rule)
-    namespace = obj.string(metadata.get("namespace"), "metadata.namespace") or "default"
-    obj.dns_name(namespace, "metadata.namespace", DNS_LABEL)
-    obj.annotations(metadata.get("annotations"), "metadata.annotations")
-    labels = obj.labels(metadata.get("labels"), "metadata.labels")
-    return _Metadata(namespace, name, labels)
 
 
 def _app_protocol(obj: ObjectReader, value: Any, field: str) -> str | None:
@@ -246,7 +226,7 @@ def _cluster_ips(obj: ObjectReader, spec: Mapping[str, Any]) -> str | None:
 
 def _service(obj: ObjectReader, manifest: Mapping[str, Any], origin: Origin | None) -> Service:
     obj.mapping(manifest, "", SERVICE_FIELDS)
-    meta = _metadata(obj, manifest, DNS_1035_LABEL)
+    meta = core_meta(obj, manifest, DNS_1035_LABEL)
     spec = obj.mapping(manifest.get("spec"), "spec", SERVICE_SPEC_FIELDS)
     service_type = obj.one_of(spec.get("type"), "spec.type", SERVICE_TYPES, "ClusterIP")
     obj.one_of(spec.get("sessionAffinity"), "spec.sessionAffinity", SESSION_AFFINITIES, "None")
@@ -348,7 +328,7 @@ def _endpoint_slice(
     obj: ObjectReader, manifest: Mapping[str, Any], origin: Origin | None
 ) -> EndpointSlice:
     obj.mapping(manifest, "", SLICE_FIELDS)
-    meta = _metadata(obj, manifest, DNS_SUBDOMAIN)
+    meta = core_meta(obj, manifest, DNS_SUBDOMAIN)
     service_name = meta.labels.get(SERVICE_NAME_LABEL)
     if not service_name:
         obj.fail(
@@ -392,7 +372,7 @@ _TERMINATED_PHASES = frozenset({"Succeeded", "Failed"})
 
 def _pod(obj: ObjectReader, manifest: Mapping[str, Any], origin: Origin | None) -> Workload:
     obj.mapping(manifest, "", POD_FIELDS)
-    meta = _metadata(obj, manifest, DNS_SUBDOMAIN)
+    meta = core_meta(obj, manifest, DNS_SUBDOMAIN)
     spec = obj.mapping(manifest.get("spec"), "spec", POD_SPEC_FIELDS)
     status = obj.mapping(manifest.get("status"), "status", POD_STATUS_FIELDS)
     accounts = [

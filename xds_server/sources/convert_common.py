@@ -1,8 +1,10 @@
-"""What the conversions of the traffic-policy kinds share: object metadata and bounded strings.
+"""What the conversions share: object metadata, and the bounded strings of CRD schemas.
 
-`convert_routes` (HTTPRoute, GRPCRoute) and `convert_policy` (BackendPolicy)
-read custom resources, whose metadata carries two things the built-in kinds'
-conversion does not need: `creationTimestamp`, which breaks ties between
+Every kind's metadata is checked the same way (`core_meta`: name, namespace,
+annotations, labels).  `convert_routes` (HTTPRoute, GRPCRoute) and
+`convert_policy` (BackendPolicy) read custom resources, whose metadata
+carries two things the built-in kinds' conversion does not need
+(`object_meta`): `creationTimestamp`, which breaks ties between
 conflicting routes and policies (the oldest wins), and `generation`, which
 status conditions report as `observedGeneration`.
 
@@ -28,9 +30,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from xds_server.sources.object_reader import ObjectReader, show
-from xds_server.sources.schema import DNS_LABEL, DNS_SUBDOMAIN, METADATA_FIELDS
+from xds_server.sources.schema import DNS_LABEL, DNS_SUBDOMAIN, METADATA_FIELDS, NameRule
 
-__all__ = ["ObjectMeta", "bounded_string", "object_meta", "timestamp"]
+__all__ = ["CoreMeta", "ObjectMeta", "bounded_string", "core_meta", "object_meta", "timestamp"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,12 +43,18 @@ _MAX_GENERATION = 2**63 - 1
 
 
 @dataclass(frozen=True)
-class ObjectMeta:
-    """The metadata a custom resource's model value keeps."""
+class CoreMeta:
+    """The metadata every kind's model value keeps."""
 
     namespace: str
     name: str
     labels: dict[str, str]
+
+
+@dataclass(frozen=True)
+class ObjectMeta(CoreMeta):
+    """The metadata a custom resource's model value keeps."""
+
     creation_timestamp: str | None
     generation: int
 
@@ -71,15 +79,29 @@ def timestamp(obj: ObjectReader, value: Any, field: str) -> str | None:
     return when.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def object_meta(obj: ObjectReader, manifest: Mapping[str, Any]) -> ObjectMeta:
-    """metadata of a namespaced custom resource: a DNS-subdomain name, as CRDs require."""
+def _checked_metadata(
+    obj: ObjectReader, manifest: Mapping[str, Any], name_rule: NameRule
+) -> tuple[Mapping[str, Any], CoreMeta]:
     metadata = obj.mapping(manifest.get("metadata"), "metadata", METADATA_FIELDS)
     name = obj.required_string(metadata.get("name"), "metadata.name")
-    obj.dns_name(name, "metadata.name", DNS_SUBDOMAIN)
+    obj.dns_name(name, "metadata.name", name_rule)
     namespace = obj.string(metadata.get("namespace"), "metadata.namespace") or "default"
     obj.dns_name(namespace, "metadata.namespace", DNS_LABEL)
     obj.annotations(metadata.get("annotations"), "metadata.annotations")
     labels = obj.labels(metadata.get("labels"), "metadata.labels")
+    return metadata, CoreMeta(namespace, name, labels)
+
+
+def core_meta(obj: ObjectReader, manifest: Mapping[str, Any], name_rule: NameRule) -> CoreMeta:
+    """metadata of a namespaced object: its name (as `name_rule` says), namespace
+    (default "default"), annotations and labels, checked."""
+    return _checked_metadata(obj, manifest, name_rule)[1]
+
+
+def object_meta(obj: ObjectReader, manifest: Mapping[str, Any]) -> ObjectMeta:
+    """metadata of a namespaced custom resource: a DNS-subdomain name, as CRDs require."""
+    metadata, core = _checked_metadata(obj, manifest, DNS_SUBDOMAIN)
+    namespace, name, labels = core.namespace, core.name, core.labels
     created = timestamp(obj, metadata.get("creationTimestamp"), "metadata.creationTimestamp")
     generation = obj.integer(metadata.get("generation"), "metadata.generation", 0, _MAX_GENERATION)
     return ObjectMeta(namespace, name, labels, created, generation or 0)
