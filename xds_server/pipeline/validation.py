@@ -307,8 +307,9 @@ def default_validator() -> EnvoyValidator:
 
 def configure(*, enabled: bool) -> None:
     """Turn Envoy-rule validation on or off for this process (`--no-envoy-validation`)."""
+    was = _DEFAULT.enabled
     _DEFAULT.enabled = enabled
-    if not enabled:  # on is the default and says nothing; off is worth a line
+    if was and not enabled:  # on is the default and says nothing; turning it off is news
         logger.warning("Envoy-rule validation of generated resources is off")
 
 
