@@ -37,6 +37,7 @@ import signal
 import socket
 import sys
 import urllib.parse
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,6 +45,8 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 MAX_HEADER_BYTES = 64 * 1024
+MAX_COUNTED_PATHS = 1000
+"""Distinct paths `path_hits` counts (bounded: the demo runs for as long as it is left)."""
 UPSTREAM_TIMEOUT_S = 10.0
 MAX_DELAY_MS = 60_000
 # Forwarded from the inbound request on /call so a trace spans both hops.
@@ -105,6 +108,8 @@ class SampleApp:
     """Every request is held this long before it is answered."""
     hits: int = 0
     """Requests answered so far (any path but `/call`)."""
+    path_hits: Counter[str] = field(default_factory=Counter)
+    """`hits` by path, for the first `MAX_COUNTED_PATHS` distinct paths."""
     _fail_every_seen: int = field(default=0, repr=False)
     _server: asyncio.Server | None = field(default=None, repr=False)
     _writers: set[asyncio.StreamWriter] = field(default_factory=set, repr=False)
@@ -189,6 +194,8 @@ class SampleApp:
                 return 400, {"error": f"bad delay {millis!r} (0..{MAX_DELAY_MS} ms)"}
             await asyncio.sleep(int(millis) / 1000)
         self.hits += 1
+        if url.path in self.path_hits or len(self.path_hits) < MAX_COUNTED_PATHS:
+            self.path_hits[url.path] += 1
         fail_every = query.get("fail_every", "")
         if self.fail_status is not None:
             status = self.fail_status
