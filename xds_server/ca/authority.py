@@ -147,6 +147,42 @@ def _require_ca(cert: x509.Certificate, what: str) -> None:
         raise ValueError(f"{what} key usage lacks keyCertSign")
 
 
+def ca_certificate_builder(
+    name: x509.Name,
+    public_key: ec.EllipticCurvePublicKey,
+    not_before: datetime.datetime,
+    not_after: datetime.datetime,
+    path_length: int = 0,
+) -> x509.CertificateBuilder:
+    """A self-issued CA certificate, unsigned: CA:true with `path_length`, certificate and
+    CRL signing only, and its subject key identifier (the webhook's CA is one too)."""
+    return (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+    )
+
+
 class CertificateAuthority:
     """Issues SPIFFE SVIDs for one trust domain; holds the signing key and never hands it out."""
 
@@ -238,29 +274,9 @@ class CertificateAuthority:
         )
         ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
         certificate = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - CLOCK_SKEW_BACKDATE)
-            .not_valid_after(now + ttl)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=False,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=True,
-                    crl_sign=True,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
+            ca_certificate_builder(
+                name, key.public_key(), now - CLOCK_SKEW_BACKDATE, now + ttl, path_length
             )
-            .add_extension(ski, critical=False)
             .add_extension(
                 x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False
             )

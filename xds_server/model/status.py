@@ -225,7 +225,7 @@ def rejections(
 # -- naming objects in error texts --------------------------------------------------------
 
 _OBJECT_REF = re.compile(r"^(?P<kind>[A-Za-z]+) (?P<namespace>[a-z0-9.-]+)/(?P<name>[a-z0-9.-]+)$")
-"""Kubernetes names (RFC 1123): anything else is an escaped or placeholder name."""
+"""Kubernetes names (RFC 1123): a name shown escaped or as a stand-in names no object."""
 
 
 def parse_object_ref(text: str | None) -> ObjectKey | None:
