@@ -8,9 +8,26 @@ from typing import NamedTuple
 
 from xds_server.model.policy import BackendPolicy
 from xds_server.model.routes import GRPCRoute, HTTPRoute
+from xds_server.model.security import (
+    AuthorizationPolicy,
+    PeerAuthentication,
+    TrustRoots,
+    WorkloadCertificate,
+)
 from xds_server.model.types import EndpointSlice, Service, Workload
 
-MeshObject = Service | EndpointSlice | Workload | HTTPRoute | GRPCRoute | BackendPolicy
+MeshObject = (
+    Service
+    | EndpointSlice
+    | Workload
+    | HTTPRoute
+    | GRPCRoute
+    | BackendPolicy
+    | PeerAuthentication
+    | AuthorizationPolicy
+    | WorkloadCertificate
+    | TrustRoots
+)
 
 
 class Kind(enum.Enum):
@@ -20,6 +37,11 @@ class Kind(enum.Enum):
     HTTP_ROUTE = "HTTPRoute"
     GRPC_ROUTE = "GRPCRoute"
     BACKEND_POLICY = "BackendPolicy"
+    PEER_AUTHENTICATION = "PeerAuthentication"
+    AUTHORIZATION_POLICY = "AuthorizationPolicy"
+    WORKLOAD_CERTIFICATE = "WorkloadCertificate"
+    """Issued by the control plane's CA (`security.certificates`), not read from a source."""
+    TRUST_ROOTS = "TrustRoots"
 
     # Members are singletons: identity hashing is correct, and C-fast.  Enum's own
     # __hash__ runs Python code, and kinds are hashed in every key and fact.
@@ -33,8 +55,20 @@ KIND_OF_TYPE: dict[type, Kind] = {
     HTTPRoute: Kind.HTTP_ROUTE,
     GRPCRoute: Kind.GRPC_ROUTE,
     BackendPolicy: Kind.BACKEND_POLICY,
+    PeerAuthentication: Kind.PEER_AUTHENTICATION,
+    AuthorizationPolicy: Kind.AUTHORIZATION_POLICY,
+    WorkloadCertificate: Kind.WORKLOAD_CERTIFICATE,
+    TrustRoots: Kind.TRUST_ROOTS,
 }
-POLICY_KINDS = frozenset({Kind.HTTP_ROUTE, Kind.GRPC_ROUTE, Kind.BACKEND_POLICY})
+POLICY_KINDS = frozenset(
+    {
+        Kind.HTTP_ROUTE,
+        Kind.GRPC_ROUTE,
+        Kind.BACKEND_POLICY,
+        Kind.PEER_AUTHENTICATION,
+        Kind.AUTHORIZATION_POLICY,
+    }
+)
 """Kinds that configure traffic rather than describe it: they carry status conditions."""
 
 

@@ -13,6 +13,13 @@ from typing import Any, TypeVar, cast
 from xds_server.model.changes import ChangeSet, Kind, MeshObject, ObjectKey
 from xds_server.model.policy import ROOT_NAMESPACE, Attachment, BackendPolicy, attached_policy
 from xds_server.model.routes import GRPCRoute, HTTPRoute, MeshRoute, service_parents
+from xds_server.model.security import (
+    TRUST_ROOTS_KEY,
+    AuthorizationPolicy,
+    PeerAuthentication,
+    TrustRoots,
+    WorkloadCertificate,
+)
 from xds_server.model.types import EndpointSlice, Labels, Service, Workload
 
 NamespacedName = tuple[str, str]
@@ -25,6 +32,10 @@ TABLES: dict[Kind, str] = {
     Kind.HTTP_ROUTE: "http_routes",
     Kind.GRPC_ROUTE: "grpc_routes",
     Kind.BACKEND_POLICY: "backend_policies",
+    Kind.PEER_AUTHENTICATION: "peer_authentications",
+    Kind.AUTHORIZATION_POLICY: "authorization_policies",
+    Kind.WORKLOAD_CERTIFICATE: "workload_certificates",
+    Kind.TRUST_ROOTS: "trust_roots",
 }
 """The snapshot's field holding each kind: a new kind is a row here and a field."""
 _Table = dict[NamespacedName, MeshObject]
@@ -41,6 +52,18 @@ class MeshSnapshot:
     http_routes: Mapping[NamespacedName, HTTPRoute] = field(default_factory=dict)
     grpc_routes: Mapping[NamespacedName, GRPCRoute] = field(default_factory=dict)
     backend_policies: Mapping[NamespacedName, BackendPolicy] = field(default_factory=dict)
+    peer_authentications: Mapping[NamespacedName, PeerAuthentication] = field(
+        default_factory=dict
+    )
+    authorization_policies: Mapping[NamespacedName, AuthorizationPolicy] = field(
+        default_factory=dict
+    )
+    workload_certificates: Mapping[NamespacedName, WorkloadCertificate] = field(
+        default_factory=dict
+    )
+    """By (namespace, service account): the identity each certifies."""
+    trust_roots: Mapping[NamespacedName, TrustRoots] = field(default_factory=dict)
+    """At most one, at `TRUST_ROOTS_KEY`."""
     root_namespace: str = ROOT_NAMESPACE
     """Where a BackendPolicy without targetRefs is the mesh-wide default."""
     generation: int = 0
@@ -86,6 +109,15 @@ class MeshSnapshot:
         for service in self.services_in(namespace):
             if service.selects(labels):
                 yield service
+
+    def certificate_of(self, namespace: str, service_account: str) -> WorkloadCertificate | None:
+        """The current SVID of an identity, once the issuer has issued it."""
+        return self.workload_certificates.get((namespace, service_account))
+
+    @property
+    def roots(self) -> TrustRoots | None:
+        """The mesh's trust roots, once the issuer has published them."""
+        return self.trust_roots.get(TRUST_ROOTS_KEY)
 
     def table(self, kind: Kind) -> Mapping[NamespacedName, MeshObject]:
         """The objects of one kind, by (namespace, name)."""
@@ -183,6 +215,10 @@ class MeshSnapshot:
             http_routes=tables[Kind.HTTP_ROUTE],  # type: ignore[arg-type]
             grpc_routes=tables[Kind.GRPC_ROUTE],  # type: ignore[arg-type]
             backend_policies=tables[Kind.BACKEND_POLICY],  # type: ignore[arg-type]
+            peer_authentications=tables[Kind.PEER_AUTHENTICATION],  # type: ignore[arg-type]
+            authorization_policies=tables[Kind.AUTHORIZATION_POLICY],  # type: ignore[arg-type]
+            workload_certificates=tables[Kind.WORKLOAD_CERTIFICATE],  # type: ignore[arg-type]
+            trust_roots=tables[Kind.TRUST_ROOTS],  # type: ignore[arg-type]
             root_namespace=self.root_namespace,
             generation=self.generation + 1,
         )

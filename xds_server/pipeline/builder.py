@@ -71,7 +71,7 @@ from xds_server.pipeline.snapshots import (
     resource_changes,
 )
 from xds_server.pipeline.workloads import with_workload, workload_of, workloads_by_ip
-from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, Resource
+from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, Resource
 
 logger = logging.getLogger(__name__)
 
@@ -267,8 +267,9 @@ class SnapshotBuilder:
                 built += [(ENDPOINT, r.name) for r in plan.endpoint_updates.get(key, ())]
                 self.index.record(unit, reads, built)
             elif unit[0] == "proxy" and unit[1] in plan.translated:
-                clusters, listeners = plan.translated[unit[1]]
+                clusters, listeners, secrets = plan.translated[unit[1]]
                 built = [(CLUSTER, n) for n in clusters] + [(LISTENER, n) for n in listeners]
+                built += [(SECRET, n) for n in secrets]
                 self.index.record(unit, reads, built)
         self.retranslated += len(plan.translated)
 
@@ -316,8 +317,8 @@ class SnapshotBuilder:
             current = self.cache.get_snapshot(node_id)
             if current is None or node_id in plan.failed:
                 continue
-            own_clusters, listeners = plan.translated.get(
-                node_id, (state.clusters, state.listeners)
+            own_clusters, listeners, secrets = plan.translated.get(
+                node_id, (state.clusters, state.listeners, state.secrets)
             )
             namespace = identity.get(node_id, state.proxy).namespace
             route = plan.route_resources.get(namespace) or tables.resource(namespace)
@@ -326,6 +327,7 @@ class SnapshotBuilder:
                 ENDPOINT: endpoints.resources,
                 LISTENER: listeners,
                 ROUTE: {route.name: route},
+                SECRET: secrets,
             }
             found = resource_changes(current, proposed)
             if found:
@@ -434,8 +436,12 @@ class SnapshotBuilder:
             state.error = proxy_failure(state.proxy.node_id, error)
             return
         self.retranslated += 1
-        clusters, listeners = translated
-        built = [(CLUSTER, n) for n in clusters] + [(LISTENER, n) for n in listeners]
+        clusters, listeners, secrets = translated
+        built = (
+            [(CLUSTER, n) for n in clusters]
+            + [(LISTENER, n) for n in listeners]
+            + [(SECRET, n) for n in secrets]
+        )
         self.index.record(proxy_unit(state.declared.node_id), reads, built)
         self._publish(state, translated, report=False)
 
@@ -461,13 +467,14 @@ class SnapshotBuilder:
             state.error = proxy_failure(proxy.node_id, error)
             return None
         if translated is not None:
-            state.clusters, state.listeners = translated
+            state.clusters, state.listeners, state.secrets = translated
         snapshot = Snapshot(
             resources={
                 CLUSTER: LayeredResources(state.clusters, self._clusters.resources),
                 ENDPOINT: self._endpoints.resources,
                 LISTENER: state.listeners,
                 ROUTE: routes,
+                SECRET: state.secrets,
             },
             version=str(self.generation),
         )

@@ -15,7 +15,9 @@ builder.
 | routes    | namespace | RDS      | the routing surface of every Service | its namespace's  |
 |           |           |          | every HTTPRoute, GRPCRoute and       |                  |
 |           |           |          | BackendPolicy                        |                  |
-| proxy     | proxy     | CDS, LDS | what translation asked (TrackedMesh) | that proxy       |
+| proxy     | proxy     | CDS, LDS,| what translation asked (TrackedMesh) | that proxy       |
+|           |           | SDS      | (its identity's WorkloadCertificate, |                  |
+|           |           |          | the TrustRoots)                      |                  |
 """
 
 from __future__ import annotations
@@ -38,8 +40,17 @@ from xds_server.pipeline.provenance import Provenance
 from xds_server.pipeline.reads import ROUTE_POLICIES, Fact, TrackedMesh, object_fact, slices_fact
 from xds_server.pipeline.validation import validate, validate_route_table
 from xds_server.provenance import SourceRef
-from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, Resource, make_resource
+from xds_server.resources import (
+    CLUSTER,
+    ENDPOINT,
+    LISTENER,
+    ROUTE,
+    SECRET,
+    Resource,
+    make_resource,
+)
 from xds_server.translate.locality import locality_load_assignments
+from xds_server.translate.secrets import proxy_secrets
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +74,7 @@ class Generator:
 GENERATORS: tuple[Generator, ...] = (
     Generator("service", "service", (CLUSTER, ENDPOINT), "every proxy"),
     Generator("routes", "namespace", (ROUTE,), "namespace"),
-    Generator("proxy", "proxy", (CLUSTER, LISTENER), "proxy"),
+    Generator("proxy", "proxy", (CLUSTER, LISTENER, SECRET), "proxy"),
 )
 GENERATOR_OF: dict[str, Generator] = {generator.name: generator for generator in GENERATORS}
 
@@ -76,11 +87,12 @@ class ProxyState:
     """As translated: `declared`, with what its Pod says (see `with_workload`)."""
     clusters: ResourceSet = field(default_factory=ResourceSet)
     listeners: ResourceSet = field(default_factory=ResourceSet)
+    secrets: ResourceSet = field(default_factory=ResourceSet)
     error: str | None = None
 
 
-ProxyResources = tuple[ResourceSet, ResourceSet]
-"""A proxy's own clusters and listeners."""
+ProxyResources = tuple[ResourceSet, ResourceSet, ResourceSet]
+"""A proxy's own clusters, listeners and Secrets."""
 ServiceResources = tuple[list[Resource], list[Resource]]
 """A Service's outbound clusters and load assignments."""
 Memo = dict[
@@ -158,15 +170,24 @@ def proxy_resources(
     provenance: Provenance | None = None,
     reads: set[Fact] | None = None,
 ) -> ProxyResources:
-    """`proxy`'s clusters and listeners on `mesh`, evolved from what `state` holds.
+    """`proxy`'s clusters, listeners and Secrets on `mesh`, evolved from what `state` holds.
 
-    What translation read is added to `reads`: the proxy unit's inputs.
+    What translation read is added to `reads`: the proxy unit's inputs.  A Secret
+    names the certificate or trust roots it holds (it has no metadata to stamp).
     """
     tracked = TrackedMesh(mesh, reads if reads is not None else set())
     known = provenance if provenance is not None else Provenance(mesh)
     clusters = {r.name: r for r in _resources(translate.proxy_clusters(tracked, proxy), known)}
     listeners = {r.name: r for r in _resources(translate.proxy_listeners(tracked, proxy), known)}
-    return state.clusters.replace_all(clusters), state.listeners.replace_all(listeners)
+    secrets = {
+        secret.name: _checked(secret, known.refs_of([source]))
+        for secret, source in proxy_secrets(tracked, proxy)
+    }
+    return (
+        state.clusters.replace_all(clusters),
+        state.listeners.replace_all(listeners),
+        state.secrets.replace_all(secrets),
+    )
 
 
 def translate_service(

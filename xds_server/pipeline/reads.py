@@ -43,6 +43,7 @@ from xds_server.model import (
 from xds_server.model.changes import MeshObject
 from xds_server.model.policy import Attachment
 from xds_server.model.routes import GRPCRoute, HTTPRoute, MeshRoute, service_parents
+from xds_server.model.security import TRUST_ROOTS_KEY, TrustRoots, WorkloadCertificate
 from xds_server.model.types import Labels
 from xds_server.translate import locality
 from xds_server.translate.listeners import tcp_port_owners
@@ -218,6 +219,15 @@ class TrackedMesh(MeshSnapshot):
     def routes_for(self, namespace: str, name: str) -> tuple[MeshRoute, ...]:
         self.reads.add(parent_fact(namespace, name))
         return super().routes_for(namespace, name)
+
+    def certificate_of(self, namespace: str, service_account: str) -> WorkloadCertificate | None:
+        self.reads.add(("obj", Kind.WORKLOAD_CERTIFICATE, namespace, service_account))
+        return super().certificate_of(namespace, service_account)
+
+    @property
+    def roots(self) -> TrustRoots | None:
+        self.reads.add(("obj", Kind.TRUST_ROOTS, *TRUST_ROOTS_KEY))
+        return self.trust_roots.get(TRUST_ROOTS_KEY)
 
     def services_selecting(self, namespace: str, labels: Labels) -> Iterator[Service]:
         # The scan reads every Service of the namespace, so that one fact covers each
