@@ -71,6 +71,35 @@ class SupervisionSettings:
     healthy_after: float = 30.0
 
 
+@dataclass(frozen=True)
+class SecuritySettings:
+    """The mesh's identity and the xDS port's security (issue 9).
+
+    `trust_domain` is the first part of every SPIFFE ID
+    (`spiffe://<trust_domain>/ns/<ns>/sa/<sa>`).  The root CA lives in `ca_dir`
+    (file mode; generated there on first start) or in the Kubernetes Secret
+    `ca_secret` of `ca_namespace` (cluster mode), unless `ca_cert_file` and
+    `ca_key_file` name a user-supplied root or intermediate.  Workload
+    certificates live `svid_ttl_seconds` and are re-issued at half of that.
+    `insecure_xds` serves xDS in plaintext with no proxy authentication (for
+    development only; logged loudly).  `token_audience` is the audience of the
+    projected ServiceAccount tokens proxies present in Kubernetes mode.
+    `admin_token_file` holds the bearer token the admin API's state-changing
+    endpoints require (generated there, mode 0600, when missing).
+    """
+
+    trust_domain: str = "cluster.local"
+    ca_dir: Path = Path(".xds-server/ca")
+    ca_secret: str = "xds-server-ca"
+    ca_namespace: str = "mesh-system"
+    ca_cert_file: Path | None = None
+    ca_key_file: Path | None = None
+    svid_ttl_seconds: float = 24 * 3600.0
+    insecure_xds: bool = False
+    token_audience: str = "xds-server"
+    admin_token_file: Path = Path(".xds-server/admin-token")
+
+
 SOURCE_KUBERNETES = "kubernetes"
 
 
@@ -95,6 +124,7 @@ class Settings:
     xds_stuck_stream_seconds: float = 60.0
     kubernetes: KubernetesSettings = KubernetesSettings()
     supervision: SupervisionSettings = SupervisionSettings()
+    security: SecuritySettings = SecuritySettings()
     envoy_validation: bool = True
     """Check every generated resource against Envoy's validate.rules before serving it
     (`pipeline.validation`); off only for benchmarks (`--no-envoy-validation`)."""

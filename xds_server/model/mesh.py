@@ -52,9 +52,7 @@ class MeshSnapshot:
     http_routes: Mapping[NamespacedName, HTTPRoute] = field(default_factory=dict)
     grpc_routes: Mapping[NamespacedName, GRPCRoute] = field(default_factory=dict)
     backend_policies: Mapping[NamespacedName, BackendPolicy] = field(default_factory=dict)
-    peer_authentications: Mapping[NamespacedName, PeerAuthentication] = field(
-        default_factory=dict
-    )
+    peer_authentications: Mapping[NamespacedName, PeerAuthentication] = field(default_factory=dict)
     authorization_policies: Mapping[NamespacedName, AuthorizationPolicy] = field(
         default_factory=dict
     )
