@@ -24,6 +24,7 @@ from envoy.config.listener.v3 import listener_pb2
 from google.protobuf import any_pb2
 
 from xds_server.admin import AdminView, ProxyView, SyncStatus, create_app
+from xds_server.admin.auth import AdminToken
 from xds_server.admin.paging import DEFAULT_LIMIT, MAX_LIMIT, MAX_NAMES_SHOWN
 from xds_server.admin.views import sync_status
 from xds_server.cache import ResourceSet, Snapshot
@@ -38,6 +39,9 @@ from xds_server.resources import (
     make_resource,
 )
 from xds_server.server import NackStatus, StreamStatus, TypeStatus
+
+TOKEN = AdminToken("test-admin-token-" + "x" * 16, "tests")
+"""The admin token of the app under test."""
 
 AT = datetime(2025, 5, 1, 12, 0, tzinfo=UTC)
 NODE = "client-0.default"
@@ -175,7 +179,7 @@ class FakeControlPlane:
 
 async def get(plane: AdminView, path: str, params: dict[str, str] | None = None) -> httpx.Response:
     """One request to the admin app, in process (no server, no port)."""
-    transport = httpx.ASGITransport(app=create_app(plane))
+    transport = httpx.ASGITransport(app=create_app(plane, TOKEN))
     async with httpx.AsyncClient(transport=transport, base_url="http://admin") as client:
         return await client.get(path, params=params)
 

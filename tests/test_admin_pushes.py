@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from xds_server.admin import create_app
+from xds_server.admin.auth import AdminToken
 from xds_server.admin.pushes import PushDetailModel, PushList
 from xds_server.cache import Snapshot
 from xds_server.history import PushDetail, PushHistory, PushSummary
@@ -22,6 +23,9 @@ from xds_server.provenance import Origin, SourceRef
 from xds_server.resources import CLUSTER, ENDPOINT
 from xds_server.server.callbacks import SentResponse, StreamInfo
 from xds_server.server.state import NackStatus
+
+TOKEN = AdminToken("test-admin-token-" + "x" * 16, "tests")
+"""The admin token of the app under test."""
 
 OBSERVED = 1_700_000_000.0
 SLICE = SourceRef("EndpointSlice", "default", "backend-slice", Origin("/m/eps.yaml", 1))
@@ -62,7 +66,7 @@ class PlaneWithHistory(PlaneWithoutHistory):
 
 
 async def get(plane: object, path: str, **params: str) -> httpx.Response:
-    transport = httpx.ASGITransport(app=create_app(plane))  # type: ignore[arg-type]
+    transport = httpx.ASGITransport(app=create_app(plane, TOKEN))  # type: ignore[arg-type]
     async with httpx.AsyncClient(transport=transport, base_url="http://admin") as client:
         return await client.get(path, params=params)
 

@@ -16,6 +16,7 @@ import pytest
 
 from xds_server import cli_affected
 from xds_server.admin import create_app
+from xds_server.admin.auth import AdminToken
 from xds_server.admin.dependents import (
     DependentsResponse,
     HeldResource,
@@ -41,6 +42,9 @@ from xds_server.model import (
 from xds_server.pipeline import SnapshotBuilder
 from xds_server.provenance import Origin, SourceRef
 from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
+
+TOKEN = AdminToken("test-admin-token-" + "x" * 16, "tests")
+"""The admin token of the app under test."""
 
 WEB = Service(
     "ns-a",
@@ -197,7 +201,7 @@ class FakePlane:
 
 
 async def get(plane: Any, path: str, **params: int) -> httpx.Response:
-    transport = httpx.ASGITransport(app=create_app(plane))
+    transport = httpx.ASGITransport(app=create_app(plane, TOKEN))
     async with httpx.AsyncClient(transport=transport, base_url="http://admin") as client:
         return await client.get(path, params=params)
 

@@ -30,6 +30,7 @@ from hypothesis import strategies as st
 
 from xds_server import cli_diff
 from xds_server.admin import create_app
+from xds_server.admin.auth import AdminToken
 from xds_server.admin.diff import (
     MAX_BODY_BYTES,
     MAX_OPS_SHOWN,
@@ -49,6 +50,10 @@ from xds_server.settings import Settings
 from xds_server.sources.file import FileSource
 from xds_server.sources.file_state import DirectoryState, parse_file
 from xds_server.sources.proposal import NOT_READ, propose_apply, propose_files
+
+TOKEN = AdminToken("test-admin-token-" + "x" * 16, "tests")
+"""The admin token of the app under test."""
+BEARER = {"Authorization": f"Bearer {TOKEN.value}"}
 
 DIRECTORY = Path("/mesh")
 
@@ -379,9 +384,9 @@ class FakePlane(PlaneWithoutDryRun):
 
 
 async def post(plane: Any, content: bytes, **params: str) -> httpx.Response:
-    transport = httpx.ASGITransport(app=create_app(plane))
+    transport = httpx.ASGITransport(app=create_app(plane, TOKEN))
     async with httpx.AsyncClient(transport=transport, base_url="http://admin") as client:
-        return await client.post("/api/diff", content=content, params=params)
+        return await client.post("/api/diff", content=content, params=params, headers=BEARER)
 
 
 async def test_the_endpoint_previews_the_posted_files_and_answers_the_model() -> None:
@@ -425,9 +430,9 @@ async def test_an_oversized_body_is_refused_before_it_is_read() -> None:
             yield b"x" * 65536
         raise AssertionError("read past the limit")
 
-    transport = httpx.ASGITransport(app=create_app(plane))  # type: ignore[arg-type]
+    transport = httpx.ASGITransport(app=create_app(plane, TOKEN))  # type: ignore[arg-type]
     async with httpx.AsyncClient(transport=transport, base_url="http://admin") as client:
-        response = await client.post("/api/diff", content=endless())
+        response = await client.post("/api/diff", content=endless(), headers=BEARER)
 
     assert response.status_code == 413
     assert plane.asked == []
@@ -574,7 +579,7 @@ def test_the_exit_code_is_kubectl_diffs(
     (tmp_path / "x.yaml").write_text(BAD_PORT)
     posted: list[dict[str, Any]] = []
 
-    def fake_post(url: str, body: bytes, timeout: float) -> Any:
+    def fake_post(url: str, body: bytes, timeout: float, *_: object) -> Any:
         posted.append(json.loads(body))
         return answered(run, errors)
 
@@ -616,7 +621,7 @@ def test_every_page_is_fetched_and_merged(monkeypatch: pytest.MonkeyPatch) -> No
     run = dry_run({f"n{i}": (SHARED,) for i in range(3)})
     asked: list[str] = []
 
-    def fake_post(url: str, body: bytes, timeout: float) -> Any:
+    def fake_post(url: str, body: bytes, timeout: float, *_: object) -> Any:
         asked.append(url)
         offset = int(url.split("offset=")[1].split("&")[0])
         return diff_response(run, Page(offset=offset, limit=2)).model_dump(mode="json")

@@ -35,6 +35,8 @@ import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from xds_server.admin import ProxyView, create_app
+from xds_server.admin.auth import AdminToken, TokenError, load_or_create
+from xds_server.admin.certificates import MeshCertificates
 from xds_server.admin.dependents import ObjectDependents, gather
 from xds_server.admin.diff import DryRun
 from xds_server.cache import Snapshot, SnapshotCache
@@ -211,6 +213,8 @@ class ControlPlane:
         self._stop = asyncio.Event()
         self._admin_server: _QuietUvicorn | None = None
         self._admin_socket: socket.socket | None = None
+        self.admin_token: AdminToken | None = None
+        """What the admin's state-changing endpoints require (read or made at start-up)."""
 
     # -- AdminView ---------------------------------------------------------
     def is_ready(self) -> bool:
@@ -291,6 +295,11 @@ class ControlPlane:
         """What `key` feeds, from the dependency index, and which proxies hold it
         (`xds-server affected`); read on the loop that applies batches."""
         return gather(key, self.pipeline.builder, self.cache.get_snapshot)
+
+    def mesh_certificates(self) -> MeshCertificates:
+        """Every identity's certificate and the trust roots (`/api/certificates`)."""
+        mesh = self.pipeline.builder.mesh
+        return MeshCertificates(tuple(mesh.workload_certificates.values()), mesh.roots)
 
     def pushes(self) -> list[PushSummary]:
         return self.history.pushes()
@@ -373,6 +382,10 @@ class ControlPlane:
         except ValueError as error:
             raise StartupError(str(error)) from None
         check_source_directory(self.settings)
+        try:
+            self.admin_token = load_or_create(self.settings.security.admin_token_file)
+        except TokenError as error:
+            raise StartupError(str(error)) from None
         admin_socket = bind_admin_socket(admin_host, admin_port)
         try:
             check_port_free("xDS", xds_host, xds_port)
@@ -393,8 +406,9 @@ class ControlPlane:
         if sock is None or sock.fileno() == -1:
             host = split_host_port(self.settings.admin_listen)[0]
             sock = self._admin_socket = bind_admin_socket(host, self.admin_port)
+        assert self.admin_token is not None  # read by _start_up
         config = uvicorn.Config(
-            create_app(self),
+            create_app(self, self.admin_token),
             log_level="warning",
             access_log=False,
             lifespan="off",

@@ -18,7 +18,13 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, NoReturn
 
-from xds_server.settings import SOURCE_KUBERNETES, KubernetesSettings, Settings, split_host_port
+from xds_server.settings import (
+    SOURCE_KUBERNETES,
+    KubernetesSettings,
+    SecuritySettings,
+    Settings,
+    split_host_port,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +96,20 @@ def _parser() -> argparse.ArgumentParser:
         help="with --source kubernetes: watch only these namespaces (default: all)",
     )
     serve.add_argument("--xds-listen", type=_host_port, default="127.0.0.1:15010")
-    serve.add_argument("--admin-listen", type=_host_port, default="127.0.0.1:15014")
+    serve.add_argument(
+        "--admin-listen",
+        type=_host_port,
+        default=Settings.admin_listen,
+        help="the admin API (default %(default)s: this host only; its state-changing "
+        "endpoints need the admin token wherever it listens)",
+    )
+    serve.add_argument(
+        "--admin-token-file",
+        type=Path,
+        default=SecuritySettings.admin_token_file,
+        help="the admin API's bearer token, generated there (mode 0600) when missing; "
+        "$XDS_SERVER_ADMIN_TOKEN wins (default %(default)s)",
+    )
     serve.add_argument(
         "--grace-seconds",
         type=_grace,
@@ -183,6 +202,7 @@ ADMIN_COMMANDS = ("status", "config", "explain")
 # and run(args) -> int, so features add a command without growing this file.
 PLUGIN_COMMANDS: dict[str, str] = {
     "affected": "xds_server.cli_affected",
+    "ca": "xds_server.cli_security",
     "capture-init": "xds_server.capture.command",
     "diff": "xds_server.cli_diff",
     "inject": "xds_server.inject.command",
@@ -280,6 +300,7 @@ def _main(argv: list[str] | None) -> int:
             xds_stuck_stream_seconds=args.xds_stuck_stream_seconds,
             envoy_validation=args.envoy_validation,
             kubernetes=KubernetesSettings(kubeconfig=args.kubeconfig, namespaces=args.namespaces),
+            security=SecuritySettings(admin_token_file=args.admin_token_file),
         )
         try:  # validate early, with a clear message
             if settings.source_kind == SOURCE_KUBERNETES:

@@ -20,6 +20,13 @@ listens on), print a table by default and the admin's own JSON with
   it was made from and where they were read (file and document, or uid and
   resourceVersion); for a route configuration, per virtual host.
 
+* `status certificates`: per identity its SPIFFE ID, serial, validity, issuer
+  and the proxies holding it, and the trust roots (`cli_security`).
+
+Endpoints that change state want the admin token: the commands send it from
+`$XDS_SERVER_ADMIN_TOKEN` or `--admin-token-file` (default the file `serve`
+writes), only with the requests that need it.
+
 Lists are fetched a page at a time (the admin's largest page) until the end.
 Exit codes: 0 done, 1 the proxy or resource is not found or the admin cannot
 be reached or answers nonsense (one line on stderr naming the URL), 2 a usage
@@ -37,11 +44,12 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from xds_server.settings import Settings
+from xds_server.settings import SecuritySettings, Settings
 
 if TYPE_CHECKING:
     from pydantic import BaseModel
@@ -54,6 +62,7 @@ logger = logging.getLogger(__name__)
 COMMANDS = ("status", "config", "explain")
 EXIT_CODES = "Exit codes: 0 done, 1 not found or the admin API unreachable, 2 bad usage."
 DEFAULT_ADMIN_URL = f"http://{Settings.admin_listen}"
+DEFAULT_TOKEN_FILE = SecuritySettings.admin_token_file
 TYPES = ("CDS", "EDS", "LDS", "RDS", "SDS")
 PAGE_LIMIT = 1000
 """The admin's largest page (`admin.paging.MAX_LIMIT`): fewest round trips."""
@@ -104,7 +113,8 @@ def add_commands(commands: argparse._SubParsersAction[Any]) -> None:
         nargs="?",
         choices=STATUS_SCOPES,
         default="all",
-        help="proxies, routes and policies, or all (default; -o json: the proxies)",
+        help="proxies, routes and policies, certificates, or all (proxies, routes and "
+        "policies; the default; -o json: the proxies)",
     )
     for name in ("config", "explain"):
         parsers[name].add_argument("proxy", metavar="PROXY", help="the proxy's node id")
@@ -117,12 +127,13 @@ def add_commands(commands: argparse._SubParsersAction[Any]) -> None:
         )
 
 
-def add_common_arguments(parser: argparse.ArgumentParser) -> None:
-    """`--admin URL`, `-o table|json`, `--timeout`: what every admin client command takes."""
-    _common(parser)
+def add_common_arguments(parser: argparse.ArgumentParser, timeout: float = 5.0) -> None:
+    """`--admin URL`, `--admin-token-file`, `-o table|json`, `--timeout`: what every admin
+    client command takes."""
+    _common(parser, timeout)
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
+def _common(parser: argparse.ArgumentParser, timeout: float = 5.0) -> None:
     parser.add_argument(
         "--admin",
         type=admin_url,
@@ -130,15 +141,35 @@ def _common(parser: argparse.ArgumentParser) -> None:
         metavar="URL",
         help="the control plane's admin API (default %(default)s)",
     )
+    add_token_argument(parser)
     parser.add_argument("-o", "--output", choices=("table", "json"), default="table")
     parser.add_argument(
-        "--timeout", type=float, default=5.0, help="seconds per request (default %(default)s)"
+        "--timeout", type=float, default=timeout, help="seconds per request (default %(default)s)"
     )
+
+
+def add_token_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--admin-token-file",
+        type=Path,
+        default=DEFAULT_TOKEN_FILE,
+        metavar="FILE",
+        help="the admin token, for endpoints that change state "
+        "(default %(default)s; $XDS_SERVER_ADMIN_TOKEN wins)",
+    )
+
+
+def client_of(args: argparse.Namespace) -> AdminClient:
+    """The admin client the parsed arguments describe, with the token they point at."""
+    from xds_server.admin.auth import client_token
+
+    path: Path | None = getattr(args, "admin_token_file", None)
+    return AdminClient(args.admin, args.timeout, client_token(path), path)
 
 
 def run(args: argparse.Namespace) -> int:
     """Run `args.command` against the admin API; the exit code."""
-    client = AdminClient(args.admin, args.timeout)
+    client = client_of(args)
     try:
         if args.command == "status":
             text = status_text(client, getattr(args, "what", "all"), args.output)
@@ -159,10 +190,16 @@ def run(args: argparse.Namespace) -> int:
 
 @dataclass(frozen=True, slots=True)
 class AdminClient:
-    """GETs against the admin API, each answer validated against its model."""
+    """Requests to the admin API, each answer validated against its model.
+
+    `token` (the admin token) goes only with the requests that need it (`post`).
+    """
 
     url: str
     timeout: float = 5.0
+    token: str | None = field(default=None, repr=False)
+    token_file: Path | None = None
+    """Where the token was looked for: named when the admin refuses it."""
 
     def proxies(self) -> list[ProxyStatus]:
         from xds_server.admin.models import ProxyStatus
@@ -238,20 +275,47 @@ class AdminClient:
                 f"unexpected answer from {self.url}{path}: {where}: {first['msg']}"
             ) from None
 
+    def post(self, model: type[M], path: str, body: Mapping[str, object]) -> M:
+        """POST `body` as JSON with the admin token; the answer validated against `model`."""
+        data = json.dumps(body).encode()
+        headers = {"Content-Type": "application/json", **self.authorization()}
+        request = urllib.request.Request(
+            f"{self.url}{path}", data=data, method="POST", headers=headers
+        )
+        answer, _ = self._open(request, path)
+        return self._parse(model, answer, path)
+
+    def authorization(self) -> dict[str, str]:
+        """The `Authorization` header of a request that needs the token (none without one)."""
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+
     def _get(self, path: str, params: Mapping[str, object]) -> tuple[Any, Mapping[str, str]]:
         url = f"{self.url}{path}"
         if params:
             url += "?" + urllib.parse.urlencode(params)
+        return self._open(urllib.request.Request(url), path)
+
+    def _open(self, request: urllib.request.Request, path: str) -> tuple[Any, Mapping[str, str]]:
         try:
-            with OPENER.open(url, timeout=self.timeout) as reply:
+            with OPENER.open(request, timeout=self.timeout) as reply:
                 return json.loads(reply.read()), dict(reply.headers)
         except urllib.error.HTTPError as error:
             with error:
                 detail = _detail(error.read())
+            if error.code == 401:
+                detail += token_hint(self.token, self.token_file)
             raise AdminError(f"{self.url}{path}: HTTP {error.code}: {detail}") from None
         except (OSError, ValueError) as error:  # refused, timed out, bad JSON
             reason = getattr(error, "reason", None) or error
             raise AdminError(f"cannot reach the admin API at {self.url}: {reason}") from None
+
+
+def token_hint(token: str | None, token_file: Path | None) -> str:
+    """What to do about a 401, naming where the token was looked for."""
+    if token is None:
+        where = f"{token_file} (not readable)" if token_file is not None else "no file given"
+        return f" (no admin token: set $XDS_SERVER_ADMIN_TOKEN or --admin-token-file; {where})"
+    return " (set $XDS_SERVER_ADMIN_TOKEN or --admin-token-file to the server's token)"
 
 
 def _quoted(node_id: str) -> str:
@@ -336,7 +400,7 @@ def show_status(proxies: Sequence[ProxyStatus], output: str, now: datetime) -> s
     return table(STATUS_HEADERS, rows) if proxies else "no proxies connected\n"
 
 
-STATUS_SCOPES = ("all", "proxies", "policies")
+STATUS_SCOPES = ("all", "proxies", "policies", "certificates")
 POLICY_HEADERS = ("KIND", "NAMESPACE", "NAME", "PARENT", "ACCEPTED", "RESOLVED REFS", "MESSAGE")
 MAX_MESSAGE_SHOWN = 160
 """Characters of a condition's message a table cell shows (`-o json` has it whole)."""
@@ -346,6 +410,10 @@ def status_text(client: AdminClient, what: str, output: str) -> str:
     """`status [all|proxies|policies]`: the proxies' table, the policies' table, or both."""
     if what == "policies":
         return show_policies(client.policies(), output)
+    if what == "certificates":
+        from xds_server.cli_security import certificates_text
+
+        return certificates_text(client, output, datetime.now(UTC))
     text = show_status(client.proxies(), output, datetime.now(UTC))
     if what == "proxies" or output == "json":
         return text

@@ -13,7 +13,8 @@ Output: a table of the proxies that would change (proxy, type, resource,
 added / changed / removed), then a JSON Patch (RFC 6902) of each added or
 changed resource, once per distinct change; errors in the manifests (file,
 line, object, field) and objects translation would leave out go to stderr.
-`-o json` prints the admin's answer instead (every page).
+`-o json` prints the admin's answer instead (every page).  The dry run needs
+the admin token: sent from `$XDS_SERVER_ADMIN_TOKEN` or `--admin-token-file`.
 
 Exit codes, as `kubectl diff`:
   0  no proxy would change
@@ -37,7 +38,13 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from xds_server.cli_admin import DEFAULT_ADMIN_URL, OPENER, admin_url
+from xds_server.cli_admin import (
+    DEFAULT_ADMIN_URL,
+    OPENER,
+    add_token_argument,
+    admin_url,
+    token_hint,
+)
 
 if TYPE_CHECKING:
     from xds_server.admin.diff import DiffResponse, PatchOp
@@ -66,6 +73,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--admin", type=admin_url, default=DEFAULT_ADMIN_URL, metavar="URL",
         help="the control plane's admin API (default %(default)s)",
     )  # fmt: skip
+    add_token_argument(parser)
     parser.add_argument("-o", "--output", choices=("table", "json"), default="table")
     parser.add_argument(
         "--timeout", type=float, default=60.0, help="seconds per request (default %(default)s)"
@@ -73,9 +81,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from xds_server.admin.auth import client_token
+
+    token_file: Path | None = getattr(args, "admin_token_file", None)
     try:
         files = read_files(args.filename)
-        answer = post_diff(args.admin, files, args.timeout)
+        answer = post_diff(args.admin, files, args.timeout, client_token(token_file), token_file)
     except DiffError as error:
         print(f"xds-server diff: {error}", file=sys.stderr)
         return EXIT_ERROR
@@ -133,8 +144,15 @@ def read_files(arguments: Sequence[Path]) -> dict[str, str]:
 # -- the admin API ------------------------------------------------------------------------
 
 
-def post_diff(admin: str, files: dict[str, str], timeout: float) -> DiffResponse:
-    """Every page of the admin's answer for `files`, merged into one."""
+def post_diff(
+    admin: str,
+    files: dict[str, str],
+    timeout: float,
+    token: str | None = None,
+    token_file: Path | None = None,
+) -> DiffResponse:
+    """Every page of the admin's answer for `files`, merged into one; `token` is the admin
+    token (`token_file` where it was looked for, named if the admin refuses it)."""
     from xds_server.admin.diff import DiffResponse
 
     body = json.dumps({"files": files}, ensure_ascii=False).encode("utf-8", "surrogatepass")
@@ -146,7 +164,7 @@ def post_diff(admin: str, files: dict[str, str], timeout: float) -> DiffResponse
         query = urllib.parse.urlencode({"offset": offset, "limit": PAGE_LIMIT})
         url = f"{admin}/api/diff?{query}"
         try:
-            page = DiffResponse.model_validate(_post(url, body, timeout))
+            page = DiffResponse.model_validate(_post(url, body, timeout, token, token_file))
         except ValueError as error:  # pydantic's ValidationError
             raise DiffError(f"unexpected answer from {url}: {str(error).splitlines()[0]}") from None
         if merged is None:
@@ -164,10 +182,11 @@ def post_diff(admin: str, files: dict[str, str], timeout: float) -> DiffResponse
     return merged
 
 
-def _post(url: str, body: bytes, timeout: float) -> Any:
-    request = urllib.request.Request(
-        url, data=body, method="POST", headers={"Content-Type": "application/json"}
-    )
+def _post(url: str, body: bytes, timeout: float, token: str | None, token_file: Path | None) -> Any:
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(url, data=body, method="POST", headers=headers)
     try:
         with OPENER.open(request, timeout=timeout) as reply:
             data = reply.read()
@@ -176,6 +195,8 @@ def _post(url: str, body: bytes, timeout: float) -> Any:
             detail = error.read().decode("utf-8", "replace")
         with contextlib.suppress(ValueError, KeyError, TypeError):
             detail = json.loads(detail)["detail"]
+        if error.code == 401:
+            detail += token_hint(token, token_file)
         raise DiffError(f"{url}: HTTP {error.code}: {detail}") from None
     except OSError as error:
         reason = getattr(error, "reason", None) or error

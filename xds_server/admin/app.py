@@ -1,7 +1,13 @@
 """FastAPI app factory for the admin port: health, JSON API, web page, metrics.
 
-It only reads: everything it shows comes through the `AdminView` protocol, so
-the app can be tested against an in-memory fake and never mutates the mesh.
+It reads through the `AdminView` protocol (and its optional extensions), so
+the app can be tested against an in-memory fake.  Two endpoints do more than
+read, and require the admin token (`admin.auth`: `Authorization: Bearer`,
+401 without it): `POST /api/diff` (translates what the caller sends) and
+`POST /api/ca/rotate-root` (the one that changes the mesh).  Every other
+endpoint is a GET that stays open: none shows key material (Secrets' private
+keys are redacted in every config view, and `/api/certificates` shows only
+what is derived from public certificates).
 
 The handlers are `async`: they gather what they need from the view on the
 event loop that also runs the xDS streams (so they see a consistent moment
@@ -23,15 +29,18 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any, Protocol, runtime_checkable
 
-from fastapi import FastAPI, HTTPException, Query, Request, Response
+from fastapi import Body, FastAPI, HTTPException, Query, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from xds_server.admin import certificates as mesh_certificates
 from xds_server.admin import dependents as object_dependents
 from xds_server.admin import diff as dry_run
 from xds_server.admin import page as html_page
 from xds_server.admin import policies as object_policies
 from xds_server.admin import pushes as push_history
+from xds_server.admin import root_rotation
+from xds_server.admin.auth import AdminToken, token_guard
 from xds_server.admin.config import config_json, parse_type, served_config
 from xds_server.admin.explain import explain
 from xds_server.admin.paging import Page, PageQuery
@@ -129,8 +138,10 @@ def _selected_types(value: str | None) -> tuple[str, ...]:
         raise HTTPException(400, str(error)) from None
 
 
-def create_app(view: AdminView) -> FastAPI:
+def create_app(view: AdminView, token: AdminToken) -> FastAPI:
+    """The admin app on `view`; `token` is what the state-changing endpoints require."""
     app = FastAPI(title="xds-server admin", docs_url="/docs", redoc_url=None)
+    guarded: Any = [token_guard(token)]
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -213,7 +224,7 @@ def create_app(view: AdminView) -> FastAPI:
             lambda: _json(errors_json(source, views, dropped, page, snapshots))
         )
 
-    @app.post("/api/diff", responses={200: {"model": dry_run.DiffResponse}})
+    @app.post("/api/diff", responses={200: {"model": dry_run.DiffResponse}}, dependencies=guarded)
     async def diff(request: Request, page: PageQuery) -> Response:
         """What applying the proposed manifests (`{"files": {"path.yaml": "text", ...}}`)
         would change, proxy by proxy, without applying them: one page of the proxies that
@@ -280,6 +291,39 @@ def create_app(view: AdminView) -> FastAPI:
         body = await run_in_threadpool(object_policies.render, found, page)
         return Response(content=body, media_type="application/json")
 
+    @app.get("/api/certificates", responses={200: {"model": mesh_certificates.CertificateList}})
+    async def certificates(page: PageQuery) -> Response:
+        """Every identity's current certificate (SPIFFE ID, serial, validity, issuer
+        fingerprint, the proxies holding it; one page) and the trust roots' fingerprints.
+        Never a certificate or a key itself."""
+        found = mesh_certificates.certificates_of(view)  # on the event loop: one moment
+        views = view.proxies()
+        body = await run_in_threadpool(mesh_certificates.render, found, views, page)
+        return Response(content=body, media_type="application/json")
+
+    @app.post(
+        "/api/ca/rotate-root",
+        responses={200: {"model": root_rotation.RootRotationModel}},
+        dependencies=guarded,
+    )
+    async def rotate_root(
+        request: Annotated[root_rotation.RotateRootRequest, Body()],
+    ) -> Response:
+        """Start a root rotation: a new root, trusted with the old one for
+        `overlap_seconds`, every certificate re-issued under it meanwhile."""
+        if not isinstance(view, root_rotation.RootRotationView):
+            raise HTTPException(501, "this control plane cannot rotate its root")
+        try:
+            info = await view.rotate_root(request.overlap_seconds)
+        except ValueError as error:
+            raise HTTPException(409, str(error)) from None
+        logger.warning(
+            "root rotation started through the admin API: new root %s, overlap %gs",
+            info.new_serial,
+            request.overlap_seconds,
+        )
+        return _json(root_rotation.rotation_model(info).model_dump(mode="json"))
+
     @app.get("/metrics")
     async def metrics() -> Response:
         body, content_type = view.metrics()
@@ -293,6 +337,7 @@ def create_app(view: AdminView) -> FastAPI:
         snapshots = nack_snapshots(page.of(views), view.snapshot)
         recent = push_history.recent_pushes(view)
         statuses = object_policies.statuses_of(view)
+        certificates = mesh_certificates.certificates_of(view)
         text = await run_in_threadpool(
             lambda: html_page.render_index(
                 ready=ready,
@@ -305,6 +350,7 @@ def create_app(view: AdminView) -> FastAPI:
                 snapshots=snapshots,
                 pushes=recent,
                 policies=statuses,
+                certificates=certificates,
             )
         )
         return HTMLResponse(text)

@@ -23,6 +23,7 @@ from importlib import resources
 from typing import Any
 from urllib.parse import quote
 
+from xds_server.admin.certificates import NO_CERTIFICATES, MeshCertificates, certificates_html
 from xds_server.admin.config import ServedType
 from xds_server.admin.paging import DEFAULT_LIMIT, FIRST_PAGE, MAX_NAMES_SHOWN, Page, shown
 from xds_server.admin.policies import policies_html
@@ -245,9 +246,10 @@ def render_index(
     snapshots: Mapping[str, Snapshot | None] = NO_SNAPSHOTS,
     pushes: Sequence[PushSummary] = (),
     policies: Sequence[ObjectStatus] = (),
+    certificates: MeshCertificates = NO_CERTIFICATES,
 ) -> str:
     """`/`: readiness, errors, then one row per connected proxy, a page of them at a time,
-    then the recent pushes (newest first).
+    then the routes and policies, the certificates, and the recent pushes (newest first).
 
     `snapshots` (see `views.nack_snapshots`) name the sources of what a NACK blames.
     """
@@ -267,6 +269,7 @@ def render_index(
         f"{headers}<th>Snapshot pushed</th></tr></thead><tbody>{rows}</tbody></table>"
         f"{_pager(page, len(views), 'proxies')}"
         f"{policies_html(policies)}"
+        f"{certificates_html(certificates, views)}"
         f"{recent_pushes_html(pushes)}"
         f'<p class="muted small">As of {_esc(now.strftime("%Y-%m-%d %H:%M:%S %Z"))}.</p>'
         "</div>"
