@@ -305,9 +305,19 @@ def test_the_control_plane_serves_the_kubernetes_source_with_probes_on_the_admin
     assert args == [
         "serve", "--source", "kubernetes",
         "--xds-listen", "0.0.0.0:15010", "--admin-listen", "0.0.0.0:15014",
+        "--admin-token-file", "/tmp/xds-server/admin-token",
     ]  # fmt: skip
     cli._parser().parse_args(args)
     (container,) = one("Deployment", "xds-server")["spec"]["template"]["spec"]["containers"]
+    # Beyond loopback, so the admin token: one for every replica, from a Secret, else a file
+    # on the writable emptyDir (the root filesystem is read-only).
+    (token,) = (env for env in container["env"] if env["name"] == "XDS_SERVER_ADMIN_TOKEN")
+    assert token["valueFrom"]["secretKeyRef"] == {
+        "name": "xds-server-admin-token", "key": "token", "optional": True
+    }  # fmt: skip
+    mounts = {mount["mountPath"] for mount in container["volumeMounts"]}
+    assert "/tmp" in mounts
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
     ports = {port["name"]: port["containerPort"] for port in container["ports"]}
     assert ports == {"grpc-xds": 15010, "http-admin": 15014}
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http-admin"}
