@@ -40,7 +40,7 @@ from xds_server.admin.auth import (
     load_or_create,
 )
 from xds_server.admin.root_rotation import RootRotationModel
-from xds_server.app import ControlPlane, StartupError
+from xds_server.app import ControlPlane, StartupError, _is_loopback
 from xds_server.cache import Snapshot
 from xds_server.cli import _parser
 from xds_server.settings import SecuritySettings, Settings, split_host_port
@@ -282,6 +282,15 @@ def test_the_admin_api_listens_on_loopback_by_default() -> None:
     args = _parser().parse_args(["serve"])
     assert split_host_port(args.admin_listen)[0] == "127.0.0.1"
     assert args.admin_token_file == SecuritySettings().admin_token_file
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [("127.0.0.1", True), ("127.0.0.9", True), ("::1", True), ("localhost", True),
+     ("0.0.0.0", False), ("::", False), ("10.0.0.1", False), ("example.com", False)],
+)  # fmt: skip
+def test_an_admin_listening_beyond_this_host_is_told_apart(host: str, loopback: bool) -> None:
+    assert _is_loopback(host) is loopback
 
 
 # -- a real control plane and the CLI ---------------------------------------------------------

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import os
 import socket
@@ -155,6 +156,16 @@ def bind_admin_socket(host: str, port: int) -> socket.socket:
     """The admin server's socket, bound here so that a taken port is a clear StartupError."""
     family, _, _, _, address = _addresses("the admin API", host, port)[0]
     return _bound_socket("the admin API", family, address)
+
+
+def _is_loopback(host: str) -> bool:
+    """Whether `host` (an address or `localhost`) is this host only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def check_source_directory(settings: Settings) -> None:
@@ -361,6 +372,12 @@ class ControlPlane:
                         await asyncio.sleep(0.01)
                     admin_host = split_host_port(self.settings.admin_listen)[0]
                     logger.info("admin listening on http://%s:%d", admin_host, self.admin_port)
+                    if not _is_loopback(admin_host):
+                        logger.warning(
+                            "the admin API listens beyond this host (%s): its read-only views "
+                            "are open to whoever reaches it; state changes need the token",
+                            admin_host,
+                        )
                     self.listening.set()
                     await source_ready.wait()  # /readyz says false until then
                     self.started.set()
