@@ -38,7 +38,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from xds_server.cli_admin import (
+from xds_server.cli_client import (
     DEFAULT_ADMIN_URL,
     OPENER,
     add_token_argument,

@@ -22,8 +22,9 @@ import sys
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from xds_server.cli_admin import AdminClient, AdminError, add_common_arguments, age, client_of
+from xds_server.cli_admin import add_common_arguments, age
 from xds_server.cli_admin import table as text_table
+from xds_server.cli_client import AdminClient, AdminError, client_of
 
 if TYPE_CHECKING:
     from xds_server.admin.certificates import CertificateList
