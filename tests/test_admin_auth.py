@@ -220,6 +220,24 @@ def test_a_missing_token_file_is_generated_0600_in_a_0700_directory(tmp_path: Pa
     assert load_or_create(tmp_path / "other", environ={}).value != token.value
 
 
+def test_of_two_processes_creating_the_token_at_once_one_wins(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "admin-token"
+    real_link = os.link
+
+    def link_after_the_other(source: str, target: Path) -> None:
+        target.write_text("the-other-process-token-" + "o" * 10 + "\n")  # got there first
+        real_link(source, target)
+
+    monkeypatch.setattr(os, "link", link_after_the_other)
+
+    token = load_or_create(path, environ={})
+
+    assert token.value == "the-other-process-token-" + "o" * 10
+    assert [p.name for p in tmp_path.iterdir()] == ["admin-token"]
+
+
 def test_the_environment_wins_over_the_file(tmp_path: Path) -> None:
     path = tmp_path / "admin-token"
     value = "from-the-environment-" + "e" * 10

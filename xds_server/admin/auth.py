@@ -10,7 +10,8 @@ wrong one, the answer is 401 with `WWW-Authenticate: Bearer`, as RFC 6750 asks.
 The token comes from the environment (`XDS_SERVER_ADMIN_TOKEN`: one value for
 every replica, from a Kubernetes Secret) or from `admin_token_file`; a
 missing file is created with a fresh `secrets.token_urlsafe` value, written
-atomically (a temporary file renamed over it) with mode 0600 in a directory of
+atomically (whole, to a temporary file then linked in place, so of two
+processes starting at once one token wins) with mode 0600 in a directory of
 mode 0700, so that only the user who runs the control plane (and the CLI as
 that user) can read it.  The comparison is `hmac.compare_digest`, so timing
 says nothing about how much of a guess was right.
@@ -70,8 +71,10 @@ def _checked(value: str, where: str) -> str:
     return token
 
 
-def _write_atomically(path: Path, token: str) -> None:
-    """`token` into `path`, mode 0600, via a temporary file renamed over it."""
+def _create_atomically(path: Path, token: str) -> bool:
+    """`token` into a new `path`, mode 0600: written whole to a temporary file, then
+    linked in place, which fails if `path` exists.  False if another process got
+    there first (its token stands: two planes never hold different ones)."""
     path.parent.mkdir(mode=DIRECTORY_MODE, parents=True, exist_ok=True)
     descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
@@ -80,11 +83,14 @@ def _write_atomically(path: Path, token: str) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(temporary, FILE_MODE)
-        os.replace(temporary, path)
-    except BaseException:
+        try:
+            os.link(temporary, path)
+        except FileExistsError:
+            return False
+        return True
+    finally:
         with contextlib.suppress(OSError):
             os.unlink(temporary)
-        raise
 
 
 def load_or_create(path: Path, environ: Mapping[str, str] = os.environ) -> AdminToken:
@@ -92,24 +98,36 @@ def load_or_create(path: Path, environ: Mapping[str, str] = os.environ) -> Admin
     from_env = environ.get(TOKEN_ENV)
     if from_env is not None:
         return AdminToken(_checked(from_env, f"${TOKEN_ENV}"), f"${TOKEN_ENV}")
-    try:
-        text = path.read_text()
-        if path.stat().st_mode & 0o077:
-            logger.warning("the admin token %s is readable by others: chmod 600 it", path)
-        return AdminToken(_checked(text, str(path)), str(path))
-    except FileNotFoundError:
-        pass
-    except OSError as error:
-        raise TokenError(f"cannot read the admin token {path}: {error.strerror}") from None
+    existing = _read(path)
+    if existing is not None:
+        return existing
     token = secrets.token_urlsafe(TOKEN_BYTES)
     try:
-        _write_atomically(path, token)
+        created = _create_atomically(path, token)
     except OSError as error:
         raise TokenError(
             f"cannot write the admin token {path}: {error.strerror or error}"
         ) from None
+    if not created:
+        raced = _read(path)
+        if raced is None:
+            raise TokenError(f"the admin token {path} came and went while it was created")
+        return raced
     logger.info("admin API token generated in %s (mode 0600)", path)
     return AdminToken(token, str(path))
+
+
+def _read(path: Path) -> AdminToken | None:
+    """The token in `path`; None if there is no such file."""
+    try:
+        text = path.read_text()
+        if path.stat().st_mode & 0o077:
+            logger.warning("the admin token %s is readable by others: chmod 600 it", path)
+    except FileNotFoundError:
+        return None
+    except OSError as error:
+        raise TokenError(f"cannot read the admin token {path}: {error.strerror}") from None
+    return AdminToken(_checked(text, str(path)), str(path))
 
 
 def client_token(path: Path | None, environ: Mapping[str, str] = os.environ) -> str | None:
