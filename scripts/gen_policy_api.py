@@ -29,16 +29,45 @@ from grpc_tools import protoc  # type: ignore[import-untyped]
 
 REPO = Path(__file__).resolve().parent.parent
 PROTOS = REPO / "protos"
-PROTO = "xds_server/policy/v1alpha1/backend_policy.proto"
 PACKAGE = "xds_server.policy.v1alpha1"
 PYTHON_OUT = Path("xds_server/policy_api")
-CRD_OUT = Path("manifests/crds/backendpolicy.yaml")
 
 GROUP = "policy.xds-server.dev"
 VERSION = "v1alpha1"
-KIND = "BackendPolicy"
-PLURAL = "backendpolicies"
-SPEC, STATUS = f".{PACKAGE}.BackendPolicySpec", f".{PACKAGE}.BackendPolicyStatus"
+
+
+@dataclass(frozen=True)
+class Api:
+    """One policy kind: its .proto file, CRD names and where its CRD is written."""
+
+    proto: str
+    kind: str
+    plural: str
+    crd_out: Path
+
+    @property
+    def spec(self) -> str:
+        return f".{PACKAGE}.{self.kind}Spec"
+
+    @property
+    def status(self) -> str:
+        return f".{PACKAGE}.{self.kind}Status"
+
+
+APIS = (
+    Api(
+        "xds_server/policy/v1alpha1/backend_policy.proto",
+        "BackendPolicy",
+        "backendpolicies",
+        Path("manifests/crds/backendpolicy.yaml"),
+    ),
+    Api(
+        "xds_server/policy/v1alpha1/authorization_policy.proto",
+        "AuthorizationPolicy",
+        "authorizationpolicies",
+        Path("manifests/crds/authorizationpolicy.yaml"),
+    ),
+)
 
 # The proto3 JSON form of a Duration (seconds, up to nine fractional digits), never negative.
 DURATION_PATTERN = r"^[0-9]+(\.[0-9]{1,9})?s$"
@@ -195,6 +224,15 @@ class Schemas:
             item = dict(WELL_KNOWN[field.type_name])
             if field.type_name == ".google.protobuf.Duration":
                 notes.append(DURATION_NOTE)
+        elif field.type == F.TYPE_MESSAGE and self.messages[field.type_name].options.map_entry:
+            value = self.messages[field.type_name].field[1]
+            if value.type not in SCALARS:
+                raise SchemaError(f"{where}: only maps of scalars are supported")
+            return {
+                "description": doc.description,
+                "type": "object",
+                "additionalProperties": dict(SCALARS[value.type]),
+            }
         elif field.type == F.TYPE_MESSAGE:
             item = self.message(field.type_name, seen)
             del item["description"]
@@ -233,21 +271,21 @@ class Schemas:
         return schema
 
 
-def crd(files: descriptor_pb2.FileDescriptorSet) -> dict[str, Any]:
+def crd(files: descriptor_pb2.FileDescriptorSet, api: Api = APIS[0]) -> dict[str, Any]:
     schemas = Schemas(files)
-    spec, status = schemas.message(SPEC), schemas.message(STATUS)
+    spec, status = schemas.message(api.spec), schemas.message(api.status)
     accepted = '.status.conditions[?(@.type=="Accepted")].status'
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{PLURAL}.{GROUP}"},
+        "metadata": {"name": f"{api.plural}.{GROUP}"},
         "spec": {
             "group": GROUP,
             "names": {
-                "kind": KIND,
-                "listKind": f"{KIND}List",
-                "plural": PLURAL,
-                "singular": KIND.lower(),
+                "kind": api.kind,
+                "listKind": f"{api.kind}List",
+                "plural": api.plural,
+                "singular": api.kind.lower(),
                 "categories": ["xds-server"],
             },
             "scope": "Namespaced",
@@ -283,6 +321,11 @@ def crd(files: descriptor_pb2.FileDescriptorSet) -> dict[str, Any]:
 
 def generate(out: Path) -> list[Path]:
     """Write every generated file under `out` (a repository root); return their paths."""
+    return [path for api in APIS for path in generate_api(out, api)]
+
+
+def generate_api(out: Path, api: Api) -> list[Path]:
+    """The generated files of one policy kind, under `out`."""
     include = importlib.resources.files("grpc_tools") / "_proto"
     with tempfile.TemporaryDirectory() as scratch:
         work = Path(scratch)
@@ -297,24 +340,24 @@ def generate(out: Path) -> list[Path]:
                 f"--descriptor_set_out={descriptor_set}",
                 "--include_source_info",
                 "--include_imports",
-                PROTO,
+                api.proto,
             ]
         )
         if code != 0:
             raise SystemExit(f"protoc failed ({code})")
         files = descriptor_pb2.FileDescriptorSet.FromString(descriptor_set.read_bytes())
         written = []
-        stem = PROTO.removesuffix(".proto")
+        stem = api.proto.removesuffix(".proto")
         for suffix in ("_pb2.py", "_pb2.pyi"):
             generated = work / f"{stem}{suffix}"
             target = out / PYTHON_OUT / generated.name
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(generated.read_text())
             written.append(target)
-    target = out / CRD_OUT
+    target = out / api.crd_out
     target.parent.mkdir(parents=True, exist_ok=True)
-    header = f"# Generated by scripts/gen_policy_api.py from protos/{PROTO}: do not edit.\n"
-    body = yaml.safe_dump(crd(files), sort_keys=False, width=100, allow_unicode=True)
+    header = f"# Generated by scripts/gen_policy_api.py from protos/{api.proto}: do not edit.\n"
+    body = yaml.safe_dump(crd(files, api), sort_keys=False, width=100, allow_unicode=True)
     target.write_text(header + body)
     written.append(target)
     return written
