@@ -133,6 +133,17 @@ class MeshSnapshot:
             grouped.setdefault(key[0], []).append(self.backend_policies[key])
         return {namespace: tuple(policies) for namespace, policies in grouped.items()}
 
+    def authorization_policies_in(self, namespace: str) -> tuple[AuthorizationPolicy, ...]:
+        """The AuthorizationPolicies of one namespace, by name (`model.authorization`)."""
+        grouped = self.derive("authorization_by_namespace", self._authorization_by_namespace)
+        return grouped.get(namespace, ())
+
+    def _authorization_by_namespace(self) -> dict[str, tuple[AuthorizationPolicy, ...]]:
+        grouped: dict[str, list[AuthorizationPolicy]] = {}
+        for key in sorted(self.authorization_policies):
+            grouped.setdefault(key[0], []).append(self.authorization_policies[key])
+        return {namespace: tuple(policies) for namespace, policies in grouped.items()}
+
     def backend_policy_for(self, service: Service) -> Attachment | None:
         """The BackendPolicy governing `service` (see `model.policy`), if any."""
         candidates = self.policies_in(service.namespace)

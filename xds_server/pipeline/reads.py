@@ -43,7 +43,12 @@ from xds_server.model import (
 from xds_server.model.changes import MeshObject
 from xds_server.model.policy import Attachment
 from xds_server.model.routes import GRPCRoute, HTTPRoute, MeshRoute, service_parents
-from xds_server.model.security import TRUST_ROOTS_KEY, TrustRoots, WorkloadCertificate
+from xds_server.model.security import (
+    TRUST_ROOTS_KEY,
+    AuthorizationPolicy,
+    TrustRoots,
+    WorkloadCertificate,
+)
 from xds_server.model.types import Labels
 from xds_server.translate import locality
 from xds_server.translate.listeners import tcp_port_owners
@@ -147,7 +152,13 @@ VIEW_KINDS: dict[str, frozenset[Kind]] = {
 }
 """Derived views read as "every object of these kinds" (not worth comparing)."""
 UNTRACKED_VIEWS = frozenset(
-    {"services_by_namespace", "policies_by_namespace", "routes_by_parent", ROUTE_POLICIES}
+    {
+        "services_by_namespace",
+        "policies_by_namespace",
+        "authorization_by_namespace",
+        "routes_by_parent",
+        ROUTE_POLICIES,
+    }
 )
 """Indexes whose readers record their own, finer facts (`services_selecting`)."""
 
@@ -215,6 +226,10 @@ class TrackedMesh(MeshSnapshot):
         self.reads.add(("ns", Kind.BACKEND_POLICY, service.namespace))
         self.reads.add(("ns", Kind.BACKEND_POLICY, self.root_namespace))
         return super().backend_policy_for(service)
+
+    def authorization_policies_in(self, namespace: str) -> tuple[AuthorizationPolicy, ...]:
+        self.reads.add(("ns", Kind.AUTHORIZATION_POLICY, namespace))
+        return super().authorization_policies_in(namespace)
 
     def routes_for(self, namespace: str, name: str) -> tuple[MeshRoute, ...]:
         self.reads.add(parent_fact(namespace, name))

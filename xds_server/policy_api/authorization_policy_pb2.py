@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n5xds_server/policy/v1alpha1/authorization_policy.proto\x12\x1axds_server.policy.v1alpha1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb2\x02\n\x17\x41uthorizationPolicySpec\x12K\n\x08selector\x18\x01 \x01(\x0b\x32\x39.xds_server.policy.v1alpha1.AuthorizationWorkloadSelector\x12J\n\x06\x61\x63tion\x18\x02 \x01(\x0e\x32:.xds_server.policy.v1alpha1.AuthorizationPolicySpec.Action\x12<\n\x05rules\x18\x03 \x03(\x0b\x32-.xds_server.policy.v1alpha1.AuthorizationRule\"@\n\x06\x41\x63tion\x12\x16\n\x12\x41\x43TION_UNSPECIFIED\x10\x00\x12\t\n\x05\x41LLOW\x10\x01\x12\x08\n\x04\x44\x45NY\x10\x02\x12\t\n\x05\x41UDIT\x10\x03\"\xb5\x01\n\x1d\x41uthorizationWorkloadSelector\x12`\n\x0cmatch_labels\x18\x01 \x03(\x0b\x32J.xds_server.policy.v1alpha1.AuthorizationWorkloadSelector.MatchLabelsEntry\x1a\x32\n\x10MatchLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xcb\x01\n\x11\x41uthorizationRule\x12;\n\x04\x66rom\x18\x01 \x03(\x0b\x32-.xds_server.policy.v1alpha1.AuthorizationFrom\x12\x37\n\x02to\x18\x02 \x03(\x0b\x32+.xds_server.policy.v1alpha1.AuthorizationTo\x12@\n\x04when\x18\x03 \x03(\x0b\x32\x32.xds_server.policy.v1alpha1.AuthorizationCondition\"T\n\x11\x41uthorizationFrom\x12?\n\x06source\x18\x01 \x01(\x0b\x32/.xds_server.policy.v1alpha1.AuthorizationSource\"m\n\x13\x41uthorizationSource\x12\x12\n\nprincipals\x18\x01 \x03(\t\x12\x16\n\x0enot_principals\x18\x02 \x03(\t\x12\x12\n\nnamespaces\x18\x03 \x03(\t\x12\x16\n\x0enot_namespaces\x18\x04 \x03(\t\"X\n\x0f\x41uthorizationTo\x12\x45\n\toperation\x18\x01 \x01(\x0b\x32\x32.xds_server.policy.v1alpha1.AuthorizationOperation\"\x82\x01\n\x16\x41uthorizationOperation\x12\r\n\x05paths\x18\x01 \x03(\t\x12\x11\n\tnot_paths\x18\x02 \x03(\t\x12\x0f\n\x07methods\x18\x03 \x03(\t\x12\x13\n\x0bnot_methods\x18\x04 \x03(\t\x12\r\n\x05ports\x18\x05 \x03(\t\x12\x11\n\tnot_ports\x18\x06 \x03(\t\"I\n\x16\x41uthorizationCondition\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0e\n\x06values\x18\x02 \x03(\t\x12\x12\n\nnot_values\x18\x03 \x03(\t\"i\n\x19\x41uthorizationPolicyStatus\x12L\n\nconditions\x18\x01 \x03(\x0b\x32\x38.xds_server.policy.v1alpha1.AuthorizationPolicyCondition\"\xb4\x01\n\x1c\x41uthorizationPolicyCondition\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x1b\n\x13observed_generation\x18\x03 \x01(\x03\x12\x38\n\x14last_transition_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x0f\n\x07message\x18\x06 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n5xds_server/policy/v1alpha1/authorization_policy.proto\x12\x1axds_server.policy.v1alpha1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb2\x02\n\x17\x41uthorizationPolicySpec\x12K\n\x08selector\x18\x01 \x01(\x0b\x32\x39.xds_server.policy.v1alpha1.AuthorizationWorkloadSelector\x12J\n\x06\x61\x63tion\x18\x02 \x01(\x0e\x32:.xds_server.policy.v1alpha1.AuthorizationPolicySpec.Action\x12<\n\x05rules\x18\x03 \x03(\x0b\x32-.xds_server.policy.v1alpha1.AuthorizationRule\"@\n\x06\x41\x63tion\x12\x16\n\x12\x41\x43TION_UNSPECIFIED\x10\x00\x12\t\n\x05\x41LLOW\x10\x01\x12\x08\n\x04\x44\x45NY\x10\x02\x12\t\n\x05\x41UDIT\x10\x03\"\xb5\x01\n\x1d\x41uthorizationWorkloadSelector\x12`\n\x0cmatch_labels\x18\x01 \x03(\x0b\x32J.xds_server.policy.v1alpha1.AuthorizationWorkloadSelector.MatchLabelsEntry\x1a\x32\n\x10MatchLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xd2\x01\n\x11\x41uthorizationRule\x12\x42\n\x05\x66rom_\x18\x01 \x03(\x0b\x32-.xds_server.policy.v1alpha1.AuthorizationFromR\x04\x66rom\x12\x37\n\x02to\x18\x02 \x03(\x0b\x32+.xds_server.policy.v1alpha1.AuthorizationTo\x12@\n\x04when\x18\x03 \x03(\x0b\x32\x32.xds_server.policy.v1alpha1.AuthorizationCondition\"T\n\x11\x41uthorizationFrom\x12?\n\x06source\x18\x01 \x01(\x0b\x32/.xds_server.policy.v1alpha1.AuthorizationSource\"m\n\x13\x41uthorizationSource\x12\x12\n\nprincipals\x18\x01 \x03(\t\x12\x16\n\x0enot_principals\x18\x02 \x03(\t\x12\x12\n\nnamespaces\x18\x03 \x03(\t\x12\x16\n\x0enot_namespaces\x18\x04 \x03(\t\"X\n\x0f\x41uthorizationTo\x12\x45\n\toperation\x18\x01 \x01(\x0b\x32\x32.xds_server.policy.v1alpha1.AuthorizationOperation\"\x82\x01\n\x16\x41uthorizationOperation\x12\r\n\x05paths\x18\x01 \x03(\t\x12\x11\n\tnot_paths\x18\x02 \x03(\t\x12\x0f\n\x07methods\x18\x03 \x03(\t\x12\x13\n\x0bnot_methods\x18\x04 \x03(\t\x12\r\n\x05ports\x18\x05 \x03(\t\x12\x11\n\tnot_ports\x18\x06 \x03(\t\"I\n\x16\x41uthorizationCondition\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0e\n\x06values\x18\x02 \x03(\t\x12\x12\n\nnot_values\x18\x03 \x03(\t\"i\n\x19\x41uthorizationPolicyStatus\x12L\n\nconditions\x18\x01 \x03(\x0b\x32\x38.xds_server.policy.v1alpha1.AuthorizationPolicyCondition\"\xb4\x01\n\x1c\x41uthorizationPolicyCondition\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x1b\n\x13observed_generation\x18\x03 \x01(\x03\x12\x38\n\x14last_transition_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x0f\n\x07message\x18\x06 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,19 +43,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_AUTHORIZATIONWORKLOADSELECTOR_MATCHLABELSENTRY']._serialized_start=559
   _globals['_AUTHORIZATIONWORKLOADSELECTOR_MATCHLABELSENTRY']._serialized_end=609
   _globals['_AUTHORIZATIONRULE']._serialized_start=612
-  _globals['_AUTHORIZATIONRULE']._serialized_end=815
-  _globals['_AUTHORIZATIONFROM']._serialized_start=817
-  _globals['_AUTHORIZATIONFROM']._serialized_end=901
-  _globals['_AUTHORIZATIONSOURCE']._serialized_start=903
-  _globals['_AUTHORIZATIONSOURCE']._serialized_end=1012
-  _globals['_AUTHORIZATIONTO']._serialized_start=1014
-  _globals['_AUTHORIZATIONTO']._serialized_end=1102
-  _globals['_AUTHORIZATIONOPERATION']._serialized_start=1105
-  _globals['_AUTHORIZATIONOPERATION']._serialized_end=1235
-  _globals['_AUTHORIZATIONCONDITION']._serialized_start=1237
-  _globals['_AUTHORIZATIONCONDITION']._serialized_end=1310
-  _globals['_AUTHORIZATIONPOLICYSTATUS']._serialized_start=1312
-  _globals['_AUTHORIZATIONPOLICYSTATUS']._serialized_end=1417
-  _globals['_AUTHORIZATIONPOLICYCONDITION']._serialized_start=1420
-  _globals['_AUTHORIZATIONPOLICYCONDITION']._serialized_end=1600
+  _globals['_AUTHORIZATIONRULE']._serialized_end=822
+  _globals['_AUTHORIZATIONFROM']._serialized_start=824
+  _globals['_AUTHORIZATIONFROM']._serialized_end=908
+  _globals['_AUTHORIZATIONSOURCE']._serialized_start=910
+  _globals['_AUTHORIZATIONSOURCE']._serialized_end=1019
+  _globals['_AUTHORIZATIONTO']._serialized_start=1021
+  _globals['_AUTHORIZATIONTO']._serialized_end=1109
+  _globals['_AUTHORIZATIONOPERATION']._serialized_start=1112
+  _globals['_AUTHORIZATIONOPERATION']._serialized_end=1242
+  _globals['_AUTHORIZATIONCONDITION']._serialized_start=1244
+  _globals['_AUTHORIZATIONCONDITION']._serialized_end=1317
+  _globals['_AUTHORIZATIONPOLICYSTATUS']._serialized_start=1319
+  _globals['_AUTHORIZATIONPOLICYSTATUS']._serialized_end=1424
+  _globals['_AUTHORIZATIONPOLICYCONDITION']._serialized_start=1427
+  _globals['_AUTHORIZATIONPOLICYCONDITION']._serialized_end=1607
 # @@protoc_insertion_point(module_scope)

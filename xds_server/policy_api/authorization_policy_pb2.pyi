@@ -44,13 +44,14 @@ class AuthorizationWorkloadSelector(_message.Message):
     def __init__(self, match_labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class AuthorizationRule(_message.Message):
-    __slots__ = ("to", "when")
-    FROM_FIELD_NUMBER: _ClassVar[int]
+    __slots__ = ("from_", "to", "when")
+    FROM__FIELD_NUMBER: _ClassVar[int]
     TO_FIELD_NUMBER: _ClassVar[int]
     WHEN_FIELD_NUMBER: _ClassVar[int]
+    from_: _containers.RepeatedCompositeFieldContainer[AuthorizationFrom]
     to: _containers.RepeatedCompositeFieldContainer[AuthorizationTo]
     when: _containers.RepeatedCompositeFieldContainer[AuthorizationCondition]
-    def __init__(self, to: _Optional[_Iterable[_Union[AuthorizationTo, _Mapping]]] = ..., when: _Optional[_Iterable[_Union[AuthorizationCondition, _Mapping]]] = ..., **kwargs) -> None: ...
+    def __init__(self, from_: _Optional[_Iterable[_Union[AuthorizationFrom, _Mapping]]] = ..., to: _Optional[_Iterable[_Union[AuthorizationTo, _Mapping]]] = ..., when: _Optional[_Iterable[_Union[AuthorizationCondition, _Mapping]]] = ...) -> None: ...
 
 class AuthorizationFrom(_message.Message):
     __slots__ = ("source",)

@@ -53,6 +53,7 @@ __all__ = [
     "POLICY_GROUP",
     "Marker",
     "backend_policy",
+    "check_message",
     "schema_facts",
 ]
 
@@ -110,9 +111,12 @@ MARKERS: dict[str, Marker] = {
         "LocalRateLimit.fill_interval": Marker(required=True),
         "TcpHealthCheck.send": Marker(hex=True),
         "TcpHealthCheck.receive": Marker(hex=True),
+        "AuthorizationFrom.source": Marker(required=True),
+        "AuthorizationTo.operation": Marker(required=True),
+        "AuthorizationCondition.key": Marker(required=True),
     }.items()
 }
-"""The `+` markers of `backend_policy.proto`'s spec messages, by field full name."""
+"""The `+` markers of the policy protos' spec messages, by field full name."""
 REQUIRED_ONEOFS = frozenset({f"{_PACKAGE}.HealthCheck.probe"})
 """Oneofs marked `+required`: exactly one of their fields."""
 
@@ -192,7 +196,7 @@ def _number(value: float) -> str:
     return str(int(value)) if value == int(value) else str(value)
 
 
-def _check_message(obj: ObjectReader, descriptor: Descriptor, value: Any, path: str) -> None:
+def check_message(obj: ObjectReader, descriptor: Descriptor, value: Any, path: str) -> None:
     """`value` (JSON) is a valid `descriptor` message under the CRD's schema."""
     raw = obj.mapping(value, path)
     by_json = {field.json_name: field for field in descriptor.fields}
@@ -207,7 +211,10 @@ def _check_message(obj: ObjectReader, descriptor: Descriptor, value: Any, path: 
             if marker.required:
                 obj.fail(where, "required")
             continue
-        if field.is_repeated:
+        if field.message_type is not None and field.message_type.GetOptions().map_entry:
+            for key, element in obj.mapping(item, where).items():
+                obj.text(element, f"{where}.{key}")
+        elif field.is_repeated:
             for i, element in enumerate(obj.sequence(item, where)):
                 _check_value(obj, field, element, f"{where}[{i}]", marker)
         else:
@@ -227,7 +234,7 @@ def _check_value(
     if _scalar_type(field) == FieldDescriptor.TYPE_MESSAGE and (
         field.message_type.full_name != _DURATION_TYPE
     ):
-        _check_message(obj, field.message_type, value, where)
+        check_message(obj, field.message_type, value, where)
     else:
         _check_scalar(obj, field, value, where, marker)
 
@@ -256,7 +263,7 @@ def backend_policy(
     if manifest.get("spec") is None:
         obj.fail("spec", "required")
     spec = obj.mapping(manifest["spec"], "spec")
-    _check_message(obj, backend_policy_pb2.BackendPolicySpec.DESCRIPTOR, spec, "spec")
+    check_message(obj, backend_policy_pb2.BackendPolicySpec.DESCRIPTOR, spec, "spec")
     return BackendPolicy.of(
         meta.namespace,
         meta.name,

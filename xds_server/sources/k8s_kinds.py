@@ -166,6 +166,13 @@ MESH_KINDS: tuple[WatchedKind, ...] = (
         lists=custom_object_lists(POLICY_GROUP, "v1alpha1", "backendpolicies"),
         optional=True,
     ),
+    WatchedKind(
+        kind="AuthorizationPolicy",
+        api_version=f"{POLICY_GROUP}/v1alpha1",
+        plural="authorizationpolicies",
+        lists=custom_object_lists(POLICY_GROUP, "v1alpha1", "authorizationpolicies"),
+        optional=True,
+    ),
 )
 """What the mesh model is built from: Services, their EndpointSlices, and Pods
 (each sidecar's own labels, service account and IP); and what configures its

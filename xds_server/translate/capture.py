@@ -88,6 +88,12 @@ from envoy.type.v3 import range_pb2
 from google.protobuf import wrappers_pb2
 
 from xds_server.model import MeshSnapshot, PortProtocol, Proxy
+from xds_server.model.authorization import workload_authorization
+from xds_server.translate.authorization import (
+    authorize_http,
+    network_rbac_filters,
+    policy_sources,
+)
 from xds_server.translate.core import WILDCARD_ADDRESSES, packed, socket_address
 from xds_server.translate.filters import (
     http_connection_manager,
@@ -220,6 +226,7 @@ def _virtual_inbound(mesh: MeshSnapshot, proxy: Proxy) -> listener_pb2.Listener:
         _blackhole_chain(VIRTUAL_INBOUND_LISTENER_NAME, proxy.inbound_capture_port, "inbound")
     ]
     http_ports: set[int] = set()
+    authorization = workload_authorization(mesh, proxy.namespace, proxy.labels)
     for inbound in inbound_ports(mesh, proxy):
         if inbound.port in own_ports:
             # The capture rules never send these ports here, and the sidecar owns them.
@@ -228,12 +235,13 @@ def _virtual_inbound(mesh: MeshSnapshot, proxy: Proxy) -> listener_pb2.Listener:
         key = ("", inbound.port)
         cluster = inbound_cluster_name(inbound.port)
         name = inbound_listener_name(inbound.port)
-        sources = inbound.listener_sources
+        sources = (*inbound.listener_sources, *policy_sources(authorization))
         if inbound.protocol is not PortProtocol.TCP:
             hcm = http_connection_manager(
                 name, "inbound", inbound_http_filters(inbound.policy, name)
             )
             hcm.route_config.CopyFrom(inbound_route_config(proxy, inbound))
+            authorize_http(hcm, authorization, inbound.port)
             chains.append(_chain(f"{cluster}|http", key, http_filter(hcm), http=True))
             stamp_sources(chains[-1], sources)
             http_ports.add(inbound.port)
@@ -242,7 +250,10 @@ def _virtual_inbound(mesh: MeshSnapshot, proxy: Proxy) -> listener_pb2.Listener:
                 f"{cluster}|tcp",
                 key,
                 tcp_proxy_filter(name, cluster, "inbound"),
-                before=inbound_network_filters(inbound.policy, name),
+                before=[
+                    *network_rbac_filters(authorization, inbound.port, name),
+                    *inbound_network_filters(inbound.policy, name),
+                ],
             )
         )
         stamp_sources(chains[-1], sources)

@@ -39,6 +39,12 @@ from envoy.config.core.v3 import base_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 
 from xds_server.model import MeshSnapshot, PortProtocol, Proxy, Service, ServicePort
+from xds_server.model.authorization import WorkloadAuthorization, workload_authorization
+from xds_server.translate.authorization import (
+    authorize_http,
+    network_rbac_filters,
+    policy_sources,
+)
 from xds_server.translate.capture import capture_listeners
 from xds_server.translate.core import addresses_overlap, socket_address
 from xds_server.translate.filters import (
@@ -81,8 +87,9 @@ def proxy_listeners(mesh: MeshSnapshot, proxy: Proxy) -> list[listener_pb2.Liste
     listeners = [_outbound_http_listener(proxy)]
     bindings: list[Binding] = [(proxy.outbound_address, proxy.outbound_port)]
     if proxy.ip:
+        authorization = workload_authorization(mesh, proxy.namespace, proxy.labels)
         for inbound in inbound_ports(mesh, proxy):
-            listeners.append(_inbound_listener(proxy, proxy.ip, inbound))
+            listeners.append(_inbound_listener(proxy, proxy.ip, inbound, authorization))
             bindings.append((proxy.ip, inbound.port))
             bindings.append((proxy.app_address, inbound.port))
     listeners.extend(_outbound_tcp_listeners(mesh, proxy, bindings))
@@ -147,7 +154,9 @@ def _outbound_http_listener(proxy: Proxy) -> listener_pb2.Listener:
     return listener
 
 
-def _inbound_listener(proxy: Proxy, ip: str, inbound: InboundPort) -> listener_pb2.Listener:
+def _inbound_listener(
+    proxy: Proxy, ip: str, inbound: InboundPort, authorization: WorkloadAuthorization
+) -> listener_pb2.Listener:
     port = inbound.port
     name = inbound_listener_name(port)
     if inbound.protocol is PortProtocol.TCP:
@@ -157,13 +166,17 @@ def _inbound_listener(proxy: Proxy, ip: str, inbound: InboundPort) -> listener_p
             port,
             inbound_cluster_name(port),
             "inbound",
-            before=inbound_network_filters(inbound.policy, name),
+            before=[
+                *network_rbac_filters(authorization, port, name),
+                *inbound_network_filters(inbound.policy, name),
+            ],
         )
     else:
         hcm = http_connection_manager(name, "inbound", inbound_http_filters(inbound.policy, name))
         hcm.route_config.CopyFrom(inbound_route_config(proxy, inbound))
+        authorize_http(hcm, authorization, port)
         listener = _listener(name, ip, port, http_filter(hcm), base_pb2.INBOUND)
-    stamp_sources(listener, inbound.listener_sources)
+    stamp_sources(listener, (*inbound.listener_sources, *policy_sources(authorization)))
     return listener
 
 

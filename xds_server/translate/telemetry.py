@@ -34,7 +34,7 @@ TCP_LOG_FORMAT = (
 )
 
 
-def _stdout_log(text_format: str) -> accesslog_pb2.AccessLog:
+def stdout_log(text_format: str) -> accesslog_pb2.AccessLog:
     log_format = substitution_format_string_pb2.SubstitutionFormatString(
         text_format_source=base_pb2.DataSource(inline_string=text_format)
     )
@@ -46,9 +46,9 @@ def _stdout_log(text_format: str) -> accesslog_pb2.AccessLog:
 
 def http_access_log(direction: str) -> accesslog_pb2.AccessLog:
     """For an HTTP connection manager; `direction` is "inbound" or "outbound"."""
-    return _stdout_log(HTTP_LOG_FORMAT.format(direction=direction))
+    return stdout_log(HTTP_LOG_FORMAT.format(direction=direction))
 
 
 def tcp_access_log(direction: str) -> accesslog_pb2.AccessLog:
     """For a TCP proxy; `direction` is "inbound" or "outbound"."""
-    return _stdout_log(TCP_LOG_FORMAT.format(direction=direction))
+    return stdout_log(TCP_LOG_FORMAT.format(direction=direction))

@@ -1,0 +1,354 @@
+"""AuthorizationPolicies as Envoy RBAC filters on a proxy's inbound chains.
+
+Istio's semantics, one filter per action, in this order on every inbound
+chain of a governed workload:
+
+1. DENY (`action: DENY`): a request matching any DENY rule is refused (403,
+   or the connection closed for TCP) before anything else looks at it;
+2. ALLOW: present as soon as any ALLOW policy applies, so a request must
+   match one of their rules (an ALLOW policy with no rules allows nothing);
+3. AUDIT: Envoy's LOG action, which allows everything and marks the matches
+   (`access_log_hint` dynamic metadata, `rbac.<prefix>logged` stats).
+
+No policy: no filter, everything is allowed.
+
+Each RBAC policy entry is one rule of one AuthorizationPolicy, named
+`<namespace>/<name>[rule-<i>]`, so Envoy's response details
+(`rbac_access_denied_matched_policy[default/deny-admin[rule-0]]`), its per-rule
+stats (`track_per_rule_stats`) and the denied-request log name the policy
+that denied.  Filters are counted under their own prefix (`deny.`, `allow.`,
+`audit.`): `http.<chain>.rbac.deny.denied`, `<chain>.deny.rbac.denied`.
+
+Destination ports are known per chain, so `ports`/`notPorts` and
+`destination.port` conditions are decided here: an operation for another
+port is dropped, and a rule left with no operation matches nothing.
+
+TCP chains cannot see paths, methods or headers.  As in Istio, an ALLOW (or
+AUDIT) rule that uses any of them is left out on TCP (it matches nothing,
+failing closed), and a DENY rule is kept without them (it denies more
+connections, never fewer).
+
+Source principals and namespaces match the peer certificate's URI SAN
+(`authenticated.principal_name`), so they only match callers over mutual TLS.
+Principals are SPIFFE IDs; Istio's form without `spiffe://` is accepted.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Iterable, Sequence
+
+from envoy.config.accesslog.v3 import accesslog_pb2
+from envoy.config.listener.v3 import listener_components_pb2
+from envoy.config.rbac.v3 import rbac_pb2
+from envoy.config.route.v3 import route_components_pb2
+from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as http_rbac_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm_pb2,
+)
+from envoy.extensions.filters.network.rbac.v3 import rbac_pb2 as network_rbac_pb2
+from envoy.type.matcher.v3 import path_pb2, regex_pb2, string_pb2
+
+from xds_server.model import Kind
+from xds_server.model.authorization import Action, GoverningPolicy, WorkloadAuthorization
+from xds_server.policy_api import authorization_policy_pb2 as authz_pb2
+from xds_server.translate.core import packed
+from xds_server.translate.telemetry import stdout_log
+
+logger = logging.getLogger(__name__)
+
+HTTP_RBAC = "envoy.filters.http.rbac"
+NETWORK_RBAC = "envoy.filters.network.rbac"
+HEADER_KEY = re.compile(r"request\.headers\[(.+)\]")
+
+DENIED_LOG_FORMAT = (
+    "[%START_TIME%] inbound rbac-denied "
+    '"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%" %RESPONSE_CODE% '
+    "details=%RESPONSE_CODE_DETAILS% peer=%DOWNSTREAM_PEER_URI_SAN%\n"
+)
+"""One stdout line per request an RBAC filter refused, naming the policy that did."""
+
+_ENVOY_ACTIONS: dict[int, int] = {
+    Action.DENY: rbac_pb2.RBAC.DENY,
+    Action.ALLOW: rbac_pb2.RBAC.ALLOW,
+}
+_PREFIXES: dict[int, str] = {Action.DENY: "deny.", Action.ALLOW: "allow.", Action.AUDIT: "audit."}
+
+
+def http_rbac_filters(authorization: WorkloadAuthorization, port: int) -> list[hcm_pb2.HttpFilter]:
+    """The RBAC HTTP filters for one inbound HTTP chain (module doc), DENY first."""
+    filters = []
+    for action, rules in _rule_sets(authorization, port, http=True):
+        config = http_rbac_pb2.RBAC(
+            rules=rules, rules_stat_prefix=_PREFIXES[action], track_per_rule_stats=True
+        )
+        filters.append(hcm_pb2.HttpFilter(name=HTTP_RBAC, typed_config=packed(config)))
+    return filters
+
+
+def network_rbac_filters(
+    authorization: WorkloadAuthorization, port: int, stat_prefix: str
+) -> list[listener_components_pb2.Filter]:
+    """The network RBAC filters for one inbound TCP chain (module doc), DENY first."""
+    filters = []
+    for action, rules in _rule_sets(authorization, port, http=False):
+        config = network_rbac_pb2.RBAC(
+            rules=rules, stat_prefix=f"{stat_prefix}.{_PREFIXES[action]}"
+        )
+        filters.append(
+            listener_components_pb2.Filter(name=NETWORK_RBAC, typed_config=packed(config))
+        )
+    return filters
+
+
+def denied_access_log() -> accesslog_pb2.AccessLog:
+    """The inbound HCM's log of requests refused with 403 (RBAC's details name the policy)."""
+    log = stdout_log(DENIED_LOG_FORMAT)
+    log.filter.status_code_filter.comparison.op = accesslog_pb2.ComparisonFilter.EQ
+    log.filter.status_code_filter.comparison.value.default_value = 403
+    log.filter.status_code_filter.comparison.value.runtime_key = "rbac_denied_log_status"
+    return log
+
+
+def _rule_sets(
+    authorization: WorkloadAuthorization, port: int, *, http: bool
+) -> list[tuple[int, rbac_pb2.RBAC]]:
+    sets: list[tuple[int, rbac_pb2.RBAC]] = []
+    for action, policies in (
+        (Action.DENY, authorization.deny),
+        (Action.ALLOW, authorization.allow),
+        (Action.AUDIT, authorization.audit),
+    ):
+        if not policies:
+            continue
+        entries = dict(_entries(policies, port, http=http, deny=action == Action.DENY))
+        if not entries and action != Action.ALLOW:
+            continue  # nothing to deny or audit here; an empty ALLOW set denies everything
+        envoy_action = _ENVOY_ACTIONS.get(action, rbac_pb2.RBAC.LOG)
+        sets.append((action, rbac_pb2.RBAC(action=envoy_action, policies=entries)))
+    return sets
+
+
+def _entries(
+    policies: Iterable[GoverningPolicy], port: int, *, http: bool, deny: bool
+) -> Iterable[tuple[str, rbac_pb2.Policy]]:
+    for governing in policies:
+        for index, rule in enumerate(governing.spec.rules):
+            built = _policy(rule, port, http=http, deny=deny)
+            if built is not None:
+                yield f"{governing.label}[rule-{index}]", built
+
+
+def _http_only(rule: authz_pb2.AuthorizationRule) -> bool:
+    operations = [to.operation for to in rule.to]
+    return any(
+        op.paths or op.not_paths or op.methods or op.not_methods for op in operations
+    ) or any(HEADER_KEY.fullmatch(condition.key) for condition in rule.when)
+
+
+def _policy(
+    rule: authz_pb2.AuthorizationRule, port: int, *, http: bool, deny: bool
+) -> rbac_pb2.Policy | None:
+    """One rule as an RBAC policy on `port`, or None when it cannot match there."""
+    if not http and not deny and _http_only(rule):
+        return None
+    permissions: list[rbac_pb2.Permission] = []
+    principals: list[rbac_pb2.Principal] = []
+    if rule.to:
+        operations = [to.operation for to in rule.to if _port_matches(to.operation, port)]
+        if not operations:
+            return None
+        permissions.append(_any_permission([_operation(op, http=http) for op in operations]))
+    for condition in rule.when:
+        key = condition.key
+        if key == "destination.port":
+            allowed = not condition.values or str(port) in condition.values
+            if not allowed or str(port) in condition.not_values:
+                return None
+        elif key in ("source.principal", "source.namespace"):
+            to_id = _principal_id if key == "source.principal" else _namespace_id
+            principals.extend(_values(condition.values, condition.not_values, to_id))
+        elif http:
+            header = HEADER_KEY.fullmatch(key)
+            if header is not None:
+                permissions.extend(
+                    _permission_values(
+                        condition.values,
+                        condition.not_values,
+                        _header_of(header.group(1)),
+                    )
+                )
+    if rule.from_:
+        principals.append(_any_principal([_source(item.source) for item in rule.from_]))
+    return rbac_pb2.Policy(
+        permissions=[_all_permissions(permissions)], principals=[_all_principals(principals)]
+    )
+
+
+def _port_matches(operation: authz_pb2.AuthorizationOperation, port: int) -> bool:
+    if operation.ports and str(port) not in operation.ports:
+        return False
+    return str(port) not in operation.not_ports
+
+
+def _operation(operation: authz_pb2.AuthorizationOperation, *, http: bool) -> rbac_pb2.Permission:
+    parts: list[rbac_pb2.Permission] = []
+    if http:
+        parts.extend(_permission_values(operation.paths, operation.not_paths, _path_permission))
+        parts.extend(
+            _permission_values(operation.methods, operation.not_methods, _header_of(":method"))
+        )
+    return _all_permissions(parts)
+
+
+def _source(source: authz_pb2.AuthorizationSource) -> rbac_pb2.Principal:
+    parts = [
+        *_values(source.principals, source.not_principals, _principal_id),
+        *_values(source.namespaces, source.not_namespaces, _namespace_id),
+    ]
+    return _all_principals(parts)
+
+
+# -- combinators -----------------------------------------------------------------------
+
+
+def _permission_values(
+    values: Sequence[str], not_values: Sequence[str], build: Callable[[str], rbac_pb2.Permission]
+) -> list[rbac_pb2.Permission]:
+    """[any of values] and [not any of not_values], each when given."""
+    parts = []
+    if values:
+        parts.append(_any_permission([build(v) for v in values]))
+    if not_values:
+        parts.append(rbac_pb2.Permission(not_rule=_any_permission([build(v) for v in not_values])))
+    return parts
+
+
+def _values(
+    values: Sequence[str], not_values: Sequence[str], build: Callable[[str], rbac_pb2.Principal]
+) -> list[rbac_pb2.Principal]:
+    parts = []
+    if values:
+        parts.append(_any_principal([build(v) for v in values]))
+    if not_values:
+        parts.append(rbac_pb2.Principal(not_id=_any_principal([build(v) for v in not_values])))
+    return parts
+
+
+def _any_permission(parts: list[rbac_pb2.Permission]) -> rbac_pb2.Permission:
+    if len(parts) == 1:
+        return parts[0]
+    return rbac_pb2.Permission(or_rules=rbac_pb2.Permission.Set(rules=parts))
+
+
+def _all_permissions(parts: list[rbac_pb2.Permission]) -> rbac_pb2.Permission:
+    if not parts:
+        return rbac_pb2.Permission(any=True)
+    if len(parts) == 1:
+        return parts[0]
+    return rbac_pb2.Permission(and_rules=rbac_pb2.Permission.Set(rules=parts))
+
+
+def _any_principal(parts: list[rbac_pb2.Principal]) -> rbac_pb2.Principal:
+    if len(parts) == 1:
+        return parts[0]
+    return rbac_pb2.Principal(or_ids=rbac_pb2.Principal.Set(ids=parts))
+
+
+def _all_principals(parts: list[rbac_pb2.Principal]) -> rbac_pb2.Principal:
+    if not parts:
+        return rbac_pb2.Principal(any=True)
+    if len(parts) == 1:
+        return parts[0]
+    return rbac_pb2.Principal(and_ids=rbac_pb2.Principal.Set(ids=parts))
+
+
+# -- matchers --------------------------------------------------------------------------
+
+
+def string_matcher(pattern: str) -> string_pb2.StringMatcher:
+    """Istio's value forms: exact, `prefix*`, `*suffix`; "*" alone is handled by callers."""
+    if pattern.endswith("*"):
+        return string_pb2.StringMatcher(prefix=pattern[:-1])
+    if pattern.startswith("*"):
+        return string_pb2.StringMatcher(suffix=pattern[1:])
+    return string_pb2.StringMatcher(exact=pattern)
+
+
+def _path_permission(pattern: str) -> rbac_pb2.Permission:
+    if pattern == "*":
+        pattern = "/*"
+    return rbac_pb2.Permission(url_path=path_pb2.PathMatcher(path=string_matcher(pattern)))
+
+
+def _header_of(name: str) -> Callable[[str], rbac_pb2.Permission]:
+    return lambda pattern: _header_permission(name, pattern)
+
+
+def _header_permission(name: str, pattern: str) -> rbac_pb2.Permission:
+    header = route_components_pb2.HeaderMatcher(name=name)
+    if pattern == "*":
+        header.present_match = True
+    else:
+        header.string_match.CopyFrom(string_matcher(pattern))
+    return rbac_pb2.Permission(header=header)
+
+
+def spiffe_pattern(principal: str) -> str:
+    """A principal pattern with the `spiffe://` scheme (Istio writes it without)."""
+    if principal.startswith(("spiffe://", "*")):
+        return principal
+    return f"spiffe://{principal}"
+
+
+def _principal_id(pattern: str) -> rbac_pb2.Principal:
+    authenticated = rbac_pb2.Principal.Authenticated()
+    if pattern != "*":
+        authenticated.principal_name.CopyFrom(string_matcher(spiffe_pattern(pattern)))
+    return rbac_pb2.Principal(authenticated=authenticated)
+
+
+def namespace_regex(pattern: str) -> str:
+    """The URI SAN regex (RE2) of a SPIFFE ID in a namespace matching `pattern`."""
+    if pattern == "*":
+        namespace = "[^/]+"
+    elif pattern.endswith("*"):
+        namespace = re.escape(pattern[:-1]) + "[^/]*"
+    elif pattern.startswith("*"):
+        namespace = "[^/]*" + re.escape(pattern[1:])
+    else:
+        namespace = re.escape(pattern)
+    return f"spiffe://[^/]+/ns/{namespace}/.*"
+
+
+def _namespace_id(pattern: str) -> rbac_pb2.Principal:
+    regex = regex_pb2.RegexMatcher(regex=namespace_regex(pattern))
+    name = string_pb2.StringMatcher(safe_regex=regex)
+    return rbac_pb2.Principal(authenticated=rbac_pb2.Principal.Authenticated(principal_name=name))
+
+
+# -- hooks for the inbound chains (listeners, capture) ----------------------------------
+
+
+def authorize_http(
+    hcm: hcm_pb2.HttpConnectionManager, authorization: WorkloadAuthorization, port: int
+) -> None:
+    """Put the RBAC filters first in `hcm`'s chain, and log what they refuse."""
+    filters = http_rbac_filters(authorization, port)
+    if not filters:
+        return
+    existing = list(hcm.http_filters)
+    del hcm.http_filters[:]
+    hcm.http_filters.extend([*filters, *existing])
+    hcm.access_log.append(denied_access_log())
+
+
+def policy_sources(authorization: WorkloadAuthorization) -> tuple[str, ...]:
+    """`AuthorizationPolicy/namespace/name` of each governing policy, for provenance."""
+    return tuple(
+        sorted(
+            f"{Kind.AUTHORIZATION_POLICY.value}/{p.policy.namespace}/{p.policy.name}"
+            for p in authorization.policies
+        )
+    )
