@@ -1,7 +1,7 @@
 """Dependency-tracked pushes: a change re-runs exactly what read it, and nothing drifts.
 
 The invariant that proves the index right is a property: for any sequence of
-Service, EndpointSlice, Pod, HTTPRoute and BackendPolicy adds, edits and
+Service, EndpointSlice, Pod, HTTPRoute, BackendPolicy and AuthorizationPolicy adds, edits and
 deletes, the incrementally maintained resources of every proxy equal, byte for
 byte, those of a builder that translates the final state from scratch.
 """
@@ -43,8 +43,10 @@ from xds_server.model.routes import (
     PathMatch,
     RouteRetry,
 )
+from xds_server.model.security import AuthorizationPolicy
 from xds_server.pipeline import SnapshotBuilder
 from xds_server.pipeline.records import GenerationRecord
+from xds_server.policy_api import authorization_policy_pb2 as authz_api
 from xds_server.policy_api import backend_policy_pb2 as api
 from xds_server.provenance import Origin
 from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, PUSH_ORDER, ROUTE, unpack
@@ -232,14 +234,41 @@ def backend_policies(draw: st.DrawFn) -> BackendPolicy:
     )
 
 
+AUTHORIZATION_SPECS: tuple[dict[str, object], ...] = (
+    {"action": "DENY", "rules": [{"to": [{"operation": {"paths": ["/admin*"]}}]}]},
+    {"rules": [{"to": [{"operation": {"ports": ["9090"], "methods": ["GET"]}}]}]},
+    {"action": "AUDIT", "rules": [{}]},
+)
+
+
+@st.composite
+def authorization_policies(draw: st.DrawFn) -> AuthorizationPolicy:
+    """A workload's policy (by selector), a namespace's, or a mesh-wide one."""
+    spec = json_format.ParseDict(
+        draw(st.sampled_from(AUTHORIZATION_SPECS)), authz_api.AuthorizationPolicySpec()
+    )
+    return AuthorizationPolicy(
+        draw(st.sampled_from([*NAMESPACES, ROOT_NAMESPACE])),
+        draw(st.sampled_from(["ap1", "ap2"])),
+        spec_bytes=spec.SerializeToString(deterministic=True),
+        selector=draw(selectors),
+    )
+
+
 keys = st.builds(
     ObjectKey,
     st.sampled_from(list(Kind)),
     st.sampled_from([*NAMESPACES, ROOT_NAMESPACE]),
-    st.sampled_from([*SERVICES, *SLICE_NAMES, *POD_NAMES, "r1", "r2", "bp1", "bp2"]),
+    st.sampled_from([*SERVICES, *SLICE_NAMES, *POD_NAMES, "r1", "r2", "bp1", "bp2", "ap1", "ap2"]),
 )
 operations = st.one_of(
-    services(), slices(), pods(), http_routes(), backend_policies(), keys.map(lambda key: key)
+    services(),
+    slices(),
+    pods(),
+    http_routes(),
+    backend_policies(),
+    authorization_policies(),
+    keys.map(lambda key: key),
 )  # an object is an upsert, a key a delete
 batches = st.lists(st.lists(operations, min_size=1, max_size=3), min_size=1, max_size=12)
 
