@@ -276,7 +276,10 @@ def create_app(view: AdminView, token: AdminToken) -> FastAPI:
     async def policies(
         page: PageQuery,
         kind: Annotated[
-            str | None, Query(description="Only this kind: HTTPRoute, GRPCRoute, BackendPolicy")
+            str | None,
+            Query(
+                description="Only this kind (HTTPRoute, BackendPolicy, AuthorizationPolicy, ...)"
+            ),
         ] = None,
     ) -> Response:
         """One page of the routes and policies, each with its status conditions (Accepted,
