@@ -33,8 +33,10 @@ from e2e_mesh import (
     start_sidecar,
     write_documents,
 )
+from e2e_policies import policy_condition
 from test_e2e_fault_ratelimit import APP_IP, BACKEND_NODE, POD_IP, backend_service, backend_slice
 
+from xds_server.app import ControlPlane
 from xds_server.envoy_process import EnvoyProcess
 
 pytestmark = [pytest.mark.envoy, pytest.mark.timeout(120)]
@@ -70,6 +72,7 @@ ALLOW_SOME = {
 @dataclass
 class Pod:
     directory: Path
+    plane: ControlPlane
     target: EnvoyProcess
     port: int
     tcp_target: int
@@ -132,7 +135,7 @@ async def started_pod(
             instance_ip=POD_IP,
             app_address=APP_IP,
         )
-        pod = Pod(directory, target.envoy, port, tcp_target)
+        pod = Pod(directory, plane, target.envoy, port, tcp_target)
         await eventually(
             lambda: _answers(pod), within=20, interval=0.2, message="backend's sidecar"
         )
@@ -245,3 +248,27 @@ async def test_destination_port_rules_and_a_namespace_wide_policy(
             return opened and await pod.request("GET", "/") == 403
 
         await eventually(swapped, within=20, interval=0.3, message="only the TCP port allowed")
+
+
+async def test_an_invalid_policy_is_rejected_naming_its_field_and_the_others_still_apply(
+    tmp_path: Path, free_port: Callable[[], int], envoy_factory: EnvoyFactory
+) -> None:
+    async with started_pod(tmp_path, free_port, envoy_factory) as pod:
+        bad_path = {"rules": [{"to": [{"operation": {"paths": ["admin"]}}]}]}
+        pod.write_policies(deny_secret=DENY_SECRET, bad_path=bad_path)
+
+        async def denied() -> bool:
+            return await pod.request("GET", "/open/secret") == 403
+
+        await eventually(denied, within=20, interval=0.3, message="the valid policy applied")
+        # The invalid ALLOW policy would deny everything else: it is not applied.
+        assert await pod.request("GET", "/elsewhere") == 200
+
+        async def rejected() -> dict[str, Any] | None:
+            return await policy_condition(pod.plane, "AuthorizationPolicy/default/bad-path")
+
+        condition = await eventually(rejected, within=10, interval=0.2, message="status")
+        assert condition["status"] == "False", condition
+        assert "spec.rules[0].to[0].operation.paths[0]" in condition["message"], condition
+        accepted = await policy_condition(pod.plane, "AuthorizationPolicy/default/deny-secret")
+        assert accepted is not None and accepted["status"] == "True", accepted

@@ -61,18 +61,20 @@ POLICY_KIND_NAMES: dict[str, Kind] = {
         (Kind.HTTP_ROUTE, "httproutes"),
         (Kind.GRPC_ROUTE, "grpcroutes"),
         (Kind.BACKEND_POLICY, "backendpolicies"),
+        (Kind.AUTHORIZATION_POLICY, "authorizationpolicies"),
     )
     for name in (kind.value.lower(), plural)
 }
 
 
 def parse_kind(text: str | None) -> Kind | None:
-    """`?kind=`: HTTPRoute, GRPCRoute or BackendPolicy (any case, or plural); ValueError."""
+    """`?kind=`: a route or policy kind (any case, or plural); ValueError."""
     if text is None:
         return None
     kind = POLICY_KIND_NAMES.get(text.strip().lower())
     if kind is None:
-        raise ValueError(f"unknown kind {text!r}: expected HTTPRoute, GRPCRoute or BackendPolicy")
+        names = ", ".join(known.value for known in dict.fromkeys(POLICY_KIND_NAMES.values()))
+        raise ValueError(f"unknown kind {text!r}: expected one of {names}")
     return kind
 
 

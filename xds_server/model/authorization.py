@@ -19,8 +19,15 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from xds_server.model.changes import Kind, ObjectKey
 from xds_server.model.mesh import MeshSnapshot
 from xds_server.model.security import AuthorizationPolicy, selects
+from xds_server.model.status_conditions import (
+    ACCEPTED,
+    REASON_ACCEPTED,
+    Condition,
+    ObjectStatus,
+)
 from xds_server.model.types import Labels
 from xds_server.policy_api import authorization_policy_pb2 as authz_pb2
 
@@ -101,3 +108,22 @@ def workload_authorization(
     if namespace != mesh.root_namespace:
         candidates += mesh.authorization_policies_in(mesh.root_namespace)
     return authorization_for(candidates, namespace, labels, mesh.root_namespace)
+
+
+def authorization_policy_status(policy: AuthorizationPolicy, mesh: MeshSnapshot) -> ObjectStatus:
+    """Accepted (it was read, so it is valid), saying which workloads it governs."""
+    if policy.selector:
+        shown = ",".join(f"{key}={value}" for key, value in policy.selector)
+        scope = f"governs the workloads of {policy.namespace} labelled {shown}"
+    elif policy.namespace == mesh.root_namespace:
+        scope = "governs every workload of the mesh (root namespace, no selector)"
+    else:
+        scope = f"governs every workload of {policy.namespace}"
+    action = authz_pb2.AuthorizationPolicySpec.Action.Name(
+        int(spec_of(policy).action) or Action.ALLOW
+    )
+    condition = Condition(
+        ACCEPTED, "True", REASON_ACCEPTED, f"{action}: {scope}", policy.generation
+    )
+    key = ObjectKey(Kind.AUTHORIZATION_POLICY, policy.namespace, policy.name)
+    return ObjectStatus(key, policy.generation, (condition,), origin=policy.origin)

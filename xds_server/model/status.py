@@ -62,6 +62,7 @@ import logging
 import re
 from collections.abc import Iterable, Mapping
 
+from xds_server.model.authorization import authorization_policy_status
 from xds_server.model.changes import POLICY_KINDS, Kind, ObjectKey
 from xds_server.model.mesh import MeshSnapshot
 from xds_server.model.routes import GRPCRoute, HTTPRoute, MeshRoute
@@ -172,6 +173,9 @@ def _mesh_status(mesh: MeshSnapshot) -> dict[ObjectKey, ObjectStatus]:
                 statuses[status.key] = status
     for name in sorted(mesh.backend_policies):
         status = backend_policy_status(mesh.backend_policies[name], mesh)
+        statuses[status.key] = status
+    for name in sorted(mesh.authorization_policies):
+        status = authorization_policy_status(mesh.authorization_policies[name], mesh)
         statuses[status.key] = status
     return statuses
 
