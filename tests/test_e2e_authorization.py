@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import textwrap
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -107,7 +108,7 @@ class Pod:
         )
 
     async def counter(self, name: str) -> int:
-        return (await self.target.stats_async(filter=f"^{name}$")).get(name, 0)
+        return (await self.target.stats_async(filter=f"^{re.escape(name)}$")).get(name, 0)
 
 
 @contextlib.asynccontextmanager
@@ -183,6 +184,7 @@ async def test_path_method_and_header_rules_with_deny_before_allow(
 
         prefix = f"http.inbound_{pod.port}.rbac"
         assert await pod.counter(f"{prefix}.deny.denied") >= 1
+        assert await pod.counter(f"{prefix}.deny.policy.default/deny-secret[rule-0].denied") >= 1
         assert await pod.counter(f"{prefix}.allow.denied") >= 5
         assert await pod.counter(f"{prefix}.allow.allowed") >= 3
         # Envoy flushes access logs on a timer: the denial's line arrives shortly.
@@ -222,6 +224,29 @@ async def test_path_method_and_header_rules_with_deny_before_allow(
         await eventually(allow_only, within=20, interval=0.3, message="DENY removed")
         assert await pod.tcp_answer() == b""
         assert await pod.counter(f"inbound_{pod.tcp_target}.allow.rbac.denied") >= 1
+
+
+async def test_audit_policies_log_what_they_match_and_deny_nothing(
+    tmp_path: Path, free_port: Callable[[], int], envoy_factory: EnvoyFactory
+) -> None:
+    async with started_pod(tmp_path, free_port, envoy_factory) as pod:
+        audit = {"action": "AUDIT", "rules": [{"to": [{"operation": {"paths": ["/audited"]}}]}]}
+        pod.write_policies(audit_some=audit)
+        counter = f"http.inbound_{pod.port}.rbac.audit.policy.default/audit-some[rule-0].allowed"
+
+        async def audited() -> bool:
+            return await pod.request("GET", "/audited") == 200 and await pod.counter(counter) > 0
+
+        await eventually(audited, within=20, interval=0.3, message="the AUDIT filter")
+        matched = await pod.counter(counter)
+        assert await pod.request("GET", "/elsewhere") == 200
+        assert await pod.counter(counter) == matched  # the rule did not match
+
+        async def logged() -> bool:
+            return 'rbac-audit "GET /audited" 200' in pod.target.logs()
+
+        await eventually(logged, within=15, interval=0.3, message="the audit log line")
+        assert 'rbac-audit "GET /elsewhere"' not in pod.target.logs()
 
 
 async def test_destination_port_rules_and_a_namespace_wide_policy(

@@ -68,6 +68,12 @@ DENIED_LOG_FORMAT = (
     "details=%RESPONSE_CODE_DETAILS% peer=%DOWNSTREAM_PEER_URI_SAN%\n"
 )
 """One stdout line per request an RBAC filter refused, naming the policy that did."""
+AUDIT_LOG_FORMAT = (
+    "[%START_TIME%] inbound rbac-audit "
+    '"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%" %RESPONSE_CODE% '
+    "peer=%DOWNSTREAM_PEER_URI_SAN%\n"
+)
+"""One stdout line per request an AUDIT rule matched (Envoy's `access_log_hint`)."""
 
 _ENVOY_ACTIONS: dict[int, int] = {
     Action.DENY: rbac_pb2.RBAC.DENY,
@@ -108,6 +114,17 @@ def denied_access_log() -> accesslog_pb2.AccessLog:
     log.filter.status_code_filter.comparison.op = accesslog_pb2.ComparisonFilter.EQ
     log.filter.status_code_filter.comparison.value.default_value = 403
     log.filter.status_code_filter.comparison.value.runtime_key = "rbac_denied_log_status"
+    return log
+
+
+def audit_access_log() -> accesslog_pb2.AccessLog:
+    """The inbound HCM's log of requests an AUDIT policy matched: the LOG action sets
+    `envoy.common`'s `access_log_hint` to true on them."""
+    log = stdout_log(AUDIT_LOG_FORMAT)
+    matcher = log.filter.metadata_filter.matcher
+    matcher.filter = "envoy.common"
+    matcher.path.add().key = "access_log_hint"
+    matcher.value.bool_match = True
     return log
 
 
@@ -342,6 +359,8 @@ def authorize_http(
     del hcm.http_filters[:]
     hcm.http_filters.extend([*filters, *existing])
     hcm.access_log.append(denied_access_log())
+    if authorization.audit:
+        hcm.access_log.append(audit_access_log())
 
 
 def policy_sources(authorization: WorkloadAuthorization) -> tuple[str, ...]:
