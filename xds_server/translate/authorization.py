@@ -8,7 +8,8 @@ chain of a governed workload:
 2. ALLOW: present as soon as any ALLOW policy applies, so a request must
    match one of their rules (an ALLOW policy with no rules allows nothing);
 3. AUDIT: Envoy's LOG action, which allows everything and marks the matches
-   (`access_log_hint` dynamic metadata, `rbac.<prefix>logged` stats).
+   (`access_log_hint` dynamic metadata, which the `rbac-audit` access log
+   filters on; per-rule `audit.policy.<name>.allowed` counts the matches).
 
 No policy: no filter, everything is allowed.
 
@@ -16,8 +17,10 @@ Each RBAC policy entry is one rule of one AuthorizationPolicy, named
 `<namespace>/<name>[rule-<i>]`, so Envoy's response details
 (`rbac_access_denied_matched_policy[default/deny-admin[rule-0]]`), its per-rule
 stats (`track_per_rule_stats`) and the denied-request log name the policy
-that denied.  Filters are counted under their own prefix (`deny.`, `allow.`,
-`audit.`): `http.<chain>.rbac.deny.denied`, `<chain>.deny.rbac.denied`.
+that denied (an ALLOW filter's denial matched no policy: Envoy says `none`).
+Filters are counted under their own prefix (`deny.`, `allow.`, `audit.`):
+`http.<chain>.rbac.deny.denied`, `http.<chain>.rbac.deny.policy.<name>.denied`,
+`<chain>.deny.rbac.denied` for TCP.
 
 Destination ports are known per chain, so `ports`/`notPorts` and
 `destination.port` conditions are decided here: an operation for another
