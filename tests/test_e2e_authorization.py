@@ -5,7 +5,9 @@ port and a TCP port, in front of sample apps.  Requests go straight to the
 sidecar's inbound listeners (what a caller's sidecar would do, minus mutual
 TLS), so these cover the rules that need no peer identity: path, method,
 header and destination port; DENY before ALLOW; no policy allows; an ALLOW
-rule on HTTP attributes matches nothing on TCP (fail closed).  A denied HTTP
+rule on HTTP attributes matches nothing on TCP (fail closed); a plaintext
+caller matches no principal or namespace rule and is what `notPrincipals:
+["*"]` denies; AUDIT logs without denying.  A denied HTTP
 request gets 403, a denied TCP connection is closed without a byte; each
 denial is counted in the sidecar's RBAC stats and logged with the policy that
 denied it.
@@ -297,3 +299,34 @@ async def test_an_invalid_policy_is_rejected_naming_its_field_and_the_others_sti
         assert "spec.rules[0].to[0].operation.paths[0]" in condition["message"], condition
         accepted = await policy_condition(pod.plane, "AuthorizationPolicy/default/deny-secret")
         assert accepted is not None and accepted["status"] == "True", accepted
+
+
+async def test_a_plaintext_caller_has_no_principal_and_no_namespace(
+    tmp_path: Path, free_port: Callable[[], int], envoy_factory: EnvoyFactory
+) -> None:
+    async with started_pod(tmp_path, free_port, envoy_factory) as pod:
+        only_client = {
+            "rules": [
+                {"from": [{"source": {"principals": ["cluster.local/ns/default/sa/client"]}}]},
+                {"from": [{"source": {"namespaces": ["default"]}}]},
+            ]
+        }
+        pod.write_policies(only_client=only_client)
+
+        async def refused() -> bool:
+            return await pod.request("GET", "/") == 403 and await pod.tcp_answer() == b""
+
+        await eventually(refused, within=20, interval=0.3, message="principal rules enforced")
+
+        # Istio's "deny unauthenticated": notPrincipals ["*"] matches a caller without one.
+        unauthenticated = {
+            "action": "DENY",
+            "rules": [{"from": [{"source": {"notPrincipals": ["*"]}}]}],
+        }
+        pod.write_policies(deny_unauthenticated=unauthenticated)
+
+        async def still_refused() -> bool:
+            denied = f"http.inbound_{pod.port}.rbac.deny.denied"
+            return await pod.request("GET", "/") == 403 and await pod.counter(denied) > 0
+
+        await eventually(still_refused, within=20, interval=0.3, message="DENY unauthenticated")
