@@ -36,7 +36,7 @@ from e2e_mesh import (
     start_sidecar,
     write_documents,
 )
-from e2e_policies import policy_condition
+from e2e_policies import explain, policy_condition, stamped_sources
 from test_e2e_fault_ratelimit import APP_IP, BACKEND_NODE, POD_IP, backend_service, backend_slice
 
 from xds_server.app import ControlPlane
@@ -266,6 +266,16 @@ async def test_destination_port_rules_and_a_namespace_wide_policy(
 
         await eventually(closed, within=20, interval=0.3, message="TCP port denied")
         assert await pod.request("GET", "/") == 200  # the HTTP port is another port
+        # explain and Envoy's own config name the policy behind the governed listeners.
+        listener = f"inbound_{pod.tcp_target}"
+        [explained] = await explain(pod.plane, BACKEND_NODE, "LDS", listener)
+        named = [(s.kind, s.namespace, s.name, s.file) for s in explained.sources]
+        policy_file = str(pod.directory / "authorization.yaml")
+        assert ("AuthorizationPolicy", "default", "deny-tcp-port", policy_file) in named
+        dump = await pod.target.config_dump_async(resource="dynamic_listeners")
+        [running] = [c for c in dump["configs"] if c["name"] == listener]
+        sources = stamped_sources(running["active_state"]["listener"])
+        assert "AuthorizationPolicy/default/deny-tcp-port" in sources
 
         allow_tcp_only = {"rules": [{"to": [{"operation": {"ports": [str(pod.tcp_target)]}}]}]}
         pod.write_policies(allow_tcp_only=allow_tcp_only)
