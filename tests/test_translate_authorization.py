@@ -11,6 +11,7 @@ it (`envoy --mode validate`).
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 from typing import Any
@@ -368,9 +369,42 @@ def test_envoy_accepts_every_matcher(tmp_path: Path) -> None:
         policy("audit", {**spec, "action": "AUDIT"}),
         policy("none", {}),
     ]
-    validate(
-        as_served(
-            mesh(*objects), proxy("web-1", labels={"app": "web"}, ip="127.0.0.2", workload="web-1")
-        ),
-        tmp_path,
-    )
+    sidecar = proxy("web-1", labels={"app": "web"}, ip="127.0.0.2", workload="web-1")
+    validate(as_served(mesh(*objects), sidecar), tmp_path)
+    captured = dataclasses.replace(sidecar, interception="redirect")
+    validate(as_served(mesh(*objects), captured), tmp_path)
+
+
+def test_captured_traffic_is_governed_on_every_inbound_chain_and_the_passthrough() -> None:
+    snapshot = mesh(WEB_SERVICE, policy("d", DENY_ADMIN), policy("a", ALLOW_GET))
+    captured = dataclasses.replace(WEB, interception="redirect")
+    [virtual_inbound] = [
+        listener
+        for listener in proxy_listeners(snapshot, captured)
+        if listener.name == "virtual_inbound"
+    ]
+    chains = {chain.name: _chain_filters(chain) for chain in virtual_inbound.filter_chains}
+    assert chains["inbound|8080|||http"][:2] == [HTTP_RBAC, HTTP_RBAC]
+    assert chains["inbound|8080|||tcp"][:2] == [NETWORK_RBAC, NETWORK_RBAC]
+    assert chains["inbound|5432|||tcp"][:2] == [NETWORK_RBAC, NETWORK_RBAC]
+    passthrough = virtual_inbound.default_filter_chain
+    assert [f.name for f in passthrough.filters][:2] == [NETWORK_RBAC, NETWORK_RBAC]
+
+
+def test_the_passthrough_matches_ports_in_envoy() -> None:
+    spec = {
+        "rules": [
+            {"to": [{"operation": {"ports": ["9000", "9001"], "notPorts": ["9001"]}}]},
+            {"when": [{"key": "destination.port", "values": ["7000"]}]},
+        ]
+    }
+    found = workload_authorization(mesh(policy("p", spec)), "default", ())
+    (allow,) = network_rbac_filters(found, None, "inbound_passthrough")
+    config = network_rbac_pb2.RBAC()
+    allow.typed_config.Unpack(config)
+    (ports,) = config.rules.policies["default/p[rule-0]"].permissions
+    listed, excluded = ports.and_rules.rules
+    assert [r.destination_port for r in listed.or_rules.rules] == [9000, 9001]
+    assert excluded.not_rule.destination_port == 9001
+    (condition,) = config.rules.policies["default/p[rule-1]"].permissions
+    assert condition.destination_port == 7000

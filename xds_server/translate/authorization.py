@@ -24,7 +24,9 @@ Filters are counted under their own prefix (`deny.`, `allow.`, `audit.`):
 
 Destination ports are known per chain, so `ports`/`notPorts` and
 `destination.port` conditions are decided here: an operation for another
-port is dropped, and a rule left with no operation matches nothing.
+port is dropped, and a rule left with no operation matches nothing.  The
+inbound passthrough chain (capture mode: ports no Service declares) serves
+any port, so there Envoy matches them (`destination_port`).
 
 TCP chains cannot see paths, methods or headers.  As in Istio, an ALLOW (or
 AUDIT) rule that uses any of them is left out on TCP (it matches nothing,
@@ -97,9 +99,12 @@ def http_rbac_filters(authorization: WorkloadAuthorization, port: int) -> list[h
 
 
 def network_rbac_filters(
-    authorization: WorkloadAuthorization, port: int, stat_prefix: str
+    authorization: WorkloadAuthorization, port: int | None, stat_prefix: str
 ) -> list[listener_components_pb2.Filter]:
-    """The network RBAC filters for one inbound TCP chain (module doc), DENY first."""
+    """The network RBAC filters for one inbound TCP chain (module doc), DENY first.
+
+    `port` None: a chain for any port (the inbound passthrough), where Envoy
+    matches ports and `destination.port` on the connection's destination."""
     filters = []
     for action, rules in _rule_sets(authorization, port, http=False):
         config = network_rbac_pb2.RBAC(
@@ -132,7 +137,7 @@ def audit_access_log() -> accesslog_pb2.AccessLog:
 
 
 def _rule_sets(
-    authorization: WorkloadAuthorization, port: int, *, http: bool
+    authorization: WorkloadAuthorization, port: int | None, *, http: bool
 ) -> list[tuple[int, rbac_pb2.RBAC]]:
     sets: list[tuple[int, rbac_pb2.RBAC]] = []
     for action, policies in (
@@ -151,7 +156,7 @@ def _rule_sets(
 
 
 def _entries(
-    policies: Iterable[GoverningPolicy], port: int, *, http: bool, deny: bool
+    policies: Iterable[GoverningPolicy], port: int | None, *, http: bool, deny: bool
 ) -> Iterable[tuple[str, rbac_pb2.Policy]]:
     for governing in policies:
         for index, rule in enumerate(governing.spec.rules):
@@ -168,7 +173,7 @@ def _http_only(rule: authz_pb2.AuthorizationRule) -> bool:
 
 
 def _policy(
-    rule: authz_pb2.AuthorizationRule, port: int, *, http: bool, deny: bool
+    rule: authz_pb2.AuthorizationRule, port: int | None, *, http: bool, deny: bool
 ) -> rbac_pb2.Policy | None:
     """One rule as an RBAC policy on `port`, or None when it cannot match there."""
     if not http and not deny and _http_only(rule):
@@ -179,10 +184,16 @@ def _policy(
         operations = [to.operation for to in rule.to if _port_matches(to.operation, port)]
         if not operations:
             return None
-        permissions.append(_any_permission([_operation(op, http=http) for op in operations]))
+        permissions.append(
+            _any_permission([_operation(op, http=http, port=port) for op in operations])
+        )
     for condition in rule.when:
         key = condition.key
-        if key == "destination.port":
+        if key == "destination.port" and port is None:
+            permissions.extend(
+                _permission_values(condition.values, condition.not_values, _port_permission)
+            )
+        elif key == "destination.port":
             allowed = not condition.values or str(port) in condition.values
             if not allowed or str(port) in condition.not_values:
                 return None
@@ -206,14 +217,20 @@ def _policy(
     )
 
 
-def _port_matches(operation: authz_pb2.AuthorizationOperation, port: int) -> bool:
+def _port_matches(operation: authz_pb2.AuthorizationOperation, port: int | None) -> bool:
+    if port is None:
+        return True  # decided by Envoy (`_operation`)
     if operation.ports and str(port) not in operation.ports:
         return False
     return str(port) not in operation.not_ports
 
 
-def _operation(operation: authz_pb2.AuthorizationOperation, *, http: bool) -> rbac_pb2.Permission:
+def _operation(
+    operation: authz_pb2.AuthorizationOperation, *, http: bool, port: int | None
+) -> rbac_pb2.Permission:
     parts: list[rbac_pb2.Permission] = []
+    if port is None:
+        parts.extend(_permission_values(operation.ports, operation.not_ports, _port_permission))
     if http:
         parts.extend(_permission_values(operation.paths, operation.not_paths, _path_permission))
         parts.extend(
@@ -294,6 +311,10 @@ def string_matcher(pattern: str) -> string_pb2.StringMatcher:
     if pattern.startswith("*"):
         return string_pb2.StringMatcher(suffix=pattern[1:])
     return string_pb2.StringMatcher(exact=pattern)
+
+
+def _port_permission(port: str) -> rbac_pb2.Permission:
+    return rbac_pb2.Permission(destination_port=int(port))
 
 
 def _path_permission(pattern: str) -> rbac_pb2.Permission:

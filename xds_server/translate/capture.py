@@ -43,9 +43,11 @@ original destination port:
   The port's BackendPolicy fault injection and local rate limit
   (`inbound_policy`) run in the HTTP chain, and its connection limit ahead of
   the TCP proxy of either chain, exactly as on the explicit inbound listener;
+  the workload's AuthorizationPolicies (`authorization`) run first in each;
 * `inbound_capture_port` itself: `BlackHoleCluster`;
 * everything else: `InboundPassthroughCluster`, to the pod IP and port the
-  client asked for, from 127.0.0.6.
+  client asked for, from 127.0.0.6, behind the AuthorizationPolicies' network
+  RBAC filters (ports matched by Envoy).
 
 The sidecar forwards inbound traffic to 127.0.0.1 rather than to the pod IP:
 a connection from the sidecar's UID to loopback is exempt from capture by the
@@ -262,6 +264,7 @@ def _virtual_inbound(mesh: MeshSnapshot, proxy: Proxy) -> listener_pb2.Listener:
         "InboundPassthroughFilterChain",
         None,
         tcp_proxy_filter(INBOUND_PASSTHROUGH_CLUSTER, INBOUND_PASSTHROUGH_CLUSTER, "inbound"),
+        before=network_rbac_filters(authorization, None, "inbound_passthrough"),
     )
     listener = _virtual_listener(
         VIRTUAL_INBOUND_LISTENER_NAME,
