@@ -199,6 +199,11 @@ async def test_path_method_and_header_rules_with_deny_before_allow(
             return denied_line in pod.target.logs()
 
         await eventually(logged, within=15, interval=0.3, message="the denial logged")
+        # No ALLOW rule matched: Envoy names no policy, the line names the ALLOW ones.
+        assert (
+            'rbac-denied "POST /open/page" 403 details=rbac_access_denied_matched_policy[none] '
+            "peer=- allow=default/allow-some"
+        ) in pod.target.logs()
 
         # TCP: the DENY rule names a path, which a connection cannot show: the rule is kept
         # without it (Istio's fail-closed reading), so it denies every connection.

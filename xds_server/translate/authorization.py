@@ -17,7 +17,8 @@ Each RBAC policy entry is one rule of one AuthorizationPolicy, named
 `<namespace>/<name>[rule-<i>]`, so Envoy's response details
 (`rbac_access_denied_matched_policy[default/deny-admin[rule-0]]`), its per-rule
 stats (`track_per_rule_stats`) and the denied-request log name the policy
-that denied (an ALLOW filter's denial matched no policy: Envoy says `none`).
+that denied (an ALLOW filter's denial matched no policy: Envoy says `none`,
+and the log line lists the chain's ALLOW policies).
 Filters are counted under their own prefix (`deny.`, `allow.`, `audit.`):
 `http.<chain>.rbac.deny.denied`, `http.<chain>.rbac.deny.policy.<name>.denied`,
 `<chain>.deny.rbac.denied` for TCP.
@@ -70,9 +71,11 @@ HEADER_KEY = re.compile(r"request\.headers\[(.+)\]")
 DENIED_LOG_FORMAT = (
     "[%START_TIME%] inbound rbac-denied "
     '"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%" %RESPONSE_CODE% '
-    "details=%RESPONSE_CODE_DETAILS% peer=%DOWNSTREAM_PEER_URI_SAN%\n"
+    "details=%RESPONSE_CODE_DETAILS% peer=%DOWNSTREAM_PEER_URI_SAN% allow={allow}\n"
 )
-"""One stdout line per request an RBAC filter refused, naming the policy that did."""
+"""One stdout line per request an RBAC filter refused, naming the policy that did: a DENY
+rule in the details; when no ALLOW rule matched (details `[none]`), the chain's ALLOW
+policies, listed in `allow` (fixed per chain, so written into the format)."""
 AUDIT_LOG_FORMAT = (
     "[%START_TIME%] inbound rbac-audit "
     '"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%" %RESPONSE_CODE% '
@@ -116,9 +119,10 @@ def network_rbac_filters(
     return filters
 
 
-def denied_access_log() -> accesslog_pb2.AccessLog:
+def denied_access_log(authorization: WorkloadAuthorization) -> accesslog_pb2.AccessLog:
     """The inbound HCM's log of requests refused with 403 (RBAC's details name the policy)."""
-    log = stdout_log(DENIED_LOG_FORMAT)
+    allow = ",".join(governing.label for governing in authorization.allow) or "-"
+    log = stdout_log(DENIED_LOG_FORMAT.format(allow=allow))
     log.filter.status_code_filter.comparison.op = accesslog_pb2.ComparisonFilter.EQ
     log.filter.status_code_filter.comparison.value.default_value = 403
     log.filter.status_code_filter.comparison.value.runtime_key = "rbac_denied_log_status"
@@ -382,7 +386,7 @@ def authorize_http(
     existing = list(hcm.http_filters)
     del hcm.http_filters[:]
     hcm.http_filters.extend([*filters, *existing])
-    hcm.access_log.append(denied_access_log())
+    hcm.access_log.append(denied_access_log(authorization))
     if authorization.audit:
         hcm.access_log.append(audit_access_log())
 
