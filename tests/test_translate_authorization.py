@@ -38,9 +38,9 @@ from xds_server.translate.authorization import (
     HTTP_RBAC,
     NETWORK_RBAC,
     http_rbac_filters,
-    namespace_regex,
     network_rbac_filters,
 )
+from xds_server.translate.authorization_matchers import namespace_regex
 
 
 def policy(name: str, spec: dict[str, Any], namespace: str = "default") -> AuthorizationPolicy:

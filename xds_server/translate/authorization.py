@@ -48,17 +48,22 @@ from collections.abc import Callable, Iterable, Sequence
 from envoy.config.accesslog.v3 import accesslog_pb2
 from envoy.config.listener.v3 import listener_components_pb2
 from envoy.config.rbac.v3 import rbac_pb2
-from envoy.config.route.v3 import route_components_pb2
 from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as http_rbac_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
 from envoy.extensions.filters.network.rbac.v3 import rbac_pb2 as network_rbac_pb2
-from envoy.type.matcher.v3 import path_pb2, regex_pb2, string_pb2
 
 from xds_server.model import Kind
 from xds_server.model.authorization import Action, GoverningPolicy, WorkloadAuthorization
 from xds_server.policy_api import authorization_policy_pb2 as authz_pb2
+from xds_server.translate.authorization_matchers import (
+    header_of,
+    namespace_id,
+    path_permission,
+    port_permission,
+    principal_id,
+)
 from xds_server.translate.core import packed
 from xds_server.translate.telemetry import stdout_log
 
@@ -195,14 +200,14 @@ def _policy(
         key = condition.key
         if key == "destination.port" and port is None:
             permissions.extend(
-                _permission_values(condition.values, condition.not_values, _port_permission)
+                _permission_values(condition.values, condition.not_values, port_permission)
             )
         elif key == "destination.port":
             allowed = not condition.values or str(port) in condition.values
             if not allowed or str(port) in condition.not_values:
                 return None
         elif key in ("source.principal", "source.namespace"):
-            to_id = _principal_id if key == "source.principal" else _namespace_id
+            to_id = principal_id if key == "source.principal" else namespace_id
             principals.extend(_values(condition.values, condition.not_values, to_id))
         elif http:
             header = HEADER_KEY.fullmatch(key)
@@ -211,7 +216,7 @@ def _policy(
                     _permission_values(
                         condition.values,
                         condition.not_values,
-                        _header_of(header.group(1)),
+                        header_of(header.group(1)),
                     )
                 )
     if rule.from_:
@@ -234,19 +239,19 @@ def _operation(
 ) -> rbac_pb2.Permission:
     parts: list[rbac_pb2.Permission] = []
     if port is None:
-        parts.extend(_permission_values(operation.ports, operation.not_ports, _port_permission))
+        parts.extend(_permission_values(operation.ports, operation.not_ports, port_permission))
     if http:
-        parts.extend(_permission_values(operation.paths, operation.not_paths, _path_permission))
+        parts.extend(_permission_values(operation.paths, operation.not_paths, path_permission))
         parts.extend(
-            _permission_values(operation.methods, operation.not_methods, _header_of(":method"))
+            _permission_values(operation.methods, operation.not_methods, header_of(":method"))
         )
     return _all_permissions(parts)
 
 
 def _source(source: authz_pb2.AuthorizationSource) -> rbac_pb2.Principal:
     parts = [
-        *_values(source.principals, source.not_principals, _principal_id),
-        *_values(source.namespaces, source.not_namespaces, _namespace_id),
+        *_values(source.principals, source.not_principals, principal_id),
+        *_values(source.namespaces, source.not_namespaces, namespace_id),
     ]
     return _all_principals(parts)
 
@@ -303,74 +308,6 @@ def _all_principals(parts: list[rbac_pb2.Principal]) -> rbac_pb2.Principal:
     if len(parts) == 1:
         return parts[0]
     return rbac_pb2.Principal(and_ids=rbac_pb2.Principal.Set(ids=parts))
-
-
-# -- matchers --------------------------------------------------------------------------
-
-
-def string_matcher(pattern: str) -> string_pb2.StringMatcher:
-    """Istio's value forms: exact, `prefix*`, `*suffix`; "*" alone is handled by callers."""
-    if pattern.endswith("*"):
-        return string_pb2.StringMatcher(prefix=pattern[:-1])
-    if pattern.startswith("*"):
-        return string_pb2.StringMatcher(suffix=pattern[1:])
-    return string_pb2.StringMatcher(exact=pattern)
-
-
-def _port_permission(port: str) -> rbac_pb2.Permission:
-    return rbac_pb2.Permission(destination_port=int(port))
-
-
-def _path_permission(pattern: str) -> rbac_pb2.Permission:
-    if pattern == "*":
-        pattern = "/*"
-    return rbac_pb2.Permission(url_path=path_pb2.PathMatcher(path=string_matcher(pattern)))
-
-
-def _header_of(name: str) -> Callable[[str], rbac_pb2.Permission]:
-    return lambda pattern: _header_permission(name, pattern)
-
-
-def _header_permission(name: str, pattern: str) -> rbac_pb2.Permission:
-    header = route_components_pb2.HeaderMatcher(name=name)
-    if pattern == "*":
-        header.present_match = True
-    else:
-        header.string_match.CopyFrom(string_matcher(pattern))
-    return rbac_pb2.Permission(header=header)
-
-
-def spiffe_pattern(principal: str) -> str:
-    """A principal pattern with the `spiffe://` scheme (Istio writes it without)."""
-    if principal.startswith(("spiffe://", "*")):
-        return principal
-    return f"spiffe://{principal}"
-
-
-def _principal_id(pattern: str) -> rbac_pb2.Principal:
-    authenticated = rbac_pb2.Principal.Authenticated()
-    if pattern != "*":
-        authenticated.principal_name.CopyFrom(string_matcher(spiffe_pattern(pattern)))
-    return rbac_pb2.Principal(authenticated=authenticated)
-
-
-def namespace_regex(pattern: str) -> str:
-    """The URI SAN regex (RE2) of a SPIFFE ID in a namespace matching `pattern`."""
-    if pattern == "*":
-        namespace = "[^/]+"
-    elif pattern.endswith("*"):
-        namespace = re.escape(pattern[:-1]) + "[^/]*"
-    elif pattern.startswith("*"):
-        namespace = "[^/]*" + re.escape(pattern[1:])
-    else:
-        namespace = re.escape(pattern)
-    return f"spiffe://[^/]+/ns/{namespace}/.*"
-
-
-def _namespace_id(pattern: str) -> rbac_pb2.Principal:
-    regex = regex_pb2.RegexMatcher(regex=namespace_regex(pattern))
-    name = string_pb2.StringMatcher(safe_regex=regex)
-    return rbac_pb2.Principal(authenticated=rbac_pb2.Principal.Authenticated(principal_name=name))
 
 
 # -- hooks for the inbound chains (listeners, capture) ----------------------------------
