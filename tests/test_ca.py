@@ -170,16 +170,34 @@ def test_svid_from_a_csr_uses_its_key_and_ignores_the_names_it_asks_for(
 
 
 @pytest.mark.parametrize(
-    ("ttl", "lifetime"),
+    ("ttl", "backdate", "lifetime"),
     [
-        (None, datetime.timedelta(hours=24, minutes=1)),  # default 24 h, plus the 1 min backdate
-        (datetime.timedelta(minutes=5), datetime.timedelta(minutes=6)),
-        (MIN_SVID_TTL, datetime.timedelta(minutes=2)),
-        (datetime.timedelta(days=30), datetime.timedelta(days=30, minutes=1)),
+        # default 24 h, plus the 1 min backdate
+        (None, datetime.timedelta(minutes=1), datetime.timedelta(hours=24, minutes=1)),
+        (
+            datetime.timedelta(minutes=5),
+            datetime.timedelta(minutes=1),
+            datetime.timedelta(minutes=6),
+        ),
+        # a short TTL is backdated by a fifth of it (0.4 s, whole seconds in X.509)
+        (MIN_SVID_TTL, datetime.timedelta(seconds=1), datetime.timedelta(seconds=3)),
+        (
+            datetime.timedelta(seconds=10),
+            datetime.timedelta(seconds=2),
+            datetime.timedelta(seconds=12),
+        ),
+        (
+            datetime.timedelta(days=30),
+            datetime.timedelta(minutes=1),
+            datetime.timedelta(days=30, minutes=1),
+        ),
     ],
 )
 def test_svid_lifetime(
-    authority: CertificateAuthority, ttl: datetime.timedelta | None, lifetime: datetime.timedelta
+    authority: CertificateAuthority,
+    ttl: datetime.timedelta | None,
+    backdate: datetime.timedelta,
+    lifetime: datetime.timedelta,
 ) -> None:
     key = workload_key()
     svid = (
@@ -188,13 +206,13 @@ def test_svid_lifetime(
         else authority.issue_svid("default", "default", key, ttl, now=NOW)
     )
     cert = svid.certificate
-    assert cert.not_valid_before_utc == NOW - datetime.timedelta(minutes=1)
+    assert cert.not_valid_before_utc == NOW - backdate
     assert cert.not_valid_after_utc - cert.not_valid_before_utc == lifetime
-    verify(svid, Store([authority.certificate]), at=NOW - datetime.timedelta(seconds=30))
+    verify(svid, Store([authority.certificate]), at=NOW)
 
 
-@pytest.mark.parametrize("ttl", [datetime.timedelta(seconds=59), datetime.timedelta(0)])
-def test_svid_lifetime_below_a_minute_is_refused(
+@pytest.mark.parametrize("ttl", [datetime.timedelta(seconds=1.9), datetime.timedelta(0)])
+def test_svid_lifetime_below_two_seconds_is_refused(
     authority: CertificateAuthority, ttl: datetime.timedelta
 ) -> None:
     with pytest.raises(ValueError, match="ttl"):
@@ -218,7 +236,9 @@ def test_svid_never_outlives_its_ca() -> None:
         ("a" * 64, "default", "namespace"),
         ("default", "-web", "service_account"),
         ("default", "web_1", "service_account"),
-        ("default", "web.v1", "service_account"),
+        ("default", "web..v1", "service_account"),
+        ("default", "web.", "service_account"),
+        ("default", "a" * 254, "service_account"),
         ("default", "", "service_account"),
     ],
 )
@@ -227,6 +247,15 @@ def test_invalid_names_are_refused_naming_the_field(
 ) -> None:
     with pytest.raises(ValueError, match=rf"^{field} "):
         authority.issue_svid(namespace, service_account, workload_key(), now=NOW)
+
+
+@pytest.mark.parametrize("service_account", ["web.v1", "a.b.c", "a" * 63 + "." + "b" * 63])
+def test_dotted_service_accounts_are_accepted(
+    authority: CertificateAuthority, service_account: str
+) -> None:
+    """Kubernetes names a ServiceAccount by DNS-1123 subdomain rules: dots are allowed."""
+    svid = authority.issue_svid("default", service_account, workload_key(), now=NOW)
+    assert svid.spiffe_id == f"spiffe://{TRUST_DOMAIN}/ns/default/sa/{service_account}"
 
 
 @pytest.mark.parametrize("trust_domain", ["", "Cluster.Local", "a/b", "spiffe://x"])

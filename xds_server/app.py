@@ -45,6 +45,7 @@ from xds_server.history import PushDetail, PushHistory, PushSummary
 from xds_server.model import ChangeSet, MeshSnapshot, ObjectKey
 from xds_server.model.status import ObjectStatus, policy_conditions, rejections
 from xds_server.pipeline import MeshPipeline
+from xds_server.security import CertificateIssuer, RootRotation
 from xds_server.server import (
     AggregatedDiscoveryServer,
     ServerCallbacks,
@@ -58,6 +59,7 @@ from xds_server.sources.proposal import propose_apply, propose_files
 from xds_server.supervise import Supervisor
 
 if TYPE_CHECKING:
+    from xds_server.ca import CertificateAuthority
     from xds_server.sources.k8s_status import Inputs as StatusInputs
     from xds_server.sources.k8s_status import StatusWriter
 
@@ -211,6 +213,7 @@ class ControlPlane:
             callbacks=self.callbacks,
         )
         self.source: MeshSource = create_source(settings)
+        self._issuer: CertificateIssuer | None = None
         self.status_writer = create_status_writer(settings, self._status_inputs)
         """Kubernetes mode: writes route and policy status while holding the Lease."""
         self.supervisor = Supervisor(settings.supervision)
@@ -362,6 +365,7 @@ class ControlPlane:
                 workers = [
                     tasks.create_task(run("pipeline", self.pipeline.run), name="pipeline"),
                     tasks.create_task(run("source", watch_source), name="source"),
+                    tasks.create_task(run("certificates", self._run_issuer), name="certificates"),
                 ]
                 if self.status_writer is not None:
                     writer = self.status_writer.run
@@ -391,6 +395,41 @@ class ControlPlane:
             self.supervisor.stopping = True
             await grpc_server.stop(0)  # a no-op after a drain; cuts everything otherwise
 
+    # -- certificates ------------------------------------------------------
+    def load_issuer(self) -> CertificateIssuer:
+        """The certificate issuer, its CA loaded (or generated) on first use; StartupError
+        naming the CA if it cannot be.  `run` loads it before binding anything."""
+        if self._issuer is None:
+            from xds_server.security.setup import create_issuer
+
+            try:
+                issuer = create_issuer(self.settings)
+            except Exception as error:  # ValueError, OSError, the client's ApiException
+                raise StartupError(f"cannot load the CA: {error}") from None
+            self._issuer = issuer
+            builder = self.pipeline.builder
+            builder.on_identities = issuer.identities_changed
+            issuer.identities_changed(builder.identities)
+        return self._issuer
+
+    @property
+    def issuer(self) -> CertificateIssuer:
+        return self.load_issuer()
+
+    @property
+    def ca(self) -> CertificateAuthority:
+        """The CA issuing now (xDS server and client certificates are issued with it too)."""
+        return self.load_issuer().ca
+
+    async def rotate_root(self, overlap_seconds: float) -> RootRotation:
+        """Start a root rotation (the admin endpoint): old and new root trusted at once,
+        every certificate re-issued under the new one shortly after, the old root dropped
+        after `overlap_seconds`.  ValueError when it cannot start (the reason)."""
+        return await self.load_issuer().rotate_root(overlap_seconds)
+
+    async def _run_issuer(self) -> None:
+        await self.load_issuer().run(self.pipeline.submit)
+
     def _start_up(self) -> grpc.aio.Server:
         """Check and bind everything, or raise StartupError having bound nothing."""
         try:
@@ -410,6 +449,7 @@ class ControlPlane:
                 grpc_server, self.xds_port = bind_grpc_server(self.ads, f"{xds_host}:{xds_port}")
             except (RuntimeError, OSError):
                 raise StartupError(f"cannot listen for xDS on {self.settings.xds_listen}") from None
+            self.load_issuer()  # after the ports: a taken port is said before any CA is made
         except BaseException:
             admin_socket.close()
             raise

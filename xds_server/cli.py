@@ -55,6 +55,24 @@ def _namespaces(value: str) -> tuple[str, ...]:
     return names
 
 
+_DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def _duration(value: str) -> float:
+    """Seconds, or a number with s, m, h or d (`90`, `10m`, `24h`), for --svid-ttl."""
+    text = value.strip().lower()
+    scale = _DURATION_UNITS.get(text[-1:], 0.0)
+    try:
+        seconds = float(text[:-1] if scale else text) * (scale or 1.0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected seconds or a duration like 10m or 24h, got {value!r}"
+        ) from None
+    if seconds < 2:
+        raise argparse.ArgumentTypeError(f"must be at least 2 seconds, got {value!r}")
+    return seconds
+
+
 def _grace(value: str) -> float:
     try:
         seconds = float(value)
@@ -142,6 +160,33 @@ def _parser() -> argparse.ArgumentParser:
         action="store_false",
         help="serve generated resources without checking Envoy's validation rules first "
         "(for benchmarks; by default a resource breaking one is withheld and reported)",
+    )
+
+    defaults = SecuritySettings()
+    serve.add_argument(
+        "--trust-domain",
+        default=defaults.trust_domain,
+        help="the SPIFFE trust domain of every workload identity (default %(default)s)",
+    )
+    serve.add_argument(
+        "--ca-dir",
+        type=Path,
+        default=defaults.ca_dir,
+        help="file mode: the root CA's directory, generated there on first start "
+        "(default %(default)s)",
+    )
+    serve.add_argument(
+        "--ca-cert",
+        type=Path,
+        help="a root or intermediate CA certificate to issue with (PEM, its chain after it)",
+    )
+    serve.add_argument("--ca-key", type=Path, help="the key of --ca-cert (PEM)")
+    serve.add_argument(
+        "--svid-ttl",
+        type=_duration,
+        default=defaults.svid_ttl_seconds,
+        help="workload certificate lifetime, re-issued at half of it: seconds, or 10m, "
+        "24h (default 24h)",
     )
 
     boot = commands.add_parser("bootstrap", help="render an Envoy sidecar bootstrap")
@@ -300,8 +345,18 @@ def _main(argv: list[str] | None) -> int:
             xds_stuck_stream_seconds=args.xds_stuck_stream_seconds,
             envoy_validation=args.envoy_validation,
             kubernetes=KubernetesSettings(kubeconfig=args.kubeconfig, namespaces=args.namespaces),
-            security=SecuritySettings(admin_token_file=args.admin_token_file),
+            security=SecuritySettings(
+                trust_domain=args.trust_domain,
+                ca_dir=args.ca_dir,
+                ca_cert_file=args.ca_cert,
+                ca_key_file=args.ca_key,
+                svid_ttl_seconds=args.svid_ttl,
+                admin_token_file=args.admin_token_file,
+            ),
         )
+        if (args.ca_cert is None) != (args.ca_key is None):
+            print("xds-server: --ca-cert and --ca-key go together", file=sys.stderr)
+            return 2
         try:  # validate early, with a clear message
             if settings.source_kind == SOURCE_KUBERNETES:
                 from xds_server.sources.kubernetes import load_configuration

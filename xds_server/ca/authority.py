@@ -12,11 +12,12 @@ namespace and service account, whose only name is the URI SAN
 key (or a CSR, whose requested names are ignored): the workload's key is
 not the CA's business, and the CA's key is nobody else's. There is no
 accessor for it, `__repr__` does not show it, and the object refuses to be
-pickled or copied; the only place its bytes are produced is the atomic,
-mode-0600 write of a freshly generated root.
+pickled or copied; the only place its bytes are produced is
+`root_pem_for_storage`, which the root stores call to persist a root (the
+atomic, mode-0600 write here, `security.roots` on rotation, the Kubernetes
+Secret of `security.ca_store`).
 
-Cluster mode (the root in a Kubernetes Secret) will reuse `from_pem`; this
-module does no Kubernetes I/O.
+Cluster mode loads its root with `from_pem`; this module does no Kubernetes I/O.
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 logger = logging.getLogger(__name__)
 
 DEFAULT_SVID_TTL = datetime.timedelta(hours=24)
-MIN_SVID_TTL = datetime.timedelta(minutes=1)
+MIN_SVID_TTL = datetime.timedelta(seconds=2)
+"""Low enough for tests that watch a rotation happen; production TTLs are hours."""
 CLOCK_SKEW_BACKDATE = datetime.timedelta(minutes=1)
 """How far before issuance an SVID's notBefore is set, so peers with a slow clock accept it."""
 DEFAULT_ROOT_TTL = datetime.timedelta(days=3650)
@@ -52,6 +54,7 @@ ROOT_CERT_FILE = "root-cert.pem"
 ROOT_KEY_FILE = "root-key.pem"
 
 _DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+_DNS1123_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 _TRUST_DOMAIN = re.compile(r"[a-z0-9._-]+")
 
 
@@ -61,6 +64,17 @@ def validate_dns1123_label(field: str, value: str) -> None:
         raise ValueError(
             f"{field} {value!r} is not a DNS-1123 label (at most 63 lowercase letters, "
             "digits and '-', starting and ending with a letter or digit)"
+        )
+
+
+def validate_dns1123_subdomain(field: str, value: str) -> None:
+    """Raise a ValueError naming `field` unless `value` is a DNS-1123 subdomain (what
+    Kubernetes allows for a ServiceAccount name: dot-separated labels, 253 at most)."""
+    if len(value) > 253 or not _DNS1123_SUBDOMAIN.fullmatch(value):
+        raise ValueError(
+            f"{field} {value!r} is not a DNS-1123 subdomain (at most 253 lowercase letters, "
+            "digits, '-' and '.', each dot-separated label starting and ending with a letter "
+            "or digit)"
         )
 
 
@@ -77,7 +91,7 @@ def spiffe_id(trust_domain: str, namespace: str, service_account: str) -> str:
     """The SPIFFE ID of a Kubernetes service account, its fields validated."""
     validate_trust_domain(trust_domain)
     validate_dns1123_label("namespace", namespace)
-    validate_dns1123_label("service_account", service_account)
+    validate_dns1123_subdomain("service_account", service_account)
     return f"spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}"
 
 
@@ -320,14 +334,19 @@ class CertificateAuthority:
             return authority
         authority = cls.generate_root(trust_domain, ttl=ttl, now=now)
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        _write_atomically(key_path, authority.__key_pem(), mode=0o600)
-        _write_atomically(
+        write_atomically(key_path, authority.__key_pem(), mode=0o600)
+        write_atomically(
             cert_path, authority._certificate.public_bytes(serialization.Encoding.PEM), mode=0o644
         )
         return authority
 
+    def root_pem_for_storage(self) -> tuple[bytes, bytes]:
+        """(certificate, key) PEM of a root this process generated, for a root store to
+        persist (a directory, a Kubernetes Secret): the one way the key leaves this object."""
+        return self._certificate.public_bytes(serialization.Encoding.PEM), self.__key_pem()
+
     def __key_pem(self) -> bytes:
-        # Private (name-mangled): only load_or_generate persists the key.
+        # Private (name-mangled): only the persistence of a root produces these bytes.
         return self.__key.private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.PKCS8,
@@ -385,7 +404,8 @@ class CertificateAuthority:
             .public_key(public_key)
             .serial_number(x509.random_serial_number())
             .not_valid_before(
-                max(now - CLOCK_SKEW_BACKDATE, self._certificate.not_valid_before_utc)
+                # A fifth of the TTL at most, so a seconds-long SVID's half-life is ahead.
+                max(now - min(CLOCK_SKEW_BACKDATE, ttl / 5), self._certificate.not_valid_before_utc)
             )
             .not_valid_after(not_after)
             # Empty subject, so the SAN is critical (RFC 5280 4.2.1.6).
@@ -437,7 +457,7 @@ class CertificateAuthority:
         raise TypeError("a CertificateAuthority holds the CA key and cannot be pickled or copied")
 
 
-def _write_atomically(path: Path, data: bytes, *, mode: int) -> None:
+def write_atomically(path: Path, data: bytes, *, mode: int) -> None:
     """Write `data` to `path` via a same-directory temporary file, fsync'd, then renamed."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # created 0600
     try:

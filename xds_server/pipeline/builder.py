@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Callable, Mapping
+from typing import Any
 
 from xds_server import translate
 from xds_server.cache import (
@@ -96,6 +97,10 @@ class SnapshotBuilder:
         self._proxies: dict[str, ProxyState] = {}
         self._proxies_in: Counter[str] = Counter()
         """How many proxies each namespace has (as translated): whose tables to keep."""
+        self._identities: Counter[tuple[str, str]] = Counter()
+        """How many proxies each identity (namespace, service account) has, as translated."""
+        self.on_identities: Callable[[frozenset[tuple[str, str]]], None] | None = None
+        """Told the set of identities whenever it changes (the certificate issuer)."""
         self.index = DependencyIndex()
         """Fact -> the units that read it; unit -> what it built (see `deps`)."""
         self._refs: RefCache = {}
@@ -222,10 +227,12 @@ class SnapshotBuilder:
             else:
                 self.unit_errors.set(unit, error)
                 logger.error("%s", error)
+        identities = frozenset(self._identities)
         for state, proxy in plan.moved:
-            self._count(state.proxy.namespace, -1)
-            self._count(proxy.namespace, +1)
+            self._count(state.proxy, -1)
+            self._count(proxy, +1)
             state.proxy = proxy
+        self._tell_identities(identities)
         self._record_units(plan)
         for key, _, after in plan.changed:
             if after is None:
@@ -380,13 +387,23 @@ class SnapshotBuilder:
             del self._routes[namespace]
             self.index.drop(route_unit(namespace))
 
-    def _count(self, namespace: str, delta: int) -> None:
-        """Count a proxy into (+1) or out of (-1) `namespace`."""
-        count = self._proxies_in[namespace] + delta
-        if count > 0:
-            self._proxies_in[namespace] = count
-        else:
-            self._proxies_in.pop(namespace, None)
+    def _count(self, proxy: Proxy, delta: int) -> None:
+        """Count a proxy into (+1) or out of (-1) its namespace and its identity."""
+        _bump(self._proxies_in, proxy.namespace, delta)
+        _bump(self._identities, (proxy.namespace, proxy.service_account), delta)
+
+    @property
+    def identities(self) -> frozenset[tuple[str, str]]:
+        """The (namespace, service account) of every proxy, as translated."""
+        return frozenset(self._identities)
+
+    def _tell_identities(self, before: frozenset[tuple[str, str]]) -> None:
+        if self.on_identities is None or before == self._identities.keys():
+            return
+        try:
+            self.on_identities(frozenset(self._identities))
+        except Exception:  # the issuer must never stop a push
+            logger.exception("on_identities failed")
 
     # -- proxies ------------------------------------------------------------------------
 
@@ -408,11 +425,13 @@ class SnapshotBuilder:
         state = self._proxies.get(proxy.node_id)
         if state is not None and state.declared == proxy:
             return
+        identities = frozenset(self._identities)
         if state is not None:
-            self._count(state.proxy.namespace, -1)
+            self._count(state.proxy, -1)
         state = ProxyState(proxy, with_workload(proxy, self.mesh))
         self._proxies[proxy.node_id] = state
-        self._count(state.proxy.namespace, +1)
+        self._count(state.proxy, +1)
+        self._tell_identities(identities)
         if self.synced:
             self._retranslate(state)
         self._drop_unused_routes()
@@ -423,7 +442,9 @@ class SnapshotBuilder:
         if proxy_unit(node_id) in self.index:
             self.index.drop(proxy_unit(node_id))
         if state is not None:
-            self._count(state.proxy.namespace, -1)
+            identities = frozenset(self._identities)
+            self._count(state.proxy, -1)
+            self._tell_identities(identities)
             self._drop_unused_routes()
 
     def _retranslate(self, state: ProxyState) -> None:
@@ -491,3 +512,11 @@ class SnapshotBuilder:
             return None
         state.error = None
         return proxy_push(proxy.node_id, previous, snapshot) if report else None
+
+
+def _bump(counter: Counter[Any], key: object, delta: int) -> None:
+    count = counter[key] + delta
+    if count > 0:
+        counter[key] = count
+    else:
+        counter.pop(key, None)

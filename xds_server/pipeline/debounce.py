@@ -3,7 +3,8 @@
 A burst ends after a quiet period with no new change, or at a maximum delay
 after its first change, whichever comes first, so a steady trickle of edits
 cannot starve pushes.  Endpoint-only bursts (pods scaling) use a much shorter
-quiet period: they touch few resources and users expect them to apply fast.
+quiet period: they touch few resources and users expect them to apply fast.  So do
+certificate-only bursts: a new proxy's TLS contexts wait for its certificate.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 
-from xds_server.model import ChangeSet
+from xds_server.model import ChangeSet, Kind
 from xds_server.settings import DebounceSettings
 
 logger = logging.getLogger(__name__)
@@ -20,6 +21,9 @@ logger = logging.getLogger(__name__)
 # Deadlines closer than this count as reached (as asyncio's own clock resolution
 # does), so float rounding can never spin the loop on zero-length waits.
 _RESOLUTION = 0.001
+
+FAST_KINDS = frozenset({Kind.ENDPOINT_SLICE, Kind.WORKLOAD_CERTIFICATE, Kind.TRUST_ROOTS})
+"""A burst of only these kinds uses the short quiet period."""
 
 
 class Debouncer:
@@ -49,7 +53,7 @@ class Debouncer:
                 await self._wakeup.wait()
             quiet = (
                 self._settings.endpoint_quiet
-                if self._pending.endpoints_only
+                if self._pending and self._pending.kinds <= FAST_KINDS
                 else self._settings.quiet
             )
             deadline = min(self._last_at + quiet, self._first_at + self._settings.max_delay)

@@ -1,0 +1,307 @@
+"""The workload certificate issuer: one SVID per identity of the connected proxies.
+
+A source like the file source: it emits `WorkloadCertificate` and `TrustRoots`
+upserts (and deletes) as ChangeSets into the pipeline, whose proxy generator
+turns them into each proxy's SDS Secrets.  It learns which identities
+(namespace, service account) the connected proxies have from the builder
+(`identities_changed`), and issues for a new one at once, so a new proxy's
+TLS contexts wait milliseconds, not a timer period.  Each certificate is
+re-issued from half its lifetime on (`ca.needs_reissue`); one no proxy uses
+any more is dropped `unused_grace` seconds later (a restarting proxy keeps
+its identity's certificate).  The key pair of each identity is generated here
+(EC P-256); its private key, PKCS#8 PEM, goes only into the model object,
+whose `repr` omits it.
+
+Root rotation (`rotate_root`) has three steps, all driven by the same loop:
+the new root is persisted (the store keeps the old one as trusted) and the
+trust bundle becomes old + new at once; after `settle_seconds`, when every
+proxy has had the bundle, every certificate is re-issued under the new root;
+at the end of the overlap the old root leaves the bundle.  Either side of a
+connection thus trusts the other's certificate at every moment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from xds_server.ca import DEFAULT_SVID_TTL, CertificateAuthority, TrustBundle, needs_reissue
+from xds_server.model import ChangeSet, Kind, ObjectKey
+from xds_server.model.security import TrustRoots, WorkloadCertificate
+from xds_server.security.roots import RootStore
+
+logger = logging.getLogger(__name__)
+
+Identity = tuple[str, str]
+"""(namespace, service account)."""
+
+MIN_REISSUE_INTERVAL = 0.5
+"""Seconds an SVID is kept at least: second-resolution validity can put the half-life of
+a seconds-long TTL at issuance, which must not become a re-issue loop."""
+
+
+def serial_hex(certificate: x509.Certificate) -> str:
+    """The serial as Envoy's `/certs` shows it: lowercase hex of its bytes."""
+    n = certificate.serial_number
+    return n.to_bytes((n.bit_length() + 7) // 8 or 1, "big").hex()
+
+
+def trust_roots(bundle: TrustBundle) -> TrustRoots:
+    fingerprints = tuple(c.fingerprint(hashes.SHA256()).hex() for c in bundle.roots)
+    return TrustRoots(roots_pem=bundle.to_pem(), fingerprints=fingerprints)
+
+
+@dataclass(frozen=True)
+class RootRotation:
+    """A root rotation under way: what the admin endpoint answers."""
+
+    new_serial: str
+    old_serial: str
+    reissue_at: float
+    """Epoch seconds: every certificate is re-issued under the new root from then."""
+    overlap_ends_at: float
+    """Epoch seconds: the old root leaves the trust bundle then."""
+
+
+@dataclass
+class _Rotation:
+    new: CertificateAuthority
+    old_root: x509.Certificate
+    info: RootRotation
+    reissued: bool = False
+
+
+class CertificateIssuer:
+    """Issues, re-issues and drops the mesh's workload certificates; owns the trust bundle."""
+
+    def __init__(
+        self,
+        ca: CertificateAuthority,
+        *,
+        ttl: datetime.timedelta = DEFAULT_SVID_TTL,
+        store: RootStore | None = None,
+        trusted: Iterable[x509.Certificate] = (),
+        trusted_until: float = 0.0,
+        unused_grace: float = 300.0,
+        settle_seconds: float = 1.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        """`trusted` are old roots still trusted until `trusted_until` (an overlap a restart
+        interrupted); `store` persists rotations (None: a user-supplied CA, not rotated)."""
+        self._ca = ca
+        self.ttl = ttl
+        self._store = store
+        self._clock = clock
+        self.unused_grace = unused_grace
+        self.settle_seconds = settle_seconds
+        old = [root for root in trusted if root != ca.trust_anchor]
+        self._bundle = TrustBundle.of(ca.trust_anchor, *old)
+        self._old_roots_until = trusted_until if old else 0.0
+        self._rotation: _Rotation | None = None
+        self._published_roots: TrustRoots | None = None
+        self._wanted: set[Identity] = set()
+        self._issued: dict[Identity, WorkloadCertificate] = {}
+        self._leaf: dict[Identity, tuple[x509.Certificate, float, CertificateAuthority]] = {}
+        """The issued leaf, when it was issued (epoch seconds), and by which CA."""
+        self._end_pending = False
+        """An overlap ended: the store is still to forget the old root."""
+        self._unused_since: dict[Identity, float] = {}
+        self._wake = asyncio.Event()
+        self.issued_total = 0
+
+    # -- views ------------------------------------------------------------------------
+
+    @property
+    def ca(self) -> CertificateAuthority:
+        """The CA issuing now (the new one, once a rotation has re-issued)."""
+        return self._ca
+
+    @property
+    def bundle(self) -> TrustBundle:
+        return self._bundle
+
+    @property
+    def rotation(self) -> RootRotation | None:
+        return self._rotation.info if self._rotation is not None else None
+
+    def certificates(self) -> list[WorkloadCertificate]:
+        """Every current certificate, by identity (for views: `repr` hides the keys)."""
+        return [self._issued[identity] for identity in sorted(self._issued)]
+
+    # -- inputs -----------------------------------------------------------------------
+
+    def identities_changed(self, identities: Iterable[Identity]) -> None:
+        """The connected proxies' identities now (the builder's hook): issue for new ones."""
+        self._wanted = set(identities)
+        self._wake.set()
+
+    async def rotate_root(self, overlap_seconds: float) -> RootRotation:
+        """Start a root rotation: a new root, trusted with the old one for `overlap_seconds`.
+
+        ValueError if the CA was supplied by the user (replace its files instead), a
+        rotation is under way, or the overlap is shorter than twice `settle_seconds`.
+        """
+        if self._store is None:
+            raise ValueError(
+                "the root was supplied by the user (--ca-cert/--ca-key): rotate it by "
+                "replacing those files"
+            )
+        if self._rotation is not None:
+            raise ValueError(
+                f"a root rotation is under way until {self._rotation.info.overlap_ends_at:.0f}"
+            )
+        if overlap_seconds < 2 * self.settle_seconds:
+            raise ValueError(
+                f"overlap_seconds {overlap_seconds:g} is too short: at least "
+                f"{2 * self.settle_seconds:g} (twice the time the bundle needs to settle)"
+            )
+        old = self._ca
+        new = CertificateAuthority.generate_root(old.trust_domain)
+        now = self._clock()
+        info = RootRotation(
+            new_serial=serial_hex(new.certificate),
+            old_serial=serial_hex(old.trust_anchor),
+            reissue_at=now + self.settle_seconds,
+            overlap_ends_at=now + overlap_seconds,
+        )
+        await asyncio.to_thread(
+            self._store.begin_rotation, new, old.trust_anchor, info.overlap_ends_at
+        )
+        self._rotation = _Rotation(new, old.trust_anchor, info)
+        self._bundle = self._bundle.with_root(new.trust_anchor)
+        logger.info(
+            "root rotation: new root %s trusted beside %s; re-issue at +%.1f s, overlap %.1f s",
+            info.new_serial,
+            info.old_serial,
+            self.settle_seconds,
+            overlap_seconds,
+        )
+        self._wake.set()
+        return info
+
+    # -- the work -----------------------------------------------------------------------
+
+    def reconcile(self, now: float | None = None) -> ChangeSet:
+        """The changes due at `now`: roots, new and due certificates, unused ones dropped."""
+        now = self._clock() if now is None else now
+        changes = ChangeSet(observed_at=now)
+        if self._advance_rotation(now):
+            self._end_pending = self._store is not None
+        roots = trust_roots(self._bundle)
+        if roots != self._published_roots:
+            changes.upsert(roots)
+            self._published_roots = roots
+        for identity in sorted(self._wanted):
+            self._unused_since.pop(identity, None)
+            known = self._leaf.get(identity)
+            due = known is None or known[2] is not self._ca
+            if known is not None and not due:
+                due = needs_reissue(known[0], _utc(now)) and now - known[1] >= MIN_REISSUE_INTERVAL
+            if due:
+                changes.upsert(self._issue(identity, now))
+        for identity in [i for i in self._issued if i not in self._wanted]:
+            since = self._unused_since.setdefault(identity, now)
+            if now - since >= self.unused_grace:
+                del self._issued[identity], self._leaf[identity], self._unused_since[identity]
+                changes.delete(ObjectKey(Kind.WORKLOAD_CERTIFICATE, *identity))
+        return changes
+
+    def end_stored_rotation(self) -> None:
+        """Tell the store an overlap ended (blocking I/O: `run` calls it in a thread)."""
+        if self._end_pending and self._store is not None:
+            self._end_pending = False
+            self._store.end_rotation()
+
+    def _advance_rotation(self, now: float) -> bool:
+        """Step a rotation: switch issuing CA at `reissue_at`; drop the old root at the end.
+        True when an old root left the bundle."""
+        ended = False
+        if self._old_roots_until and now >= self._old_roots_until and self._rotation is None:
+            self._bundle = TrustBundle.of(self._ca.trust_anchor)
+            self._old_roots_until = 0.0
+            ended = True  # the overlap a restart interrupted is over
+        rotation = self._rotation
+        if rotation is None:
+            return ended
+        if not rotation.reissued and now >= rotation.info.reissue_at:
+            self._ca = rotation.new
+            rotation.reissued = True
+            logger.info("root rotation: re-issuing %d certificate(s)", len(self._leaf))
+        if now >= rotation.info.overlap_ends_at:
+            self._bundle = self._bundle.without_root(rotation.old_root)
+            self._rotation = None
+            logger.info("root rotation: old root %s is no longer trusted", rotation.info.old_serial)
+            return True
+        return ended
+
+    def _issue(self, identity: Identity, now: float) -> WorkloadCertificate:
+        key = ec.generate_private_key(ec.SECP256R1())
+        svid = self._ca.issue_svid(*identity, key.public_key(), self.ttl, now=_utc(now))
+        leaf = svid.certificate
+        certificate = WorkloadCertificate(
+            namespace=identity[0],
+            name=identity[1],
+            spiffe_id=svid.spiffe_id,
+            certificate_chain=svid.chain_pem(),
+            private_key=key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            ),
+            serial=serial_hex(leaf),
+            not_before=leaf.not_valid_before_utc.timestamp(),
+            not_after=leaf.not_valid_after_utc.timestamp(),
+        )
+        self._issued[identity] = certificate
+        self._leaf[identity] = (leaf, now, self._ca)
+        self.issued_total += 1
+        return certificate
+
+    def next_deadline(self) -> float:
+        """Epoch seconds of the next thing due: a half-life, a rotation step, a drop."""
+        deadlines = [
+            max(half_life(leaf), issued + MIN_REISSUE_INTERVAL)
+            for identity, (leaf, issued, _) in self._leaf.items()
+            if identity in self._wanted
+        ]
+        deadlines += [since + self.unused_grace for since in self._unused_since.values()]
+        if self._old_roots_until:
+            deadlines.append(self._old_roots_until)
+        if self._rotation is not None:
+            info = self._rotation.info
+            deadlines.append(info.overlap_ends_at)
+            if not self._rotation.reissued:
+                deadlines.append(info.reissue_at)
+        return min(deadlines, default=self._clock() + 3600.0)
+
+    async def run(self, emit: Callable[[ChangeSet], None]) -> None:
+        """Emit what is due whenever identities change or a deadline comes, until cancelled."""
+        while True:
+            self._wake.clear()
+            changes = self.reconcile()
+            if changes:
+                emit(changes)
+            if self._end_pending:
+                await asyncio.to_thread(self.end_stored_rotation)
+            delay = max(0.0, self.next_deadline() - self._clock())
+            if delay > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=delay)
+
+
+def half_life(certificate: x509.Certificate) -> float:
+    start, end = certificate.not_valid_before_utc, certificate.not_valid_after_utc
+    return (start + (end - start) / 2).timestamp()
+
+
+def _utc(epoch: float) -> datetime.datetime:
+    return datetime.datetime.fromtimestamp(epoch, datetime.UTC)

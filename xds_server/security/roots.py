@@ -1,0 +1,116 @@
+"""Where the mesh's root lives between starts: a directory (file mode), and how a root
+rotation is persisted there.
+
+`RootStore` is the seam the issuer talks to: `load` gives the active CA and the
+roots still trusted beside it (the old root during a rotation's overlap, with
+when that ends), `begin_rotation` makes a new root active while the old one
+stays trusted, `end_rotation` forgets the old one.  `DirectoryRootStore` keeps
+`root-cert.pem`/`root-key.pem` (as `CertificateAuthority.load_or_generate`
+does) plus, during an overlap, `previous-root-cert.pem` and
+`previous-root-until` (epoch seconds).  A rotation writes the new pair as
+`*.next` files and renames the key, then the certificate; `load` finishes or
+undoes a rotation a crash interrupted, so the pair on disk always matches.
+The Kubernetes Secret store (`security.ca_store`) has the same shape.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from xds_server.ca import CertificateAuthority
+from xds_server.ca.authority import ROOT_CERT_FILE, ROOT_KEY_FILE, write_atomically
+
+logger = logging.getLogger(__name__)
+
+PREVIOUS_ROOT_FILE = "previous-root-cert.pem"
+PREVIOUS_UNTIL_FILE = "previous-root-until"
+_NEXT = ".next"
+
+
+@dataclass(frozen=True)
+class StoredRoot:
+    """What a store holds: the CA that issues, and the old root still trusted until when."""
+
+    authority: CertificateAuthority
+    previous: x509.Certificate | None = None
+    previous_until: float = 0.0
+    """Epoch seconds at which `previous` stops being trusted."""
+
+
+class RootStore(Protocol):
+    """Persists the root the issuer signs with (blocking I/O: call it in a thread)."""
+
+    def load(self) -> StoredRoot: ...
+
+    def begin_rotation(
+        self, new: CertificateAuthority, previous: x509.Certificate, until: float
+    ) -> None: ...
+
+    def end_rotation(self) -> None: ...
+
+
+def certificate_pem(certificate: x509.Certificate) -> bytes:
+    return certificate.public_bytes(serialization.Encoding.PEM)
+
+
+class DirectoryRootStore:
+    """The root in a directory (file mode); replicas sharing it share the root."""
+
+    def __init__(self, directory: Path, trust_domain: str) -> None:
+        self.directory = directory
+        self.trust_domain = trust_domain
+
+    def _path(self, name: str) -> Path:
+        return self.directory / name
+
+    def load(self) -> StoredRoot:
+        self._recover()
+        authority = CertificateAuthority.load_or_generate(self.trust_domain, self.directory)
+        previous_path = self._path(PREVIOUS_ROOT_FILE)
+        if not previous_path.exists():
+            return StoredRoot(authority)
+        previous = x509.load_pem_x509_certificate(previous_path.read_bytes())
+        try:
+            until = float(self._path(PREVIOUS_UNTIL_FILE).read_text().strip())
+        except (OSError, ValueError):
+            until = 0.0  # no end recorded: end the overlap at once
+        return StoredRoot(authority, previous, until)
+
+    def _recover(self) -> None:
+        """Finish (key already renamed) or undo (key not yet renamed) an interrupted rotation."""
+        cert_next = self._path(ROOT_CERT_FILE + _NEXT)
+        key_next = self._path(ROOT_KEY_FILE + _NEXT)
+        if cert_next.exists() and not key_next.exists():
+            os.replace(cert_next, self._path(ROOT_CERT_FILE))
+            logger.warning("completed a root rotation interrupted in %s", self.directory)
+        elif cert_next.exists() or key_next.exists():
+            cert_next.unlink(missing_ok=True)
+            key_next.unlink(missing_ok=True)
+            self._forget_previous()
+            logger.warning("undid a root rotation interrupted in %s", self.directory)
+
+    def begin_rotation(
+        self, new: CertificateAuthority, previous: x509.Certificate, until: float
+    ) -> None:
+        cert_pem, key_pem = new.root_pem_for_storage()
+        write_atomically(self._path(PREVIOUS_UNTIL_FILE), f"{until:.3f}\n".encode(), mode=0o644)
+        write_atomically(self._path(PREVIOUS_ROOT_FILE), certificate_pem(previous), mode=0o644)
+        write_atomically(self._path(ROOT_KEY_FILE + _NEXT), key_pem, mode=0o600)
+        write_atomically(self._path(ROOT_CERT_FILE + _NEXT), cert_pem, mode=0o644)
+        os.replace(self._path(ROOT_KEY_FILE + _NEXT), self._path(ROOT_KEY_FILE))
+        os.replace(self._path(ROOT_CERT_FILE + _NEXT), self._path(ROOT_CERT_FILE))
+        logger.info("persisted the new root in %s; the old one stays trusted", self.directory)
+
+    def end_rotation(self) -> None:
+        self._forget_previous()
+
+    def _forget_previous(self) -> None:
+        self._path(PREVIOUS_ROOT_FILE).unlink(missing_ok=True)
+        self._path(PREVIOUS_UNTIL_FILE).unlink(missing_ok=True)
