@@ -184,3 +184,13 @@ def test_validation_measures_envoy_rule_checks_per_resource_and_per_push() -> No
     for push in (endpoint, service):
         assert push["with_ms"] > 0 and push["without_ms"] > 0
     assert result["initial_sync"]["with_checked"] > 400
+
+
+def test_certificates_measures_issuance_and_a_rotation_wave_of_secrets_only() -> None:
+    result = run_bench("certificates", "--issue", "20", "--runs", "2", "--proxies", "20")
+    assert result["benchmark"] == "certificates"
+    assert result["issuance_per_second"] > 0
+    rotation = result["rotation"]
+    assert rotation["certificates_reissued"] == rotation["proxies_pushed"] == 20
+    assert rotation["proxies_with_other_changes"] == 0
+    assert 500 < rotation["sds_bytes_per_proxy"] < 5000  # one Secret each: a chain and a key
