@@ -67,6 +67,12 @@ APIS = (
         "authorizationpolicies",
         Path("manifests/crds/authorizationpolicy.yaml"),
     ),
+    Api(
+        "xds_server/policy/v1alpha1/peer_authentication.proto",
+        "PeerAuthentication",
+        "peerauthentications",
+        Path("manifests/crds/peerauthentication.yaml"),
+    ),
 )
 
 # The proto3 JSON form of a Duration (seconds, up to nine fractional digits), never negative.
@@ -226,13 +232,14 @@ class Schemas:
                 notes.append(DURATION_NOTE)
         elif field.type == F.TYPE_MESSAGE and self.messages[field.type_name].options.map_entry:
             value = self.messages[field.type_name].field[1]
-            if value.type not in SCALARS:
-                raise SchemaError(f"{where}: only maps of scalars are supported")
-            return {
-                "description": doc.description,
-                "type": "object",
-                "additionalProperties": dict(SCALARS[value.type]),
-            }
+            if value.type == F.TYPE_MESSAGE and value.type_name not in WELL_KNOWN:
+                entry = self.message(value.type_name, seen)
+                del entry["description"]
+            elif value.type in SCALARS:
+                entry = dict(SCALARS[value.type])
+            else:
+                raise SchemaError(f"{where}: only maps of scalars or messages are supported")
+            return {"description": doc.description, "type": "object", "additionalProperties": entry}
         elif field.type == F.TYPE_MESSAGE:
             item = self.message(field.type_name, seen)
             del item["description"]
