@@ -252,7 +252,9 @@ async def test_config_without_a_type_lists_every_type_by_name_and_version(mesh: 
         for r in t["resources"]
     ]
     assert table_rows(result.stdout) == expected
-    assert {row["TYPE"] for row in expected} == set(XDS_TYPES)
+    assert {row["TYPE"] for row in expected} == {*XDS_TYPES, "SDS"}
+    # every proxy is served its identity's certificate and the trust bundle
+    assert {row["NAME"] for row in expected if row["TYPE"] == "SDS"} == {"default", "ROOTCA"}
 
 
 # -- failures -----------------------------------------------------------------------------
