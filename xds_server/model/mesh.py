@@ -144,6 +144,17 @@ class MeshSnapshot:
             grouped.setdefault(key[0], []).append(self.authorization_policies[key])
         return {namespace: tuple(policies) for namespace, policies in grouped.items()}
 
+    def peer_authentications_in(self, namespace: str) -> tuple[PeerAuthentication, ...]:
+        """The PeerAuthentications of one namespace, by name (`model.peer_authentication`)."""
+        grouped = self.derive("peer_auth_by_namespace", self._peer_auth_by_namespace)
+        return grouped.get(namespace, ())
+
+    def _peer_auth_by_namespace(self) -> dict[str, tuple[PeerAuthentication, ...]]:
+        grouped: dict[str, list[PeerAuthentication]] = {}
+        for key in sorted(self.peer_authentications):
+            grouped.setdefault(key[0], []).append(self.peer_authentications[key])
+        return {namespace: tuple(policies) for namespace, policies in grouped.items()}
+
     def backend_policy_for(self, service: Service) -> Attachment | None:
         """The BackendPolicy governing `service` (see `model.policy`), if any."""
         candidates = self.policies_in(service.namespace)

@@ -65,6 +65,7 @@ from collections.abc import Iterable, Mapping
 from xds_server.model.authorization import authorization_policy_status
 from xds_server.model.changes import POLICY_KINDS, Kind, ObjectKey
 from xds_server.model.mesh import MeshSnapshot
+from xds_server.model.peer_authentication import peer_authentication_status
 from xds_server.model.routes import GRPCRoute, HTTPRoute, MeshRoute
 from xds_server.model.status_conditions import (
     ACCEPTED,
@@ -176,6 +177,9 @@ def _mesh_status(mesh: MeshSnapshot) -> dict[ObjectKey, ObjectStatus]:
         statuses[status.key] = status
     for name in sorted(mesh.authorization_policies):
         status = authorization_policy_status(mesh.authorization_policies[name], mesh)
+        statuses[status.key] = status
+    for name in sorted(mesh.peer_authentications):
+        status = peer_authentication_status(mesh.peer_authentications[name], mesh)
         statuses[status.key] = status
     return statuses
 

@@ -46,6 +46,7 @@ from xds_server.model.routes import GRPCRoute, HTTPRoute, MeshRoute, service_par
 from xds_server.model.security import (
     TRUST_ROOTS_KEY,
     AuthorizationPolicy,
+    PeerAuthentication,
     TrustRoots,
     WorkloadCertificate,
 )
@@ -230,6 +231,10 @@ class TrackedMesh(MeshSnapshot):
     def authorization_policies_in(self, namespace: str) -> tuple[AuthorizationPolicy, ...]:
         self.reads.add(("ns", Kind.AUTHORIZATION_POLICY, namespace))
         return super().authorization_policies_in(namespace)
+
+    def peer_authentications_in(self, namespace: str) -> tuple[PeerAuthentication, ...]:
+        self.reads.add(("ns", Kind.PEER_AUTHENTICATION, namespace))
+        return super().peer_authentications_in(namespace)
 
     def routes_for(self, namespace: str, name: str) -> tuple[MeshRoute, ...]:
         self.reads.add(parent_fact(namespace, name))

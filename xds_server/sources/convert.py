@@ -54,6 +54,7 @@ from xds_server.provenance import Origin
 from xds_server.sources import limits
 from xds_server.sources.convert_authorization import authorization_policy
 from xds_server.sources.convert_common import core_meta
+from xds_server.sources.convert_peer_authentication import peer_authentication
 from xds_server.sources.convert_policy import POLICY_API_VERSION, backend_policy
 from xds_server.sources.convert_routes import GATEWAY_API_VERSION_V1, grpc_route, http_route
 from xds_server.sources.kinds import near_miss
@@ -413,6 +414,7 @@ _CONVERTERS: dict[tuple[str, str], _Converter] = {
     (GATEWAY_API_VERSION_V1, "GRPCRoute"): grpc_route,
     (POLICY_API_VERSION, "BackendPolicy"): backend_policy,
     (POLICY_API_VERSION, "AuthorizationPolicy"): authorization_policy,
+    (POLICY_API_VERSION, "PeerAuthentication"): peer_authentication,
 }
 
 

@@ -167,7 +167,12 @@ def _check_scalar(
     elif kind == FieldDescriptor.TYPE_BOOL:
         obj.boolean(value, where)
     elif kind == FieldDescriptor.TYPE_ENUM:
-        allowed = frozenset(v.name for v in field.enum_type.values if v.number != 0)
+        # As the CRD's schema: all but a zero spelled `*_UNSPECIFIED` (Istio's UNSET stays).
+        allowed = frozenset(
+            v.name
+            for v in field.enum_type.values
+            if not (v.number == 0 and v.name.endswith("_UNSPECIFIED"))
+        )
         obj.one_of(value, where, allowed, "")
     elif kind in (FieldDescriptor.TYPE_UINT32, FieldDescriptor.TYPE_FIXED32):
         low = 0 if marker.minimum is None else int(marker.minimum)
