@@ -25,7 +25,15 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
 from envoy.extensions.filters.network.rbac.v3 import rbac_pb2 as network_rbac_pb2
-from translate_builders import http, mesh, proxy, representative_objects, service, tcp
+from translate_builders import (
+    http,
+    mesh,
+    plaintext_chain,
+    proxy,
+    representative_objects,
+    service,
+    tcp,
+)
 
 from xds_server.model import Kind, MeshSnapshot
 from xds_server.model.authorization import workload_authorization
@@ -111,7 +119,7 @@ def rbac_of(filter_: hcm_pb2.HttpFilter) -> http_rbac_pb2.RBAC:
 def inbound_filters(snapshot: MeshSnapshot, port: int) -> list[str]:
     for listener in proxy_listeners(snapshot, WEB):
         if listener.name == f"inbound_{port}":
-            (chain,) = listener.filter_chains
+            chain = plaintext_chain(listener)
             return _chain_filters(chain)
     raise AssertionError(f"no inbound_{port}")
 

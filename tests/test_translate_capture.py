@@ -96,10 +96,13 @@ def what(chain: listener_components_pb2.FilterChain) -> str:
 
 
 def table(listener: listener_pb2.Listener) -> dict[tuple[str, int, bool], str]:
-    """(destination CIDR or "*", port, HTTP only?) -> action, for every filter chain."""
+    """(destination CIDR or "*", port, HTTP only?) -> action, for every plaintext filter
+    chain (the mTLS ones of PeerAuthentication: tests/test_translate_peer_authentication.py)."""
     rows: dict[tuple[str, int, bool], str] = {}
     for chain in listener.filter_chains:
         match = chain.filter_chain_match
+        if match.transport_protocol:
+            continue
         cidrs = [f"{r.address_prefix}/{r.prefix_len.value}" for r in match.prefix_ranges] or ["*"]
         (cidr,) = cidrs
         http_only = bool(match.application_protocols)
@@ -155,7 +158,13 @@ def test_a_proxy_that_is_not_captured_keeps_the_explicit_listeners() -> None:
 def test_the_original_destination_is_restored_first(listener: str) -> None:
     found = listeners(mesh(WEB, DB))[listener]
     names = [f.name for f in found.listener_filters]
-    assert names == ["envoy.filters.listener.original_dst", "envoy.filters.listener.http_inspector"]
+    # Inbound, the TLS inspector tells mTLS from plaintext (PERMISSIVE, the default).
+    tls = ["envoy.filters.listener.tls_inspector"] if listener == "virtual_inbound" else []
+    assert names == [
+        "envoy.filters.listener.original_dst",
+        *tls,
+        "envoy.filters.listener.http_inspector",
+    ]
     assert found.continue_on_listener_filters_timeout, "a silent client falls back to TCP"
 
 

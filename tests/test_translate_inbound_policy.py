@@ -29,7 +29,16 @@ from envoy.extensions.filters.network.local_ratelimit.v3 import (
 from envoy.type.v3 import percent_pb2
 from google.protobuf import json_format
 from test_translate_envoy_validate import as_served, inline_everything, validate
-from translate_builders import endpoint, endpoint_slice, grpc, http, proxy, service, tcp
+from translate_builders import (
+    endpoint,
+    endpoint_slice,
+    grpc,
+    http,
+    plaintext_chain,
+    proxy,
+    service,
+    tcp,
+)
 
 from xds_server.model import ChangeSet, MeshSnapshot, Proxy, Service
 from xds_server.model.policy import BackendPolicy
@@ -302,15 +311,15 @@ def test_a_bad_policy_fails_only_the_proxies_it_governs() -> None:
 def test_the_targets_http_ports_run_the_filters_before_the_router() -> None:
     found = listeners(snapshot(WEB, DB, policy(BOTH, "web")))
     for name in ("inbound_8080", "inbound_9090"):
-        (chain,) = found[name].filter_chains
+        chain = plaintext_chain(found[name])
         assert filter_names(hcm_of(chain)) == [HTTP_LOCAL_RATE_LIMIT, FAULT, ROUTER], name
     # db selects the same pod and has no policy: its port is untouched.
-    (chain,) = found["inbound_5432"].filter_chains
+    chain = plaintext_chain(found["inbound_5432"])
     assert [f.name for f in chain.filters] == [TCP_PROXY]
 
 
 def test_a_tcp_target_port_gets_the_connection_limit_before_the_tcp_proxy() -> None:
-    (chain,) = listeners(snapshot(WEB, DB, policy(LIMIT, "db")))["inbound_5432"].filter_chains
+    chain = plaintext_chain(listeners(snapshot(WEB, DB, policy(LIMIT, "db")))["inbound_5432"])
     assert [f.name for f in chain.filters] == [NETWORK_LOCAL_RATE_LIMIT, TCP_PROXY]
 
 
@@ -350,7 +359,7 @@ def test_namespace_and_mesh_defaults_reach_every_sidecar_they_govern() -> None:
     for governing, name in ((namespace_default, HTTP_LOCAL_RATE_LIMIT), (mesh_default, FAULT)):
         mesh = snapshot(WEB, OTHER, governing)
         for sidecar, port in ((WEB_SIDECAR, "inbound_8080"), (OTHER_SIDECAR, "inbound_8081")):
-            (chain,) = listeners(mesh, sidecar)[port].filter_chains
+            chain = plaintext_chain(listeners(mesh, sidecar)[port])
             assert filter_names(hcm_of(chain)) == [name, ROUTER]
 
 
@@ -411,7 +420,7 @@ def test_captured_http_chains_run_the_filters_and_their_tcp_fallbacks_the_limit(
 
 def test_captured_chains_match_the_explicit_listeners_filters() -> None:
     mesh = snapshot(WEB, policy(BOTH, "web"))
-    (explicit,) = listeners(mesh)["inbound_8080"].filter_chains
+    explicit = plaintext_chain(listeners(mesh)["inbound_8080"])
     captured = inbound_chains(mesh)["inbound|8080|||http"]
     assert list(hcm_of(captured).http_filters) == list(hcm_of(explicit).http_filters)
 

@@ -258,6 +258,7 @@ CAPTURED = mesh(
             "virtual_inbound",
             "virtual-inbound",
             {
+                "inbound|8080|||http|mtls": "Service/default/web",  # PERMISSIVE, the default
                 "inbound|8080|||http": "Service/default/web",
                 "inbound|8080|||tcp": "Service/default/web",
             },

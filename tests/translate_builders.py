@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from envoy.config.listener.v3 import listener_pb2
+from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
@@ -154,9 +154,16 @@ def by_name(messages: Iterable[Message]) -> dict[str, Message]:
     return out
 
 
+def plaintext_chain(listener: listener_pb2.Listener) -> listener_components_pb2.FilterChain:
+    """A listener's one chain without a transport socket."""
+    (chain,) = [c for c in listener.filter_chains if not c.HasField("transport_socket")]
+    return chain
+
+
 def hcm_of(listener: listener_pb2.Listener) -> hcm_pb2.HttpConnectionManager:
-    """The HTTP connection manager of a single-filter-chain listener."""
-    (chain,) = listener.filter_chains
+    """The HTTP connection manager of a listener's plaintext chain (the only one, or, in
+    PERMISSIVE mode, the last: `translate.mtls` puts the mTLS chain first)."""
+    chain = plaintext_chain(listener)
     (network_filter,) = chain.filters
     hcm = hcm_pb2.HttpConnectionManager()
     assert network_filter.typed_config.Unpack(hcm), network_filter.name
@@ -164,8 +171,9 @@ def hcm_of(listener: listener_pb2.Listener) -> hcm_pb2.HttpConnectionManager:
 
 
 def tcp_proxy_of(listener: listener_pb2.Listener) -> tcp_proxy_pb2.TcpProxy:
-    """The TCP proxy of a single-filter-chain listener."""
-    (chain,) = listener.filter_chains
+    """The TCP proxy of a listener's plaintext chain (the only one, or, in
+    PERMISSIVE mode, the last: `translate.mtls` puts the mTLS chain first)."""
+    chain = plaintext_chain(listener)
     (network_filter,) = chain.filters
     tcp_proxy = tcp_proxy_pb2.TcpProxy()
     assert network_filter.typed_config.Unpack(tcp_proxy), network_filter.name

@@ -157,6 +157,7 @@ UNTRACKED_VIEWS = frozenset(
         "services_by_namespace",
         "policies_by_namespace",
         "authorization_by_namespace",
+        "peer_auth_by_namespace",
         "routes_by_parent",
         ROUTE_POLICIES,
     }

@@ -44,6 +44,8 @@ original destination port:
   (`inbound_policy`) run in the HTTP chain, and its connection limit ahead of
   the TCP proxy of either chain, exactly as on the explicit inbound listener;
   the workload's AuthorizationPolicies (`authorization`) run first in each;
+  its PeerAuthentication mode adds an mTLS chain ahead, for `transport_protocol:
+  tls`, and STRICT refuses plaintext with a `BlackHoleCluster` chain (`mtls`);
 * `inbound_capture_port` itself: `BlackHoleCluster`;
 * everything else: `InboundPassthroughCluster`, to the pod IP and port the
   client asked for, from 127.0.0.6, behind the AuthorizationPolicies' network
@@ -86,11 +88,12 @@ from envoy.extensions.filters.listener.original_dst.v3 import original_dst_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
-from envoy.type.v3 import range_pb2
 from google.protobuf import wrappers_pb2
 
 from xds_server.model import MeshSnapshot, PortProtocol, Proxy
 from xds_server.model.authorization import workload_authorization
+from xds_server.model.peer_authentication import workload_mtls
+from xds_server.translate import mtls
 from xds_server.translate.authorization import (
     authorize_http,
     network_rbac_filters,
@@ -228,7 +231,10 @@ def _virtual_inbound(mesh: MeshSnapshot, proxy: Proxy) -> listener_pb2.Listener:
         _blackhole_chain(VIRTUAL_INBOUND_LISTENER_NAME, proxy.inbound_capture_port, "inbound")
     ]
     http_ports: set[int] = set()
+    tls_ports: set[int] = set()
     authorization = workload_authorization(mesh, proxy.namespace, proxy.labels)
+    peer = workload_mtls(mesh, proxy.namespace, proxy.labels)
+    trust_domain = mtls.proxy_trust_domain(mesh, proxy)
     for inbound in inbound_ports(mesh, proxy):
         if inbound.port in own_ports:
             # The capture rules never send these ports here, and the sidecar owns them.
@@ -238,16 +244,15 @@ def _virtual_inbound(mesh: MeshSnapshot, proxy: Proxy) -> listener_pb2.Listener:
         cluster = inbound_cluster_name(inbound.port)
         name = inbound_listener_name(inbound.port)
         sources = (*inbound.listener_sources, *policy_sources(authorization))
+        plain: list[listener_components_pb2.FilterChain] = []
         if inbound.protocol is not PortProtocol.TCP:
             hcm = http_connection_manager(
                 name, "inbound", inbound_http_filters(inbound.policy, name)
             )
             hcm.route_config.CopyFrom(inbound_route_config(proxy, inbound))
             authorize_http(hcm, authorization, inbound.port)
-            chains.append(_chain(f"{cluster}|http", key, http_filter(hcm), http=True))
-            stamp_sources(chains[-1], sources)
-            http_ports.add(inbound.port)
-        chains.append(
+            plain.append(_chain(f"{cluster}|http", key, http_filter(hcm), http=True))
+        plain.append(
             _chain(
                 f"{cluster}|tcp",
                 key,
@@ -258,7 +263,15 @@ def _virtual_inbound(mesh: MeshSnapshot, proxy: Proxy) -> listener_pb2.Listener:
                 ],
             )
         )
-        stamp_sources(chains[-1], sources)
+        refused = _blackhole_chain(f"{cluster}|plaintext", inbound.port, "inbound")
+        port_chains = mtls.captured_chains(plain, peer.mode(inbound.port), trust_domain, refused)
+        for chain in port_chains:
+            stamp_sources(chain, sources)
+            if chain.HasField("transport_socket"):
+                tls_ports.add(inbound.port)
+            if chain.filter_chain_match.application_protocols:
+                http_ports.add(inbound.port)
+        chains.extend(port_chains)
 
     passthrough = _chain(
         "InboundPassthroughFilterChain",
@@ -274,6 +287,7 @@ def _virtual_inbound(mesh: MeshSnapshot, proxy: Proxy) -> listener_pb2.Listener:
         passthrough,
         http_ports,
         base_pb2.INBOUND,
+        tls_ports,
     )
     stamp_generator(listener, VIRTUAL_INBOUND_GENERATOR, proxy.namespace)
     return listener
@@ -290,11 +304,12 @@ def _virtual_listener(
     default_chain: listener_components_pb2.FilterChain,
     http_ports: Iterable[int],
     direction: base_pb2.TrafficDirection,
+    tls_ports: Iterable[int] = (),
 ) -> listener_pb2.Listener:
     listener = listener_pb2.Listener(
         name=name,
         address=socket_address(LISTEN_IPV4, port),
-        listener_filters=_listener_filters(http_ports),
+        listener_filters=_listener_filters(http_ports, tls_ports),
         continue_on_listener_filters_timeout=True,
         filter_chains=chains,
         default_filter_chain=default_chain,
@@ -308,39 +323,23 @@ def _virtual_listener(
 
 
 def _listener_filters(
-    http_ports: Iterable[int],
+    http_ports: Iterable[int], tls_ports: Iterable[int] = ()
 ) -> list[listener_components_pb2.ListenerFilter]:
-    """`original_dst`, then `http_inspector` on the ports whose chains need it."""
+    """`original_dst`, then `tls_inspector` and `http_inspector` on the ports whose
+    chains need them (a server-first protocol elsewhere is not kept waiting)."""
     filters = [
         listener_components_pb2.ListenerFilter(
             name=ORIGINAL_DST, typed_config=packed(original_dst_pb2.OriginalDst())
         )
     ]
-    ports = sorted(set(http_ports))
-    if ports:
-        rules = [
-            listener_components_pb2.ListenerFilterChainMatchPredicate(
-                destination_port_range=range_pb2.Int32Range(start=port, end=port + 1)
-            )
-            for port in ports
-        ]
-        # A match set needs two rules or more.
-        wanted = (
-            rules[0]
-            if len(rules) == 1
-            else listener_components_pb2.ListenerFilterChainMatchPredicate(
-                or_match=listener_components_pb2.ListenerFilterChainMatchPredicate.MatchSet(
-                    rules=rules
-                )
-            )
-        )
+    if tls_ports:
+        filters.append(mtls.tls_inspector(mtls.only_on_ports(tls_ports)))
+    if http_ports:
         filters.append(
             listener_components_pb2.ListenerFilter(
                 name=HTTP_INSPECTOR,
                 typed_config=packed(http_inspector_pb2.HttpInspector()),
-                filter_disabled=listener_components_pb2.ListenerFilterChainMatchPredicate(
-                    not_match=wanted
-                ),
+                filter_disabled=mtls.only_on_ports(http_ports),
             )
         )
     return filters

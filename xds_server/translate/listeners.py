@@ -40,6 +40,7 @@ from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 
 from xds_server.model import MeshSnapshot, PortProtocol, Proxy, Service, ServicePort
 from xds_server.model.authorization import WorkloadAuthorization, workload_authorization
+from xds_server.model.peer_authentication import workload_mtls
 from xds_server.translate.authorization import (
     authorize_http,
     network_rbac_filters,
@@ -55,6 +56,7 @@ from xds_server.translate.filters import (
 )
 from xds_server.translate.inbound import InboundPort, inbound_ports
 from xds_server.translate.inbound_policy import inbound_http_filters, inbound_network_filters
+from xds_server.translate.mtls import proxy_trust_domain, secure_inbound
 from xds_server.translate.naming import (
     OUTBOUND_HTTP_LISTENER_NAME,
     cluster_name,
@@ -88,8 +90,11 @@ def proxy_listeners(mesh: MeshSnapshot, proxy: Proxy) -> list[listener_pb2.Liste
     bindings: list[Binding] = [(proxy.outbound_address, proxy.outbound_port)]
     if proxy.ip:
         authorization = workload_authorization(mesh, proxy.namespace, proxy.labels)
+        peer = workload_mtls(mesh, proxy.namespace, proxy.labels)
+        trust_domain = proxy_trust_domain(mesh, proxy)
         for inbound in inbound_ports(mesh, proxy):
-            listeners.append(_inbound_listener(proxy, proxy.ip, inbound, authorization))
+            listener = _inbound_listener(proxy, proxy.ip, inbound, authorization)
+            listeners.append(secure_inbound(listener, peer.mode(inbound.port), trust_domain))
             bindings.append((proxy.ip, inbound.port))
             bindings.append((proxy.app_address, inbound.port))
     listeners.extend(_outbound_tcp_listeners(mesh, proxy, bindings))
