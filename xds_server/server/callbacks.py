@@ -37,8 +37,8 @@ class StreamInfo:
     node_id: str = ""
     """Empty until the first request names the node."""
     identity: str | None = None
-    """The authenticated identity (a SPIFFE ID from the client certificate); None
-    until the security work authenticates streams."""
+    """The authenticated principal (a SPIFFE ID, from the client certificate or a
+    token; `xds_server.server.auth`); None when the server authenticates no one."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +79,7 @@ class ServerCallbacks(Protocol):
         ...
 
     def stream_refused(self, peer: str, reason: str, at: float) -> None:
-        """Refused before serving (`peer_limit`, `shutting_down`)."""
+        """Refused before serving (`peer_limit`, `shutting_down`, `unauthenticated`)."""
         ...
 
     def stream_failed(self, stream: StreamInfo, code: str, at: float) -> None:

@@ -27,6 +27,7 @@ import itertools
 import logging
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import replace
 from typing import Any, Protocol
 
 import grpc
@@ -35,6 +36,7 @@ from envoy.service.discovery.v3.discovery_pb2 import DeltaDiscoveryRequest, Disc
 
 from xds_server.cache import SnapshotCache
 from xds_server.resources import TYPES
+from xds_server.server.auth import AuthenticationError, NodeAuthorizer, StreamAuthenticator
 from xds_server.server.budget import NameBudget
 from xds_server.server.callbacks import (
     Fanout,
@@ -79,8 +81,14 @@ class AggregatedDiscoveryServer:
         metrics: ServerMetrics | None = None,
         limits: ServerLimits | None = None,
         clock: Callable[[], float] | None = None,
+        authenticator: StreamAuthenticator | None = None,
+        authorizer: NodeAuthorizer | None = None,
     ) -> None:
         self.cache = cache
+        self.authenticator = authenticator
+        """Proves who opened each stream; None serves every stream anonymously."""
+        self.authorizer = authorizer
+        """Checks the node and names an authenticated stream asks for."""
         self.observer = observer
         self.limits = limits if limits is not None else ServerLimits()
         self.metrics = metrics if metrics is not None else ServerMetrics()
@@ -124,6 +132,8 @@ class AggregatedDiscoveryServer:
         if self._streams_of_peer[peer] >= self.limits.max_streams_per_peer:
             await self._refuse(stream, peer)
             return
+        if self.authenticator is not None and not await self._authenticate(stream):
+            return
         self._streams_of_peer[peer] += 1
         if peer not in self._budgets:
             limits = self.limits
@@ -157,6 +167,21 @@ class AggregatedDiscoveryServer:
                 stream.context.add_done_callback(lambda _: self._peer_stream_ended(peer))
             else:
                 self._peer_stream_ended(peer)
+
+    async def _authenticate(self, stream: AdsStream[Any]) -> bool:
+        """Fill the stream's identity, or end it UNAUTHENTICATED."""
+        assert self.authenticator is not None
+        try:
+            identity = await self.authenticator.authenticate(stream.context)
+        except AuthenticationError as error:
+            self.callbacks.stream_refused(stream.context.peer(), "unauthenticated", self.now())
+            logger.warning("refusing ADS stream from %s: %s", stream.context.peer(), error)
+            await stream.context.abort(grpc.StatusCode.UNAUTHENTICATED, str(error))
+            return False
+        stream.identity = identity
+        stream.authorizer = self.authorizer
+        stream.info = replace(stream.info, identity=identity.principal)
+        return True
 
     async def _refuse(self, stream: AdsStream[Any], peer: str) -> None:
         limit = self.limits.max_streams_per_peer

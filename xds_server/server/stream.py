@@ -67,6 +67,7 @@ from google.protobuf.message import DecodeError
 
 from xds_server.cache import LayeredResources, Snapshot, SnapshotCache
 from xds_server.resources import PUSH_ORDER, SHORT_NAMES, TYPES, Resource
+from xds_server.server.auth import NodeAuthorizer, PeerIdentity
 from xds_server.server.callbacks import SentResponse, ServerCallbacks, StreamInfo
 from xds_server.server.limits import (
     MAX_NACK_MESSAGE_CHARS,
@@ -190,6 +191,10 @@ class AdsStream(abc.ABC, Generic[RequestT]):
         """Who is at the other end, as callbacks are told (the node id once known)."""
         self.node: Node | None = None
         self.node_id: str | None = None
+        self.identity: PeerIdentity | None = None
+        """Who proved to be at the other end (set by the servicer when it opens)."""
+        self.authorizer: NodeAuthorizer | None = None
+        """Checks the node claimed and the names asked for against `identity`."""
         self.connected_at = datetime.now(UTC)
         self.snapshot: Snapshot | None = None
         self.pushed_version: str | None = None
@@ -341,6 +346,7 @@ class AdsStream(abc.ABC, Generic[RequestT]):
                     grpc.StatusCode.INVALID_ARGUMENT,
                     "the first request on a stream must carry a node with an id",
                 )
+            self._authorize(node_id, self._authorizer_on_node(request.node))
             self.node = request.node
             self.node_id = node_id
             self.info = replace(self.info, node_id=node_id)
@@ -350,6 +356,26 @@ class AdsStream(abc.ABC, Generic[RequestT]):
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"node id changed on the stream from {shown(self.node_id)} to {shown(node_id)}",
             )
+
+    def _authorizer_on_node(self, node: Node) -> str | None:
+        if self.authorizer is None or self.identity is None:
+            return None
+        return self.authorizer.authorize_node(self.identity, node)
+
+    def _authorize(self, asked: str, denial: str | None) -> None:
+        """End the stream PERMISSION_DENIED if the authorizer gave a reason."""
+        if denial is None:
+            return
+        principal = self.identity.principal if self.identity is not None else "anonymous"
+        logger.warning(
+            "denied %s (node %s, identity %s) asking for %s: %s",
+            self.context.peer(),
+            self.node_id or "unknown",
+            principal,
+            clip(asked, MAX_SHOWN_CHARS),
+            denial,
+        )
+        raise ProtocolError(grpc.StatusCode.PERMISSION_DENIED, denial)
 
     def _accept(
         self, request: Any, version_info: str | None, names: int, subscribed: Sequence[str]
@@ -375,6 +401,13 @@ class AdsStream(abc.ABC, Generic[RequestT]):
         if found is None:
             return None
         state, _ = found
+        if self.authorizer is not None and self.identity is not None and self.node is not None:
+            denial = self.authorizer.authorize_names(
+                self.identity, self.node, state.type_url, subscribed
+            )
+            self._authorize(
+                f"{SHORT_NAMES.get(state.type_url, state.type_url)} {list(subscribed)}", denial
+            )
         self.host.callbacks.request_received(self.info, state.type_url, subscribed, self.host.now())
         error = request.error_detail if request.HasField("error_detail") else None
         self._record_reply(state, request.response_nonce, version_info, error)
