@@ -15,11 +15,19 @@ from typing import Any
 import grpc
 import pytest
 from ads_fakes import FakeStream, delta_request, request, secret, snapshot
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from envoy.config.core.v3.base_pb2 import Node
+from google.protobuf import struct_pb2
 from test_server_callbacks import Recorder
 
+from xds_server.ca import CertificateAuthority
 from xds_server.cache import SnapshotCache
+from xds_server.model import MeshSnapshot, Proxy, Workload
+from xds_server.node_metadata import metadata_of
 from xds_server.resources import SECRET
+from xds_server.security.authn import ClientCertificateAuthenticator
+from xds_server.security.guard import MeshNodeGuard
 from xds_server.server import AggregatedDiscoveryServer
 from xds_server.server.auth import (
     AuthenticationError,
@@ -166,3 +174,62 @@ def test_credentials_are_read_from_the_tls_connection_and_the_authorization_head
     assert bearer_token(Context({}, [("authorization", "Basic abc")])) is None
     assert bearer_token(Context({}, [("authorization", "Bearer ")])) is None
     assert bearer_token(Context({}, [])) is None
+
+
+# --- the mesh's implementations ----------------------------------------------
+
+
+def mesh_node(node_id: str, namespace: str, service_account: str) -> Node:
+    metadata = struct_pb2.Struct()
+    proxy = Proxy(node_id=node_id, namespace=namespace, service_account=service_account)
+    metadata.update(metadata_of(proxy))
+    return Node(id=node_id, metadata=metadata)
+
+
+def guard() -> MeshNodeGuard:
+    pod = Workload(namespace="shop", name="web-1", service_account="web")
+    return MeshNodeGuard("cluster.local", lambda: MeshSnapshot(workloads={("shop", "web-1"): pod}))
+
+
+WEB = PeerIdentity("spiffe://cluster.local/ns/shop/sa/web", "x509")
+
+
+def test_a_node_may_be_claimed_only_by_the_identity_its_pod_runs_as() -> None:
+    nodes = guard()
+    assert nodes.authorize_node(WEB, mesh_node("web-1.shop", "shop", "other")) is None
+    denial = nodes.authorize_node(
+        PeerIdentity("spiffe://cluster.local/ns/shop/sa/db", "x509"),
+        mesh_node("web-1.shop", "shop", "db"),  # the metadata lies; the Pod wins
+    )
+    assert denial == (
+        "spiffe://cluster.local/ns/shop/sa/db may not claim node web-1.shop, "
+        "whose workload runs as spiffe://cluster.local/ns/shop/sa/web"
+    )
+    # no Pod: the node's own namespace and service account
+    assert nodes.authorize_node(WEB, mesh_node("gw", "shop", "web")) is None
+    assert nodes.authorize_node(WEB, mesh_node("gw", "shop", "db")) is not None
+
+
+def test_only_the_shared_secret_names_may_be_asked_for() -> None:
+    nodes = guard()
+    node = mesh_node("web-1.shop", "shop", "web")
+    assert nodes.authorize_names(WEB, node, SECRET, ["default", "ROOTCA"]) is None
+    assert nodes.authorize_names(WEB, node, "type.googleapis.com/x.Cluster", ["any"]) is None
+    denial = nodes.authorize_names(WEB, node, SECRET, ["default", "db-key"])
+    assert denial is not None and "['db-key']" in denial
+
+
+async def test_the_client_certificates_spiffe_id_is_the_principal() -> None:
+    ca = CertificateAuthority.generate_root("cluster.local")
+    key = ec.generate_private_key(ec.SECP256R1())
+    svid = ca.issue_svid("shop", "web", key.public_key())
+    pem = svid.certificate.public_bytes(serialization.Encoding.PEM)
+    authn = ClientCertificateAuthenticator("cluster.local")
+    identity = await authn.authenticate(Context({"x509_pem_cert": [pem]}, []))
+    assert identity == PeerIdentity("spiffe://cluster.local/ns/shop/sa/web", "x509")
+    with pytest.raises(AuthenticationError, match="no client certificate"):
+        await authn.authenticate(Context({}, []))
+    with pytest.raises(AuthenticationError, match=r"under spiffe://other\.domain/"):
+        await ClientCertificateAuthenticator("other.domain").authenticate(
+            Context({"x509_pem_cert": [pem]}, [])
+        )
