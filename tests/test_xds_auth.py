@@ -15,6 +15,7 @@ from typing import Any
 import grpc
 import pytest
 from ads_fakes import FakeStream, delta_request, request, secret, snapshot
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from envoy.config.core.v3.base_pb2 import Node
@@ -28,6 +29,7 @@ from xds_server.node_metadata import metadata_of
 from xds_server.resources import SECRET
 from xds_server.security.authn import ClientCertificateAuthenticator
 from xds_server.security.guard import MeshNodeGuard
+from xds_server.security.xds_tls import issue_server_tls
 from xds_server.server import AggregatedDiscoveryServer
 from xds_server.server.auth import (
     AuthenticationError,
@@ -233,3 +235,15 @@ async def test_the_client_certificates_spiffe_id_is_the_principal() -> None:
         await ClientCertificateAuthenticator("other.domain").authenticate(
             Context({"x509_pem_cert": [pem]}, [])
         )
+
+
+def test_the_xds_server_presents_an_svid_of_its_own_identity() -> None:
+    ca = CertificateAuthority.generate_root("cluster.local")
+    tls = issue_server_tls(ca, "xds-system", b"roots")
+    leaf = x509.load_pem_x509_certificate(tls.chain_pem)
+    assert tls.spiffe_id == "spiffe://cluster.local/ns/xds-system/sa/xds-server"
+    san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.UniformResourceIdentifier) == [tls.spiffe_id]
+    key = serialization.load_pem_private_key(tls.key_pem, None)
+    assert key.public_key().public_numbers() == leaf.public_key().public_numbers()  # type: ignore[union-attr]
+    assert tls.credentials(require_client_auth=True) is not None

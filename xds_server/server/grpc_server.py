@@ -21,19 +21,26 @@ GRPC_OPTIONS: tuple[tuple[str, int], ...] = ServerLimits().grpc_options()
 
 
 def bind_grpc_server(
-    servicer: Any, address: str, limits: ServerLimits | None = None
+    servicer: Any,
+    address: str,
+    limits: ServerLimits | None = None,
+    credentials: grpc.ServerCredentials | None = None,
 ) -> tuple[grpc.aio.Server, int]:
     """A not-yet-started server for `servicer`, bound to `address`, and its port.
 
     `limits` default to the servicer's own (`AggregatedDiscoveryServer.limits`),
-    so the gRPC-level and stream-level bounds always agree.  The port is what
+    so the gRPC-level and stream-level bounds always agree.  With `credentials` the
+    port serves TLS (`grpc.ssl_server_credentials`), else plaintext.  The port is what
     `address` asked for, or the one the kernel chose for port 0.
     """
     if limits is None:
         limits = getattr(servicer, "limits", None) or ServerLimits()
     server = grpc.aio.server(options=limits.grpc_options())
     ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(servicer, server)
-    port = int(server.add_insecure_port(address))
+    if credentials is None:
+        port = int(server.add_insecure_port(address))
+    else:
+        port = int(server.add_secure_port(address, credentials))
     if port == 0:
         raise OSError(f"cannot bind the xDS server to {address}")
     return server, port
