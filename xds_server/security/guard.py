@@ -41,6 +41,8 @@ class MeshNodeGuard:
             expected = self.identity_of(node)
         except (NodeMetadataError, ValueError) as error:
             return f"node {node.id}: {error}"
+        if identity.pod is not None and _pod_of(node) != identity.pod:
+            return f"{identity.principal} is bound to Pod {identity.pod}, not node {node.id}"
         if identity.principal != expected:
             return (
                 f"{identity.principal} may not claim node {node.id}, "
@@ -60,3 +62,9 @@ class MeshNodeGuard:
                 f"{sorted(SECRET_NAMES)}, not {foreign}"
             )
         return None
+
+
+def _pod_of(node: Node) -> str:
+    """`namespace/name` of the Pod a node id (`POD.NAMESPACE`) names."""
+    name, _, namespace = node.id.rpartition(".")
+    return f"{namespace}/{name}"

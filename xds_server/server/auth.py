@@ -27,6 +27,8 @@ class PeerIdentity:
     principal: str
     method: str
     """`x509` (a client certificate) or `token` (a bearer token), for logs and views."""
+    pod: str | None = None
+    """`namespace/name` of the Pod the credential is bound to, when it says (a token)."""
 
 
 class AuthenticationError(Exception):
