@@ -22,10 +22,24 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 )
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from test_peer_authentication import policy
-from translate_builders import http, mesh, proxy, representative_objects, service, tcp
+from translate_builders import (
+    endpoint,
+    endpoint_slice,
+    http,
+    mesh,
+    proxy,
+    representative_objects,
+    service,
+    tcp,
+)
 
+from xds_server.model import Kind, Workload
+from xds_server.model.peer_authentication import TLS_MODE_LABEL as LABEL
+from xds_server.model.peer_authentication import mtls_endpoints
+from xds_server.model.policy import ROOT_NAMESPACE
 from xds_server.model.security import PeerAuthentication, WorkloadCertificate
-from xds_server.translate import proxy_listeners
+from xds_server.pipeline.generators import service_reads
+from xds_server.translate import clusters_for_service, load_assignments_for_service, proxy_listeners
 
 WEB = service("web", http(80, target=8080), tcp(5432), selector={"app": "web"})
 SIDECAR = proxy("web-1", labels={"app": "web"}, ip="127.0.0.2", workload="web-1")
@@ -170,3 +184,51 @@ def test_envoy_accepts_every_mode(tmp_path: Path) -> None:
         objects = [*representative_objects(), CERT, mode_policy(mode, {"8080": "DISABLE"})]
         for sidecar in (SIDECAR, CAPTURED):
             validate(as_served(mesh(*objects), sidecar), tmp_path)
+
+
+# -- outbound auto-mTLS ------------------------------------------------------------------
+
+MESHED = Workload(namespace="default", name="web-1", labels=(("app", "web"), (LABEL, "mtls")),
+                  ip="10.0.0.1")  # fmt: skip
+PLAIN = Workload(namespace="default", name="plain-1", labels=(("app", "web"),), ip="10.0.0.2")
+
+
+def test_only_sidecar_endpoints_not_disabled_take_mtls() -> None:
+    eps = endpoint_slice(
+        WEB, endpoint("10.0.0.1"), endpoint("10.0.0.2"), endpoint("10.0.0.3", pod="web-1")
+    )
+    assert mtls_endpoints(mesh(WEB, eps, MESHED, PLAIN), (eps,)) == {
+        ("10.0.0.1", 8080), ("10.0.0.1", 5432), ("10.0.0.3", 8080), ("10.0.0.3", 5432),
+    }  # fmt: skip
+    disabled = mode_policy("STRICT", {"5432": "DISABLE"})
+    assert mtls_endpoints(mesh(WEB, eps, MESHED, disabled), (eps,)) == {
+        ("10.0.0.1", 8080), ("10.0.0.3", 8080),
+    }  # fmt: skip
+
+
+def test_clusters_select_mtls_by_endpoint_metadata() -> None:
+    (cluster, _) = clusters_for_service(WEB)
+    (match,) = cluster.transport_socket_matches
+    assert dict(match.match) == {"tlsMode": "mtls"}
+    context = tls_pb2.UpstreamTlsContext()
+    assert match.transport_socket.typed_config.Unpack(context)
+    common = context.common_tls_context
+    assert [s.name for s in common.tls_certificate_sds_secret_configs] == ["default"]
+    assert common.combined_validation_context.validation_context_sds_secret_config.name == "ROOTCA"
+    assert not cluster.HasField("transport_socket")  # the rest: plaintext
+    eps = endpoint_slice(WEB, endpoint("10.0.0.1"), endpoint("10.0.0.2"))
+    (http_cla, _) = load_assignments_for_service(WEB, (eps,), frozenset({("10.0.0.1", 8080)}))
+    tagged = {
+        e.endpoint.address.socket_address.address: dict(
+            e.metadata.filter_metadata.get("envoy.transport_socket_match", {})
+        )
+        for e in http_cla.endpoints[0].lb_endpoints
+    }
+    assert tagged == {"10.0.0.1": {"tlsMode": "mtls"}, "10.0.0.2": {}}
+
+
+def test_the_service_generator_declares_pod_and_policy_reads() -> None:
+    reads = service_reads(("default", "web"), ROOT_NAMESPACE)
+    assert ("ns", Kind.WORKLOAD, "default") in reads
+    assert ("ns", Kind.PEER_AUTHENTICATION, "default") in reads
+    assert ("ns", Kind.PEER_AUTHENTICATION, ROOT_NAMESPACE) in reads

@@ -34,6 +34,7 @@ from xds_server.inject.sidecar import (
     injected_init_containers,
     injected_volumes,
 )
+from xds_server.model.peer_authentication import TLS_MODE_LABEL
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +100,11 @@ def injection_patch(pod: Mapping[str, Any], config: InjectionConfig) -> tuple[Js
         ops.append(_add("/metadata/annotations", {STATUS_ANNOTATION: status_annotation()}))
     else:
         ops.append(_add(f"/metadata/annotations/{_escape(STATUS_ANNOTATION)}", status_annotation()))
+    # The sidecar accepts mutual TLS: clients' endpoints for this Pod select it.
+    if metadata is None or metadata.get("labels") is None:
+        ops.append(_add("/metadata/labels", {TLS_MODE_LABEL: "mtls"}))
+    else:
+        ops.append(_add(f"/metadata/labels/{_escape(TLS_MODE_LABEL)}", "mtls"))
     containers = injected_init_containers(config)
     if spec.get("initContainers") is None:
         ops.append(_add("/spec/initContainers", containers))

@@ -24,18 +24,24 @@ from xds_server.model.changes import Kind, ObjectKey
 from xds_server.model.mesh import MeshSnapshot
 from xds_server.model.security import PeerAuthentication, selects
 from xds_server.model.status_conditions import ACCEPTED, REASON_ACCEPTED, Condition, ObjectStatus
-from xds_server.model.types import Labels
+from xds_server.model.types import EndpointSlice, Labels, Workload
 from xds_server.policy_api import peer_authentication_pb2 as pa_pb2
 
 __all__ = [
+    "TLS_MODE_LABEL",
     "MtlsMode",
     "WorkloadMtls",
+    "mtls_endpoints",
     "peer_authentication_status",
     "spec_of",
     "workload_mtls",
 ]
 
 _Mode = pa_pb2.PeerAuthenticationMtls.Mode
+
+TLS_MODE_LABEL = "security.xds-server.io/tlsMode"
+"""The Pod label (value `mtls`) that says a sidecar runs beside the app: the injector
+sets it, file-mode manifests declare it.  Only such endpoints are called over mTLS."""
 
 
 class MtlsMode(enum.Enum):
@@ -128,3 +134,34 @@ def peer_authentication_status(policy: PeerAuthentication, mesh: MeshSnapshot) -
     )
     key = ObjectKey(Kind.PEER_AUTHENTICATION, policy.namespace, policy.name)
     return ObjectStatus(key, policy.generation, (condition,), origin=policy.origin)
+
+
+def mtls_endpoints(
+    mesh: MeshSnapshot, slices: tuple[EndpointSlice, ...]
+) -> frozenset[tuple[str, int]]:
+    """The (address, port) endpoints of `slices` that accept mutual TLS.
+
+    An endpoint does when its Pod (`target_pod`, else the Pod of its address
+    in the slice's namespace) carries `TLS_MODE_LABEL: mtls` and its
+    PeerAuthentication mode on that container port is not DISABLE.  Clients
+    call every other endpoint in plaintext, so an app without a sidecar keeps
+    working.  The service generator declares the reads: the Pods and
+    PeerAuthentications of the slices' namespaces and of the root namespace.
+    """
+    found: set[tuple[str, int]] = set()
+    for eps in slices:
+        by_ip: dict[str, Workload] = {}
+        for (namespace, _), workload in sorted(mesh.workloads.items()):
+            if namespace == eps.namespace and workload.ip:
+                by_ip.setdefault(workload.ip, workload)
+        for endpoint in eps.endpoints:
+            for address in endpoint.addresses:
+                pod = mesh.workloads.get((eps.namespace, endpoint.target_pod or ""))
+                pod = pod or by_ip.get(address)
+                if pod is None or dict(pod.labels).get(TLS_MODE_LABEL) != "mtls":
+                    continue
+                peer = workload_mtls(mesh, pod.namespace, pod.labels)
+                for port in eps.ports:
+                    if port.port and peer.mode(port.port) is not MtlsMode.DISABLE:
+                        found.add((address, port.port))
+    return frozenset(found)

@@ -34,6 +34,7 @@ from xds_server import translate
 from xds_server.cache import ResourceSet
 from xds_server.model import EndpointSlice, Kind, MeshSnapshot, ObjectKey, Proxy, Service
 from xds_server.model.mesh import NamespacedName
+from xds_server.model.peer_authentication import mtls_endpoints
 from xds_server.model.policy import Attachment, BackendPolicy
 from xds_server.pipeline.deps import Unit
 from xds_server.pipeline.provenance import Provenance
@@ -97,7 +98,12 @@ ServiceResources = tuple[list[Resource], list[Resource]]
 """A Service's outbound clusters and load assignments."""
 Memo = dict[
     NamespacedName,
-    tuple[Service, tuple[EndpointSlice, ...], Attachment | None, ServiceResources],
+    tuple[
+        Service,
+        tuple[EndpointSlice, ...],
+        tuple[Attachment | None, frozenset[tuple[str, int]]],
+        ServiceResources,
+    ],
 ]
 """Service translations already made for this batch, reused by its later rounds."""
 
@@ -151,14 +157,20 @@ Service (`reads.route_policies`): a policy that shapes clusters only rebuilds no
 
 
 def service_reads(key: NamespacedName, root_namespace: str) -> frozenset[Fact]:
-    """What a Service's clusters and load assignments read: it, its slices, and the
-    BackendPolicies that may govern it (its namespace's and the root namespace's)."""
+    """What a Service's clusters and load assignments read: it, its slices, the
+    BackendPolicies that may govern it (its namespace's and the root namespace's),
+    and, for which endpoints take mTLS (`mtls_endpoints`), the Pods of its
+    namespace (slices hold the namespace's Pods) and the PeerAuthentications
+    that may govern them."""
     return frozenset(
         {
             object_fact(ObjectKey(Kind.SERVICE, *key)),
             slices_fact(*key),
             ("ns", Kind.BACKEND_POLICY, key[0]),
             ("ns", Kind.BACKEND_POLICY, root_namespace),
+            ("ns", Kind.WORKLOAD, key[0]),
+            ("ns", Kind.PEER_AUTHENTICATION, key[0]),
+            ("ns", Kind.PEER_AUTHENTICATION, root_namespace),
         }
     )
 
@@ -195,6 +207,7 @@ def translate_service(
     slices: tuple[EndpointSlice, ...],
     provenance: Provenance,
     attachment: Attachment | None = None,
+    mtls: frozenset[tuple[str, int]] = frozenset(),
 ) -> ServiceResources:
     """A Service's outbound clusters and load assignments, serialized.
 
@@ -206,7 +219,10 @@ def translate_service(
     sources = provenance.refs_of([service, *slices])
     return (
         _resources(translate.clusters_for_service(service, policy), provenance),
-        [_checked(m, sources) for m in translate.load_assignments_for_service(service, slices)]
+        [
+            _checked(m, sources)
+            for m in translate.load_assignments_for_service(service, slices, mtls)
+        ]
         + _zone_variants(service, slices, policy, provenance),
     )
 
@@ -235,15 +251,16 @@ def service_resources(
     if service is None:
         return [], []
     attachment = mesh.backend_policy_for(service)
+    mtls = mtls_endpoints(mesh, slices)
     known = memo.get(key)
     if (
         known is not None
         and known[0] is service
         and all(a is b for a, b in zip(known[1], slices, strict=False))
         and len(known[1]) == len(slices)
-        and known[2] == attachment
+        and known[2] == (attachment, mtls)
     ):
         return known[3]
-    resources = translate_service(service, slices, provenance, attachment)
-    memo[key] = (service, slices, attachment, resources)
+    resources = translate_service(service, slices, provenance, attachment, mtls)
+    memo[key] = (service, slices, (attachment, mtls), resources)
     return resources

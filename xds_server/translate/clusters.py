@@ -43,6 +43,7 @@ from xds_server.translate.core import ads_config_source, packed, seconds
 from xds_server.translate.endpoints import static_load_assignment
 from xds_server.translate.inbound import inbound_ports
 from xds_server.translate.locality import caller_clusters
+from xds_server.translate.mtls import upstream_mtls_socket
 from xds_server.translate.naming import (
     BLACKHOLE_CLUSTER,
     INBOUND_PASSTHROUGH_CLUSTER,
@@ -81,6 +82,10 @@ def clusters_for_service(
         cluster = _cluster(cluster_name(service, port), port.mesh_protocol)
         cluster.type = cluster_pb2.Cluster.EDS
         cluster.eds_cluster_config.eds_config.CopyFrom(ads_config_source())
+        # Endpoints of sidecars that accept mTLS say so in their metadata (`endpoints`).
+        cluster.transport_socket_matches.add(
+            name="tlsMode-mtls", transport_socket=upstream_mtls_socket()
+        ).match.update({"tlsMode": "mtls"})
         if policy is not None:  # the policy's sections replace the defaults they set
             apply_backend_policy(cluster, policy.spec(), port.mesh_protocol, policy_name(policy))
         stamp_sources(cluster, sources)

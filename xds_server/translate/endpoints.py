@@ -26,16 +26,25 @@ from xds_server.translate.naming import cluster_name, mesh_ports
 logger = logging.getLogger(__name__)
 
 IP_ADDRESS_TYPES = frozenset({"IPv4", "IPv6"})
+TRANSPORT_SOCKET_MATCH = "envoy.transport_socket_match"
+"""The endpoint metadata a cluster's `transport_socket_matches` select on."""
 
 _IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 HostPort = tuple[_IpAddress, int]
 
 
 def load_assignments_for_service(
-    service: Service, slices: Sequence[EndpointSlice]
+    service: Service,
+    slices: Sequence[EndpointSlice],
+    mtls: frozenset[tuple[str, int]] = frozenset(),
 ) -> list[endpoint_pb2.ClusterLoadAssignment]:
-    """One CLA per meshed Service port, even with no endpoints, so no EDS cluster dangles."""
-    return [_load_assignment(name, by_zone) for name, by_zone in zone_hosts(service, slices)]
+    """One CLA per meshed Service port, even with no endpoints, so no EDS cluster dangles.
+
+    Endpoints in `mtls` (sidecars accepting it: `model.peer_authentication.mtls_endpoints`)
+    carry `envoy.transport_socket_match: {tlsMode: mtls}`, which selects the
+    cluster's mTLS transport socket (`clusters`); the rest are called in plaintext.
+    """
+    return [_load_assignment(name, by_zone, mtls) for name, by_zone in zone_hosts(service, slices)]
 
 
 def zone_hosts(
@@ -101,26 +110,35 @@ def _parse_ip(address: str, eps: EndpointSlice) -> _IpAddress | None:
 
 
 def _load_assignment(
-    name: str, by_zone: dict[str, set[HostPort]]
+    name: str, by_zone: dict[str, set[HostPort]], mtls: frozenset[tuple[str, int]]
 ) -> endpoint_pb2.ClusterLoadAssignment:
-    localities = [locality_lb_endpoints(zone, by_zone[zone]) for zone in sorted(by_zone)]
+    localities = [locality_lb_endpoints(zone, by_zone[zone], mtls=mtls) for zone in sorted(by_zone)]
     return endpoint_pb2.ClusterLoadAssignment(cluster_name=name, endpoints=localities)
 
 
 def locality_lb_endpoints(
-    zone: str, hosts: set[HostPort], priority: int = 0
+    zone: str,
+    hosts: set[HostPort],
+    priority: int = 0,
+    mtls: frozenset[tuple[str, int]] = frozenset(),
 ) -> endpoint_components_pb2.LocalityLbEndpoints:
     """One zone's hosts, sorted, as a locality ("" : none) at `priority`."""
     ordered = sorted(hosts, key=lambda hp: (hp[0].version, hp[0], hp[1]))
     locality = endpoint_components_pb2.LocalityLbEndpoints(
-        lb_endpoints=[_lb_endpoint(str(ip), target) for ip, target in ordered], priority=priority
+        lb_endpoints=[
+            _lb_endpoint(str(ip), target, (str(ip), target) in mtls) for ip, target in ordered
+        ],
+        priority=priority,
     )
     if zone:
         locality.locality.CopyFrom(base_pb2.Locality(zone=zone))
     return locality
 
 
-def _lb_endpoint(ip: str, port: int) -> endpoint_components_pb2.LbEndpoint:
-    return endpoint_components_pb2.LbEndpoint(
+def _lb_endpoint(ip: str, port: int, mtls: bool = False) -> endpoint_components_pb2.LbEndpoint:
+    endpoint = endpoint_components_pb2.LbEndpoint(
         endpoint=endpoint_components_pb2.Endpoint(address=socket_address(ip, port))
     )
+    if mtls:
+        endpoint.metadata.filter_metadata[TRANSPORT_SOCKET_MATCH].update({"tlsMode": "mtls"})
+    return endpoint
