@@ -76,10 +76,13 @@ ObjectName = tuple[str, str]
 SERVICES: ResourceKey = ("", "v1", "services")
 PODS: ResourceKey = ("", "v1", "pods")
 ENDPOINT_SLICES: ResourceKey = ("discovery.k8s.io", "v1", "endpointslices")
+SECRETS: ResourceKey = ("", "v1", "secrets")
+"""The control plane keeps its root CA in one (`security.ca_store`)."""
 KINDS: dict[ResourceKey, str] = {
     SERVICES: "Service",
     PODS: "Pod",
     ENDPOINT_SLICES: "EndpointSlice",
+    SECRETS: "Secret",
 }
 HTTP_ROUTES: ResourceKey = ("gateway.networking.k8s.io", "v1", "httproutes")
 GRPC_ROUTES: ResourceKey = ("gateway.networking.k8s.io", "v1", "grpcroutes")

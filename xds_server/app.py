@@ -349,6 +349,8 @@ class ControlPlane:
 
         Raises `StartupError` if the control plane cannot start; nothing is served then.
         """
+        if self.settings.source_kind == SOURCE_KUBERNETES:
+            await asyncio.to_thread(self.load_issuer)  # the Secret's API calls: off the loop
         grpc_server = self._start_up()
         await grpc_server.start()
         self.xds_serving = True
