@@ -350,7 +350,13 @@ async def test_a_rejected_cluster_shows_nacked_in_status_and_its_json_round_trip
     assert cds.last_nack is not None and cds.last_nack.resources == [REJECTED_CLUSTER]
     assert result.returncode == 0, result.stderr
     statuses = {r["TYPE"]: r["STATUS"] for r in table_rows(result.stdout)}
-    assert statuses == {"CDS": "NACKED", "EDS": "SYNCED", "LDS": "SYNCED", "RDS": "SYNCED"}
+    assert statuses == {
+        "CDS": "NACKED",
+        "EDS": "SYNCED",
+        "LDS": "SYNCED",
+        "RDS": "SYNCED",
+        "SDS": "SYNCED",  # its certificate and the trust roots
+    }
     assert sidecar.node_id in result.stdout
 
 
