@@ -57,7 +57,10 @@ def endpoints() -> dict:
         for host in status.get("host_statuses", []):
             address = host["address"]["socket_address"]
             found.append(f"{address['address']}:{address['port_value']}")
-    return {"clusters": [status["name"] for status in backend_clusters()], "endpoints": sorted(found)}
+    return {
+        "clusters": [status["name"] for status in backend_clusters()],
+        "endpoints": sorted(found),
+    }
 
 
 def main(argv: list[str]) -> None:

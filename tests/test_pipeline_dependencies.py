@@ -493,3 +493,20 @@ def test_proxies_of_one_shape_share_their_index_entries_and_leave_nothing_behind
     assert [unit for unit in index.units() if unit[0] != "service"] == []
     assert not any(unit[0] == "proxy" for _, units in index._holders.values() for unit in units)
     assert all(index._holders.get(reads) for groups in index._readers.values() for reads in groups)
+
+
+def test_a_view_first_computed_by_a_tracked_reader_records_only_the_view() -> None:
+    """The view's own scan of every Service is not the reader's: a proxy that reads
+    `tcp_port_owners` depends on its value, not on each Service (else any Service
+    change would re-translate every proxy that happened to compute it first)."""
+    from xds_server.model import MeshSnapshot, Service, ServicePort
+    from xds_server.pipeline.reads import TrackedMesh
+    from xds_server.translate.listeners import tcp_port_owners
+
+    mesh = MeshSnapshot(
+        services={("shop", "db"): Service("shop", "db", (ServicePort(5432, "tcp-db"),))}
+    )
+    reads: set[tuple[object, ...]] = set()
+    owners = tcp_port_owners(TrackedMesh(mesh, reads))
+    assert [port for port, _ in owners] == [5432]
+    assert reads == {("view", "tcp_port_owners")}

@@ -203,8 +203,15 @@ class TrackedMesh(MeshSnapshot):
             for kind in VIEW_KINDS.get(key, frozenset(Kind)):
                 self.reads.add(("all", kind))
         # Computed on the plain snapshot: the view's own reads are not this reader's.
+        # `compute` may close over this tracked mesh (`lambda: view(mesh)`), so its
+        # reads go to a throwaway set while it runs.
         untracked: MeshSnapshot = self.__dict__["_untracked"]
-        return untracked.derive(key, compute)
+        reads = self.reads
+        object.__setattr__(self, "_reads", set())
+        try:
+            return untracked.derive(key, compute)
+        finally:
+            object.__setattr__(self, "_reads", reads)
 
     def service(self, namespace: str, name: str) -> Service | None:
         self.reads.add(("obj", Kind.SERVICE, namespace, name))
