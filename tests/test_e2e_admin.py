@@ -43,7 +43,8 @@ pytestmark = [pytest.mark.envoy, pytest.mark.timeout(120)]
 
 BACKEND = "127.0.33.1"
 BACKEND_CLUSTER = f"outbound|{SERVICE_PORT}||backend.default.svc.cluster.local"
-XDS_TYPES = ("CDS", "EDS", "LDS", "RDS")
+XDS_TYPES = ("CDS", "EDS", "LDS", "RDS", "SDS")
+"""Every proxy is served SDS too: its identity's certificate and the trust roots."""
 
 
 @dataclass
@@ -100,7 +101,7 @@ async def wait_synced(admin: Admin, sidecar: Sidecar) -> dict[str, Any]:
             return None
         return row
 
-    row: dict[str, Any] = await eventually(synced, within=10, message="CDS/EDS/LDS/RDS SYNCED")
+    row: dict[str, Any] = await eventually(synced, within=10, message="CDS/EDS/LDS/RDS/SDS SYNCED")
     return row
 
 
@@ -204,10 +205,10 @@ async def test_an_object_whose_translation_raises_costs_only_that_object(
     await wait_synced(admin, sidecar)
     original = translate.load_assignments_for_service
 
-    def failing(service: Service, slices: Any) -> Any:
+    def failing(service: Service, slices: Any, *args: Any) -> Any:
         if any(POISON in e.addresses for eps in slices for e in eps.endpoints):
             raise ValueError(f"injected: cannot translate {POISON}")
-        return original(service, slices)
+        return original(service, slices, *args)
 
     monkeypatch.setattr(translate, "load_assignments_for_service", failing)
     echo_port = free_port()
