@@ -62,6 +62,10 @@ def static_resources(
     clusters = []
     for resource in snapshot.get(CLUSTER).values():
         cluster = _as(cluster_pb2.Cluster, unpack(resource))
+        # Auto-mTLS reads its certificates over SDS from the control plane, which a
+        # static bootstrap has none of (and Envoy crashes on a static cluster that
+        # asks ADS for a Secret); the baseline's endpoints are plaintext anyway.
+        cluster.ClearField("transport_socket_matches")
         if cluster.type == cluster_pb2.Cluster.EDS:
             name = cluster.eds_cluster_config.service_name or cluster.name
             cluster.type = cluster_pb2.Cluster.STATIC
