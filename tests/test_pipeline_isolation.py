@@ -324,18 +324,23 @@ def test_a_proxy_whose_own_translation_raises_keeps_its_snapshot_and_the_others_
 
     monkeypatch.setattr(translate, "proxy_listeners", failing_for_client)
 
-    builder.apply(changes(service("extra")))
+    # A new TCP port is one the client's own listeners read (its outbound TCP
+    # listeners), so the change re-translates it.
+    extra = Service("default", "extra", (ServicePort(5432, "tcp-db"),))
+    builder.apply(changes(extra))
 
     assert snapshot_of(cache, CLIENT) is before
     assert "injected failure for the client" in (builder.proxy_error(CLIENT.node_id) or "")
-    assert cluster("extra") in snapshot_of(cache, WEB_POD).get(CLUSTER)
+    assert cluster("extra", 5432) in snapshot_of(cache, WEB_POD).get(CLUSTER)
     assert builder.translation_errors() == []  # no object is to blame
 
     monkeypatch.undo()
     builder.apply(changes(service("more")))
 
     assert builder.proxy_error(CLIENT.node_id) is None
-    assert {cluster("extra"), cluster("more")} <= snapshot_of(cache, CLIENT).get(CLUSTER).keys()
+    assert {cluster("extra", 5432), cluster("more")} <= snapshot_of(cache, CLIENT).get(
+        CLUSTER
+    ).keys()
 
 
 # -- the pipeline: start-up and the loop ------------------------------------------------------
