@@ -254,11 +254,12 @@ async def test_a_delay_holds_about_the_configured_share_for_the_configured_time(
         before = await mesh.counter(f"http.inbound_{mesh.port}.fault.delays_injected")
         answers = await burst(mesh, 60)
         assert {a.status for a in answers} == {200}
-        # Latencies fall in two groups: at least the delay, or well under it.
-        delayed = [a for a in answers if a.seconds >= DELAY_SECONDS * 0.95]
-        prompt = [a for a in answers if a.seconds < DELAY_SECONDS * 0.95]
+        # Latencies fall in two groups: at least the delay, or well under it.  The
+        # split is at the delay itself (a delayed request cannot take less), and the
+        # count of those at or over it must match Envoy's own count of delays.
+        delayed = [a for a in answers if a.seconds >= DELAY_SECONDS]
+        prompt = [a for a in answers if a.seconds < DELAY_SECONDS]
         assert within_binomial(len(delayed), len(answers), DELAY_SHARE), len(delayed)
-        assert all(a.seconds >= DELAY_SECONDS for a in delayed)
         assert sorted(a.seconds for a in prompt)[len(prompt) // 2] < DELAY_SECONDS / 2
         # Every request still reached the app, through the target's sidecar.
         assert {a.inbound_node() for a in answers} == {BACKEND_NODE}
