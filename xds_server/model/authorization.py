@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from xds_server.model.changes import Kind, ObjectKey
 from xds_server.model.mesh import MeshSnapshot
-from xds_server.model.security import AuthorizationPolicy, selects
+from xds_server.model.security import AuthorizationPolicy, governed_scope, selects
 from xds_server.model.status_conditions import (
     ACCEPTED,
     REASON_ACCEPTED,
@@ -112,13 +112,7 @@ def workload_authorization(
 
 def authorization_policy_status(policy: AuthorizationPolicy, mesh: MeshSnapshot) -> ObjectStatus:
     """Accepted (it was read, so it is valid), saying which workloads it governs."""
-    if policy.selector:
-        shown = ",".join(f"{key}={value}" for key, value in policy.selector)
-        scope = f"governs the workloads of {policy.namespace} labelled {shown}"
-    elif policy.namespace == mesh.root_namespace:
-        scope = "governs every workload of the mesh (root namespace, no selector)"
-    else:
-        scope = f"governs every workload of {policy.namespace}"
+    scope = governed_scope(policy, mesh.root_namespace)
     action = authz_pb2.AuthorizationPolicySpec.Action.Name(
         int(spec_of(policy).action) or Action.ALLOW
     )

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from xds_server.model.changes import Kind, ObjectKey
 from xds_server.model.mesh import MeshSnapshot
-from xds_server.model.security import PeerAuthentication, selects
+from xds_server.model.security import PeerAuthentication, governed_scope, selects
 from xds_server.model.status_conditions import ACCEPTED, REASON_ACCEPTED, Condition, ObjectStatus
 from xds_server.model.types import EndpointSlice, Labels, Workload
 from xds_server.policy_api import peer_authentication_pb2 as pa_pb2
@@ -116,13 +116,7 @@ def workload_mtls(mesh: MeshSnapshot, namespace: str, labels: Labels) -> Workloa
 
 def peer_authentication_status(policy: PeerAuthentication, mesh: MeshSnapshot) -> ObjectStatus:
     """Accepted (it was read, so it is valid), saying its mode and which workloads it governs."""
-    if policy.selector:
-        shown = ",".join(f"{key}={value}" for key, value in policy.selector)
-        scope = f"governs the workloads of {policy.namespace} labelled {shown}"
-    elif policy.namespace == mesh.root_namespace:
-        scope = "governs every workload of the mesh (root namespace, no selector)"
-    else:
-        scope = f"governs every workload of {policy.namespace}"
+    scope = governed_scope(policy, mesh.root_namespace)
     spec = spec_of(policy)
     mode = pa_pb2.PeerAuthenticationMtls.Mode.Name(spec.mtls.mode)
     ports = "".join(

@@ -103,3 +103,13 @@ def selects(selector: Labels | None, labels: Labels) -> bool:
         return True
     have = dict(labels)
     return all(have.get(key) == value for key, value in selector)
+
+
+def governed_scope(policy: PeerAuthentication | AuthorizationPolicy, root_namespace: str) -> str:
+    """Which workloads a security policy governs, in words (its Accepted message)."""
+    if policy.selector:
+        shown = ",".join(f"{key}={value}" for key, value in policy.selector)
+        return f"governs the workloads of {policy.namespace} labelled {shown}"
+    if policy.namespace == root_namespace:
+        return "governs every workload of the mesh (root namespace, no selector)"
+    return f"governs every workload of {policy.namespace}"
