@@ -86,6 +86,9 @@ class SecuritySettings:
     projected ServiceAccount tokens proxies present in Kubernetes mode.
     `admin_token_file` holds the bearer token the admin API's state-changing
     endpoints require (generated there, mode 0600, when missing).
+    `root_poll_seconds` is how often each replica reads the root's store to
+    adopt a root rotation another replica began (0: never, one replica only);
+    a rotation's certificates move to the new root that much later.
     """
 
     trust_domain: str = "cluster.local"
@@ -98,6 +101,7 @@ class SecuritySettings:
     insecure_xds: bool = False
     token_audience: str = "xds-server"
     admin_token_file: Path = Path(".xds-server/admin-token")
+    root_poll_seconds: float = 2.0
 
 
 SOURCE_KUBERNETES = "kubernetes"

@@ -2,13 +2,16 @@
 
 `KubernetesRootStore.load` reads Secret `ca_secret` in `ca_namespace` (keys
 `root-cert.pem`, `root-key.pem`, and during a rotation's overlap
-`previous-root-cert.pem` with `previous-root-until`); when it does not exist,
+`previous-root-cert.pem` with `previous-root-until` and `root-reissue-at`);
+when it does not exist,
 a new root is generated and the Secret created with it.  Two replicas
 starting at once both generate, one create wins, the other gets 409 Conflict
 and reads (and uses) the winner's root.  Rotations replace the Secret at the
 resourceVersion read, so a concurrent writer's 409 is an error naming the
-Secret, never a silent overwrite.  Synchronous (the official client): the
-issuer calls it at start-up and in a worker thread.
+Secret, never a silent overwrite; ending an overlap is idempotent (every
+replica ends it, the first one wins, and a newer rotation is left alone).
+`read` (what each replica polls) is one GET and never writes.  Synchronous
+(the official client): the issuer calls it at start-up and in a worker thread.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ CERT_KEY = "root-cert.pem"
 KEY_KEY = "root-key.pem"
 PREVIOUS_KEY = "previous-root-cert.pem"
 PREVIOUS_UNTIL_KEY = "previous-root-until"
+REISSUE_AT_KEY = "root-reissue-at"
+_OVERLAP_KEYS = (PREVIOUS_KEY, PREVIOUS_UNTIL_KEY, REISSUE_AT_KEY)
 
 
 class KubernetesRootStore:
@@ -68,6 +73,14 @@ class KubernetesRootStore:
             data = self._read()  # another replica won: use its root
             if data is None:
                 raise ValueError(f"{self.shown} vanished while it was being created")
+        stored = self._stored(data)
+        logger.info("loaded the root CA from %s", self.shown)
+        return stored
+
+    def read(self) -> StoredRoot | None:
+        data = self._read()
+        if data is None or not data.get(CERT_KEY):
+            return None
         return self._stored(data)
 
     def _stored(self, data: dict[str, bytes]) -> StoredRoot:
@@ -81,15 +94,15 @@ class KubernetesRootStore:
             )
         except ValueError as error:
             raise ValueError(f"{self.shown}: {error}") from None
-        logger.info("loaded the root CA from %s", self.shown)
         previous = data.get(PREVIOUS_KEY)
         if not previous:
             return StoredRoot(authority)
-        try:
-            until = float(data.get(PREVIOUS_UNTIL_KEY, b"0").decode())
-        except ValueError:
-            until = 0.0
-        return StoredRoot(authority, x509.load_pem_x509_certificate(previous), until)
+        return StoredRoot(
+            authority,
+            x509.load_pem_x509_certificate(previous),
+            _epoch(data.get(PREVIOUS_UNTIL_KEY)),
+            _epoch(data.get(REISSUE_AT_KEY)),
+        )
 
     def _create(self, authority: CertificateAuthority, *, exists: bool) -> bool:
         """Create (or, when it exists empty, fill) the Secret; False if another replica won."""
@@ -112,7 +125,11 @@ class KubernetesRootStore:
         return True
 
     def begin_rotation(
-        self, new: CertificateAuthority, previous: x509.Certificate, until: float
+        self,
+        new: CertificateAuthority,
+        previous: x509.Certificate,
+        until: float,
+        reissue_at: float = 0.0,
     ) -> None:
         cert_pem, key_pem = new.root_pem_for_storage()
         self._replace(
@@ -121,16 +138,23 @@ class KubernetesRootStore:
                 KEY_KEY: key_pem,
                 PREVIOUS_KEY: certificate_pem(previous),
                 PREVIOUS_UNTIL_KEY: f"{until:.3f}".encode(),
+                REISSUE_AT_KEY: f"{reissue_at:.3f}".encode(),
             }
         )
 
-    def end_rotation(self) -> None:
-        data = self._read()
-        if data is None:
-            raise ValueError(f"{self.shown} is gone")
-        self._replace(
-            {k: v for k, v in data.items() if k not in (PREVIOUS_KEY, PREVIOUS_UNTIL_KEY)}
-        )
+    def end_rotation(self, previous: x509.Certificate | None = None) -> None:
+        for _ in range(3):  # another replica ending it at the same time: read again
+            data = self._read()
+            if data is None:
+                raise ValueError(f"{self.shown} is gone")
+            stored = data.get(PREVIOUS_KEY)
+            if not stored or (previous is not None and stored != certificate_pem(previous)):
+                return  # ended already, or a newer rotation's overlap
+            try:
+                self._replace({k: v for k, v in data.items() if k not in _OVERLAP_KEYS})
+            except ValueError:
+                continue
+            return
 
     def _replace(self, data: dict[str, bytes]) -> None:
         from kubernetes.client.exceptions import ApiException
@@ -165,3 +189,11 @@ class KubernetesRootStore:
             ),
             data={key: base64.b64encode(value).decode("ascii") for key, value in data.items()},
         )
+
+
+def _epoch(value: bytes | None) -> float:
+    """Epoch seconds stored as text; 0 when missing or unreadable (the overlap ends at once)."""
+    try:
+        return float((value or b"0").decode())
+    except ValueError:
+        return 0.0

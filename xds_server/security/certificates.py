@@ -14,10 +14,22 @@ whose `repr` omits it.
 
 Root rotation (`rotate_root`) has three steps, all driven by the same loop:
 the new root is persisted (the store keeps the old one as trusted) and the
-trust bundle becomes old + new at once; after `settle_seconds`, when every
-proxy has had the bundle, every certificate is re-issued under the new root;
-at the end of the overlap the old root leaves the bundle.  Either side of a
-connection thus trusts the other's certificate at every moment.
+trust bundle becomes old + new at once; once every proxy has had the bundle,
+every certificate is re-issued under the new root; at the end of the overlap
+the old root leaves the bundle.  Either side of a connection thus trusts the
+other's certificate at every moment.
+
+Replicas share the store, and each one reads it every `root_poll_seconds`
+(`refresh_root`, in a worker thread: a Kubernetes GET).  A root there that is
+neither the one it issues with nor the one it rotates to is a rotation another
+replica began: it is adopted (`adopt`) with the same three steps at the same
+instants, which the store records (the re-issue time, the overlap's end).  So
+that no proxy sees a new-root certificate before it trusts the new root, the
+re-issue waits `settle_seconds` plus one poll period: by then every replica
+has seen the rotation and pushed the bundle.  A replica started during an
+overlap comes up in it (`trusted`, `trusted_until`): both roots trusted, the
+new one issuing, the old one dropped when the overlap ends.  Whichever replica
+sees an overlap end first tells the store; the others find it done.
 """
 
 from __future__ import annotations
@@ -37,7 +49,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from xds_server.ca import DEFAULT_SVID_TTL, CertificateAuthority, TrustBundle, needs_reissue
 from xds_server.model import ChangeSet, Kind, ObjectKey
 from xds_server.model.security import TrustRoots, WorkloadCertificate
-from xds_server.security.roots import RootStore
+from xds_server.security.roots import RootStore, StoredRoot
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +87,8 @@ class RootRotation:
 @dataclass
 class _Rotation:
     new: CertificateAuthority
-    old_root: x509.Certificate
+    previous: x509.Certificate | None
+    """The old root as the store keeps it (None: the store kept none), to forget at the end."""
     info: RootRotation
     reissued: bool = False
 
@@ -93,29 +106,46 @@ class CertificateIssuer:
         trusted_until: float = 0.0,
         unused_grace: float = 300.0,
         settle_seconds: float = 1.0,
+        root_poll_seconds: float = 0.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        """`trusted` are old roots still trusted until `trusted_until` (an overlap a restart
-        interrupted); `store` persists rotations (None: a user-supplied CA, not rotated)."""
+        """`trusted` are old roots still trusted until `trusted_until` (an overlap under way
+        at start-up); `store` persists rotations (None: a user-supplied CA, not rotated);
+        `root_poll_seconds` is how often the store is read for another replica's rotation
+        (0: never, a single replica)."""
         self._ca = ca
         self.ttl = ttl
         self._store = store
         self._clock = clock
         self.unused_grace = unused_grace
         self.settle_seconds = settle_seconds
+        self.root_poll_seconds = root_poll_seconds if store is not None else 0.0
+        now = clock()
         old = [root for root in trusted if root != ca.trust_anchor]
         self._bundle = TrustBundle.of(ca.trust_anchor, *old)
-        self._old_roots_until = trusted_until if old else 0.0
         self._rotation: _Rotation | None = None
+        if old:  # the overlap a restart (or another replica) began: come up in it
+            info = RootRotation(
+                new_serial=serial_hex(ca.trust_anchor),
+                old_serial=serial_hex(old[0]),
+                reissue_at=now,
+                overlap_ends_at=trusted_until,
+            )
+            self._rotation = _Rotation(ca, old[0], info, reissued=True)
         self._published_roots: TrustRoots | None = None
         self._wanted: set[Identity] = set()
         self._issued: dict[Identity, WorkloadCertificate] = {}
         self._leaf: dict[Identity, tuple[x509.Certificate, float, CertificateAuthority]] = {}
         """The issued leaf, when it was issued (epoch seconds), and by which CA."""
         self._end_pending = False
-        """An overlap ended: the store is still to forget the old root."""
+        """An overlap ended: the store is still to forget `_ended_previous`."""
+        self._ended_previous: x509.Certificate | None = None
         self._unused_since: dict[Identity, float] = {}
         self._wake = asyncio.Event()
+        self._store_lock = asyncio.Lock()
+        """One store operation at a time (a poll, a rotation, an overlap's end)."""
+        self._polled_at = now
+        self._store_unreadable = False
         self.issued_total = 0
 
     # -- views ------------------------------------------------------------------------
@@ -148,21 +178,30 @@ class CertificateIssuer:
         """Start a root rotation: a new root, trusted with the old one for `overlap_seconds`.
 
         ValueError if the CA was supplied by the user (replace its files instead), a
-        rotation is under way, or the overlap is shorter than twice `settle_seconds`.
+        rotation is under way (here or, as the store says, on another replica), or the
+        overlap is shorter than twice `settle_seconds` plus the poll period.
         """
         if self._store is None:
             raise ValueError(
                 "the root was supplied by the user (--ca-cert/--ca-key): rotate it by "
                 "replacing those files"
             )
+        async with self._store_lock:
+            await self._refresh_locked()  # another replica's rotation first
+            return await self._rotate_locked(self._store, overlap_seconds)
+
+    async def _rotate_locked(self, store: RootStore, overlap_seconds: float) -> RootRotation:
         if self._rotation is not None:
             raise ValueError(
                 f"a root rotation is under way until {self._rotation.info.overlap_ends_at:.0f}"
             )
-        if overlap_seconds < 2 * self.settle_seconds:
+        delay = self.settle_seconds + self.root_poll_seconds
+        shortest = self.settle_seconds + delay
+        if overlap_seconds < shortest:
             raise ValueError(
-                f"overlap_seconds {overlap_seconds:g} is too short: at least "
-                f"{2 * self.settle_seconds:g} (twice the time the bundle needs to settle)"
+                f"overlap_seconds {overlap_seconds:g} is too short: at least {shortest:g} "
+                "(the bundle must reach every replica's proxies before the re-issue, "
+                "and the re-issued certificates every proxy before the old root goes)"
             )
         old = self._ca
         new = CertificateAuthority.generate_root(old.trust_domain)
@@ -170,11 +209,11 @@ class CertificateIssuer:
         info = RootRotation(
             new_serial=serial_hex(new.certificate),
             old_serial=serial_hex(old.trust_anchor),
-            reissue_at=now + self.settle_seconds,
+            reissue_at=now + delay,
             overlap_ends_at=now + overlap_seconds,
         )
         await asyncio.to_thread(
-            self._store.begin_rotation, new, old.trust_anchor, info.overlap_ends_at
+            store.begin_rotation, new, old.trust_anchor, info.overlap_ends_at, info.reissue_at
         )
         self._rotation = _Rotation(new, old.trust_anchor, info)
         self._bundle = self._bundle.with_root(new.trust_anchor)
@@ -182,11 +221,66 @@ class CertificateIssuer:
             "root rotation: new root %s trusted beside %s; re-issue at +%.1f s, overlap %.1f s",
             info.new_serial,
             info.old_serial,
-            self.settle_seconds,
+            delay,
             overlap_seconds,
         )
         self._wake.set()
         return info
+
+    async def refresh_root(self) -> bool:
+        """Read the store (in a thread) and adopt a rotation another replica began there;
+        True when one was.  A store that cannot be read now is logged and tried again."""
+        if self._store is None:
+            return False
+        async with self._store_lock:
+            return await self._refresh_locked()
+
+    async def _refresh_locked(self) -> bool:
+        assert self._store is not None
+        self._polled_at = self._clock()
+        try:
+            stored = await asyncio.to_thread(self._store.read)
+        except Exception as error:  # OSError, the client's ApiException, a connection error
+            level = logging.DEBUG if self._store_unreadable else logging.WARNING
+            logger.log(level, "cannot read the root store (tried again later): %s", error)
+            self._store_unreadable = True
+            return False
+        self._store_unreadable = False
+        return stored is not None and self.adopt(stored)
+
+    def adopt(self, stored: StoredRoot, now: float | None = None) -> bool:
+        """Follow the store's root: a root there that this issuer neither issues with nor
+        rotates to is another replica's rotation, adopted with the same steps and instants
+        (old and new trusted now, re-issue at the store's `reissue_at`, the old root gone
+        at `previous_until`).  A root replaced with no overlap recorded gets the shortest
+        safe one.  True when a rotation was adopted."""
+        now = self._clock() if now is None else now
+        target = self._rotation.new if self._rotation is not None else self._ca
+        root = stored.authority.trust_anchor
+        if root == target.trust_anchor:
+            return False
+        shortest = now + 2 * self.settle_seconds + self.root_poll_seconds
+        recorded = stored.previous is not None and stored.previous_until > 0
+        overlap_ends_at = stored.previous_until if recorded else shortest
+        reissue_at = stored.reissue_at or now + self.settle_seconds + self.root_poll_seconds
+        info = RootRotation(
+            new_serial=serial_hex(root),
+            old_serial=serial_hex(self._ca.trust_anchor),
+            reissue_at=min(max(reissue_at, now), overlap_ends_at),
+            overlap_ends_at=overlap_ends_at,
+        )
+        self._rotation = _Rotation(stored.authority, stored.previous, info)
+        self._bundle = self._bundle.with_root(root)
+        logger.info(
+            "root rotation begun by another replica: new root %s trusted beside %s; "
+            "re-issue at %.1f, overlap ends at %.1f",
+            info.new_serial,
+            info.old_serial,
+            info.reissue_at,
+            info.overlap_ends_at,
+        )
+        self._wake.set()
+        return True
 
     # -- the work -----------------------------------------------------------------------
 
@@ -195,7 +289,7 @@ class CertificateIssuer:
         now = self._clock() if now is None else now
         changes = ChangeSet(observed_at=now)
         if self._advance_rotation(now):
-            self._end_pending = self._store is not None
+            self._end_pending = self._store is not None and self._ended_previous is not None
         roots = trust_roots(self._bundle)
         if roots != self._published_roots:
             changes.upsert(roots)
@@ -219,29 +313,27 @@ class CertificateIssuer:
         """Tell the store an overlap ended (blocking I/O: `run` calls it in a thread)."""
         if self._end_pending and self._store is not None:
             self._end_pending = False
-            self._store.end_rotation()
+            self._store.end_rotation(self._ended_previous)
 
     def _advance_rotation(self, now: float) -> bool:
-        """Step a rotation: switch issuing CA at `reissue_at`; drop the old root at the end.
-        True when an old root left the bundle."""
-        ended = False
-        if self._old_roots_until and now >= self._old_roots_until and self._rotation is None:
-            self._bundle = TrustBundle.of(self._ca.trust_anchor)
-            self._old_roots_until = 0.0
-            ended = True  # the overlap a restart interrupted is over
+        """Step a rotation: switch issuing CA at `reissue_at`; drop the old roots at the
+        end (the new root alone is trusted then).  True when the overlap ended."""
         rotation = self._rotation
         if rotation is None:
-            return ended
+            return False
         if not rotation.reissued and now >= rotation.info.reissue_at:
             self._ca = rotation.new
             rotation.reissued = True
             logger.info("root rotation: re-issuing %d certificate(s)", len(self._leaf))
-        if now >= rotation.info.overlap_ends_at:
-            self._bundle = self._bundle.without_root(rotation.old_root)
-            self._rotation = None
-            logger.info("root rotation: old root %s is no longer trusted", rotation.info.old_serial)
-            return True
-        return ended
+        if now < rotation.info.overlap_ends_at:
+            return False
+        self._ca = rotation.new
+        rotation.reissued = True
+        self._bundle = TrustBundle.of(rotation.new.trust_anchor)
+        self._rotation = None
+        self._ended_previous = rotation.previous
+        logger.info("root rotation: old root %s is no longer trusted", rotation.info.old_serial)
+        return True
 
     def _issue(self, identity: Identity, now: float) -> WorkloadCertificate:
         key = ec.generate_private_key(ec.SECP256R1())
@@ -274,8 +366,8 @@ class CertificateIssuer:
             if identity in self._wanted
         ]
         deadlines += [since + self.unused_grace for since in self._unused_since.values()]
-        if self._old_roots_until:
-            deadlines.append(self._old_roots_until)
+        if self.root_poll_seconds > 0:
+            deadlines.append(self._polled_at + self.root_poll_seconds)
         if self._rotation is not None:
             info = self._rotation.info
             deadlines.append(info.overlap_ends_at)
@@ -284,14 +376,23 @@ class CertificateIssuer:
         return min(deadlines, default=self._clock() + 3600.0)
 
     async def run(self, emit: Callable[[ChangeSet], None]) -> None:
-        """Emit what is due whenever identities change or a deadline comes, until cancelled."""
+        """Emit what is due whenever identities change or a deadline comes (the store read
+        every `root_poll_seconds`), until cancelled."""
         while True:
             self._wake.clear()
+            if self.root_poll_seconds > 0 and (
+                self._clock() >= self._polled_at + self.root_poll_seconds
+            ):
+                await self.refresh_root()
             changes = self.reconcile()
             if changes:
                 emit(changes)
             if self._end_pending:
-                await asyncio.to_thread(self.end_stored_rotation)
+                async with self._store_lock:
+                    try:
+                        await asyncio.to_thread(self.end_stored_rotation)
+                    except Exception as error:  # the store's I/O; a later start ends it
+                        logger.warning("cannot tell the root store the overlap ended: %s", error)
             delay = max(0.0, self.next_deadline() - self._clock())
             if delay > 0:
                 with contextlib.suppress(TimeoutError):

@@ -3,7 +3,8 @@
 A user-supplied root or intermediate (`--ca-cert`/`--ca-key`) is used as is and
 never rotated; otherwise the root comes from a root store, the directory
 `--ca-dir` in file mode or the Secret `ca_secret` in Kubernetes mode, and is
-generated there on first start.
+generated there on first start.  Every replica reads that store each
+`root_poll_seconds`, so a rotation one of them begins reaches them all.
 """
 
 from __future__ import annotations
@@ -70,4 +71,5 @@ def create_issuer(settings: Settings) -> CertificateIssuer:
         store=store,
         trusted=trusted,
         trusted_until=stored.previous_until,
+        root_poll_seconds=security.root_poll_seconds,
     )
