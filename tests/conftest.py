@@ -117,3 +117,20 @@ async def sample_app() -> AsyncIterator[SampleAppFactory]:
 
     for app in reversed(apps):
         await app.close()
+
+
+@pytest.fixture(autouse=True)
+def _sidecars_get_credentials_from_their_plane(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every in-process control plane a test makes signs the xDS credentials of the
+    sidecars `e2e_mesh` bootstraps against it (as `xds-server bootstrap` has them signed)."""
+    import e2e_mesh
+
+    from xds_server.app import ControlPlane
+
+    original = ControlPlane.__init__
+
+    def init(self: ControlPlane, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        e2e_mesh.register_plane(self)
+
+    monkeypatch.setattr(ControlPlane, "__init__", init)

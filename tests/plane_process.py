@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -23,6 +24,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+TEST_CA_DIR = Path(tempfile.gettempdir()) / f"xds-server-test-ca-{os.getuid()}"
+"""Where test control planes keep their root CA (`e2e_mesh` signs sidecars with it)."""
 
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -60,6 +64,7 @@ def serve_command(directory: Path, xds_port: int, admin_port: int, *extra: str) 
         "--source", f"file:{directory}",
         "--xds-listen", f"127.0.0.1:{xds_port}",
         "--admin-listen", f"127.0.0.1:{admin_port}",
+        "--ca-dir", str(TEST_CA_DIR),  # the test run's CA: what test sidecars are signed by
         *extra,
     ]  # fmt: skip
 

@@ -23,6 +23,7 @@ from conftest import EnvoyFactory
 from e2e_mesh import (
     REJECTED_CLUSTER,
     SERVICE_PORT,
+    TEST_CA_DIR,
     Sidecar,
     eventually,
     running_control_plane,
@@ -215,6 +216,7 @@ def start_control_plane(
         "--source", f"file:{directory}",
         "--xds-listen", f"127.0.0.1:{xds_port}",
         "--admin-listen", f"127.0.0.1:{admin_port}",
+        "--ca-dir", str(TEST_CA_DIR),
     ]  # fmt: skip
     with log.open("ab") as out:
         return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)

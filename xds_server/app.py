@@ -40,12 +40,15 @@ from xds_server.admin.auth import AdminToken, TokenError, load_or_create
 from xds_server.admin.certificates import MeshCertificates
 from xds_server.admin.dependents import ObjectDependents, gather
 from xds_server.admin.diff import DryRun
+from xds_server.admin.xds_certificates import ClientCertificate
 from xds_server.cache import Snapshot, SnapshotCache
 from xds_server.history import PushDetail, PushHistory, PushSummary
 from xds_server.model import ChangeSet, MeshSnapshot, ObjectKey
 from xds_server.model.status import ObjectStatus, policy_conditions, rejections
 from xds_server.pipeline import MeshPipeline
 from xds_server.security import CertificateIssuer, RootRotation
+from xds_server.security.xds_auth import server_hosts, sign_client_certificate, xds_authentication
+from xds_server.security.xds_tls import XdsServerTls
 from xds_server.server import (
     AggregatedDiscoveryServer,
     ServerCallbacks,
@@ -205,13 +208,18 @@ class ControlPlane:
         """Each generation from its source change to every proxy's ACK (`/api/pushes`)."""
         self.callbacks.append(self.history)
         self.pipeline.builder.on_generation = self.history.generation_committed
+        authenticator, authorizer = xds_authentication(settings, lambda: self.pipeline.builder.mesh)
         self.ads = AggregatedDiscoveryServer(
             self.cache,
             observer=self.pipeline,
             limits=limits,
             metrics=ServerMetrics(self.registry),
             callbacks=self.callbacks,
+            authenticator=authenticator,
+            authorizer=authorizer,
         )
+        self.xds_tls: XdsServerTls | None = None
+        """The xDS port's certificate (None with `--insecure-xds`)."""
         self.source: MeshSource = create_source(settings)
         self._issuer: CertificateIssuer | None = None
         self.status_writer = create_status_writer(settings, self._status_inputs)
@@ -447,17 +455,51 @@ class ControlPlane:
         admin_socket = bind_admin_socket(admin_host, admin_port)
         try:
             check_port_free("xDS", xds_host, xds_port)
+            self.load_issuer()  # after the ports: a taken port is said before any CA is made
+            credentials = self._xds_credentials(xds_host)
             try:
-                grpc_server, self.xds_port = bind_grpc_server(self.ads, f"{xds_host}:{xds_port}")
+                grpc_server, self.xds_port = bind_grpc_server(
+                    self.ads, f"{xds_host}:{xds_port}", credentials=credentials
+                )
             except (RuntimeError, OSError):
                 raise StartupError(f"cannot listen for xDS on {self.settings.xds_listen}") from None
-            self.load_issuer()  # after the ports: a taken port is said before any CA is made
         except BaseException:
             admin_socket.close()
             raise
         self._admin_socket = admin_socket
         self.admin_port = admin_socket.getsockname()[1]
         return grpc_server
+
+    def _xds_credentials(self, xds_host: str) -> grpc.ServerCredentials | None:
+        """TLS for the xDS port, or None (and a loud warning) with `--insecure-xds`."""
+        security = self.settings.security
+        if security.insecure_xds:
+            logger.warning(
+                "INSECURE: --insecure-xds serves xDS in PLAINTEXT and authenticates no proxy: "
+                "anyone who reaches %s can claim any node and read its config and "
+                "certificates. For development only.",
+                self.settings.xds_listen,
+            )
+            return None
+        issuer = self.load_issuer()
+        self.xds_tls = XdsServerTls(
+            lambda: issuer.ca,
+            lambda: issuer.bundle,
+            security.ca_namespace,
+            hosts=server_hosts(xds_host, security.ca_namespace),
+            require_client_auth=self.settings.source_kind != SOURCE_KUBERNETES,
+        )
+        logger.info("xDS serves TLS as %s", self.xds_tls.current.spiffe_id)
+        return self.xds_tls.credentials()
+
+    def sign_xds_client_certificate(
+        self, namespace: str, service_account: str, csr_pem: bytes, ttl_seconds: float
+    ) -> ClientCertificate:
+        """A sidecar's xDS credential for `namespace`/`service_account` on its CSR."""
+        return sign_client_certificate(
+            self.load_issuer(), self.settings.security, namespace, service_account, csr_pem,
+            ttl_seconds,
+        )  # fmt: skip
 
     async def _serve_admin(self) -> None:
         """One run of the admin HTTP server on its socket (bound again after a restart)."""

@@ -26,6 +26,7 @@ import copy
 import ipaddress
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -42,6 +43,69 @@ TEMPLATE_RESOURCE = "templates/sidecar.yaml"
 
 XdsAddresses = str | Sequence[str]
 """One `HOST:PORT`, several separated by commas, or a sequence of them."""
+
+DataSource = dict[str, str]
+"""An Envoy `DataSource`: `{"filename": PATH}` or `{"inline_string": TEXT}`."""
+
+
+def file_source(path: Path | str) -> DataSource:
+    return {"filename": str(path)}
+
+
+def inline_source(text: str | bytes) -> DataSource:
+    return {"inline_string": text.decode() if isinstance(text, bytes) else text}
+
+
+@dataclass(frozen=True)
+class XdsClientTls:
+    """How a sidecar checks the xDS server and proves who it is (issue 9).
+
+    The server's certificate must chain to `roots` and name `server_id` (its SPIFFE
+    ID); the sidecar proves itself with a client certificate (`certificate` and
+    `private_key`, file mode: what `xds-server bootstrap` obtains from the CA) or
+    with a bearer `token` sent as `authorization` metadata on the ADS stream
+    (Kubernetes: the pod's projected ServiceAccount token), or both.
+    """
+
+    server_id: str
+    roots: DataSource
+    certificate: DataSource | None = None
+    private_key: DataSource | None = None
+    token: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.certificate is None) != (self.private_key is None):
+            raise ValueError("a client certificate goes with its private key")
+        if self.certificate is None and not self.token:
+            raise ValueError("the sidecar needs a client certificate or a token for xDS")
+
+    def transport_socket(self) -> dict[str, Any]:
+        """The xDS cluster's UpstreamTlsContext (HTTP/2 by ALPN, as gRPC requires)."""
+        common: dict[str, Any] = {
+            "alpn_protocols": ["h2"],
+            "validation_context": {
+                "trusted_ca": dict(self.roots),
+                "match_typed_subject_alt_names": [
+                    {"san_type": "URI", "matcher": {"exact": self.server_id}}
+                ],
+            },
+        }
+        if self.certificate is not None and self.private_key is not None:
+            common["tls_certificates"] = [
+                {"certificate_chain": dict(self.certificate), "private_key": dict(self.private_key)}
+            ]
+        return {
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": {
+                "@type": UPSTREAM_TLS_CONTEXT,
+                "common_tls_context": common,
+            },
+        }
+
+
+UPSTREAM_TLS_CONTEXT = (
+    "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
+)
 
 
 def render_bootstrap(
@@ -64,6 +128,7 @@ def render_bootstrap(
     admin_address: str = "127.0.0.1",
     template_path: Path | None = None,
     zone: str | None = None,
+    xds_tls: XdsClientTls | None = None,
 ) -> str:
     """The bootstrap YAML for one sidecar.
 
@@ -74,8 +139,10 @@ def render_bootstrap(
     `interception="redirect"` is for a sidecar whose pod has the capture rules of
     `xds_server.capture` installed (outbound to `outbound_port`, inbound to
     `inbound_capture_port`).  `zone` is the sidecar's zone (`node.locality.zone`),
-    where locality-aware routing keeps its traffic.  Raises `ValueError` for a
-    malformed address, port, zone or metadata value.
+    where locality-aware routing keeps its traffic.  `xds_tls` makes the sidecar
+    speak TLS to the control plane and prove its identity (without it, plaintext:
+    only a control plane started with `--insecure-xds` accepts that).  Raises
+    `ValueError` for a malformed address, port, zone or metadata value.
     """
     proxy = Proxy(
         node_id=node_id,
@@ -99,6 +166,7 @@ def render_bootstrap(
         cluster_name_for_xds=cluster_name_for_xds,
         admin_address=admin_address,
         template_path=template_path,
+        xds_tls=xds_tls,
     )
 
 
@@ -111,6 +179,7 @@ def render_bootstrap_for_proxy(
     cluster_name_for_xds: str = "xds_cluster",
     admin_address: str = "127.0.0.1",
     template_path: Path | None = None,
+    xds_tls: XdsClientTls | None = None,
 ) -> str:
     """`render_bootstrap` for an existing `Proxy` value (the inverse of `proxy_from_node`)."""
     bootstrap = build_bootstrap(
@@ -121,6 +190,7 @@ def render_bootstrap_for_proxy(
         cluster_name_for_xds=cluster_name_for_xds,
         admin_address=admin_address,
         template=load_template(template_path),
+        xds_tls=xds_tls,
     )
     header = (
         f"# Envoy bootstrap for node {proxy.node_id!r}, rendered by xds_server.bootstrap\n"
@@ -151,6 +221,7 @@ def build_bootstrap(
     cluster_name_for_xds: str = "xds_cluster",
     admin_address: str = "127.0.0.1",
     template: Mapping[str, Any] | None = None,
+    xds_tls: XdsClientTls | None = None,
 ) -> dict[str, Any]:
     """The bootstrap as a dict: `template` (default: the packaged one) filled in for `proxy`.
 
@@ -206,6 +277,13 @@ def build_bootstrap(
             }
         ],
     }
+
+    if xds_tls is not None:
+        cluster["transport_socket"] = xds_tls.transport_socket()
+        if xds_tls.token:
+            grpc_services[0]["initial_metadata"] = [
+                {"key": "authorization", "value": f"Bearer {xds_tls.token}"}
+            ]
 
     admin = bootstrap.setdefault("admin", {})
     admin["address"] = _socket_address(admin_address, admin_port)

@@ -188,37 +188,24 @@ def _parser() -> argparse.ArgumentParser:
         help="workload certificate lifetime, re-issued at half of it: seconds, or 10m, "
         "24h (default 24h)",
     )
-
-    boot = commands.add_parser("bootstrap", help="render an Envoy sidecar bootstrap")
-    boot.add_argument("--node-id", required=True)
-    boot.add_argument("--namespace", default="default")
-    boot.add_argument(
-        "--xds-address",
-        action="append",
-        metavar="HOST:PORT[,HOST:PORT...]",
-        help="the control plane; repeat (or separate by commas) for replicas to fail over "
-        "between (default 127.0.0.1:15010)",
+    serve.add_argument(
+        "--ca-namespace",
+        default=defaults.ca_namespace,
+        help="the control plane's namespace: where its CA Secret is kept (Kubernetes) and "
+        "the namespace of the xDS server's own SPIFFE ID (default %(default)s)",
     )
-    boot.add_argument("--admin-port", type=int, required=True)
-    boot.add_argument("--outbound-port", type=int, default=15001)
-    boot.add_argument("--outbound-address", default="127.0.0.1")
-    boot.add_argument("--workload", default="")
-    boot.add_argument("--service-account", default="default")
-    boot.add_argument("--label", action="append", default=[], metavar="KEY=VALUE")
-    boot.add_argument("--instance-ip", help="where the sidecar accepts inbound traffic")
-    boot.add_argument("--app-address", default="127.0.0.1")
-    boot.add_argument("--delta", action="store_true", help="incremental (Delta) xDS")
-    boot.add_argument(
-        "--interception",
-        choices=["none", "redirect"],
-        default="none",
-        help="redirect: the pod's traffic is captured by iptables (xds-server capture-init)",
+    serve.add_argument(
+        "--token-audience",
+        default=defaults.token_audience,
+        help="Kubernetes: the audience of the ServiceAccount tokens sidecars present "
+        "(default %(default)s)",
     )
-    boot.add_argument("--inbound-capture-port", type=int, default=15006)
-    boot.add_argument(
-        "--zone", help="the sidecar's zone (node.locality.zone), for locality-aware routing"
+    serve.add_argument(
+        "--insecure-xds",
+        action="store_true",
+        help="DEVELOPMENT ONLY: serve xDS in plaintext and authenticate no proxy "
+        "(anyone reaching the port can read any proxy's config and certificates)",
     )
-    boot.add_argument("-o", "--output", type=Path, help="write here instead of stdout")
 
     demo = commands.add_parser("demo", help="run a mesh with sample services and real Envoys")
     demo.add_argument("--once", action="store_true", help="exit after the traffic check")
@@ -247,6 +234,7 @@ ADMIN_COMMANDS = ("status", "config", "explain")
 # and run(args) -> int, so features add a command without growing this file.
 PLUGIN_COMMANDS: dict[str, str] = {
     "affected": "xds_server.cli_affected",
+    "bootstrap": "xds_server.cli_bootstrap",
     "ca": "xds_server.cli_security",
     "capture-init": "xds_server.capture.command",
     "diff": "xds_server.cli_diff",
@@ -352,6 +340,9 @@ def _main(argv: list[str] | None) -> int:
                 ca_key_file=args.ca_key,
                 svid_ttl_seconds=args.svid_ttl,
                 admin_token_file=args.admin_token_file,
+                ca_namespace=args.ca_namespace,
+                token_audience=args.token_audience,
+                insecure_xds=args.insecure_xds,
             ),
         )
         if (args.ca_cert is None) != (args.ca_key is None):
@@ -366,42 +357,6 @@ def _main(argv: list[str] | None) -> int:
             print(f"xds-server: {error}", file=sys.stderr)
             return 2
         return _serve(settings)
-    if args.command == "bootstrap":
-        from xds_server.bootstrap import render_bootstrap
-
-        labels: dict[str, str] = {}
-        for item in args.label:
-            key, sep, value = item.partition("=")
-            if not sep:
-                print(f"xds-server: --label expects KEY=VALUE, got {item!r}", file=sys.stderr)
-                return 2
-            labels[key] = value
-        try:
-            text = render_bootstrap(
-                node_id=args.node_id,
-                namespace=args.namespace,
-                xds_address=args.xds_address or ["127.0.0.1:15010"],
-                admin_port=args.admin_port,
-                delta=args.delta,
-                workload=args.workload,
-                service_account=args.service_account,
-                labels=labels,
-                instance_ip=args.instance_ip,
-                app_address=args.app_address,
-                outbound_address=args.outbound_address,
-                outbound_port=args.outbound_port,
-                interception=args.interception,
-                inbound_capture_port=args.inbound_capture_port,
-                zone=args.zone,
-            )
-        except ValueError as error:
-            print(f"xds-server bootstrap: {error}", file=sys.stderr)
-            return 2
-        if args.output:
-            args.output.write_text(text)
-        else:
-            sys.stdout.write(text)
-        return 0
     if args.command == "demo":
         from xds_server.demo import run_demo
 

@@ -56,7 +56,7 @@ def admin_url(value: str) -> str:
     return value.rstrip("/")
 
 
-def add_token_argument(parser: argparse.ArgumentParser) -> None:
+def add_token_argument(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     parser.add_argument(
         "--admin-token-file",
         type=Path,

@@ -39,7 +39,7 @@ from xds_server.admin import diff as dry_run
 from xds_server.admin import page as html_page
 from xds_server.admin import policies as object_policies
 from xds_server.admin import pushes as push_history
-from xds_server.admin import root_rotation
+from xds_server.admin import root_rotation, xds_certificates
 from xds_server.admin.auth import AdminToken, token_guard
 from xds_server.admin.config import config_json, parse_type, served_config
 from xds_server.admin.explain import explain
@@ -326,6 +326,29 @@ def create_app(view: AdminView, token: AdminToken) -> FastAPI:
             request.overlap_seconds,
         )
         return _json(root_rotation.rotation_model(info).model_dump(mode="json"))
+
+    @app.post(
+        "/api/xds/client-certificate",
+        responses={200: {"model": xds_certificates.ClientCertificate}},
+        dependencies=guarded,
+    )
+    async def xds_client_certificate(
+        request: Annotated[xds_certificates.ClientCertificateRequest, Body()],
+    ) -> Response:
+        """Sign a sidecar's CSR as its xDS credential (what `xds-server bootstrap` asks)."""
+        if not isinstance(view, xds_certificates.ClientCertificateView):
+            raise HTTPException(501, "this control plane issues no xDS client certificates")
+        try:
+            signed = view.sign_xds_client_certificate(
+                request.namespace,
+                request.service_account,
+                request.csr_pem.encode(),
+                request.ttl_seconds,
+            )
+        except ValueError as error:
+            raise HTTPException(422, str(error)) from None
+        xds_certificates.log_issued(signed)
+        return _json(signed.model_dump(mode="json"))
 
     @app.get("/metrics")
     async def metrics() -> Response:

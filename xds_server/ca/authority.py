@@ -23,10 +23,12 @@ Cluster mode loads its root with `from_pem`; this module does no Kubernetes I/O.
 from __future__ import annotations
 
 import datetime
+import ipaddress
 import logging
 import os
 import re
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
@@ -56,6 +58,14 @@ ROOT_KEY_FILE = "root-key.pem"
 _DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 _DNS1123_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 _TRUST_DOMAIN = re.compile(r"[a-z0-9._-]+")
+
+
+def _host_name(host: str) -> x509.GeneralName:
+    """`host` as a SAN: an IPAddress for an address, else a DNSName."""
+    try:
+        return x509.IPAddress(ipaddress.ip_address(host))
+    except ValueError:
+        return x509.DNSName(host)
 
 
 def validate_dns1123_label(field: str, value: str) -> None:
@@ -377,11 +387,14 @@ class CertificateAuthority:
         ttl: datetime.timedelta = DEFAULT_SVID_TTL,
         *,
         now: datetime.datetime | None = None,
+        hosts: Sequence[str] = (),
     ) -> Svid:
         """An SVID for `namespace`/`service_account` on `subject_key` (a public key or a CSR).
 
         Only the key of a CSR is used (after its signature is checked); the names it asks
-        for are ignored. The SVID's notAfter is clamped to the issuing chain's.
+        for are ignored. The SVID's notAfter is clamped to the issuing chain's.  `hosts`
+        (DNS names or IP addresses) are added as SANs for a server certificate that
+        clients checking host names (gRPC's own) must accept too; workloads get none.
         """
         sid = spiffe_id(self._trust_domain, namespace, service_account)
         if ttl < MIN_SVID_TTL:
@@ -410,7 +423,10 @@ class CertificateAuthority:
             .not_valid_after(not_after)
             # Empty subject, so the SAN is critical (RFC 5280 4.2.1.6).
             .add_extension(
-                x509.SubjectAlternativeName([x509.UniformResourceIdentifier(sid)]), critical=True
+                x509.SubjectAlternativeName(
+                    [x509.UniformResourceIdentifier(sid), *map(_host_name, hosts)]
+                ),
+                critical=True,
             )
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(
