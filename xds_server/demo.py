@@ -5,8 +5,11 @@ separate processes (a frontend and two backend versions), a real Envoy sidecar
 for each, then sends requests client -> frontend sidecar -> frontend ->
 frontend sidecar -> backend sidecar -> backend and prints who answered.
 Every "pod" has a loopback IP (127.0.10.x) where its sidecar listens; its app
-listens on 127.0.20.x, so nothing collides.  Everything started is stopped on
-exit, Ctrl-C or failure.
+listens on 127.0.20.x, so nothing collides.  The mesh is secured as in
+production: each sidecar proves its identity to the xDS port with a client
+certificate signed for its service account, receives its SVID over SDS, and
+sidecars talk mutual TLS (the backend sees the frontend's SPIFFE ID).
+Everything started is stopped on exit, Ctrl-C or failure.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from typing import Any
 from xds_server.app import ControlPlane
 from xds_server.bootstrap import render_bootstrap
 from xds_server.envoy_process import EnvoyProcess, free_port, wait_for_async
+from xds_server.security.xds_client import new_key_and_csr, write_client_tls
 from xds_server.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -86,6 +90,15 @@ def _http_get(url: str, host: str, timeout: float = 5.0) -> tuple[int, dict[str,
             return error.code, {"body": body.decode(errors="replace")}
 
 
+def _caller(xfcc: str) -> str:
+    """The caller's SPIFFE ID in an `x-forwarded-client-cert` header, or `-`."""
+    for part in xfcc.split(";"):
+        key, _, value = part.partition("=")
+        if key.strip().lower() == "uri":
+            return value.strip('"')
+    return "-"
+
+
 class Demo:
     def __init__(self, manifests: Path, delta: bool, workdir: Path) -> None:
         self.manifests = manifests
@@ -108,7 +121,12 @@ class Demo:
         log = (self.workdir / f"{pod.name}.app.log").open("wb")
         self.apps.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT))
 
-    def start_sidecar(self, pod: DemoPod) -> EnvoyProcess:
+    def start_sidecar(self, pod: DemoPod, plane: ControlPlane) -> EnvoyProcess:
+        """The pod's sidecar, with the xDS credential `xds-server bootstrap` would get:
+        its own key, signed by the control plane for its service account."""
+        key_pem, csr_pem = new_key_and_csr()
+        signed = plane.sign_xds_client_certificate("default", pod.app, csr_pem, 24 * 3600.0)
+        credential = write_client_tls(signed, key_pem, self.workdir / f"{pod.name}.xds")
         bootstrap = render_bootstrap(
             node_id=pod.node_id,
             namespace="default",
@@ -121,6 +139,8 @@ class Demo:
             app_address=pod.app_ip,
             outbound_address=pod.ip,
             outbound_port=OUTBOUND_PORT,
+            service_account=pod.app,
+            xds_tls=credential,
         )
         envoy = EnvoyProcess.from_yaml(bootstrap, self.workdir, name=pod.name)
         self.envoys.append(envoy)
@@ -163,8 +183,9 @@ class Demo:
             headers = {k.lower(): v for k, v in (answer.get("headers") or {}).items()}
             who = f"{answer.get('service')} {answer.get('version')}"
             via = headers.get("x-mesh-inbound", "-")
-            print(f"  {status}  frontend -> {who:<12} (arrived through sidecar {via})")
-            if status != 200 or "x-mesh-inbound" not in headers:
+            caller = _caller(headers.get("x-forwarded-client-cert", ""))
+            print(f"  {status}  frontend -> {who:<12} (through sidecar {via}, mTLS from {caller})")
+            if status != 200 or "x-mesh-inbound" not in headers or caller == "-":
                 crossed_ok = False
             answered[who] += 1
         print("\nanswers: " + ", ".join(f"{who}: {n}" for who, n in sorted(answered.items())))
@@ -210,7 +231,7 @@ async def run_demo(
                   f"admin http://127.0.0.1:{demo.admin_port}, manifests {manifests}")  # fmt: skip
             for pod in PODS:
                 demo.start_app(pod)
-                envoy = demo.start_sidecar(pod)
+                envoy = demo.start_sidecar(pod, control_plane)
                 await envoy.start_async()
                 print(f"pod {pod.name:<22} ip {pod.ip}  app {pod.app_ip}:{APP_PORT}  "
                       f"sidecar admin 127.0.0.1:{envoy.admin_port}")  # fmt: skip
