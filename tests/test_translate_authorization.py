@@ -20,11 +20,14 @@ import pytest
 import yaml
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.rbac.v3 import rbac_pb2
+from envoy.extensions.access_loggers.filters.cel.v3 import cel_pb2
+from envoy.extensions.access_loggers.stream.v3 import stream_pb2
 from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as http_rbac_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
 from envoy.extensions.filters.network.rbac.v3 import rbac_pb2 as network_rbac_pb2
+from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from translate_builders import (
     http,
     mesh,
@@ -416,3 +419,37 @@ def test_the_passthrough_matches_ports_in_envoy() -> None:
     assert excluded.not_rule.destination_port == 9001
     (condition,) = config.rules.policies["default/p[rule-1]"].permissions
     assert condition.destination_port == 7000
+
+
+def tcp_proxy_logs(snapshot: MeshSnapshot, port: int) -> list[tuple[str, str]]:
+    """(format, CEL filter expression or "") of each access log of `inbound_<port>`'s
+    TCP proxy."""
+    for listener in proxy_listeners(snapshot, WEB):
+        if listener.name == f"inbound_{port}":
+            tcp_proxy = tcp_proxy_pb2.TcpProxy()
+            assert plaintext_chain(listener).filters[-1].typed_config.Unpack(tcp_proxy)
+            logs = []
+            for log in tcp_proxy.access_log:
+                stdout = stream_pb2.StdoutAccessLog()
+                log.typed_config.Unpack(stdout)
+                cel = cel_pb2.ExpressionFilter()
+                log.filter.extension_filter.typed_config.Unpack(cel)
+                logs.append((stdout.log_format.text_format_source.inline_string, cel.expression))
+            return logs
+    raise AssertionError(f"no inbound_{port}")
+
+
+def test_a_governed_tcp_chain_logs_the_connections_its_rbac_filters_close() -> None:
+    (plain,) = tcp_proxy_logs(mesh(WEB_SERVICE), 5432)
+    assert "rbac-denied" not in plain[0] and plain[1] == ""
+    audited = mesh(WEB_SERVICE, policy("l", {"action": "AUDIT", "rules": [{}]}))
+    assert len(tcp_proxy_logs(audited, 5432)) == 1  # AUDIT closes no connection
+    governed = mesh(WEB_SERVICE, policy("d", DENY_ADMIN), policy("a", ALLOW_GET))
+    _, (denied, expression) = tcp_proxy_logs(governed, 5432)
+    assert denied == (
+        "[%START_TIME%] inbound rbac-denied tcp details=%CONNECTION_TERMINATION_DETAILS% "
+        "peer=%DOWNSTREAM_PEER_URI_SAN% allow=default/a\n"
+    )
+    assert expression == (
+        "connection.termination_details.startsWith('rbac_access_denied_matched_policy')"
+    )

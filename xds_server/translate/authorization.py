@@ -18,7 +18,10 @@ Each RBAC policy entry is one rule of one AuthorizationPolicy, named
 (`rbac_access_denied_matched_policy[default/deny-admin[rule-0]]`), its per-rule
 stats (`track_per_rule_stats`) and the denied-request log name the policy
 that denied (an ALLOW filter's denial matched no policy: Envoy says `none`,
-and the log line lists the chain's ALLOW policies).
+and the log line lists the chain's ALLOW policies).  The network filter has no
+per-rule stats; it puts the same details in the connection's termination
+details, which the TCP proxy's denied-connection log writes out (a CEL filter
+keeps that log to the connections an RBAC filter closed).
 Filters are counted under their own prefix (`deny.`, `allow.`, `audit.`):
 `http.<chain>.rbac.deny.denied`, `http.<chain>.rbac.deny.policy.<name>.denied`,
 `<chain>.deny.rbac.denied` for TCP.
@@ -48,6 +51,7 @@ from collections.abc import Callable, Iterable, Sequence
 from envoy.config.accesslog.v3 import accesslog_pb2
 from envoy.config.listener.v3 import listener_components_pb2
 from envoy.config.rbac.v3 import rbac_pb2
+from envoy.extensions.access_loggers.filters.cel.v3 import cel_pb2
 from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as http_rbac_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
@@ -81,6 +85,14 @@ DENIED_LOG_FORMAT = (
 """One stdout line per request an RBAC filter refused, naming the policy that did: a DENY
 rule in the details; when no ALLOW rule matched (details `[none]`), the chain's ALLOW
 policies, listed in `allow` (fixed per chain, so written into the format)."""
+DENIED_TCP_LOG_FORMAT = (
+    "[%START_TIME%] inbound rbac-denied tcp "
+    "details=%CONNECTION_TERMINATION_DETAILS% peer=%DOWNSTREAM_PEER_URI_SAN% allow={allow}\n"
+)
+"""One stdout line per connection a network RBAC filter closed, as `DENIED_LOG_FORMAT`."""
+RBAC_DENIED_DETAILS = "rbac_access_denied_matched_policy"
+"""How Envoy's RBAC filters begin the details of a denial (HTTP and network alike)."""
+CEL_LOG_FILTER = "envoy.access_loggers.extension_filters.cel"
 AUDIT_LOG_FORMAT = (
     "[%START_TIME%] inbound rbac-audit "
     '"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%" %RESPONSE_CODE% '
@@ -132,6 +144,24 @@ def denied_access_log(authorization: WorkloadAuthorization) -> accesslog_pb2.Acc
     log.filter.status_code_filter.comparison.value.default_value = 403
     log.filter.status_code_filter.comparison.value.runtime_key = "rbac_denied_log_status"
     return log
+
+
+def denied_tcp_access_logs(
+    authorization: WorkloadAuthorization, port: int | None
+) -> list[accesslog_pb2.AccessLog]:
+    """The inbound TCP proxy's log of connections its RBAC filters closed on `port`
+    (none when no filter there can close one): the termination details name the DENY
+    rule, or say `[none]` when no ALLOW rule matched."""
+    if all(action == Action.AUDIT for action, _ in _rule_sets(authorization, port, http=False)):
+        return []  # no filter that closes connections (AUDIT only logs)
+    allow = ",".join(governing.label for governing in authorization.allow) or "-"
+    log = stdout_log(DENIED_TCP_LOG_FORMAT.format(allow=allow))
+    expression = cel_pb2.ExpressionFilter(
+        expression=f"connection.termination_details.startsWith('{RBAC_DENIED_DETAILS}')"
+    )
+    log.filter.extension_filter.name = CEL_LOG_FILTER
+    log.filter.extension_filter.typed_config.CopyFrom(packed(expression))
+    return [log]
 
 
 def audit_access_log() -> accesslog_pb2.AccessLog:

@@ -96,6 +96,7 @@ from xds_server.model.peer_authentication import workload_mtls
 from xds_server.translate import mtls
 from xds_server.translate.authorization import (
     authorize_http,
+    denied_tcp_access_logs,
     network_rbac_filters,
     policy_sources,
 )
@@ -256,7 +257,9 @@ def _virtual_inbound(mesh: MeshSnapshot, proxy: Proxy) -> listener_pb2.Listener:
             _chain(
                 f"{cluster}|tcp",
                 key,
-                tcp_proxy_filter(name, cluster, "inbound"),
+                tcp_proxy_filter(
+                    name, cluster, "inbound", denied_tcp_access_logs(authorization, inbound.port)
+                ),
                 before=[
                     *network_rbac_filters(authorization, inbound.port, name),
                     *inbound_network_filters(inbound.policy, name),
@@ -276,7 +279,12 @@ def _virtual_inbound(mesh: MeshSnapshot, proxy: Proxy) -> listener_pb2.Listener:
     passthrough = _chain(
         "InboundPassthroughFilterChain",
         None,
-        tcp_proxy_filter(INBOUND_PASSTHROUGH_CLUSTER, INBOUND_PASSTHROUGH_CLUSTER, "inbound"),
+        tcp_proxy_filter(
+            INBOUND_PASSTHROUGH_CLUSTER,
+            INBOUND_PASSTHROUGH_CLUSTER,
+            "inbound",
+            denied_tcp_access_logs(authorization, None),
+        ),
         before=network_rbac_filters(authorization, None, "inbound_passthrough"),
     )
     listener = _virtual_listener(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
+from envoy.config.accesslog.v3 import accesslog_pb2
 from envoy.config.core.v3 import protocol_pb2
 from envoy.config.listener.v3 import listener_components_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
@@ -81,10 +82,16 @@ def http_filter(hcm: hcm_pb2.HttpConnectionManager) -> listener_components_pb2.F
 
 
 def tcp_proxy_filter(
-    stat_prefix: str, cluster: str, direction: str
+    stat_prefix: str,
+    cluster: str,
+    direction: str,
+    more_logs: Sequence[accesslog_pb2.AccessLog] = (),
 ) -> listener_components_pb2.Filter:
-    """Bytes to `cluster`, one stdout log line per connection."""
+    """Bytes to `cluster`, one stdout log line per connection (and `more_logs`: the
+    denied-connection log of an authorized inbound chain)."""
     tcp_proxy = tcp_proxy_pb2.TcpProxy(
-        stat_prefix=stat_prefix, cluster=cluster, access_log=[tcp_access_log(direction)]
+        stat_prefix=stat_prefix,
+        cluster=cluster,
+        access_log=[tcp_access_log(direction), *more_logs],
     )
     return listener_components_pb2.Filter(name=TCP_PROXY, typed_config=packed(tcp_proxy))

@@ -35,6 +35,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
+from envoy.config.accesslog.v3 import accesslog_pb2
 from envoy.config.core.v3 import base_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 
@@ -43,6 +44,7 @@ from xds_server.model.authorization import WorkloadAuthorization, workload_autho
 from xds_server.model.peer_authentication import workload_mtls
 from xds_server.translate.authorization import (
     authorize_http,
+    denied_tcp_access_logs,
     network_rbac_filters,
     policy_sources,
 )
@@ -175,6 +177,7 @@ def _inbound_listener(
                 *network_rbac_filters(authorization, port, name),
                 *inbound_network_filters(inbound.policy, name),
             ],
+            more_logs=denied_tcp_access_logs(authorization, port),
         )
     else:
         hcm = http_connection_manager(name, "inbound", inbound_http_filters(inbound.policy, name))
@@ -193,12 +196,13 @@ def _tcp_listener(
     direction: str,
     *,
     before: Sequence[listener_components_pb2.Filter] = (),
+    more_logs: Sequence[accesslog_pb2.AccessLog] = (),
 ) -> listener_pb2.Listener:
     return _listener(
         name,
         address,
         port,
-        tcp_proxy_filter(name, cluster, direction),
+        tcp_proxy_filter(name, cluster, direction, more_logs),
         _TRAFFIC_DIRECTIONS[direction],
         before=before,
     )
