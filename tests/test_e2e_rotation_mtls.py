@@ -9,7 +9,7 @@ certificates both hold at that moment.
 
 With SVIDs living 4 s, both proxies are re-issued about every 2 s: each new
 serial shows on both Envoys' `/certs`, and no request fails.  A root rotation
-with a 5 s overlap first makes both trust the old and the new root, then
+with a 6 s overlap first makes both trust the old and the new root, then
 re-issues both certificates under the new root, then drops the old one: both
 proxies end up holding a certificate signed by the new root and trusting only
 it, and no request fails through any of it.
@@ -130,7 +130,7 @@ async def strict_pair(
 def assert_no_failure(load: dict[str, Any], seconds: float) -> None:
     assert load["failures"] == [], f"{load['failed']} failed: {load['failures']}"
     rate = (load["http"] + load["tcp"]) / load["seconds"]
-    assert rate > 150, f"{load} over {seconds} s"
+    assert rate > 200, f"{load} over {seconds} s"
     assert load["tcp"] > 20 * seconds, load  # new sidecar-to-sidecar handshakes throughout
 
 
@@ -173,7 +173,7 @@ async def test_a_root_rotation_with_overlap_under_load_fails_no_request(
         assert {held.root_serials for held in first} == {frozenset({serial_hex(old_root)})}
         async with pair.load(seconds=14.0) as load:
             await asyncio.sleep(1.0)
-            rotation = await pair.plane.rotate_root(5.0)
+            rotation = await pair.plane.rotate_root(6.0)
 
             async def trust(*serials: str) -> bool:
                 return all(held and held.root_serials == set(serials) for held in await pair.held())
