@@ -86,7 +86,9 @@ def xds_credential_serial(tls: XdsClientTls | None) -> str | None:
     """The serial (Envoy's hex) of a sidecar's xDS client certificate, if it has one."""
     if tls is None or tls.certificate is None:
         return None
-    leaf = x509.load_pem_x509_certificates(tls.certificate["inline_string"].encode())[0]
+    source = tls.certificate
+    pem = source["inline_string"].encode() if "inline_string" in source else None
+    leaf = x509.load_pem_x509_certificates(pem or Path(source["filename"]).read_bytes())[0]
     return serial_hex(leaf)
 
 
@@ -135,7 +137,6 @@ class MeshSidecar:
 
     envoy: EnvoyProcess
     node_id: str
-    spiffe_id: str
     address: str
     outbound_port: int
     xds_serial: str | None
@@ -190,11 +191,7 @@ async def start_mesh_sidecar(
     envoy = envoy_factory(bootstrap, name=node_id.split(".")[0], start=False)
     await envoy.start_async()
     await envoy.wait_live_async()
-    trust_domain = plane.settings.security.trust_domain
-    spiffe_id = f"spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}"
-    return MeshSidecar(
-        envoy, node_id, spiffe_id, address, outbound_port, xds_credential_serial(xds_tls)
-    )
+    return MeshSidecar(envoy, node_id, address, outbound_port, xds_credential_serial(xds_tls))
 
 
 def signed_by(chain_pem: bytes, root: x509.Certificate) -> bool:
