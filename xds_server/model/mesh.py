@@ -108,6 +108,18 @@ class MeshSnapshot:
             if service.selects(labels):
                 yield service
 
+    def workloads_in(self, namespace: str) -> tuple[Workload, ...]:
+        """The Pods of one namespace, by name (indexed once per snapshot)."""
+        return self.derive("workloads_by_namespace", self._workloads_by_namespace).get(
+            namespace, ()
+        )
+
+    def _workloads_by_namespace(self) -> dict[str, tuple[Workload, ...]]:
+        grouped: dict[str, list[Workload]] = {}
+        for key in sorted(self.workloads):
+            grouped.setdefault(key[0], []).append(self.workloads[key])
+        return {namespace: tuple(workloads) for namespace, workloads in grouped.items()}
+
     def certificate_of(self, namespace: str, service_account: str) -> WorkloadCertificate | None:
         """The current SVID of an identity, once the issuer has issued it."""
         return self.workload_certificates.get((namespace, service_account))

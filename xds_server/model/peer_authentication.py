@@ -18,6 +18,7 @@ for the root namespace), exactly those it may govern.
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from xds_server.model.changes import Kind, ObjectKey
@@ -32,6 +33,7 @@ __all__ = [
     "MtlsMode",
     "WorkloadMtls",
     "mtls_endpoints",
+    "mtls_identities",
     "peer_authentication_status",
     "spec_of",
     "workload_mtls",
@@ -142,20 +144,34 @@ def mtls_endpoints(
     working.  The service generator declares the reads: the Pods and
     PeerAuthentications of the slices' namespaces and of the root namespace.
     """
-    found: set[tuple[str, int]] = set()
+    return frozenset((address, port) for address, port, _ in _mtls_pods(mesh, slices))
+
+
+def mtls_identities(
+    mesh: MeshSnapshot, slices: tuple[EndpointSlice, ...]
+) -> frozenset[tuple[str, str]]:
+    """The (namespace, service account) of the Pods behind `mtls_endpoints`: the
+    identities a client may accept from the destination's sidecar (Istio's SAN check)."""
+    return frozenset((pod.namespace, pod.service_account) for _, _, pod in _mtls_pods(mesh, slices))
+
+
+def _mtls_pods(
+    mesh: MeshSnapshot, slices: tuple[EndpointSlice, ...]
+) -> Iterator[tuple[str, int, Workload]]:
+    """(address, port, Pod) of each endpoint of `slices` that accepts mutual TLS."""
     for eps in slices:
+        pods = mesh.workloads_in(eps.namespace)
+        by_name = {pod.name: pod for pod in pods}
         by_ip: dict[str, Workload] = {}
-        for (namespace, _), workload in sorted(mesh.workloads.items()):
-            if namespace == eps.namespace and workload.ip:
+        for workload in pods:
+            if workload.ip:
                 by_ip.setdefault(workload.ip, workload)
         for endpoint in eps.endpoints:
             for address in endpoint.addresses:
-                pod = mesh.workloads.get((eps.namespace, endpoint.target_pod or ""))
-                pod = pod or by_ip.get(address)
+                pod = by_name.get(endpoint.target_pod or "") or by_ip.get(address)
                 if pod is None or dict(pod.labels).get(TLS_MODE_LABEL) != "mtls":
                     continue
                 peer = workload_mtls(mesh, pod.namespace, pod.labels)
                 for port in eps.ports:
                     if port.port and peer.mode(port.port) is not MtlsMode.DISABLE:
-                        found.add((address, port.port))
-    return frozenset(found)
+                        yield address, port.port, pod

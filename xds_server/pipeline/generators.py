@@ -34,7 +34,7 @@ from xds_server import translate
 from xds_server.cache import ResourceSet
 from xds_server.model import EndpointSlice, Kind, MeshSnapshot, ObjectKey, Proxy, Service
 from xds_server.model.mesh import NamespacedName
-from xds_server.model.peer_authentication import mtls_endpoints
+from xds_server.model.peer_authentication import mtls_endpoints, mtls_identities
 from xds_server.model.policy import Attachment, BackendPolicy
 from xds_server.pipeline.deps import Unit
 from xds_server.pipeline.provenance import Provenance
@@ -101,7 +101,7 @@ Memo = dict[
     tuple[
         Service,
         tuple[EndpointSlice, ...],
-        tuple[Attachment | None, frozenset[tuple[str, int]]],
+        tuple[Attachment | None, frozenset[tuple[str, int]], frozenset[tuple[str, str]]],
         ServiceResources,
     ],
 ]
@@ -208,22 +208,25 @@ def translate_service(
     provenance: Provenance,
     attachment: Attachment | None = None,
     mtls: frozenset[tuple[str, int]] = frozenset(),
+    identities: frozenset[tuple[str, str]] = frozenset(),
 ) -> ServiceResources:
     """A Service's outbound clusters and load assignments, serialized.
 
     Clusters name the sources stamped in them (the Service, and the
     BackendPolicy governing it); a load assignment (which has no metadata
-    field) names its Service and the slices it was built from.
+    field) names its Service and the slices it was built from.  `mtls` are
+    the endpoints taking mutual TLS, `identities` the service accounts their
+    sidecars must prove (`model.peer_authentication`).
     """
     policy = attachment.policy if attachment is not None else None
     sources = provenance.refs_of([service, *slices])
     return (
-        _resources(translate.clusters_for_service(service, policy), provenance),
+        _resources(translate.clusters_for_service(service, policy, identities), provenance),
         [
             _checked(m, sources)
             for m in translate.load_assignments_for_service(service, slices, mtls)
         ]
-        + _zone_variants(service, slices, policy, provenance),
+        + _zone_variants(service, slices, policy, provenance, mtls),
     )
 
 
@@ -232,10 +235,11 @@ def _zone_variants(
     slices: tuple[EndpointSlice, ...],
     policy: BackendPolicy | None,
     provenance: Provenance,
+    mtls: frozenset[tuple[str, int]] = frozenset(),
 ) -> list[Resource]:
     """The zone variants of the load assignments, when the policy enables locality
     (`translate.locality`); they name the policy too."""
-    assignments = locality_load_assignments(service, slices, policy)
+    assignments = locality_load_assignments(service, slices, policy, mtls)
     if not assignments or policy is None:
         return []
     sources = provenance.refs_of([service, *slices, policy])
@@ -251,16 +255,16 @@ def service_resources(
     if service is None:
         return [], []
     attachment = mesh.backend_policy_for(service)
-    mtls = mtls_endpoints(mesh, slices)
+    mtls, identities = mtls_endpoints(mesh, slices), mtls_identities(mesh, slices)
     known = memo.get(key)
     if (
         known is not None
         and known[0] is service
         and all(a is b for a, b in zip(known[1], slices, strict=False))
         and len(known[1]) == len(slices)
-        and known[2] == (attachment, mtls)
+        and known[2] == (attachment, mtls, identities)
     ):
         return known[3]
-    resources = translate_service(service, slices, provenance, attachment, mtls)
-    memo[key] = (service, slices, (attachment, mtls), resources)
+    resources = translate_service(service, slices, provenance, attachment, mtls, identities)
+    memo[key] = (service, slices, (attachment, mtls, identities), resources)
     return resources

@@ -50,7 +50,7 @@ from xds_server.model.security import (
     TrustRoots,
     WorkloadCertificate,
 )
-from xds_server.model.types import Labels
+from xds_server.model.types import Labels, Workload
 from xds_server.translate import locality
 from xds_server.translate.listeners import tcp_port_owners
 from xds_server.translate.naming import mesh_ports
@@ -139,7 +139,15 @@ COMPARED_VIEWS: dict[str, ComparedView] = {
         lambda before, after: _has_tcp_port(before) or _has_tcp_port(after),
     ),
     locality.VIEW: ComparedView(
-        frozenset({Kind.SERVICE, Kind.ENDPOINT_SLICE, Kind.BACKEND_POLICY}),
+        frozenset(
+            {
+                Kind.SERVICE,
+                Kind.ENDPOINT_SLICE,
+                Kind.BACKEND_POLICY,
+                Kind.WORKLOAD,
+                Kind.PEER_AUTHENTICATION,
+            }
+        ),
         locality.locality_targets,
         lambda targets: targets,
         locality.targets_changed,
@@ -158,6 +166,7 @@ UNTRACKED_VIEWS = frozenset(
         "policies_by_namespace",
         "authorization_by_namespace",
         "peer_auth_by_namespace",
+        "workloads_by_namespace",
         "routes_by_parent",
         ROUTE_POLICIES,
     }
@@ -247,6 +256,10 @@ class TrackedMesh(MeshSnapshot):
     def routes_for(self, namespace: str, name: str) -> tuple[MeshRoute, ...]:
         self.reads.add(parent_fact(namespace, name))
         return super().routes_for(namespace, name)
+
+    def workloads_in(self, namespace: str) -> tuple[Workload, ...]:
+        self.reads.add(("ns", Kind.WORKLOAD, namespace))
+        return super().workloads_in(namespace)
 
     def certificate_of(self, namespace: str, service_account: str) -> WorkloadCertificate | None:
         self.reads.add(("obj", Kind.WORKLOAD_CERTIFICATE, namespace, service_account))

@@ -30,6 +30,7 @@ name their generator.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 
 from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2
 from envoy.config.core.v3 import address_pb2, base_pb2, protocol_pb2
@@ -70,10 +71,15 @@ CAPTURE_GENERATOR = "capture"
 
 
 def clusters_for_service(
-    service: Service, policy: BackendPolicy | None = None
+    service: Service,
+    policy: BackendPolicy | None = None,
+    identities: Iterable[tuple[str, str]] = (),
 ) -> list[cluster_pb2.Cluster]:
     """One EDS cluster per meshed Service port, endpoints fetched over ADS, shaped by
-    the BackendPolicy that governs the Service (`model.policy`), if any."""
+    the BackendPolicy that governs the Service (`model.policy`), if any.  Over mTLS
+    the destination must present the SPIFFE ID of one of `identities` (namespace,
+    service account: `model.peer_authentication.mtls_identities`)."""
+    identities = tuple(identities)
     clusters = []
     sources = (
         (service_key(service),) if policy is None else (service_key(service), policy_key(policy))
@@ -84,7 +90,7 @@ def clusters_for_service(
         cluster.eds_cluster_config.eds_config.CopyFrom(ads_config_source())
         # Endpoints of sidecars that accept mTLS say so in their metadata (`endpoints`).
         cluster.transport_socket_matches.add(
-            name="tlsMode-mtls", transport_socket=upstream_mtls_socket()
+            name="tlsMode-mtls", transport_socket=upstream_mtls_socket(identities)
         ).match.update({"tlsMode": "mtls"})
         if policy is not None:  # the policy's sections replace the defaults they set
             apply_backend_policy(cluster, policy.spec(), port.mesh_protocol, policy_name(policy))
@@ -111,6 +117,7 @@ def proxy_clusters(mesh: MeshSnapshot, proxy: Proxy) -> list[cluster_pb2.Cluster
         clusters.append(cluster)
     if proxy.interception == "redirect":
         clusters.extend(capture_clusters())
+
     # Locality-aware routing: this zone's view of some Services' endpoints (`locality`).
     clusters.extend(caller_clusters(mesh, proxy, clusters_for_service))
     return clusters

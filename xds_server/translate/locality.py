@@ -32,10 +32,14 @@ proxy:
   keeps the shared cluster: every endpoint is then "another zone", which is
   the flat assignment anyway.
 
-Which Services enable locality, and the caller zones each has variants for,
-is one view of the mesh (`locality_targets`), compared by value between
-snapshots: proxies re-translate when it changes (a policy turns locality on,
-a zone appears among a Service's endpoints), not on every endpoint change.
+Which Services enable locality, the caller zones each has variants for, and
+the identities its mTLS endpoints prove (which the zone copies of its clusters
+check, as the shared ones do: `mtls`), is one view of the mesh
+(`locality_targets`), compared by value between snapshots: proxies
+re-translate when it changes (a policy turns locality on, a zone appears among
+a Service's endpoints, a Pod behind it runs as another service account), not
+on every endpoint change.  The zone variants carry the endpoints' `tlsMode`
+metadata like the flat assignment, so auto-mTLS selects the same socket.
 """
 
 from __future__ import annotations
@@ -43,11 +47,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 
 from xds_server.model import EndpointSlice, MeshSnapshot, Proxy, Service
+from xds_server.model.peer_authentication import mtls_identities
 from xds_server.model.policy import BackendPolicy
 from xds_server.model.types import is_zone
 from xds_server.policy_api import backend_policy_pb2
@@ -131,26 +137,34 @@ def prioritized_assignment(
     by_zone: dict[str, set[HostPort]],
     caller_zone: str,
     failover: Sequence[backend_policy_pb2.LocalityFailover] = (),
+    mtls: frozenset[tuple[str, int]] = frozenset(),
 ) -> endpoint_pb2.ClusterLoadAssignment:
-    """`by_zone`'s hosts as a caller in `caller_zone` should see them, named `name`."""
+    """`by_zone`'s hosts as a caller in `caller_zone` should see them, named `name`
+    (those in `mtls` marked for the cluster's mTLS transport socket)."""
     assignment = endpoint_pb2.ClusterLoadAssignment(cluster_name=name)
     for priority, zones in enumerate(priorities(caller_zone, by_zone, failover)):
         for zone in zones:
-            assignment.endpoints.append(locality_lb_endpoints(zone, by_zone[zone], priority))
+            assignment.endpoints.append(
+                locality_lb_endpoints(zone, by_zone[zone], priority, mtls=mtls)
+            )
     return assignment
 
 
 def locality_load_assignments(
-    service: Service, slices: Sequence[EndpointSlice], policy: BackendPolicy | None
+    service: Service,
+    slices: Sequence[EndpointSlice],
+    policy: BackendPolicy | None,
+    mtls: frozenset[tuple[str, int]] = frozenset(),
 ) -> list[endpoint_pb2.ClusterLoadAssignment]:
-    """The zone variants of the Service's load assignments (none without locality)."""
+    """The zone variants of the Service's load assignments (none without locality); the
+    endpoints in `mtls` say so in their metadata, as in the flat assignment (`endpoints`)."""
     locality = locality_of(policy)
     if policy is None or locality is None:
         return []
     check_locality(policy)
     zones = sorted(caller_zones(locality, slices))
     return [
-        prioritized_assignment(variant_name(name, zone), by_zone, zone, locality.failover)
+        prioritized_assignment(variant_name(name, zone), by_zone, zone, locality.failover, mtls)
         for name, by_zone in zone_hosts(service, slices)
         for zone in zones
     ]
@@ -175,6 +189,9 @@ class LocalityTarget:
     name: str
     policy: tuple[str, str]
     zones: frozenset[str]
+    identities: frozenset[tuple[str, str]] = frozenset()
+    """The service accounts its mTLS endpoints' sidecars prove (the zone copies of its
+    clusters check them as the shared ones do)."""
 
 
 def locality_targets(mesh: MeshSnapshot) -> tuple[LocalityTarget, ...]:
@@ -195,11 +212,13 @@ def _locality_targets(mesh: MeshSnapshot) -> tuple[LocalityTarget, ...]:
             attachment = MeshSnapshot.backend_policy_for(mesh, service)
             if attachment is None or attachment.policy != policy:
                 continue
+            slices = MeshSnapshot.slices_of(mesh, service)
             found[(service.namespace, service.name)] = LocalityTarget(
                 service.namespace,
                 service.name,
                 key,
-                caller_zones(locality, MeshSnapshot.slices_of(mesh, service)),
+                caller_zones(locality, slices),
+                mtls_identities(mesh, slices),
             )
     return tuple(found[k] for k in sorted(found))
 
@@ -223,23 +242,29 @@ def _may_govern(mesh: MeshSnapshot, policy: BackendPolicy) -> Iterable[Service]:
 
 
 def targets_changed(before: object, after: object) -> bool:
-    """Whether a changed object can change `locality_targets` at all: any policy or
-    Service change; a slice's only when the zones it lists change."""
+    """Whether a changed object can change `locality_targets` at all: any policy,
+    Service, Pod or PeerAuthentication change (the view is then compared by value); a
+    slice's only when the zones or the addresses (and so the Pods) it lists change."""
     if isinstance(before, EndpointSlice) or isinstance(after, EndpointSlice):
-        return _slice_zones(before) != _slice_zones(after)
+        return _slice_shape(before) != _slice_shape(after)
     return True
 
 
-def _slice_zones(obj: object) -> tuple[str, str, frozenset[str]] | None:
+def _slice_shape(obj: object) -> tuple[Any, ...] | None:
     if not isinstance(obj, EndpointSlice):
         return None
-    return (obj.namespace, obj.service_name, frozenset(e.zone or "" for e in obj.endpoints))
+    zones = frozenset(e.zone or "" for e in obj.endpoints)
+    pods = frozenset((e.target_pod, tuple(e.addresses)) for e in obj.endpoints)
+    ports = tuple(p.port for p in obj.ports)
+    return (obj.namespace, obj.service_name, zones, pods, ports)
 
 
 def caller_clusters(
     mesh: MeshSnapshot,
     proxy: Proxy,
-    clusters_for_service: Callable[[Service, BackendPolicy], list[cluster_pb2.Cluster]],
+    clusters_for_service: Callable[
+        [Service, BackendPolicy, frozenset[tuple[str, str]]], list[cluster_pb2.Cluster]
+    ],
 ) -> list[cluster_pb2.Cluster]:
     """`proxy`'s copies of the shared clusters of every Service with locality enabled
     that has a variant for the proxy's zone (`for_caller`); none without a zone.
@@ -259,6 +284,7 @@ def caller_clusters(
         if service is None or attachment is None or locality_of(attachment.policy) is None:
             continue
         clusters.extend(
-            for_caller(c, zone) for c in clusters_for_service(service, attachment.policy)
+            for_caller(c, zone)
+            for c in clusters_for_service(service, attachment.policy, target.identities)
         )
     return clusters

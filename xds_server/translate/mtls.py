@@ -9,10 +9,16 @@ mesh's CA signs it), and the URI SAN must be a SPIFFE ID of the trust
 domain.  Inbound, the trust domain is the proxy's own (its certificate's
 SPIFFE ID, which the proxy generator already reads for its Secrets; until
 that certificate arrives, any `spiffe://` ID, which still has to verify
-against the roots).  Outbound clusters are shared by every proxy, and the
-mesh holds no trust domain apart from its certificates, so their SAN check
-is the `spiffe://` prefix and the roots decide the trust domain: the CA
-only issues IDs of its own.  Both are pure functions of the model.
+against the roots).  Outbound, a client accepts only the identities of the
+destination: as Istio does, the URI SAN must be the SPIFFE ID of a service
+account of the Pods behind the Service's mTLS endpoints
+(`model.peer_authentication.mtls_identities`), so a sidecar presenting
+another workload's certificate (a hijacked address, a mislabelled Pod) is
+refused.  Outbound clusters are shared by every proxy and the mesh holds no
+trust domain apart from its certificates, so each ID is matched with its
+trust domain as any one DNS label-like segment (`spiffe://<td>/ns/<ns>/sa/<sa>`,
+anchored RE2) and the roots decide the trust domain: the CA only issues IDs
+of its own.  Both are pure functions of the model.
 
 An inbound HTTP connection manager behind mutual TLS sets
 `x-forwarded-client-cert` (`SANITIZE_SET` with the URI): the app sees the
@@ -22,6 +28,7 @@ chain's manager keeps the default `SANITIZE` and drops it.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable
 
 from envoy.config.core.v3 import base_pb2, config_source_pb2
@@ -31,7 +38,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2, tls_pb2
-from envoy.type.matcher.v3 import string_pb2
+from envoy.type.matcher.v3 import regex_pb2, string_pb2
 from envoy.type.v3 import range_pb2
 
 from xds_server.model import MeshSnapshot, Proxy
@@ -51,6 +58,7 @@ __all__ = [
     "proxy_trust_domain",
     "secure_chains",
     "secure_inbound",
+    "spiffe_id_pattern",
     "spiffe_prefix",
     "tls_inspector",
     "upstream_mtls_socket",
@@ -84,32 +92,62 @@ def _sds(name: str) -> secret_pb2.SdsSecretConfig:
     )
 
 
-def _common_context(trust_domain: str | None) -> tls_pb2.CommonTlsContext:
-    san = common_pb2.SubjectAltNameMatcher(
-        san_type=common_pb2.SubjectAltNameMatcher.URI,
-        matcher=string_pb2.StringMatcher(prefix=spiffe_prefix(trust_domain)),
+def _uri_san(matcher: string_pb2.StringMatcher) -> common_pb2.SubjectAltNameMatcher:
+    return common_pb2.SubjectAltNameMatcher(
+        san_type=common_pb2.SubjectAltNameMatcher.URI, matcher=matcher
     )
+
+
+def spiffe_id_pattern(namespace: str, service_account: str) -> str:
+    """The RE2 pattern of the SPIFFE ID of `namespace`/`service_account` in any trust
+    domain (one path segment: the roots decide which)."""
+    return f"^spiffe://[^/]+/ns/{re.escape(namespace)}/sa/{re.escape(service_account)}$"
+
+
+def _common_context(
+    sans: Iterable[common_pb2.SubjectAltNameMatcher],
+) -> tls_pb2.CommonTlsContext:
     return tls_pb2.CommonTlsContext(
         tls_certificate_sds_secret_configs=[_sds(SVID_SECRET_NAME)],
         combined_validation_context=tls_pb2.CommonTlsContext.CombinedCertificateValidationContext(
             default_validation_context=common_pb2.CertificateValidationContext(
-                match_typed_subject_alt_names=[san]
+                match_typed_subject_alt_names=list(sans)
             ),
             validation_context_sds_secret_config=_sds(TRUST_ROOTS_SECRET_NAME),
         ),
     )
 
 
+def _prefix_san(trust_domain: str | None) -> common_pb2.SubjectAltNameMatcher:
+    return _uri_san(string_pb2.StringMatcher(prefix=spiffe_prefix(trust_domain)))
+
+
 def downstream_mtls_socket(trust_domain: str | None) -> base_pb2.TransportSocket:
     """An inbound chain's TLS: the proxy's SVID, a client certificate of the mesh required."""
-    context = tls_pb2.DownstreamTlsContext(common_tls_context=_common_context(trust_domain))
+    context = tls_pb2.DownstreamTlsContext(
+        common_tls_context=_common_context([_prefix_san(trust_domain)])
+    )
     context.require_client_certificate.value = True
     return base_pb2.TransportSocket(name=TRANSPORT_SOCKET_TLS, typed_config=packed(context))
 
 
-def upstream_mtls_socket() -> base_pb2.TransportSocket:
-    """A client sidecar's TLS to a destination sidecar (module doc: the SAN check)."""
-    context = tls_pb2.UpstreamTlsContext(common_tls_context=_common_context(None))
+def upstream_mtls_socket(
+    identities: Iterable[tuple[str, str]] = (),
+) -> base_pb2.TransportSocket:
+    """A client sidecar's TLS to a destination sidecar whose certificate must name one of
+    `identities` (namespace, service account), sorted so the bytes are stable; with
+    none (no endpoint takes mTLS, so the socket is never chosen) any mesh ID."""
+    sans = [
+        _uri_san(
+            string_pb2.StringMatcher(
+                safe_regex=regex_pb2.RegexMatcher(regex=spiffe_id_pattern(namespace, account))
+            )
+        )
+        for namespace, account in sorted(set(identities))
+    ]
+    context = tls_pb2.UpstreamTlsContext(
+        common_tls_context=_common_context(sans or [_prefix_san(None)])
+    )
     return base_pb2.TransportSocket(name=TRANSPORT_SOCKET_TLS, typed_config=packed(context))
 
 
