@@ -351,7 +351,9 @@ class Mesh:
             [sys.executable, "-m", "xds_server.cli", "bootstrap", "--node-id", NODE_ID,
              "--namespace", "default", "--xds-address", f"127.0.0.1:{self.xds_port}",
              "--admin-port", "0", "--outbound-port", str(self.outbound_port), "-o",
-             str(bootstrap)],
+             str(bootstrap), "--admin", self.admin,
+             "--admin-token-file", str(self.workdir / "admin-token"),
+             "--cert-dir", str(self.workdir / "client-xds")],
             check=True, capture_output=True, timeout=60,
         )  # fmt: skip
         self.envoy = EnvoyProcess(bootstrap, name="client", workdir=self.workdir)
@@ -393,7 +395,9 @@ class Mesh:
         self.plane = self._spawn(
             [sys.executable, "-m", "xds_server.cli", "serve", "--source", f"file:{self.directory}",
              "--xds-listen", f"127.0.0.1:{self.xds_port}",
-             "--admin-listen", f"127.0.0.1:{self.admin_port}"],
+             "--admin-listen", f"127.0.0.1:{self.admin_port}",
+             "--ca-dir", str(self.workdir / "ca"),
+             "--admin-token-file", str(self.workdir / "admin-token")],
             self.log,
         )  # fmt: skip
         if wait_ready:

@@ -267,7 +267,10 @@ TEST_CA_DIR = plane_process.TEST_CA_DIR
 def plane_settings(source: str, free_port: Callable[[], int], **overrides: Any) -> Settings:
     """A test control plane's settings: `source`, free loopback ports, a fast debounce,
     the CA in one directory of the test run (as replicas sharing a root)."""
-    overrides.setdefault("security", SecuritySettings(ca_dir=TEST_CA_DIR))
+    # Test sidecars prove themselves with client certificates, in Kubernetes mode too.
+    overrides.setdefault(
+        "security", SecuritySettings(ca_dir=TEST_CA_DIR, xds_client_auth="certificate")
+    )
     return Settings(
         source=source,
         xds_listen=f"127.0.0.1:{free_port()}",
@@ -293,10 +296,11 @@ async def admin_json(plane: ControlPlane, path: str, **params: str) -> Any:
 
 @contextlib.asynccontextmanager
 async def running_control_plane(
-    directory: Path, free_port: Callable[[], int]
+    directory: Path, free_port: Callable[[], int], **overrides: Any
 ) -> AsyncIterator[ControlPlane]:
-    """An in-process control plane on `directory`, fast debounce, stopped on exit."""
-    plane = ControlPlane(plane_settings(f"file:{directory}", free_port))
+    """An in-process control plane on `directory`, fast debounce, stopped on exit;
+    `overrides` of `plane_settings`."""
+    plane = ControlPlane(plane_settings(f"file:{directory}", free_port, **overrides))
     task = asyncio.create_task(plane.run())
     try:
         await asyncio.wait_for(plane.started.wait(), timeout=15)

@@ -96,12 +96,19 @@ class ControlPlaneProcess:
             self.admin_port,
             "--grace-seconds",
             str(self.grace_seconds),
+            "--admin-token-file",
+            str(self.token_file),
         )
         with self.log.open("ab") as out:
             self.process = subprocess.Popen(
                 command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
             )
         return self
+
+    @property
+    def token_file(self) -> Path:
+        """The admin token this control plane made (what `xds-server bootstrap` presents)."""
+        return self.log.with_name(f"{self.log.stem}-admin-token")
 
     def ready(self) -> bool:
         self._require_running()

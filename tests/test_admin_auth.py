@@ -88,7 +88,15 @@ class FakePlane:
         return Rotation()
 
 
-BODIES = {"/api/diff": {"files": {}}, "/api/ca/rotate-root": {"overlap_seconds": 60}}
+BODIES = {
+    "/api/diff": {"files": {}},
+    "/api/ca/rotate-root": {"overlap_seconds": 60},
+    "/api/xds/client-certificate": {
+        "namespace": "default",
+        "service_account": "web",
+        "csr_pem": "-----BEGIN CERTIFICATE REQUEST-----",
+    },
+}
 """A valid body for each guarded endpoint."""
 
 
@@ -112,7 +120,11 @@ OPEN = sorted(route.path for route in routes() if "GET" in route.methods and "{"
 
 
 def test_the_guarded_and_open_endpoints_are_the_expected_ones() -> None:
-    assert GUARDED == [("POST", "/api/ca/rotate-root"), ("POST", "/api/diff")]
+    assert GUARDED == [
+        ("POST", "/api/ca/rotate-root"),
+        ("POST", "/api/diff"),
+        ("POST", "/api/xds/client-certificate"),
+    ]
     assert {"/api/proxies", "/api/certificates", "/api/policies", "/", "/metrics"} <= set(OPEN)
 
 

@@ -55,6 +55,7 @@ from ads_fakes import (
     snapshot,
 )
 from e2e_mesh import (
+    TEST_CA_DIR,
     running_control_plane,
     service_yaml,
     slice_yaml,
@@ -71,6 +72,7 @@ from google.rpc import status_pb2
 from xds_server.cache import SnapshotCache
 from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET
 from xds_server.server import AggregatedDiscoveryServer, ServerLimits, bind_grpc_server
+from xds_server.settings import SecuritySettings
 
 NODE = "proxy-1"
 PREFIX = "type.googleapis.com/"
@@ -839,7 +841,10 @@ async def test_hostile_ads_clients_never_hurt_the_server_or_the_healthy_proxies(
     write_documents(directory / "web.yaml", service_yaml(WEB), slice_yaml(WEB, ["10.0.0.1"], 8080))
 
     with watching_for_server_faults() as faults:
-        async with running_control_plane(directory, free_port) as plane:
+        # Plaintext, so the hostile clients reach the protocol itself: what an
+        # authenticated but hostile proxy (or anyone, with --insecure-xds) can send.
+        insecure = SecuritySettings(ca_dir=TEST_CA_DIR, insecure_xds=True)
+        async with running_control_plane(directory, free_port, security=insecure) as plane:
             sidecar = await start_sidecar(envoy_factory, plane.xds_port, free_port(), delta=False)
 
             async def envoy_hosts() -> set[str]:

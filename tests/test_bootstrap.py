@@ -387,7 +387,7 @@ def test_the_bootstrap_command_takes_repeated_and_comma_separated_addresses(
     tmp_path: Path,
 ) -> None:
     output = tmp_path / "envoy.yaml"
-    argv = ["bootstrap", "--node-id", "n", "--admin-port", "0", "-o", str(output)]
+    argv = ["bootstrap", "--node-id", "n", "--admin-port", "0", "-o", str(output), "--insecure-xds"]
     argv += ["--xds-address", "127.0.0.1:1", "--xds-address", "127.0.0.2:2,127.0.0.3:3"]
     assert main(argv) == 0
     assert endpoints_of(parse(output.read_text())) == [
@@ -400,7 +400,7 @@ def test_the_bootstrap_command_takes_repeated_and_comma_separated_addresses(
 def test_the_bootstrap_command_defaults_to_the_local_control_plane(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    assert main(["bootstrap", "--node-id", "n", "--admin-port", "0"]) == 0
+    assert main(["bootstrap", "--node-id", "n", "--admin-port", "0", "--insecure-xds"]) == 0
     assert endpoints_of(parse(capsys.readouterr().out)) == [("127.0.0.1", 15010)]
 
 

@@ -21,4 +21,6 @@ def test_the_demo_sends_traffic_through_real_sidecars_and_exits_zero(flags: list
     assert result.returncode == 0, result.stdout + result.stderr
     assert "traffic check: OK" in result.stdout
     assert "backend v1" in result.stdout and "backend v2" in result.stdout
-    assert "arrived through sidecar backend-v1" in result.stdout
+    assert "through sidecar backend-v1" in result.stdout
+    # the frontend's sidecar called the backend's with mutual TLS, as its identity
+    assert "mTLS from spiffe://cluster.local/ns/default/sa/frontend" in result.stdout

@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import EnvoyFactory
-from e2e_mesh import eventually, running_control_plane, slice_yaml, write_documents
+from e2e_mesh import eventually, running_control_plane, slice_yaml, write_documents, xds_credential
 
 from xds_server.admin.dependents import DependentsResponse
 from xds_server.bootstrap import render_bootstrap
@@ -54,6 +54,7 @@ def sidecar(node_id: str, namespace: str, xds_port: int, outbound: int, **extra:
         admin_port=0,
         delta=False,
         outbound_port=outbound,
+        xds_tls=xds_credential(xds_port, namespace, str(extra.get("service_account", "default"))),
         **extra,  # type: ignore[arg-type]
     )
 

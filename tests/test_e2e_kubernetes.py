@@ -30,7 +30,7 @@ import pytest
 pytest.register_assert_rewrite("kube_fixtures")
 
 from conftest import EnvoyFactory
-from e2e_mesh import Sidecar, eventually, sidecar_bootstrap
+from e2e_mesh import Sidecar, eventually, sidecar_bootstrap, xds_credential
 from kube_fixtures import (
     ENDPOINT_SLICES,
     PODS,
@@ -112,6 +112,7 @@ async def start_backend_sidecar(
         delta=delta,
         app_address=BACKEND_APP,
         outbound_port=free_port(),
+        xds_tls=xds_credential(plane.xds_port, "default", "backend"),  # its Pod's account
     )
     envoy = envoy_factory(bootstrap, name="backend", start=False)
     await envoy.start_async()

@@ -97,11 +97,12 @@ async def test_sidecars_talk_mtls_per_mode(
         await start_sidecar(
             envoy_factory, plane.xds_port, free_port(), delta=False, node_id=BACKEND_NODE,
             workload="backend-0", labels={"app": "backend"}, instance_ip=POD_IP,
-            app_address=APP_IP,
+            app_address=APP_IP, service_account="backend",
         )  # fmt: skip
         client = await start_sidecar(
             envoy_factory, plane.xds_port, free_port(), delta=False,
             node_id="client-0.default", workload="client-0", labels={"app": "client"},
+            service_account="client",
         )  # fmt: skip
 
         async def xfcc() -> str | None:

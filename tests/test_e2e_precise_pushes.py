@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from conftest import EnvoyFactory
-from e2e_mesh import eventually, running_control_plane, write_documents
+from e2e_mesh import eventually, running_control_plane, write_documents, xds_credential
 
 from xds_server.app import ControlPlane
 from xds_server.bootstrap import render_bootstrap
@@ -51,6 +51,7 @@ def sidecar_yaml(node_id: str, namespace: str, xds_port: int, delta: bool, **ext
         admin_port=0,
         delta=delta,
         outbound_port=15001 if namespace == "shop" else 15002,
+        xds_tls=xds_credential(xds_port, namespace, str(extra.get("service_account", "default"))),
         **extra,  # type: ignore[arg-type]
     )
 

@@ -101,12 +101,17 @@ def planes() -> Iterator[list[ControlPlaneProcess]]:
         print(f"--- {plane.log.name} ---\n{plane.logs()[-6000:]}")
 
 
-def bootstrap_command(xds_addresses: list[str], outbound_port: int, delta: bool) -> str:
-    """The sidecar's bootstrap, as `xds-server bootstrap` renders it."""
+def bootstrap_command(
+    xds_addresses: list[str], outbound_port: int, delta: bool, signer: ControlPlaneProcess
+) -> str:
+    """The sidecar's bootstrap, as `xds-server bootstrap` renders it, its xDS credential
+    signed by `signer` (replicas share the root, so every one accepts it)."""
     command = [
         sys.executable, "-m", "xds_server.cli", "bootstrap",
         "--node-id", NODE_ID, "--namespace", "default",
         "--admin-port", "0", "--outbound-port", str(outbound_port),
+        "--admin", signer.admin_url, "--admin-token-file", str(signer.token_file),
+        "--cert-dir", str(signer.log.with_name("sidecar-xds")),
     ]  # fmt: skip
     for address in xds_addresses:
         command += ["--xds-address", address]
@@ -116,10 +121,15 @@ def bootstrap_command(xds_addresses: list[str], outbound_port: int, delta: bool)
 
 
 def start_sidecar(
-    envoy_factory: EnvoyFactory, mesh: Mesh, xds_addresses: list[str], delta: bool
+    envoy_factory: EnvoyFactory,
+    mesh: Mesh,
+    replicas: list[ControlPlaneProcess],
+    delta: bool,
 ) -> Sidecar:
     outbound_port = mesh.free_port()
-    envoy = envoy_factory(bootstrap_command(xds_addresses, outbound_port, delta), name="client")
+    addresses = [replica.xds_address for replica in replicas]
+    bootstrap = bootstrap_command(addresses, outbound_port, delta, replicas[0])
+    envoy = envoy_factory(bootstrap, name="client")
     envoy.wait_live(timeout=30)
     return Sidecar(envoy, NODE_ID, outbound_port)
 
@@ -172,7 +182,7 @@ def kill_and_restart_rounds(
     plane = mesh.control_plane("control-plane")
     planes.append(plane)
     plane.start().wait_ready()
-    sidecar = start_sidecar(envoy_factory, mesh, [plane.xds_address], delta)
+    sidecar = start_sidecar(envoy_factory, mesh, [plane], delta)
     figures: dict[str, list[float]] = {"reconnect after ready": [], "edit to sidecar": []}
     with Load(sidecar.outbound_port, "backend", "backend", max_seconds=rounds * 15 + 20) as load:
         time.sleep(0.5)  # the load is flowing before the first kill
@@ -231,7 +241,7 @@ def test_sigterm_moves_the_sidecar_to_the_other_replica_with_no_request_lost(
         replica.start()
     for replica in replicas:
         replica.wait_ready()
-    sidecar = start_sidecar(envoy_factory, mesh, [r.xds_address for r in replicas], delta)
+    sidecar = start_sidecar(envoy_factory, mesh, replicas, delta)
     (serving,) = poll(
         lambda: [r for r in replicas if r.serves(NODE_ID)],
         within=10,

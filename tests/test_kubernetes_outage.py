@@ -58,7 +58,7 @@ from kubernetes.client.exceptions import ApiException
 
 from xds_server.app import ControlPlane
 from xds_server.sample_app import start_sample_app
-from xds_server.settings import KubernetesSettings, Settings
+from xds_server.settings import KubernetesSettings, SecuritySettings, Settings
 from xds_server.sources.k8s_kinds import MESH_KINDS
 from xds_server.sources.k8s_retry import OUTAGE_PROBE_MAX_S, RetryPolicy, WatchFailed
 from xds_server.sources.k8s_watch import ResourceWatch, WatchReport
@@ -254,6 +254,8 @@ async def running_mesh(
                 admin_listen=f"127.0.0.1:{free_port()}",
                 grace_seconds=0.5,
                 kubernetes=KubernetesSettings(kubeconfig=kubeconfig),
+                # the test's sidecar proves itself with a certificate this plane signs
+                security=SecuritySettings(xds_client_auth="certificate"),
             )
         )
         task = asyncio.create_task(plane.run())

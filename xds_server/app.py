@@ -487,7 +487,7 @@ class ControlPlane:
             lambda: issuer.bundle,
             security.ca_namespace,
             hosts=server_hosts(xds_host, security.ca_namespace),
-            require_client_auth=self.settings.source_kind != SOURCE_KUBERNETES,
+            require_client_auth=security.client_auth(self.settings.source_kind) == "certificate",
         )
         logger.info("xDS serves TLS as %s", self.xds_tls.current.spiffe_id)
         return self.xds_tls.credentials()

@@ -20,6 +20,7 @@ from typing import Any, NoReturn
 
 from xds_server.settings import (
     SOURCE_KUBERNETES,
+    XDS_CLIENT_AUTH,
     KubernetesSettings,
     SecuritySettings,
     Settings,
@@ -201,6 +202,13 @@ def _parser() -> argparse.ArgumentParser:
         "(default %(default)s)",
     )
     serve.add_argument(
+        "--xds-client-auth",
+        choices=XDS_CLIENT_AUTH,
+        help="how proxies prove who they are on the xDS port: a client certificate of the "
+        "mesh CA (xds-server bootstrap; the default in file mode) or a projected "
+        "ServiceAccount token (injected sidecars; the default with --source kubernetes)",
+    )
+    serve.add_argument(
         "--insecure-xds",
         action="store_true",
         help="DEVELOPMENT ONLY: serve xDS in plaintext and authenticate no proxy "
@@ -343,6 +351,7 @@ def _main(argv: list[str] | None) -> int:
                 ca_namespace=args.ca_namespace,
                 token_audience=args.token_audience,
                 insecure_xds=args.insecure_xds,
+                xds_client_auth=args.xds_client_auth,
             ),
         )
         if (args.ca_cert is None) != (args.ca_key is None):

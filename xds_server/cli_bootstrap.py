@@ -94,7 +94,7 @@ def add_arguments(boot: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from xds_server.bootstrap import render_bootstrap
+    from xds_server.bootstrap import parse_xds_addresses, render_bootstrap
 
     labels: dict[str, str] = {}
     for item in args.label:
@@ -103,6 +103,11 @@ def run(args: argparse.Namespace) -> int:
             print(f"xds-server: --label expects KEY=VALUE, got {item!r}", file=sys.stderr)
             return 2
         labels[key] = value
+    try:  # a bad address is said before anything is asked of the control plane
+        parse_xds_addresses(args.xds_address or ["127.0.0.1:15010"])
+    except ValueError as error:
+        print(f"xds-server bootstrap: {error}", file=sys.stderr)
+        return 2
     xds_tls: XdsClientTls | None = None
     if not args.insecure_xds:
         try:

@@ -102,6 +102,25 @@ class SecuritySettings:
     token_audience: str = "xds-server"
     admin_token_file: Path = Path(".xds-server/admin-token")
     root_poll_seconds: float = 2.0
+    xds_client_auth: str | None = None
+    """How proxies prove themselves on the xDS port: `certificate` (a client certificate
+    of the mesh CA, required in the TLS handshake) or `token` (a projected ServiceAccount
+    token, TokenReview); None: `certificate` in file mode, `token` in Kubernetes mode.
+    (gRPC Python can require a client certificate or not ask for one, not ask and
+    accept either, so one port takes one of the two.)"""
+
+    def client_auth(self, source_kind: str) -> str:
+        """`certificate` or `token`, as `xds_client_auth` says or the mode implies."""
+        if self.xds_client_auth is not None:
+            if self.xds_client_auth not in XDS_CLIENT_AUTH:
+                raise ValueError(
+                    f"xds_client_auth {self.xds_client_auth!r} is not one of {XDS_CLIENT_AUTH}"
+                )
+            return self.xds_client_auth
+        return "token" if source_kind == SOURCE_KUBERNETES else "certificate"
+
+
+XDS_CLIENT_AUTH = ("certificate", "token")
 
 
 SOURCE_KUBERNETES = "kubernetes"

@@ -126,19 +126,3 @@ def token_review(api_client: Any) -> Callable[[str, str], Any]:
         return api.create_token_review(client.V1TokenReview(spec=spec)).status
 
     return review
-
-
-class CertificateOrTokenAuthenticator:
-    """Kubernetes mode: a client certificate when the stream presented one (a sidecar
-    bootstrapped with `xds-server bootstrap`), else the projected token."""
-
-    def __init__(
-        self, certificates: ClientCertificateAuthenticator, tokens: TokenReviewAuthenticator
-    ) -> None:
-        self.certificates = certificates
-        self.tokens = tokens
-
-    async def authenticate(self, context: Any) -> PeerIdentity:
-        if peer_certificate_pem(context) is not None:
-            return await self.certificates.authenticate(context)
-        return await self.tokens.authenticate(context)

@@ -1,9 +1,10 @@
 """Who may open an ADS stream, as `xds-server serve` is configured (issue 9).
 
-Secure by default: in file mode a sidecar proves itself with a client
-certificate of the mesh's CA (verified in the TLS handshake, its SPIFFE ID read
-by `ClientCertificateAuthenticator`); in Kubernetes mode with its projected
-ServiceAccount token (TokenReview) or such a certificate.  `MeshNodeGuard`
+Secure by default: a sidecar proves itself with a client certificate of the
+mesh's CA (verified in the TLS handshake, its SPIFFE ID read by
+`ClientCertificateAuthenticator`; the default in file mode) or with its
+projected ServiceAccount token (TokenReview; the default in Kubernetes mode),
+as `SecuritySettings.client_auth` says.  `MeshNodeGuard`
 then holds each identity to its own node and Secrets.  `--insecure-xds`
 turns all of it off (`app.ControlPlane` says so loudly).
 
@@ -21,16 +22,12 @@ from cryptography import x509
 
 from xds_server.admin.xds_certificates import ClientCertificate
 from xds_server.model import MeshSnapshot
-from xds_server.security.authn import (
-    CertificateOrTokenAuthenticator,
-    ClientCertificateAuthenticator,
-    TokenReviewAuthenticator,
-)
+from xds_server.security.authn import ClientCertificateAuthenticator, TokenReviewAuthenticator
 from xds_server.security.certificates import CertificateIssuer
 from xds_server.security.guard import MeshNodeGuard
 from xds_server.security.xds_tls import XDS_SERVER_ACCOUNT, xds_server_id
 from xds_server.server.auth import NodeAuthorizer, StreamAuthenticator
-from xds_server.settings import SOURCE_KUBERNETES, SecuritySettings, Settings
+from xds_server.settings import SecuritySettings, Settings
 
 
 def xds_authentication(
@@ -40,14 +37,13 @@ def xds_authentication(
     security = settings.security
     if security.insecure_xds:
         return None, None
-    certificates = ClientCertificateAuthenticator(security.trust_domain)
     guard = MeshNodeGuard(security.trust_domain, mesh)
-    if settings.source_kind != SOURCE_KUBERNETES:
-        return certificates, guard
+    if security.client_auth(settings.source_kind) == "certificate":
+        return ClientCertificateAuthenticator(security.trust_domain), guard
     tokens = TokenReviewAuthenticator(
         security.trust_domain, security.token_audience, _lazy_token_review(settings)
     )
-    return CertificateOrTokenAuthenticator(certificates, tokens), guard
+    return tokens, guard
 
 
 def _lazy_token_review(settings: Settings) -> Callable[[str, str], Any]:
