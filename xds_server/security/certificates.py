@@ -28,8 +28,10 @@ that no proxy sees a new-root certificate before it trusts the new root, the
 re-issue waits `settle_seconds` plus one poll period: by then every replica
 has seen the rotation and pushed the bundle.  A replica started during an
 overlap comes up in it (`trusted`, `trusted_until`): both roots trusted, the
-new one issuing, the old one dropped when the overlap ends.  Whichever replica
-sees an overlap end first tells the store; the others find it done.
+new one issuing (the store keeps no old key, so one started before the
+rotation's re-issue time issues under the new root a little early), the old
+one dropped when the overlap ends.  Whichever replica sees an overlap end
+first tells the store; the others find it done.
 """
 
 from __future__ import annotations
