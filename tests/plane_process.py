@@ -79,6 +79,8 @@ class ControlPlaneProcess:
     log: Path
     grace_seconds: float = 2.0
     process: subprocess.Popen[bytes] | None = None
+    extra: tuple[str, ...] = ()
+    """More `serve` flags (they win over the defaults here, e.g. `--ca-dir`)."""
 
     @property
     def admin_url(self) -> str:
@@ -98,6 +100,7 @@ class ControlPlaneProcess:
             str(self.grace_seconds),
             "--admin-token-file",
             str(self.token_file),
+            *self.extra,
         )
         with self.log.open("ab") as out:
             self.process = subprocess.Popen(

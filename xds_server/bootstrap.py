@@ -65,6 +65,13 @@ class XdsClientTls:
     `private_key`, file mode: what `xds-server bootstrap` obtains from the CA) or
     with a bearer `token` sent as `authorization` metadata on the ADS stream
     (Kubernetes: the pod's projected ServiceAccount token), or both.
+
+    With `watched_directory` (file sources only) Envoy reads them through file-based
+    SDS (`sds_files`, kept in `sds_directory`, by default the watched one) and reads
+    them again whenever a file is moved into `watched_directory`: a renewed
+    credential or a new trust bundle (after a root rotation) takes effect on the next
+    connection to the control plane, without restarting Envoy.  Without it they are
+    read once, at start.
     """
 
     server_id: str
@@ -72,15 +79,62 @@ class XdsClientTls:
     certificate: DataSource | None = None
     private_key: DataSource | None = None
     token: str | None = None
+    watched_directory: str | None = None
+    sds_directory: str | None = None
 
     def __post_init__(self) -> None:
         if (self.certificate is None) != (self.private_key is None):
             raise ValueError("a client certificate goes with its private key")
         if self.certificate is None and not self.token:
             raise ValueError("the sidecar needs a client certificate or a token for xDS")
+        sources = [self.roots, self.certificate, self.private_key]
+        if self.watched_directory and any(s is not None and "filename" not in s for s in sources):
+            raise ValueError("a watched xDS credential is read from files")
+
+    def sds_files(self) -> dict[str, str]:
+        """Path -> YAML of the file-based SDS Secrets a watched credential is read through."""
+        if not self.watched_directory:
+            return {}
+        files = {self._sds_path(ROOTS_SECRET): _sds_yaml(ROOTS_SECRET, self._roots_secret())}
+        if self.certificate is not None and self.private_key is not None:
+            certificate = {
+                "certificate_chain": dict(self.certificate),
+                "private_key": dict(self.private_key),
+                "watched_directory": {"path": self.watched_directory},
+            }
+            files[self._sds_path(CERTIFICATE_SECRET)] = _sds_yaml(
+                CERTIFICATE_SECRET, {"tls_certificate": certificate}
+            )
+        return files
+
+    def _roots_secret(self) -> dict[str, Any]:
+        return {
+            "validation_context": {
+                "trusted_ca": dict(self.roots),
+                "watched_directory": {"path": self.watched_directory},
+            }
+        }
+
+    def _sds_path(self, name: str) -> str:
+        directory = self.sds_directory or self.watched_directory or ""
+        return str(Path(directory) / f"{name}.yaml")
+
+    def _sds_config(self, name: str) -> dict[str, Any]:
+        return {
+            "name": name,
+            "sds_config": {
+                "path_config_source": {
+                    "path": self._sds_path(name),
+                    "watched_directory": {"path": self.watched_directory},
+                },
+                "resource_api_version": "V3",
+            },
+        }
 
     def transport_socket(self) -> dict[str, Any]:
         """The xDS cluster's UpstreamTlsContext (HTTP/2 by ALPN, as gRPC requires)."""
+        if self.watched_directory:
+            return self._watched_transport_socket()
         common: dict[str, Any] = {
             "alpn_protocols": ["h2"],
             "validation_context": {
@@ -102,10 +156,37 @@ class XdsClientTls:
             },
         }
 
+    def _watched_transport_socket(self) -> dict[str, Any]:
+        common: dict[str, Any] = {
+            "alpn_protocols": ["h2"],
+            "combined_validation_context": {
+                "default_validation_context": {
+                    "match_typed_subject_alt_names": [
+                        {"san_type": "URI", "matcher": {"exact": self.server_id}}
+                    ]
+                },
+                "validation_context_sds_secret_config": self._sds_config(ROOTS_SECRET),
+            },
+        }
+        if self.certificate is not None:
+            common["tls_certificate_sds_secret_configs"] = [self._sds_config(CERTIFICATE_SECRET)]
+        return {
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": {"@type": UPSTREAM_TLS_CONTEXT, "common_tls_context": common},
+        }
+
 
 UPSTREAM_TLS_CONTEXT = (
     "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
 )
+SECRET_TYPE = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
+ROOTS_SECRET = "xds-server-roots"
+CERTIFICATE_SECRET = "xds-client-certificate"
+
+
+def _sds_yaml(name: str, secret: dict[str, Any]) -> str:
+    resource = {"@type": SECRET_TYPE, "name": name, **secret}
+    return yaml.safe_dump({"resources": [resource]}, sort_keys=False)
 
 
 def render_bootstrap(

@@ -54,18 +54,25 @@ def inline_client_tls(credential: ClientCertificate, key_pem: bytes) -> XdsClien
 def write_client_tls(
     credential: ClientCertificate, key_pem: bytes, directory: Path
 ) -> XdsClientTls:
-    """The credential written to `directory` (created 0700; the key 0600), by file name."""
+    """The credential written to `directory` (created 0700; the key 0600), by file name,
+    watched: writing it again (a renewal, or new roots after a root rotation) is picked
+    up by the running Envoy on its next connection to the control plane."""
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    key_path = directory / KEY_FILE
-    _write(key_path, key_pem, 0o600)
-    _write(directory / CERTIFICATE_FILE, credential.chain_pem.encode(), 0o644)
-    _write(directory / ROOTS_FILE, credential.roots_pem.encode(), 0o644)
-    return XdsClientTls(
+    directory = directory.resolve()
+    tls = XdsClientTls(
         server_id=credential.server_id,
-        roots=file_source((directory / ROOTS_FILE).resolve()),
-        certificate=file_source((directory / CERTIFICATE_FILE).resolve()),
-        private_key=file_source(key_path.resolve()),
+        roots=file_source(directory / ROOTS_FILE),
+        certificate=file_source(directory / CERTIFICATE_FILE),
+        private_key=file_source(directory / KEY_FILE),
+        watched_directory=str(directory),
     )
+    for path, text in tls.sds_files().items():
+        _write(Path(path), text.encode(), 0o644)
+    # The key and chain last, each moved into place (the watch fires on moves).
+    _write(directory / ROOTS_FILE, credential.roots_pem.encode(), 0o644)
+    _write(directory / KEY_FILE, key_pem, 0o600)
+    _write(directory / CERTIFICATE_FILE, credential.chain_pem.encode(), 0o644)
+    return tls
 
 
 def _write(path: Path, data: bytes, mode: int) -> None:
