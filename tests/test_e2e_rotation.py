@@ -161,13 +161,21 @@ async def tls_load(
 
 
 def held_certificate(certs: Any) -> tuple[str, list[str], int] | None:
-    """(serial, URI SANs, number of trusted CAs) of the certificate Envoy serves, if any."""
+    """(serial, URI SANs, number of trusted CAs) of the SVID Envoy serves, if any.
+
+    `/certs` also lists the xDS cluster's context (the bootstrap's client credential,
+    which lives an hour): the SVID, living seconds here, is the one expiring first."""
+    held: list[tuple[str, str, list[str], int]] = []
     for entry in certs.get("certificates", []):
         for cert in entry.get("cert_chain", []):
             uris = [san["uri"] for san in cert.get("subject_alt_names", []) if "uri" in san]
             if uris:
-                return cert["serial_number"], uris, len(entry.get("ca_cert", []))
-    return None
+                roots = len(entry.get("ca_cert", []))
+                held.append((cert["expiration_time"], cert["serial_number"], uris, roots))
+    if not held:
+        return None
+    _, serial, uris, roots = min(held)
+    return serial, uris, roots
 
 
 @pytest.fixture
