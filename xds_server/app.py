@@ -47,6 +47,7 @@ from xds_server.model import ChangeSet, MeshSnapshot, ObjectKey
 from xds_server.model.status import ObjectStatus, policy_conditions, rejections
 from xds_server.pipeline import MeshPipeline
 from xds_server.security import CertificateIssuer, RootRotation
+from xds_server.security.root_publisher import root_publisher
 from xds_server.security.xds_auth import server_hosts, sign_client_certificate, xds_authentication
 from xds_server.security.xds_tls import XdsServerTls
 from xds_server.server import (
@@ -377,6 +378,9 @@ class ControlPlane:
                     tasks.create_task(run("source", watch_source), name="source"),
                     tasks.create_task(run("certificates", self._run_issuer), name="certificates"),
                 ]
+                publish = root_publisher(self)  # Kubernetes: the trust bundle per namespace
+                if publish is not None:
+                    workers.append(tasks.create_task(run("roots", publish), name="roots"))
                 if self.status_writer is not None:
                     writer = self.status_writer.run
                     workers.append(tasks.create_task(run("status", writer), name="status"))
