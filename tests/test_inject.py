@@ -26,10 +26,12 @@ import httpx
 import pytest
 import yaml
 from conftest import EnvoyFactory
+from cryptography.hazmat.primitives.serialization import Encoding
 from kubernetes.client import models as k8s
 
 from xds_server import cli
 from xds_server.app import ControlPlane
+from xds_server.ca import CertificateAuthority
 from xds_server.envoy_process import envoy_binary, validate_bootstrap
 from xds_server.inject import (
     STATUS_ANNOTATION,
@@ -40,6 +42,8 @@ from xds_server.inject import (
     inject_yaml,
 )
 from xds_server.inject.pod_bootstrap import (
+    ROOTS_DIR,
+    TOKEN_DIR,
     parse_downward_labels,
     render_pod_bootstrap,
     workload_name,
@@ -51,7 +55,7 @@ from xds_server.inject.sidecar import (
     capture_container,
     proxy_container,
 )
-from xds_server.settings import DebounceSettings, Settings
+from xds_server.settings import DebounceSettings, SecuritySettings, Settings
 
 REPO = Path(__file__).resolve().parent.parent
 GOLDEN = Path(__file__).resolve().parent / "golden"
@@ -103,7 +107,13 @@ def test_the_golden_deployment_gets_the_mesh_first_and_keeps_the_app_as_it_was()
         "migrate",
     ]
     assert spec["containers"] == source["spec"]["template"]["spec"]["containers"]
-    assert [v["name"] for v in spec["volumes"]] == ["cache", "mesh-bootstrap", "mesh-podinfo"]
+    assert [v["name"] for v in spec["volumes"]] == [
+        "cache",
+        "mesh-bootstrap",
+        "mesh-podinfo",
+        "mesh-xds-token",
+        "mesh-xds-roots",
+    ]
     annotations = injected["spec"]["template"]["metadata"]["annotations"]
     assert annotations["prometheus.io/scrape"] == "true"
     assert STATUS_ANNOTATION in annotations
@@ -294,6 +304,10 @@ def _run_bootstrap_step(
     for directory in mounts.values():
         directory.mkdir()
     (mounts["/etc/mesh/podinfo"] / "labels").write_text(labels)
+    if TOKEN_DIR in mounts:  # what the kubelet projects and mounts from the ConfigMap
+        (mounts[TOKEN_DIR] / "token").write_text("a-projected-token")
+        root = CertificateAuthority.generate_root("cluster.local").trust_anchor
+        (mounts[ROOTS_DIR] / "root-cert.pem").write_bytes(root.public_bytes(Encoding.PEM))
     args = []
     for arg in container["args"]:
         for mount_path, directory in mounts.items():
@@ -407,7 +421,7 @@ async def _ready_status(port: int, method: str = "GET", path: str = "/ready") ->
 
 @needs_envoy
 async def test_the_kubelet_sees_ready_only_once_envoy_has_its_config(
-    envoy_factory: EnvoyFactory, free_port: Callable[[], int]
+    envoy_factory: EnvoyFactory, free_port: Callable[[], int], tmp_path: Path
 ) -> None:
     xds_port, health_port = free_port(), free_port()
     bootstrap = render_pod_bootstrap(
@@ -444,6 +458,8 @@ async def test_the_kubelet_sees_ready_only_once_envoy_has_its_config(
             admin_listen=f"127.0.0.1:{free_port()}",
             debounce=DebounceSettings(quiet=0.02, max_delay=0.2, endpoint_quiet=0.005),
             grace_seconds=0.2,
+            # Readiness, not authentication, is under test: plaintext xDS.
+            security=SecuritySettings(insecure_xds=True, ca_dir=tmp_path / "ca"),
         )
     )
     task = asyncio.create_task(plane.run())

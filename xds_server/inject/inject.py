@@ -7,7 +7,7 @@ same operations itself (`inject_pod`).  So the two paths cannot drift: a pod
 injected by `xds-server inject` equals the pod the webhook produces.
 
 The patch only adds: the three init containers at the front of
-`initContainers`, the two volumes at the end of `volumes`, and the
+`initContainers`, the volumes at the end of `volumes`, and the
 `sidecar.mesh.io/status` annotation.  That annotation makes injection
 idempotent (injecting twice is injecting once).  A pod is left as it is when
 it opts out (`sidecar.mesh.io/inject: "false"` as a label, which the
@@ -56,13 +56,13 @@ class Decision:
     reason: str = ""
 
 
-def status_annotation() -> str:
+def status_annotation(volumes: Sequence[str] = INJECTED_VOLUMES) -> str:
     """The value recorded on injected pods: what was added, by which version."""
     return json.dumps(
         {
             "initContainers": list(INJECTED_CONTAINERS),
             "version": __version__,
-            "volumes": list(INJECTED_VOLUMES),
+            "volumes": list(volumes),
         },
         sort_keys=True,
         separators=(",", ":"),
@@ -93,13 +93,15 @@ def injection_patch(pod: Mapping[str, Any], config: InjectionConfig) -> tuple[Js
     spec = _mapping(pod.get("spec"), "spec")
     _check_conflicts(spec, config)
     ops: JsonPatch = []
+    volumes = injected_volumes(config)
+    status = status_annotation([volume["name"] for volume in volumes])
     metadata = pod.get("metadata")
     if metadata is None:
-        ops.append(_add("/metadata", {"annotations": {STATUS_ANNOTATION: status_annotation()}}))
+        ops.append(_add("/metadata", {"annotations": {STATUS_ANNOTATION: status}}))
     elif metadata.get("annotations") is None:
-        ops.append(_add("/metadata/annotations", {STATUS_ANNOTATION: status_annotation()}))
+        ops.append(_add("/metadata/annotations", {STATUS_ANNOTATION: status}))
     else:
-        ops.append(_add(f"/metadata/annotations/{_escape(STATUS_ANNOTATION)}", status_annotation()))
+        ops.append(_add(f"/metadata/annotations/{_escape(STATUS_ANNOTATION)}", status))
     # The sidecar accepts mutual TLS: clients' endpoints for this Pod select it.
     if metadata is None or metadata.get("labels") is None:
         ops.append(_add("/metadata/labels", {TLS_MODE_LABEL: "mtls"}))
@@ -110,7 +112,6 @@ def injection_patch(pod: Mapping[str, Any], config: InjectionConfig) -> tuple[Js
         ops.append(_add("/spec/initContainers", containers))
     else:
         ops.extend(_add(f"/spec/initContainers/{i}", c) for i, c in enumerate(containers))
-    volumes = injected_volumes()
     if spec.get("volumes") is None:
         ops.append(_add("/spec/volumes", volumes))
     else:

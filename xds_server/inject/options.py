@@ -13,6 +13,7 @@ from xds_server.bootstrap import parse_host_port
 from xds_server.inject.sidecar import (
     CONTROL_PLANE_IMAGE,
     PROXY_IMAGE,
+    TOKEN_EXPIRATION_SECONDS,
     XDS_ADDRESS,
     InjectionConfig,
 )
@@ -55,6 +56,31 @@ def add_injection_arguments(parser: argparse.ArgumentParser) -> None:
         default="warning",
     )
     group.add_argument("--delta", action="store_true", help="sidecars use incremental xDS")
+    xds = parser.add_argument_group("how injected sidecars authenticate to the control plane")
+    xds.add_argument(
+        "--insecure-xds",
+        action="store_true",
+        help="plaintext xDS with no token (only for a control plane with --insecure-xds)",
+    )
+    xds.add_argument(
+        "--trust-domain", default="cluster.local", help="the mesh's (default %(default)s)"
+    )
+    xds.add_argument(
+        "--control-plane-namespace",
+        default="mesh-system",
+        help="the control plane's namespace, in its SPIFFE ID (default %(default)s)",
+    )
+    xds.add_argument(
+        "--token-audience",
+        default="xds-server",
+        help="of the projected token; the control plane's --token-audience (default %(default)s)",
+    )
+    xds.add_argument(
+        "--token-expiration-seconds",
+        type=int,
+        default=TOKEN_EXPIRATION_SECONDS,
+        help="the projected token's lifetime (default %(default)s)",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> InjectionConfig:
@@ -65,4 +91,9 @@ def config_from_args(args: argparse.Namespace) -> InjectionConfig:
         image_pull_policy=args.image_pull_policy,
         log_level=args.proxy_log_level,
         delta=args.delta,
+        insecure_xds=args.insecure_xds,
+        trust_domain=args.trust_domain,
+        control_plane_namespace=args.control_plane_namespace,
+        token_audience=args.token_audience,
+        token_expiration_seconds=args.token_expiration_seconds,
     )

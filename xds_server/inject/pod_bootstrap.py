@@ -18,6 +18,16 @@ fetch never times out, as in Istio), so the probe means "this sidecar has its
 mesh config".  Every other path gets a 404 from
 the listener itself.  The capture rules exclude 15021 from inbound redirection.
 
+The sidecar speaks TLS to the control plane and proves its identity with the
+Pod's projected ServiceAccount token (`token_client_tls`): the token is sent
+as `authorization: Bearer` metadata on the ADS stream, and Envoy accepts the
+xDS server only with a certificate chaining to the mesh's roots (read from the
+mounted ConfigMap by file name, through file-based SDS watching its
+directory, so a refreshed bundle is used on the next connection) and naming
+the control plane's SPIFFE ID.  Envoy sends the token it was started with:
+the token must outlive the Pod's last reconnection to the control plane
+(`InjectionConfig.token_expiration_seconds`).
+
 The node id is `POD_NAME.POD_NAMESPACE`, the key under which the Kubernetes
 source knows the Pod; the workload name is derived from the pod's labels (see
 `workload_name`) so that every replica of a workload shares a node cluster.
@@ -30,11 +40,13 @@ import json
 import logging
 import re
 from collections.abc import Mapping
+from pathlib import PurePosixPath
 from typing import Any
 
 import yaml
 
-from xds_server.bootstrap import render_bootstrap
+from xds_server.bootstrap import XdsClientTls, file_source, render_bootstrap
+from xds_server.security.xds_tls import xds_server_id
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +55,12 @@ HEALTH_PORT = 15021
 OUTBOUND_PORT = 15001
 INBOUND_PORT = 15006
 READY_PATH = "/ready"
+TOKEN_DIR = "/var/run/secrets/xds-server"
+TOKEN_PATH = f"{TOKEN_DIR}/token"
+"""The projected ServiceAccount token the sidecar proves itself with."""
+ROOTS_DIR = "/etc/mesh/xds-roots"
+ROOTS_PATH = f"{ROOTS_DIR}/root-cert.pem"
+"""The mesh's trust bundle, from the ConfigMap the control plane publishes."""
 HEALTH_LISTENER_NAME = "mesh_health"
 ADMIN_CLUSTER_NAME = "mesh_admin"
 
@@ -191,6 +209,32 @@ def readiness_resources(
     return listener, cluster
 
 
+def token_client_tls(
+    *,
+    token: str,
+    roots_file: str,
+    trust_domain: str = "cluster.local",
+    control_plane_namespace: str = "mesh-system",
+    sds_directory: str | None = None,
+) -> XdsClientTls:
+    """The sidecar's xDS credential: its token, and the roots by file name.
+
+    With `sds_directory` (where the bootstrap is written) the roots are read
+    through file-based SDS kept there, watching the roots' directory (the
+    mounted ConfigMap); without, Envoy reads them once, at start.
+    """
+    token = token.strip()
+    if not token:
+        raise ValueError("the ServiceAccount token is empty")
+    return XdsClientTls(
+        server_id=xds_server_id(trust_domain, control_plane_namespace),
+        roots=file_source(roots_file),
+        token=token,
+        watched_directory=str(PurePosixPath(roots_file).parent) if sds_directory else None,
+        sds_directory=sds_directory,
+    )
+
+
 def render_pod_bootstrap(
     *,
     pod_name: str,
@@ -204,8 +248,10 @@ def render_pod_bootstrap(
     outbound_port: int = OUTBOUND_PORT,
     inbound_port: int = INBOUND_PORT,
     delta: bool = False,
+    xds_tls: XdsClientTls | None = None,
 ) -> str:
-    """The bootstrap YAML of an injected sidecar (see the module docstring).
+    """The bootstrap YAML of an injected sidecar (see the module docstring); `xds_tls`
+    None is plaintext xDS (a control plane with `--insecure-xds`).
 
     Raises `ValueError` for a missing pod name or namespace, a malformed IP or
     address, or a port clash between the admin and health listeners.
@@ -236,6 +282,7 @@ def render_pod_bootstrap(
         outbound_port=outbound_port,
         interception="redirect",
         inbound_capture_port=inbound_port,
+        xds_tls=xds_tls,
     )
     bootstrap = yaml.safe_load(text)
     listener, cluster = readiness_resources(

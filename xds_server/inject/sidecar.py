@@ -1,4 +1,4 @@
-"""What injection adds to a pod: two init containers, the Envoy sidecar and two volumes.
+"""What injection adds to a pod: two init containers, the Envoy sidecar and four volumes.
 
 Everything here is a pure function of `InjectionConfig`, so a pod injected by
 the CLI and one injected by the webhook get byte-identical additions.
@@ -12,6 +12,17 @@ the CLI and one injected by the webhook get byte-identical additions.
   downward-API values into the `mesh-bootstrap` emptyDir.  It is a separate
   container from the capture step so that the YAML renderer never runs with
   NET_ADMIN, and a failure shows under its own name in `kubectl describe`.
+* The xDS port serves TLS and authenticates proxies (issue 9), so the
+  bootstrap step also mounts a projected ServiceAccount token for the control
+  plane's audience (`mesh-xds-token`, bound to the Pod, which is what the
+  control plane checks with TokenReview and matches to the node) and the
+  mesh's trust bundle (`mesh-xds-roots`, the ConfigMap the control plane
+  publishes in each namespace, `security.root_publisher`).  The token goes
+  into the bootstrap as the ADS stream's `authorization` metadata; Envoy
+  checks the xDS server's SPIFFE ID against the roots, which it reads from the
+  ConfigMap's mount by file name and re-reads when the kubelet refreshes it (a
+  root rotation).  With `insecure_xds` neither is added and the sidecar
+  speaks plaintext, to a control plane started with `--insecure-xds`.
 * `mesh-proxy`, the stock Envoy image, is a native sidecar: an init container
   with `restartPolicy: Always` (Kubernetes 1.29+, on by default).  The kubelet
   starts it after the two steps above and starts the app containers only once
@@ -38,7 +49,12 @@ from xds_server.inject.pod_bootstrap import (
     INBOUND_PORT,
     OUTBOUND_PORT,
     READY_PATH,
+    ROOTS_DIR,
+    ROOTS_PATH,
+    TOKEN_DIR,
+    TOKEN_PATH,
 )
+from xds_server.security.root_publisher import ROOT_CERT_KEY, ROOT_CONFIGMAP
 
 logger = logging.getLogger(__name__)
 
@@ -53,8 +69,14 @@ BOOTSTRAP_CONTAINER = "mesh-bootstrap"
 PROXY_CONTAINER = "mesh-proxy"
 BOOTSTRAP_VOLUME = "mesh-bootstrap"
 PODINFO_VOLUME = "mesh-podinfo"
+TOKEN_VOLUME = "mesh-xds-token"
+ROOTS_VOLUME = "mesh-xds-roots"
 INJECTED_CONTAINERS = (CAPTURE_CONTAINER, BOOTSTRAP_CONTAINER, PROXY_CONTAINER)
-INJECTED_VOLUMES = (BOOTSTRAP_VOLUME, PODINFO_VOLUME)
+INJECTED_VOLUMES = (BOOTSTRAP_VOLUME, PODINFO_VOLUME, TOKEN_VOLUME, ROOTS_VOLUME)
+"""Every volume name injection may add (all reserved, whichever a config adds)."""
+TOKEN_EXPIRATION_SECONDS = 43200
+MIN_TOKEN_EXPIRATION_SECONDS = 600
+"""The API server's minimum for a projected token's `expirationSeconds`."""
 
 BOOTSTRAP_DIR = "/etc/envoy"
 BOOTSTRAP_PATH = f"{BOOTSTRAP_DIR}/bootstrap.yaml"
@@ -66,7 +88,10 @@ PROXY_UID = 1337
 
 @dataclass(frozen=True)
 class InjectionConfig:
-    """How to inject: images, where the control plane is, the proxy's ports and UID."""
+    """How to inject: images, where the control plane is, the proxy's ports and UID,
+    and how the sidecar authenticates to the control plane (`trust_domain` and
+    `control_plane_namespace` make the xDS server's SPIFFE ID it checks;
+    `token_audience` must be the control plane's `--token-audience`)."""
 
     xds_address: str = XDS_ADDRESS
     proxy_image: str = PROXY_IMAGE
@@ -82,6 +107,12 @@ class InjectionConfig:
     concurrency: int = 2
     log_level: str = "warning"
     delta: bool = False
+    insecure_xds: bool = False
+    trust_domain: str = "cluster.local"
+    control_plane_namespace: str = "mesh-system"
+    token_audience: str = "xds-server"
+    token_expiration_seconds: int = TOKEN_EXPIRATION_SECONDS
+    roots_configmap: str = ROOT_CONFIGMAP
 
     def __post_init__(self) -> None:
         ports = {
@@ -104,6 +135,14 @@ class InjectionConfig:
             raise ValueError(f"proxy_uid {self.proxy_uid} must be a non-root UID")
         if self.concurrency < 1:
             raise ValueError("concurrency must be at least 1")
+        if self.token_expiration_seconds < MIN_TOKEN_EXPIRATION_SECONDS:
+            raise ValueError(
+                f"token_expiration_seconds {self.token_expiration_seconds} is below the "
+                f"API server's minimum of {MIN_TOKEN_EXPIRATION_SECONDS}"
+            )
+        for name in ("trust_domain", "control_plane_namespace", "token_audience"):
+            if not getattr(self, name):
+                raise ValueError(f"{name} must not be empty")
 
     @property
     def reserved_ports(self) -> frozenset[int]:
@@ -189,6 +228,27 @@ def bootstrap_container(config: InjectionConfig) -> dict[str, Any]:
     ]
     if config.delta:
         args.append("--delta")
+    mounts = [
+        {"name": BOOTSTRAP_VOLUME, "mountPath": BOOTSTRAP_DIR},
+        {"name": PODINFO_VOLUME, "mountPath": PODINFO_DIR, "readOnly": True},
+    ]
+    if config.insecure_xds:
+        args.append("--insecure-xds")
+    else:
+        args += [
+            "--token-file",
+            TOKEN_PATH,
+            "--roots-file",
+            ROOTS_PATH,
+            "--trust-domain",
+            config.trust_domain,
+            "--control-plane-namespace",
+            config.control_plane_namespace,
+        ]
+        mounts += [
+            {"name": TOKEN_VOLUME, "mountPath": TOKEN_DIR, "readOnly": True},
+            {"name": ROOTS_VOLUME, "mountPath": ROOTS_DIR, "readOnly": True},
+        ]
     return {
         "name": BOOTSTRAP_CONTAINER,
         "image": config.control_plane_image,
@@ -206,10 +266,7 @@ def bootstrap_container(config: InjectionConfig) -> dict[str, Any]:
             "limits": {"cpu": "500m", "memory": "128Mi"},
         },
         "securityContext": _non_root(config.proxy_uid),
-        "volumeMounts": [
-            {"name": BOOTSTRAP_VOLUME, "mountPath": BOOTSTRAP_DIR},
-            {"name": PODINFO_VOLUME, "mountPath": PODINFO_DIR, "readOnly": True},
-        ],
+        "volumeMounts": mounts,
     }
 
 
@@ -224,6 +281,9 @@ def _ready_probe(config: InjectionConfig, period: int, failures: int) -> dict[st
 
 def proxy_container(config: InjectionConfig) -> dict[str, Any]:
     """The Envoy sidecar, as a native sidecar (restartable init container)."""
+    mounts = [{"name": BOOTSTRAP_VOLUME, "mountPath": BOOTSTRAP_DIR, "readOnly": True}]
+    if not config.insecure_xds:  # Envoy reads the roots itself, and again when they change
+        mounts.append({"name": ROOTS_VOLUME, "mountPath": ROOTS_DIR, "readOnly": True})
     return {
         "name": PROXY_CONTAINER,
         "image": config.proxy_image,
@@ -249,7 +309,7 @@ def proxy_container(config: InjectionConfig) -> dict[str, Any]:
             "limits": {"cpu": "2", "memory": "1Gi"},
         },
         "securityContext": _non_root(config.proxy_uid),
-        "volumeMounts": [{"name": BOOTSTRAP_VOLUME, "mountPath": BOOTSTRAP_DIR, "readOnly": True}],
+        "volumeMounts": mounts,
     }
 
 
@@ -258,8 +318,8 @@ def injected_init_containers(config: InjectionConfig) -> list[dict[str, Any]]:
     return [capture_container(config), bootstrap_container(config), proxy_container(config)]
 
 
-def injected_volumes() -> list[dict[str, Any]]:
-    return [
+def injected_volumes(config: InjectionConfig) -> list[dict[str, Any]]:
+    volumes = [
         {"name": BOOTSTRAP_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}},
         {
             "name": PODINFO_VOLUME,
@@ -267,4 +327,20 @@ def injected_volumes() -> list[dict[str, Any]]:
                 "items": [{"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}}]
             },
         },
+    ]
+    if config.insecure_xds:
+        return volumes
+    token = {
+        "audience": config.token_audience,
+        "expirationSeconds": config.token_expiration_seconds,
+        "path": TOKEN_PATH.rpartition("/")[2],
+    }
+    roots = {
+        "name": config.roots_configmap,
+        "items": [{"key": ROOT_CERT_KEY, "path": ROOTS_PATH.rpartition("/")[2]}],
+    }
+    return [
+        *volumes,
+        {"name": TOKEN_VOLUME, "projected": {"sources": [{"serviceAccountToken": token}]}},
+        {"name": ROOTS_VOLUME, "configMap": roots},
     ]
