@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Literal
 
+from envoy.config.core.v3.base_pb2 import Node
+
 from xds_server.resources import TYPES
 
 if TYPE_CHECKING:
@@ -84,6 +86,9 @@ class StreamStatus:
     snapshot_version: str | None
     requests: int
     types: Mapping[str, TypeStatus] = field(default_factory=dict)
+    node: Node | None = field(default=None, compare=False)
+    """The node the stream's first request carried (None before it): CSDS answers with
+    it and matches its metadata.  Shared with the stream, so never to be mutated."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -600,6 +600,7 @@ class AdsStream(abc.ABC, Generic[RequestT]):
             types=MappingProxyType(
                 {url: self.types[url].status() for url in PUSH_ORDER if url in self.types}
             ),
+            node=self.node,
         )
 
 
