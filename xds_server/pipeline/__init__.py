@@ -26,24 +26,40 @@ from xds_server.pipeline import isolation
 from xds_server.pipeline.builder import SnapshotBuilder
 from xds_server.pipeline.debounce import Debouncer
 from xds_server.pipeline.errors import ErrorTable, bounded, describe, frames
+from xds_server.pipeline.metrics import PipelineMetrics
 from xds_server.settings import DebounceSettings
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MeshPipeline", "SnapshotBuilder"]
+__all__ = ["MeshPipeline", "PipelineMetrics", "SnapshotBuilder"]
 
 MAX_SHOWN_NODE_ID_CHARS = 300
 
 
 class MeshPipeline:
-    def __init__(self, cache: SnapshotCache, debounce: DebounceSettings | None = None) -> None:
+    def __init__(
+        self,
+        cache: SnapshotCache,
+        debounce: DebounceSettings | None = None,
+        metrics: PipelineMetrics | None = None,
+    ) -> None:
         self.builder = SnapshotBuilder(cache)
         self._debouncer = Debouncer(debounce or DebounceSettings())
+        self.metrics = metrics
         self.node_errors: ErrorTable[str] = ErrorTable()
         """By node id, while that node is connected: why its metadata was refused."""
         self.batch_errors: ErrorTable[ObjectKey] = ErrorTable()
         """Changes that raised outside translation (a bug): not applied until their next change."""
         self.pushes = 0
+
+    @property
+    def metrics(self) -> PipelineMetrics | None:
+        """Where the builder and the debouncer count (None: nothing is counted)."""
+        return self.builder.metrics
+
+    @metrics.setter
+    def metrics(self, metrics: PipelineMetrics | None) -> None:
+        self.builder.metrics = self._debouncer.metrics = metrics
 
     @property
     def ready(self) -> bool:

@@ -28,6 +28,7 @@ keeps its last good resources (`unit_errors`, `proxy_error`).
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -56,6 +57,7 @@ from xds_server.pipeline.generators import (
     route_unit,
 )
 from xds_server.pipeline.isolation import shown_key
+from xds_server.pipeline.metrics import TRIGGER_PROXY, PipelineMetrics
 from xds_server.pipeline.plan import Plan, Planner, proxy_failure
 from xds_server.pipeline.provenance import Provenance, RefCache
 from xds_server.pipeline.reads import Fact, slices_fact
@@ -71,6 +73,7 @@ from xds_server.pipeline.snapshots import (
     proxy_push,
     resource_changes,
 )
+from xds_server.pipeline.validation import EnvoyValidationError
 from xds_server.pipeline.workloads import with_workload, workload_of, workloads_by_ip
 from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, Resource
 
@@ -115,6 +118,8 @@ class SnapshotBuilder:
         """Told of every committed batch that changed an object (push history)."""
         self.retranslated = 0
         """Proxy translations run so far (benchmarks and tests read it)."""
+        self.metrics: PipelineMetrics | None = None
+        """Pushes, build time and validation failures (`MeshPipeline.metrics` sets it)."""
         # Test seam: lets a test alter a proxy's resources before they are published.
         self.resource_hook: Callable[[Proxy, Snapshot], Snapshot] | None = None
 
@@ -165,17 +170,23 @@ class SnapshotBuilder:
 
         Upserts whose translation raises are left out (see the module doc).
         """
+        started = time.perf_counter()
         for key in (*changes.upserts, *changes.deletes):
             self.object_errors.clear(key)  # the object's new state gets a fresh chance
         left_out: ObjectErrors = []
-        plan = self._plan(changes, left_out)
+        plan = self._plan(changes, left_out, self.metrics)
         for key, message in left_out:
             self.object_errors.set(key, message)
         if plan is not None:
             self._commit(plan)
+        if self.metrics is not None:
+            self.metrics.batch_built(time.perf_counter() - started)
 
-    def _plan(self, changes: ChangeSet, left_out: ObjectErrors) -> Plan | None:
-        """The plan for `changes`, leaving out (into `left_out`) the objects that raise."""
+    def _plan(
+        self, changes: ChangeSet, left_out: ObjectErrors, metrics: PipelineMetrics | None = None
+    ) -> Plan | None:
+        """The plan for `changes`, leaving out (into `left_out`) the objects that raise;
+        `metrics` count those left out for breaking Envoy's rules (not in a preview)."""
         base = self.mesh
         memo: Memo = {}
         dropped: set[ObjectKey] = set()
@@ -207,6 +218,8 @@ class SnapshotBuilder:
                     kept = False
                 message = isolation.dropped_message(key, error, kept=kept)
                 left_out.append((key, message))
+                if metrics is not None and isinstance(error, EnvoyValidationError):
+                    metrics.validation_failed(error.type_url)
                 logger.error("%s\n%s", message, frames(error))
             effective = isolation.without(changes, dropped, taken_out)
 
@@ -259,6 +272,8 @@ class SnapshotBuilder:
                 held = shared_changed or state.proxy.namespace in routes_changed
                 if (held or node_id in touched) and (push := self._publish_planned(state, plan)):
                     pushes.append(push)
+        if self.metrics is not None and plan.changed:
+            self.metrics.batch_pushed((key.kind for key, _, _ in plan.changed), pushes)
         self._report(plan, pushes)
 
     def _record_units(self, plan: Plan) -> None:
@@ -298,7 +313,8 @@ class SnapshotBuilder:
         if failure is not None:
             state.error = failure
             return None
-        report = self.on_generation is not None  # no history: no names to gather
+        # Neither history nor metrics: no names to gather.
+        report = self.on_generation is not None or self.metrics is not None
         return self._publish(state, plan.translated.get(state.declared.node_id), report=report)
 
     # -- dry run ----------------------------------------------------------------------
@@ -449,12 +465,16 @@ class SnapshotBuilder:
 
     def _retranslate(self, state: ProxyState) -> None:
         """Translate one proxy on the current mesh and publish it (outside any batch)."""
+        started = time.perf_counter()
         reads: set[Fact] = set()
         provenance = self._provenance()
+        metrics = self.metrics
         try:
             translated = proxy_resources(self.mesh, state, state.proxy, provenance, reads)
         except Exception as error:  # one proxy's failure is that proxy's alone
             state.error = proxy_failure(state.proxy.node_id, error)
+            if metrics is not None and isinstance(error, EnvoyValidationError):
+                metrics.validation_failed(error.type_url)
             return
         self.retranslated += 1
         clusters, listeners, secrets = translated
@@ -464,7 +484,11 @@ class SnapshotBuilder:
             + [(SECRET, n) for n in secrets]
         )
         self.index.record(proxy_unit(state.declared.node_id), reads, built)
-        self._publish(state, translated, report=False)
+        push = self._publish(state, translated, report=metrics is not None)
+        if metrics is not None:
+            if push is not None:
+                metrics.pushed(push, TRIGGER_PROXY)
+            metrics.proxy_built(time.perf_counter() - started)
 
     def _provenance(self) -> Provenance:
         """A resolver on the current mesh, kept while the mesh is: proxies joining one

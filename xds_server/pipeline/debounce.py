@@ -14,6 +14,7 @@ import contextlib
 import logging
 
 from xds_server.model import ChangeSet, Kind
+from xds_server.pipeline.metrics import PipelineMetrics
 from xds_server.settings import DebounceSettings
 
 logger = logging.getLogger(__name__)
@@ -33,6 +34,8 @@ class Debouncer:
         self._first_at: float | None = None
         self._last_at = 0.0
         self._wakeup = asyncio.Event()
+        self.metrics: PipelineMetrics | None = None
+        """Counts change sets merged into a waiting burst."""
 
     def submit(self, changes: ChangeSet) -> None:
         if not changes:
@@ -40,6 +43,8 @@ class Debouncer:
         now = asyncio.get_running_loop().time()
         if self._first_at is None:
             self._first_at = now
+        elif self.metrics is not None:
+            self.metrics.merged()
         self._last_at = now
         self._pending.merge(changes)
         self._wakeup.set()

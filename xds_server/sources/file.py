@@ -58,6 +58,7 @@ from xds_server.sources.file_state import (
     missing_directory_error,
 )
 from xds_server.sources.file_watch import DirectoryWatcher, WatchMode
+from xds_server.sources.metrics import SourceMetrics
 from xds_server.sources.parse_worker import (
     ParseCancelled,
     ParserDied,
@@ -132,6 +133,8 @@ class FileSource:
         self._running: _Job | None = None
         self._parser: ParserProcess | None = None
         self._lock: asyncio.Lock | None = None  # made by run(), in its event loop
+        self.metrics: SourceMetrics | None = None
+        """Counts the changes emitted (`xds_source_events{source="file"}`)."""
         self._work: asyncio.Event | None = None
 
     @property
@@ -270,6 +273,7 @@ class FileSource:
         """
         self._lock, self._work = asyncio.Lock(), asyncio.Event()
         self._jobs.clear()
+        emit = self._counted(emit)
         try:
             changes = await self._initial_load()
             emit(changes)
@@ -283,6 +287,14 @@ class FileSource:
             self._running = None
             if self._parser is not None:
                 self._parser.close()
+
+    def _counted(self, emit: Callable[[ChangeSet], None]) -> Callable[[ChangeSet], None]:
+        def counted(changes: ChangeSet) -> None:
+            if self.metrics is not None:
+                self.metrics.emitted("file", changes)
+            emit(changes)
+
+        return counted
 
     async def _initial_load(self) -> ChangeSet:
         assert self._lock is not None

@@ -65,6 +65,12 @@ from xds_server.sources.k8s_state import (
     WatchedObjects,
     resource_version_of,
 )
+from xds_server.sources.metrics import (
+    RESTART_EXPIRED,
+    RESTART_FAILED,
+    RESTART_NOT_SERVED,
+    SourceMetrics,
+)
 
 __all__ = ["ResourceWatch", "WatchReport"]
 
@@ -136,6 +142,7 @@ class ResourceWatch:
         rng: random.Random | None = None,
         monotonic: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], object] | None = None,
+        metrics: SourceMetrics | None = None,
     ) -> None:
         """`monotonic` and `sleep` (default: a wait that `stop` cuts short) are the
         watch's clock, which tests replace with a fake one."""
@@ -147,6 +154,7 @@ class ResourceWatch:
         self._settings = settings
         self._report = report
         self._rng = rng or random.Random()
+        self._metrics = metrics
         self.objects = WatchedObjects(self.name, kind.api_version, kind.kind, kind.convert)
         self._failure: KubernetesSourceError | None = None
         self._reported_errors: tuple[KubernetesSourceError, ...] = ()
@@ -189,15 +197,18 @@ class ResourceWatch:
                 need_list = True
                 delay = self._retry.expired()
                 logger.info("%s: %s; relisting%s", self.name, error, _after(delay))
+                self._restarted(RESTART_EXPIRED)
             except KindNotServed as error:
                 need_list = True
                 delay = self._retry.failed(error.cause).delay
+                self._restarted(RESTART_NOT_SERVED)
             except Exception as error:
                 if self._stop.is_set():
                     break
                 retry = self._retry.failed(error)
                 delay, need_list = retry.delay, need_list or retry.relist
                 self._failed(operation, error, delay)
+                self._restarted(RESTART_FAILED)
             if delay and not self._stop.is_set():
                 self._sleep(delay)
         logger.debug("%s: stopped", self.name)
@@ -333,6 +344,10 @@ class ResourceWatch:
         raise KindNotServed(error)
 
     # -- reporting -----------------------------------------------------------
+    def _restarted(self, reason: str) -> None:
+        if self._metrics is not None:
+            self._metrics.watch_restarted(self.kind.kind, reason)
+
     def _failed(self, verb: str, error: Exception, delay: float) -> None:
         text = _describe_api_error(error) if isinstance(error, ApiException) else str(error)
         problem = KubernetesSourceError(

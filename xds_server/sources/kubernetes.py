@@ -51,6 +51,7 @@ from xds_server.sources.k8s_kinds import MESH_KINDS, WatchedKind
 from xds_server.sources.k8s_retry import Backoff
 from xds_server.sources.k8s_state import KubernetesSourceError
 from xds_server.sources.k8s_watch import ResourceWatch, WatchReport
+from xds_server.sources.metrics import SourceMetrics
 
 __all__ = ["KubernetesSource", "KubernetesSourceError", "load_configuration"]
 
@@ -136,8 +137,11 @@ class KubernetesSource:
         kinds: Sequence[WatchedKind] = MESH_KINDS,
         configuration: client.Configuration | None = None,
         rng: random.Random | None = None,
+        metrics: SourceMetrics | None = None,
     ) -> None:
         """`configuration` overrides `settings.kubeconfig` (tests point it at a fake API)."""
+        self.metrics = metrics
+        """Counts watch events and restarts (read when `run` starts the watches)."""
         self._settings = settings
         self._kinds = tuple(kinds)
         namespaces = tuple(dict.fromkeys(settings.namespaces))  # each once, in order
@@ -198,6 +202,7 @@ class KubernetesSource:
                 self._settings,
                 post,
                 rng=random.Random(self._rng.random()),
+                metrics=self.metrics,
             )
             for kind in self._kinds
             for namespace in self._namespaces
@@ -246,6 +251,8 @@ class KubernetesSource:
         """In the event loop: record a watch's report and emit what changed."""
         if report.errors is not None:
             self._errors[report.watch] = report.errors
+        if self.metrics is not None and report.changes:
+            self.metrics.emitted("kubernetes", report.changes)
         if self._initial_sync_done:
             if report.changes:
                 self._emit(emit, report.changes)
