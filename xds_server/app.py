@@ -38,6 +38,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from xds_server.admin import ProxyView, create_app
 from xds_server.admin.auth import AdminToken, TokenError, load_or_create
 from xds_server.admin.certificates import MeshCertificates
+from xds_server.admin.client_status import client_status_service
 from xds_server.admin.dependents import ObjectDependents, gather
 from xds_server.admin.diff import DryRun
 from xds_server.admin.xds_certificates import ClientCertificate
@@ -463,8 +464,9 @@ class ControlPlane:
             credentials = self._xds_credentials(xds_host)
             try:
                 grpc_server, self.xds_port = bind_grpc_server(
-                    self.ads, f"{xds_host}:{xds_port}", credentials=credentials
-                )
+                    self.ads, f"{xds_host}:{xds_port}", credentials=credentials,
+                    services=[client_status_service(self)],
+                )  # fmt: skip
             except (RuntimeError, OSError):
                 raise StartupError(f"cannot listen for xDS on {self.settings.xds_listen}") from None
         except BaseException:
