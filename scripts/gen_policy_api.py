@@ -73,6 +73,12 @@ APIS = (
         "peerauthentications",
         Path("manifests/crds/peerauthentication.yaml"),
     ),
+    Api(
+        "xds_server/policy/v1alpha1/telemetry.proto",
+        "Telemetry",
+        "telemetries",
+        Path("manifests/crds/telemetry.yaml"),
+    ),
 )
 
 # The proto3 JSON form of a Duration (seconds, up to nine fractional digits), never negative.

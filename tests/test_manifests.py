@@ -237,6 +237,8 @@ def test_the_control_plane_may_only_read_what_it_watches_and_write_status() -> N
         ("cluster", "policy.xds-server.dev", "backendpolicies/status", status, ()),
         ("cluster", "policy.xds-server.dev", "peerauthentications", tuple(READ_ONLY), ()),
         ("cluster", "policy.xds-server.dev", "peerauthentications/status", status, ()),
+        ("cluster", "policy.xds-server.dev", "telemetries", tuple(READ_ONLY), ()),
+        ("cluster", "policy.xds-server.dev", "telemetries/status", status, ()),
         ("mesh-system", "", "secrets", ("create",), ()),
         ("mesh-system", "", "secrets", ("get", "update"), ("xds-server-ca",)),
         ("mesh-system", "coordination.k8s.io", "leases", ("create",), ()),

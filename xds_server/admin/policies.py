@@ -62,6 +62,7 @@ POLICY_KIND_NAMES: dict[str, Kind] = {
         (Kind.GRPC_ROUTE, "grpcroutes"),
         (Kind.BACKEND_POLICY, "backendpolicies"),
         (Kind.AUTHORIZATION_POLICY, "authorizationpolicies"),
+        (Kind.TELEMETRY, "telemetries"),
     )
     for name in (kind.value.lower(), plural)
 }

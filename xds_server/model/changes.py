@@ -14,6 +14,7 @@ from xds_server.model.security import (
     TrustRoots,
     WorkloadCertificate,
 )
+from xds_server.model.telemetry import Telemetry
 from xds_server.model.types import EndpointSlice, Service, Workload
 
 MeshObject = (
@@ -27,6 +28,7 @@ MeshObject = (
     | AuthorizationPolicy
     | WorkloadCertificate
     | TrustRoots
+    | Telemetry
 )
 
 
@@ -42,6 +44,7 @@ class Kind(enum.Enum):
     WORKLOAD_CERTIFICATE = "WorkloadCertificate"
     """Issued by the control plane's CA (`security.certificates`), not read from a source."""
     TRUST_ROOTS = "TrustRoots"
+    TELEMETRY = "Telemetry"
 
     # Members are singletons: identity hashing is correct, and C-fast.  Enum's own
     # __hash__ runs Python code, and kinds are hashed in every key and fact.
@@ -59,6 +62,7 @@ KIND_OF_TYPE: dict[type, Kind] = {
     AuthorizationPolicy: Kind.AUTHORIZATION_POLICY,
     WorkloadCertificate: Kind.WORKLOAD_CERTIFICATE,
     TrustRoots: Kind.TRUST_ROOTS,
+    Telemetry: Kind.TELEMETRY,
 }
 POLICY_KINDS = frozenset(
     {
@@ -67,6 +71,7 @@ POLICY_KINDS = frozenset(
         Kind.BACKEND_POLICY,
         Kind.PEER_AUTHENTICATION,
         Kind.AUTHORIZATION_POLICY,
+        Kind.TELEMETRY,
     }
 )
 """Kinds that configure traffic rather than describe it: they carry status conditions."""

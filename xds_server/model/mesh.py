@@ -20,6 +20,7 @@ from xds_server.model.security import (
     TrustRoots,
     WorkloadCertificate,
 )
+from xds_server.model.telemetry import Telemetry
 from xds_server.model.types import EndpointSlice, Labels, Service, Workload
 
 NamespacedName = tuple[str, str]
@@ -36,6 +37,7 @@ TABLES: dict[Kind, str] = {
     Kind.AUTHORIZATION_POLICY: "authorization_policies",
     Kind.WORKLOAD_CERTIFICATE: "workload_certificates",
     Kind.TRUST_ROOTS: "trust_roots",
+    Kind.TELEMETRY: "telemetries",
 }
 """The snapshot's field holding each kind: a new kind is a row here and a field."""
 _Table = dict[NamespacedName, MeshObject]
@@ -62,6 +64,7 @@ class MeshSnapshot:
     """By (namespace, service account): the identity each certifies."""
     trust_roots: Mapping[NamespacedName, TrustRoots] = field(default_factory=dict)
     """At most one, at `TRUST_ROOTS_KEY`."""
+    telemetries: Mapping[NamespacedName, Telemetry] = field(default_factory=dict)
     root_namespace: str = ROOT_NAMESPACE
     """Where a BackendPolicy without targetRefs is the mesh-wide default."""
     generation: int = 0
@@ -161,6 +164,17 @@ class MeshSnapshot:
         grouped = self.derive("peer_auth_by_namespace", self._peer_auth_by_namespace)
         return grouped.get(namespace, ())
 
+    def telemetries_in(self, namespace: str) -> tuple[Telemetry, ...]:
+        """The Telemetries of one namespace, by name (`model.telemetry_policy`)."""
+        grouped = self.derive("telemetry_by_namespace", self._telemetry_by_namespace)
+        return grouped.get(namespace, ())
+
+    def _telemetry_by_namespace(self) -> dict[str, tuple[Telemetry, ...]]:
+        grouped: dict[str, list[Telemetry]] = {}
+        for key in sorted(self.telemetries):
+            grouped.setdefault(key[0], []).append(self.telemetries[key])
+        return {namespace: tuple(policies) for namespace, policies in grouped.items()}
+
     def _peer_auth_by_namespace(self) -> dict[str, tuple[PeerAuthentication, ...]]:
         grouped: dict[str, list[PeerAuthentication]] = {}
         for key in sorted(self.peer_authentications):
@@ -251,6 +265,7 @@ class MeshSnapshot:
             authorization_policies=tables[Kind.AUTHORIZATION_POLICY],  # type: ignore[arg-type]
             workload_certificates=tables[Kind.WORKLOAD_CERTIFICATE],  # type: ignore[arg-type]
             trust_roots=tables[Kind.TRUST_ROOTS],  # type: ignore[arg-type]
+            telemetries=tables[Kind.TELEMETRY],  # type: ignore[arg-type]
             root_namespace=self.root_namespace,
             generation=self.generation + 1,
         )

@@ -91,6 +91,7 @@ from xds_server.model.status_conditions import (
 )
 from xds_server.model.status_policies import backend_policy_status
 from xds_server.model.status_routes import PortBinding, grpc_bindings, route_status
+from xds_server.model.telemetry_policy import telemetry_status
 
 __all__ = [
     "ACCEPTED",
@@ -180,6 +181,9 @@ def _mesh_status(mesh: MeshSnapshot) -> dict[ObjectKey, ObjectStatus]:
         statuses[status.key] = status
     for name in sorted(mesh.peer_authentications):
         status = peer_authentication_status(mesh.peer_authentications[name], mesh)
+        statuses[status.key] = status
+    for name in sorted(mesh.telemetries):
+        status = telemetry_status(mesh.telemetries[name], mesh)
         statuses[status.key] = status
     return statuses
 

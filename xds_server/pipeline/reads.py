@@ -50,6 +50,7 @@ from xds_server.model.security import (
     TrustRoots,
     WorkloadCertificate,
 )
+from xds_server.model.telemetry import Telemetry
 from xds_server.model.types import Labels, Workload
 from xds_server.translate import locality
 from xds_server.translate.listeners import tcp_port_owners
@@ -166,6 +167,7 @@ UNTRACKED_VIEWS = frozenset(
         "policies_by_namespace",
         "authorization_by_namespace",
         "peer_auth_by_namespace",
+        "telemetry_by_namespace",
         "workloads_by_namespace",
         "routes_by_parent",
         ROUTE_POLICIES,
@@ -252,6 +254,10 @@ class TrackedMesh(MeshSnapshot):
     def peer_authentications_in(self, namespace: str) -> tuple[PeerAuthentication, ...]:
         self.reads.add(("ns", Kind.PEER_AUTHENTICATION, namespace))
         return super().peer_authentications_in(namespace)
+
+    def telemetries_in(self, namespace: str) -> tuple[Telemetry, ...]:
+        self.reads.add(("ns", Kind.TELEMETRY, namespace))
+        return super().telemetries_in(namespace)
 
     def routes_for(self, namespace: str, name: str) -> tuple[MeshRoute, ...]:
         self.reads.add(parent_fact(namespace, name))

@@ -57,6 +57,7 @@ from xds_server.sources.convert_common import core_meta
 from xds_server.sources.convert_peer_authentication import peer_authentication
 from xds_server.sources.convert_policy import POLICY_API_VERSION, backend_policy
 from xds_server.sources.convert_routes import GATEWAY_API_VERSION_V1, grpc_route, http_route
+from xds_server.sources.convert_telemetry import telemetry
 from xds_server.sources.kinds import near_miss
 from xds_server.sources.object_reader import (
     ManifestError,
@@ -415,6 +416,7 @@ _CONVERTERS: dict[tuple[str, str], _Converter] = {
     (POLICY_API_VERSION, "BackendPolicy"): backend_policy,
     (POLICY_API_VERSION, "AuthorizationPolicy"): authorization_policy,
     (POLICY_API_VERSION, "PeerAuthentication"): peer_authentication,
+    (POLICY_API_VERSION, "Telemetry"): telemetry,
 }
 
 

@@ -114,10 +114,17 @@ MARKERS: dict[str, Marker] = {
         "AuthorizationFrom.source": Marker(required=True),
         "AuthorizationTo.operation": Marker(required=True),
         "AuthorizationCondition.key": Marker(required=True),
+        "TelemetryMetrics.port": Marker(minimum=1, maximum=65535),
+        "TelemetryTracing.random_sampling_percentage": Marker(minimum=0, maximum=100),
+        "TelemetryLiteral.value": Marker(required=True),
+        "TelemetryHeader.name": Marker(required=True),
+        "TelemetryEnvironment.name": Marker(required=True),
     }.items()
 }
 """The `+` markers of the policy protos' spec messages, by field full name."""
-REQUIRED_ONEOFS = frozenset({f"{_PACKAGE}.HealthCheck.probe"})
+REQUIRED_ONEOFS = frozenset(
+    {f"{_PACKAGE}.HealthCheck.probe", f"{_PACKAGE}.TelemetryCustomTag.type"}
+)
 """Oneofs marked `+required`: exactly one of their fields."""
 
 _DURATION = re.compile(r"[0-9]+(\.[0-9]{1,9})?s")

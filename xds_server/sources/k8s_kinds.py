@@ -180,6 +180,13 @@ MESH_KINDS: tuple[WatchedKind, ...] = (
         lists=custom_object_lists(POLICY_GROUP, "v1alpha1", "peerauthentications"),
         optional=True,
     ),
+    WatchedKind(
+        kind="Telemetry",
+        api_version=f"{POLICY_GROUP}/v1alpha1",
+        plural="telemetries",
+        lists=custom_object_lists(POLICY_GROUP, "v1alpha1", "telemetries"),
+        optional=True,
+    ),
 )
 """What the mesh model is built from: Services, their EndpointSlices, and Pods
 (each sidecar's own labels, service account and IP); and what configures its

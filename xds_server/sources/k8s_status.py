@@ -79,6 +79,7 @@ RESOURCES: dict[Kind, tuple[str, str, str]] = {
     Kind.GRPC_ROUTE: (GATEWAY_API_GROUP, "v1", "grpcroutes"),
     Kind.BACKEND_POLICY: (POLICY_GROUP, "v1alpha1", "backendpolicies"),
     Kind.AUTHORIZATION_POLICY: (POLICY_GROUP, "v1alpha1", "authorizationpolicies"),
+    Kind.TELEMETRY: (POLICY_GROUP, "v1alpha1", "telemetries"),
 }
 """Where each kind's objects live: (group, version, plural)."""
 WRITES_AT_ONCE = 4
@@ -156,7 +157,7 @@ def desired_status(
         return None  # the mesh has not seen the latest spec: its status would be stale
     observed = generation if status.rejected else status.generation
     current: dict[str, Any] = dict(live.get("status") or {})
-    if status.key.kind in (Kind.BACKEND_POLICY, Kind.AUTHORIZATION_POLICY):
+    if status.key.kind in (Kind.BACKEND_POLICY, Kind.AUTHORIZATION_POLICY, Kind.TELEMETRY):
         existing = current.get("conditions") or []
         current["conditions"] = merged_conditions(existing, status.conditions, observed, now)
         return current

@@ -59,6 +59,7 @@ from xds_server.translate.provenance import (
     stamp_generator,
     stamp_sources,
 )
+from xds_server.translate.telemetry_config import telemetry_clusters
 
 logger = logging.getLogger(__name__)
 
@@ -120,6 +121,8 @@ def proxy_clusters(mesh: MeshSnapshot, proxy: Proxy) -> list[cluster_pb2.Cluster
 
     # Locality-aware routing: this zone's view of some Services' endpoints (`locality`).
     clusters.extend(caller_clusters(mesh, proxy, clusters_for_service))
+    # What its Telemetry needs: the admin interface (stats), the OTLP collector.
+    clusters.extend(telemetry_clusters(mesh, proxy))
     return clusters
 
 

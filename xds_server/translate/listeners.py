@@ -70,6 +70,7 @@ from xds_server.translate.naming import (
 )
 from xds_server.translate.provenance import service_key, stamp_generator, stamp_sources
 from xds_server.translate.routes import inbound_route_config
+from xds_server.translate.telemetry_config import with_telemetry
 
 logger = logging.getLogger(__name__)
 
@@ -84,8 +85,13 @@ def proxy_listeners(mesh: MeshSnapshot, proxy: Proxy) -> list[listener_pb2.Liste
     """Every listener of one proxy: outbound HTTP, inbound, then outbound TCP.
 
     A proxy whose traffic iptables redirects (`interception == "redirect"`) gets
-    the virtual listeners of `capture` instead.
+    the virtual listeners of `capture` instead.  The Telemetries governing the
+    proxy then set its access logs, tracing and stats listener (`telemetry_config`).
     """
+    return with_telemetry(mesh, proxy, _proxy_listeners(mesh, proxy))
+
+
+def _proxy_listeners(mesh: MeshSnapshot, proxy: Proxy) -> list[listener_pb2.Listener]:
     if proxy.interception == "redirect":
         return capture_listeners(mesh, proxy)
     listeners = [_outbound_http_listener(proxy)]
