@@ -221,11 +221,14 @@ def grants(service_account: str) -> list[tuple[str, str, str, tuple[str, ...], t
     return sorted(found)
 
 
-def test_the_control_plane_may_only_read_what_it_watches_and_write_status() -> None:
+def test_the_control_plane_may_only_read_what_it_watches_write_status_and_publish_roots() -> None:
     status = ("get", "update", "patch")
     assert grants("xds-server") == [
+        ("cluster", "", "configmaps", ("create",), ()),
+        ("cluster", "", "configmaps", ("get", "update"), ("xds-server-root-cert",)),
         ("cluster", "", "pods", tuple(READ_ONLY), ()),
         ("cluster", "", "services", tuple(READ_ONLY), ()),
+        ("cluster", "authentication.k8s.io", "tokenreviews", ("create",), ()),
         ("cluster", "discovery.k8s.io", "endpointslices", tuple(READ_ONLY), ()),
         ("cluster", "gateway.networking.k8s.io", "grpcroutes", tuple(READ_ONLY), ()),
         ("cluster", "gateway.networking.k8s.io", "grpcroutes/status", status, ()),
