@@ -13,7 +13,11 @@ only the admin token admits.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
+import os
+import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +47,7 @@ from envoy.type.matcher.v3 import node_pb2, string_pb2
 
 from xds_server.app import ControlPlane
 from xds_server.resources import CLUSTER, SECRET, XDS_TYPES
-from xds_server.security.xds_client import new_key_and_csr
+from xds_server.security.xds_client import new_key_and_csr, write_client_tls
 from xds_server.settings import SecuritySettings
 
 pytestmark = [pytest.mark.envoy, pytest.mark.timeout(150)]
@@ -325,3 +329,47 @@ async def test_with_insecure_xds_only_the_admin_token_admits(
         assert mesh.plane.admin_token is not None
         configs = await fetch(mesh.plane, token=mesh.plane.admin_token.value)
         assert sorted(configs) == sorted(CLIENTS)
+
+
+async def cli_status(plane: ControlPlane, *args: str, token: str | None = None) -> tuple[int, str]:
+    """`xds-server status --csds ARGS` as a user runs it: exit code and output."""
+    env = {**os.environ, "XDS_SERVER_ADMIN_TOKEN": token} if token else dict(os.environ)
+    if not token:
+        env.pop("XDS_SERVER_ADMIN_TOKEN", None)
+    command = [sys.executable, "-m", "xds_server.cli", "status", "--csds"]
+    command += ["--xds-address", f"127.0.0.1:{plane.xds_port}", *args]
+    process = await asyncio.create_subprocess_exec(
+        *command, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+    output, _ = await asyncio.wait_for(process.communicate(), 60)
+    return process.returncode or 0, output.decode()
+
+
+@pytest.mark.parametrize("delta", [False], ids=["sotw"])
+async def test_status_csds_prints_what_csds_answers(mesh: Mesh, tmp_path: Path) -> None:
+    plane = mesh.plane
+    await agreeing(plane, CLIENTS, all_synced)
+    key_pem, csr_pem = new_key_and_csr()
+    signed = plane.sign_xds_client_certificate("default", "debugger", csr_pem, 600.0)
+    write_client_tls(signed, key_pem, tmp_path / "debugger")
+    assert plane.admin_token is not None
+    token = plane.admin_token.value
+    credential = ("--cert-dir", str(tmp_path / "debugger"), "--admin-token-file", "/nonexistent")
+
+    code, table = await cli_status(plane, *credential, "--node", CLIENTS[1], token=token)
+    assert code == 0, table
+    rows = [line.split() for line in table.splitlines()]
+    assert rows[0] == ["PROXY", "TYPE", "NAME", "STATUS", "CLIENT", "VERSION", "ERROR"]
+    assert {row[0] for row in rows[1:]} == {CLIENTS[1]}
+    assert {row[1] for row in rows[1:]} == {"CDS", "EDS", "LDS", "RDS", "SDS"}
+    assert all(row[3:5] == ["SYNCED", "ACKED"] for row in rows[1:])
+
+    code, dumped = await cli_status(plane, *credential, "-o", "json", token=token)
+    assert code == 0, dumped
+    answered = {c["node"]["id"] for c in json.loads(dumped)["config"]}
+    assert answered == set(CLIENTS)
+    assert "PRIVATE KEY" not in dumped
+
+    code, refused = await cli_status(plane, *credential)
+    assert code == 1
+    assert "PERMISSION_DENIED" in refused

@@ -22,6 +22,8 @@ listens on), print a table by default and the admin's own JSON with
 
 * `status certificates`: per identity its SPIFFE ID, serial, validity, issuer
   and the proxies holding it, and the trust roots (`cli_security`).
+* `status --csds`: the same question asked of the xDS port's Client Status
+  Discovery Service, as standard xDS tools ask it (`cli_csds`).
 
 Endpoints that change state want the admin token: the commands send it from
 `$XDS_SERVER_ADMIN_TOKEN` or `--admin-token-file` (default the file `serve`
@@ -54,6 +56,7 @@ from xds_server.cli_client import (
     admin_url,
     client_of,
 )
+from xds_server.cli_csds import add_csds_arguments, run_csds
 
 __all__ = [  # the client's names, for the commands and tests that read them from here
     "DEFAULT_ADMIN_URL",
@@ -110,6 +113,7 @@ def add_commands(commands: argparse._SubParsersAction[Any]) -> None:
         help="proxies, routes and policies, certificates, or all (proxies, routes and "
         "policies; the default; -o json: the proxies)",
     )
+    add_csds_arguments(parsers["status"])
     for name in ("config", "explain"):
         parsers[name].add_argument("proxy", metavar="PROXY", help="the proxy's node id")
     parsers["explain"].add_argument(
@@ -144,6 +148,8 @@ def _common(parser: argparse.ArgumentParser, timeout: float = 5.0) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run `args.command` against the admin API; the exit code."""
+    if args.command == "status" and getattr(args, "csds", False):
+        return run_csds(args)
     client = client_of(args)
     try:
         if args.command == "status":
