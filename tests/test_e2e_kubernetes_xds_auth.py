@@ -11,7 +11,9 @@ injector gives it).  Real Envoys are started from the result.
 
 A sidecar with its own Pod's token gets its config; one with a forged token,
 with another Pod's token, or with none never gets a stream, and the control
-plane logs each refusal.  A root rotation rewrites the ConfigMap.
+plane logs each refusal.  A root rotation rewrites the ConfigMap, and a running
+sidecar trusts the new roots once the kubelet refreshes its mounted copy (a rename in
+the volume, which Envoy's watched directory notices), without a restart.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -166,9 +169,24 @@ async def mount_pod_volumes(api: ApiServerEmulator, directory: Path, token: str 
         directory / "roots" / ROOT_CERT_KEY,
         directory / "envoy" / "bootstrap.yaml",
     )
-    files.roots_file.write_text(roots)
+    kubelet_writes(files.roots_file.parent, roots)
     files.token_file.write_text(token or "unused")
     return files
+
+
+def kubelet_writes(directory: Path, roots: str) -> None:
+    """Fill or refresh a ConfigMap volume as the kubelet does: the data in a new
+    timestamped directory, `..data` moved onto a link to it, the key a link through
+    `..data` (so a refresh is one rename, which Envoy's watched directory sees)."""
+    stamp = directory / f"..{time.time_ns()}"
+    stamp.mkdir()
+    (stamp / ROOT_CERT_KEY).write_text(roots)
+    staging = directory / "..data_tmp"
+    staging.symlink_to(stamp.name)
+    staging.rename(directory / "..data")
+    key = directory / ROOT_CERT_KEY
+    if not key.is_symlink():
+        key.symlink_to(f"..data/{ROOT_CERT_KEY}")
 
 
 def run_bootstrap_step(
@@ -210,6 +228,19 @@ async def start_envoy(envoy_factory: EnvoyFactory, bootstrap: str, name: str) ->
     envoy = envoy_factory(bootstrap, name=name, start=False)
     await envoy.start_async()
     return envoy
+
+
+async def xds_root_serials(envoy: EnvoyProcess) -> set[str]:
+    """The roots Envoy checks the xDS server with: the CA certificates of its one TLS
+    context without a certificate of its own (the token-proven xDS cluster's)."""
+    certs = await envoy.admin_get_async("/certs")
+    assert isinstance(certs, dict)
+    return {
+        ca["serial_number"]
+        for entry in certs.get("certificates", [])
+        if not entry.get("cert_chain")
+        for ca in entry.get("ca_cert", [])
+    }
 
 
 async def dynamic_listeners(envoy: EnvoyProcess) -> set[str]:
@@ -356,3 +387,34 @@ async def test_the_roots_configmap_follows_a_root_rotation(
     rotated = await eventually(both_roots, within=10, message="the overlap bundle published")
     assert rotated == plane.issuer.bundle.to_pem().decode()
     assert first.strip() in rotated, "the old root stays trusted during the overlap"
+
+
+async def test_a_running_sidecar_trusts_the_rotated_roots_once_the_kubelet_refreshes_them(
+    api_server: ApiServerEmulator,
+    plane: ControlPlane,
+    envoy_factory: EnvoyFactory,
+    free_port: Callable[[], int],
+    tmp_path: Path,
+) -> None:
+    files = await mount_pod_volumes(api_server, tmp_path / "web-0", "token-of-web-0")
+    text = run_bootstrap_step(plane, files, "web-0", WEB_IP, "web", pod_ports(free_port))
+    envoy = await start_envoy(envoy_factory, text, "web-0")
+    await eventually(lambda: dynamic_listeners(envoy), within=20, message="config arrives")
+    before = await xds_root_serials(envoy)
+    assert len(before) == 1
+
+    await plane.rotate_root(60.0)
+
+    async def both_roots() -> str | None:
+        roots = await published_roots(api_server)
+        return roots if roots is not None and roots.count("BEGIN CERTIFICATE") == 2 else None
+
+    kubelet_writes(files.roots_file.parent, await eventually(both_roots, within=10))
+
+    async def overlap_trusted() -> set[str] | None:
+        serials = await xds_root_serials(envoy)
+        return serials if len(serials) == 2 else None
+
+    after = await eventually(overlap_trusted, within=10, message="Envoy re-reads the roots")
+    assert before < after, "the old root and the new one, without restarting Envoy"
+    assert envoy.is_running
