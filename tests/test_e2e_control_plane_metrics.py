@@ -10,73 +10,25 @@ time, bytes, ACK latency and NACKs by type.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from e2e_mesh import (
-    admin_get,
     eventually,
     manifest_directory,
-    plane_settings,
     service_yaml,
     slice_yaml,
     start_sidecar,
     with_invalid_cluster,
     write_documents,
 )
-from prometheus_client.parser import text_string_to_metric_families
+from metrics_scrape import Samples, metered_plane, scrape
 
 from xds_server.app import ControlPlane
-from xds_server.pipeline import PipelineMetrics
-from xds_server.sources.metrics import SourceMetrics
 
 pytestmark = [pytest.mark.envoy, pytest.mark.timeout(120)]
-
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def hand_registry_down(plane: ControlPlane) -> None:
-    """The pipeline and the source count into the plane's one registry.
-
-    `ControlPlane` is to hand its registry to both when it builds them; where it
-    does not yet, the test does the same before the plane runs.
-    """
-    if plane.pipeline.metrics is None:
-        plane.pipeline.metrics = PipelineMetrics(plane.registry)
-    source: Any = plane.source
-    if source.metrics is None:
-        source.metrics = SourceMetrics(plane.registry)
-
-
-@contextlib.asynccontextmanager
-async def metered_plane(
-    directory: Path, free_port: Callable[[], int]
-) -> AsyncIterator[ControlPlane]:
-    plane = ControlPlane(plane_settings(f"file:{directory}", free_port))
-    hand_registry_down(plane)
-    task = asyncio.create_task(plane.run())
-    try:
-        await asyncio.wait_for(plane.started.wait(), timeout=15)
-        yield plane
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-
-async def scrape(plane: ControlPlane) -> Samples:
-    response = await admin_get(plane, "/metrics")
-    response.raise_for_status()
-    assert response.headers["content-type"].startswith("text/plain")
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(response.text)
-        for sample in family.samples
-    }
 
 
 def value(samples: Samples, name: str, **labels: str) -> float:
