@@ -186,18 +186,26 @@ class ClientStatusBuilder:
         """The configs of the clients `request.node_matchers` choose; MatcherError if bad."""
         matchers: Sequence[node_pb2.NodeMatcher] = request.node_matchers
         response = csds_pb2.ClientStatusResponse()
+        shown: dict[tuple[str, str, str], any_pb2.Any | None] | None = (
+            None if request.exclude_resource_contents else {}
+        )
         for stream in newest_streams(self.streams()):
             node = stream.node if stream.node is not None else Node(id=stream.node_id)
             if matchers and not any(node_matches(m, node) for m in matchers):
                 continue
             config = response.config.add()
             config.node.CopyFrom(node)
-            self._fill(config, stream, with_contents=not request.exclude_resource_contents)
+            self._fill(config, stream, shown)
         return response
 
     def _fill(
-        self, config: csds_pb2.ClientConfig, stream: StreamStatus, with_contents: bool
+        self,
+        config: csds_pb2.ClientConfig,
+        stream: StreamStatus,
+        shown: dict[tuple[str, str, str], any_pb2.Any | None] | None,
     ) -> None:
+        """`stream`'s entries into `config`; contents through `shown` (None: none), which
+        keeps each resource shown once per answer (most are shared by many proxies)."""
         snapshot = self.snapshot_of(stream.node_id)
         for type_url in PUSH_ORDER:
             status = stream.types.get(type_url)
@@ -216,8 +224,11 @@ class ClientStatusBuilder:
                     entry.client_status = _Resource.DOES_NOT_EXIST
                     continue
                 self._status(entry, status, sync)
-                if with_contents:
-                    content = self.show(resource)
+                if shown is not None:
+                    key = (type_url, name, resource.version)
+                    if key not in shown:
+                        shown[key] = self.show(resource)
+                    content = shown[key]
                     if content is not None:
                         entry.xds_config.CopyFrom(content)
 
