@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import textwrap
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -212,7 +213,14 @@ async def test_the_sidecar_serves_prometheus_stats_on_its_port(
 
         text = await eventually(scraped, within=20, interval=0.2, message="/stats/prometheus")
         assert "# TYPE envoy_server_live gauge" in text
-        assert "envoy_cluster_upstream_rq_total" in text
+        # Names carry no pod: listeners, connection managers and clusters are tags with
+        # the same values on every sidecar of a Service, so one dashboard serves them all.
+        assert 'envoy_http_downstream_rq_total{envoy_http_conn_manager_prefix="outbound_http"}' in (
+            text
+        )
+        assert re.search(
+            r'envoy_cluster_upstream_rq_total\{envoy_cluster_name="inbound\|\d+\|\|"\}', text
+        )
         # Only the stats path is routed: the rest of the admin interface is not exposed.
         async with httpx.AsyncClient(timeout=3.0) as http:
             other = await http.get(f"http://127.0.0.1:{stats_port}/config_dump")

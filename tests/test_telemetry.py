@@ -11,8 +11,11 @@ only the proxies it may govern.
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from typing import Any
+import shutil
+from pathlib import Path
+from typing import Any, Literal
 
 import pytest
 from envoy.config.cluster.v3 import cluster_pb2
@@ -25,7 +28,19 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 )
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from google.protobuf import json_format
-from translate_builders import by_name, hcm_of, http, mesh, proxy, service, tcp, tcp_proxy_of
+from test_translate_envoy_validate import as_served, validate
+from translate_builders import (
+    by_name,
+    hcm_of,
+    http,
+    mesh,
+    proxy,
+    representative_objects,
+    representative_sidecar,
+    service,
+    tcp,
+    tcp_proxy_of,
+)
 
 from xds_server import translate
 from xds_server.cache import SnapshotCache
@@ -384,3 +399,37 @@ def test_a_telemetry_change_retranslates_only_the_proxies_it_may_govern(
     assert {node for node in after if after[node] != before[node]} == changed
     readers = {"ns-a": 2, ROOT_NAMESPACE: 3}[namespace]
     assert builder.retranslated - retranslated == readers
+
+
+# -- Envoy accepts it ---------------------------------------------------------------------
+
+EVERYTHING = {
+    "accessLogging": {
+        "fields": ["START_TIME", "METHOD", "DOWNSTREAM_PEER_URI_SAN", "ROUTE_NAME"],
+        "filter": {"expression": "response.code >= 500 || response.flags != 0"},
+    },
+    "metrics": {"port": 15090},
+    "tracing": {
+        "collector": "otel.observability.svc.cluster.local:4317",
+        "randomSamplingPercentage": 12.5,
+        "customTags": {
+            "team": {"literal": {"value": "payments"}},
+            "user": {"header": {"name": "x-user", "defaultValue": "anonymous"}},
+            "pod": {"environment": {"name": "POD_NAME"}},
+        },
+    },
+}
+
+
+@pytest.mark.envoy
+@pytest.mark.skipif(shutil.which("envoy") is None, reason="envoy is not on PATH")
+@pytest.mark.parametrize("interception", ["none", "redirect"])
+def test_envoy_validates_everything_a_telemetry_renders(
+    tmp_path: Path, interception: Literal["none", "redirect"]
+) -> None:
+    world = mesh(*representative_objects(), telemetry("all", EVERYTHING, namespace=ROOT_NAMESPACE))
+    sidecar = dataclasses.replace(representative_sidecar(), interception=interception)
+    bootstrap = as_served(world, sidecar)
+    assert PROMETHEUS_STATS_LISTENER in json.dumps(bootstrap)
+    assert "envoy.tracers.opentelemetry" in json.dumps(bootstrap)
+    validate(bootstrap, tmp_path)
