@@ -6,6 +6,9 @@ from __future__ import annotations
 
 # ruff: noqa: E402 - kube_fixtures is registered for assertion rewriting before it is imported
 import asyncio
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -14,12 +17,16 @@ pytest.register_assert_rewrite("kube_fixtures")
 from kube_fixtures import ApiServerEmulator
 from kubernetes import client
 
+from xds_server.model import MeshSnapshot, Workload
 from xds_server.security.root_publisher import (
     ROOT_CERT_KEY,
     ROOT_CONFIGMAP,
     KubernetesConfigMaps,
     RootPublisher,
+    mesh_namespaces,
+    root_publisher,
 )
+from xds_server.settings import KubernetesSettings, SecuritySettings, Settings
 
 pytest_plugins = ("kube_fixtures",)
 
@@ -117,3 +124,24 @@ async def test_the_client_creates_then_replaces_only_when_the_data_differs(
     assert await write({ROOT_CERT_KEY: "A\nB"}) is True
     stored = api_server.objects_of(CONFIGMAPS)[("shop", ROOT_CONFIGMAP)]
     assert stored["data"] == {ROOT_CERT_KEY: "A\nB"}
+
+
+def test_only_a_secured_control_plane_in_kubernetes_publishes(tmp_path: Path) -> None:
+    def plane(source: str, **security: Any) -> Any:
+        settings = Settings(source=source, security=SecuritySettings(**security))
+        return SimpleNamespace(settings=settings)
+
+    assert root_publisher(plane("kubernetes")) is not None
+    assert root_publisher(plane(f"file:{tmp_path}")) is None, "file mode: bootstrap writes them"
+    assert root_publisher(plane("kubernetes", insecure_xds=True)) is None, "no TLS to check"
+
+
+def test_the_namespaces_are_the_configured_ones_or_those_with_pods() -> None:
+    pods = {
+        ("shop", "web-0"): Workload(namespace="shop", name="web-0"),
+        ("db", "pg-0"): Workload(namespace="db", name="pg-0"),
+    }
+    mesh = MeshSnapshot(workloads=pods)
+    assert mesh_namespaces(Settings(source="kubernetes"), lambda: mesh)() == {"shop", "db"}
+    configured = Settings(source="kubernetes", kubernetes=KubernetesSettings(namespaces=("a",)))
+    assert mesh_namespaces(configured, lambda: mesh)() == {"a"}
