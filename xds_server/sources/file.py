@@ -116,6 +116,7 @@ class FileSource:
         max_file_bytes: int = limits.MAX_FILE_BYTES,
         worker_parse_bytes: int = WORKER_PARSE_BYTES,
         parse_timeout: float = PARSE_TIMEOUT_S,
+        metrics: SourceMetrics | None = None,
     ) -> None:
         """`force_polling` is for filesystems without change events (NFS, some bind mounts)."""
         self._directory = Path(directory)
@@ -133,7 +134,7 @@ class FileSource:
         self._running: _Job | None = None
         self._parser: ParserProcess | None = None
         self._lock: asyncio.Lock | None = None  # made by run(), in its event loop
-        self.metrics: SourceMetrics | None = None
+        self.metrics = metrics
         """Counts the changes emitted (`xds_source_events{source="file"}`)."""
         self._work: asyncio.Event | None = None
 
