@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from types import SimpleNamespace
 from typing import Any
 
 import grpc
@@ -34,6 +35,7 @@ from xds_server.admin.redact import redact_text
 from xds_server.admin.views import SyncStatus, sync_status
 from xds_server.cache import Snapshot
 from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, SECRET
+from xds_server.security.authn import TokenReviewAuthenticator
 from xds_server.server import AggregatedDiscoveryServer, bind_grpc_server
 from xds_server.server.auth import AuthenticationError, PeerIdentity
 from xds_server.server.csds import ClientStatusBuilder, ClientStatusServer
@@ -371,6 +373,53 @@ async def test_an_identity_of_the_control_planes_namespace_or_the_token_admits(
     )
     refusal = await access(caller)
     assert (refusal is None) == admitted, refusal
+
+
+class TokenReviews:
+    """TokenReview as the API server answers it, for ServiceAccount tokens of `accounts`."""
+
+    def __init__(self, accounts: dict[str, str]) -> None:
+        self.accounts = accounts
+        self.reviewed: list[str] = []
+
+    def __call__(self, token: str, audience: str) -> Any:
+        self.reviewed.append(token)
+        account = self.accounts.get(token)
+        if account is None:
+            return SimpleNamespace(authenticated=False, error="invalid token")
+        user = SimpleNamespace(
+            username=f"system:serviceaccount:{account}",
+            extra={"authentication.kubernetes.io/pod-name": ["pod-0"]},
+        )
+        return SimpleNamespace(authenticated=True, audiences=[audience], user=user)
+
+
+@pytest.mark.parametrize(
+    ("token", "admitted", "reviewed"),
+    [
+        ("token-of-mesh-system-debugger", True, True),
+        ("token-of-shop-web", False, True),
+        ("not-a-token", False, True),
+        (TOKEN.value, True, False),
+    ],
+    ids=["control-plane-namespace", "other-namespace", "refused-token", "admin-token"],
+)
+async def test_in_kubernetes_a_serviceaccount_token_of_the_namespace_or_the_admin_token_admits(
+    token: str, admitted: bool, reviewed: bool
+) -> None:
+    reviews = TokenReviews(
+        {
+            "token-of-mesh-system-debugger": "mesh-system:debugger",
+            "token-of-shop-web": "shop:web",
+        }
+    )
+    access = CsdsAccess(
+        TOKEN, TokenReviewAuthenticator("cluster.local", "xds-server", reviews), "mesh-system"
+    )
+    refusal = await access(Caller("ipv4:10.0.0.9:1", (("authorization", f"Bearer {token}"),)))
+    assert (refusal is None) == admitted, refusal
+    # The admin token is recognised here; it is never sent to the API server for review.
+    assert bool(reviews.reviewed) == reviewed
 
 
 @pytest.mark.parametrize(
