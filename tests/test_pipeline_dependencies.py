@@ -44,10 +44,12 @@ from xds_server.model.routes import (
     RouteRetry,
 )
 from xds_server.model.security import AuthorizationPolicy
+from xds_server.model.telemetry import Telemetry
 from xds_server.pipeline import SnapshotBuilder
 from xds_server.pipeline.records import GenerationRecord
 from xds_server.policy_api import authorization_policy_pb2 as authz_api
 from xds_server.policy_api import backend_policy_pb2 as api
+from xds_server.policy_api import telemetry_pb2 as telemetry_api
 from xds_server.provenance import Origin
 from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, PUSH_ORDER, ROUTE, unpack
 
@@ -255,11 +257,35 @@ def authorization_policies(draw: st.DrawFn) -> AuthorizationPolicy:
     )
 
 
+TELEMETRY_SPECS: tuple[dict[str, object], ...] = (
+    {"accessLogging": {"fields": ["METHOD", "RESPONSE_CODE"], "filter": {"errorsOnly": True}}},
+    {"accessLogging": {"disabled": True}, "metrics": {"port": 15090}},
+    {"tracing": {"collector": "127.0.0.9:4317", "randomSamplingPercentage": 10}},
+    {"tracing": {"randomSamplingPercentage": 50}, "metrics": {"disabled": True}},
+)
+
+
+@st.composite
+def telemetries(draw: st.DrawFn) -> Telemetry:
+    """A workload's Telemetry (by selector), a namespace's, or a mesh-wide one."""
+    spec = json_format.ParseDict(
+        draw(st.sampled_from(TELEMETRY_SPECS)), telemetry_api.TelemetrySpec()
+    )
+    return Telemetry(
+        draw(st.sampled_from([*NAMESPACES, ROOT_NAMESPACE])),
+        draw(st.sampled_from(["t1", "t2"])),
+        spec_bytes=spec.SerializeToString(deterministic=True),
+        selector=draw(selectors),
+    )
+
+
 keys = st.builds(
     ObjectKey,
     st.sampled_from(list(Kind)),
     st.sampled_from([*NAMESPACES, ROOT_NAMESPACE]),
-    st.sampled_from([*SERVICES, *SLICE_NAMES, *POD_NAMES, "r1", "r2", "bp1", "bp2", "ap1", "ap2"]),
+    st.sampled_from(
+        [*SERVICES, *SLICE_NAMES, *POD_NAMES, "r1", "r2", "bp1", "bp2", "ap1", "ap2", "t1", "t2"]
+    ),
 )
 operations = st.one_of(
     services(),
@@ -268,6 +294,7 @@ operations = st.one_of(
     http_routes(),
     backend_policies(),
     authorization_policies(),
+    telemetries(),
     keys.map(lambda key: key),
 )  # an object is an upsert, a key a delete
 batches = st.lists(st.lists(operations, min_size=1, max_size=3), min_size=1, max_size=12)
