@@ -33,6 +33,7 @@ expression Envoy refuses is reported on the Telemetry.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 from collections.abc import Sequence
@@ -218,13 +219,20 @@ def _tracing(tracing: Tracing, proxy: Proxy) -> hcm_pb2.HttpConnectionManager.Tr
     return config
 
 
+@functools.cache
+def _builtin_logs(http: bool) -> tuple[tuple[str, bytes], ...]:
+    """The built-in text logs' serializations, by side (built once)."""
+    build = http_access_log if http else tcp_access_log
+    return tuple(
+        (side, build(side).SerializeToString(deterministic=True))
+        for side in ("inbound", "outbound")
+    )
+
+
 def _builtin_direction(log: accesslog_pb2.AccessLog, http: bool) -> str | None:
     """The side ("inbound", "outbound") of a built-in text log; None for any other log."""
-    for direction in ("inbound", "outbound"):
-        builtin = http_access_log(direction) if http else tcp_access_log(direction)
-        if log == builtin:
-            return direction
-    return None
+    data = log.SerializeToString(deterministic=True)
+    return next((side for side, builtin in _builtin_logs(http) if data == builtin), None)
 
 
 def _logs(
