@@ -81,7 +81,17 @@ def test_a_proxy_s_first_snapshot_counts_one_push_per_type_triggered_by_the_prox
     synced(builder)
     for type_ in ("CDS", "EDS", "LDS", "RDS"):
         assert pushes(registry, type_, "proxy") == 1, type_
+    assert pushes(registry, "SDS", "proxy") == 0, "no certificate: no secret"
     assert sample(registry, "xds_push_build_seconds_count", scope="proxy") == 1
+
+
+def test_a_proxy_translated_again_to_the_same_snapshot_counts_no_push() -> None:
+    builder, registry = instrumented()
+    synced(builder)
+    builder.republish()
+    for type_ in ("CDS", "EDS", "LDS", "RDS"):
+        assert pushes(registry, type_, "proxy") == 1, type_
+    assert sample(registry, "xds_push_build_seconds_count", scope="proxy") == 2
 
 
 def test_an_endpoint_change_counts_an_eds_push_per_proxy_triggered_by_endpoint_slices() -> None:

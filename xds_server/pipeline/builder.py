@@ -57,7 +57,7 @@ from xds_server.pipeline.generators import (
     route_unit,
 )
 from xds_server.pipeline.isolation import shown_key
-from xds_server.pipeline.metrics import TRIGGER_PROXY, PipelineMetrics
+from xds_server.pipeline.metrics import TRIGGER_PROXY, PipelineMetrics, changed_types
 from xds_server.pipeline.plan import Plan, Planner, proxy_failure
 from xds_server.pipeline.provenance import Provenance, RefCache
 from xds_server.pipeline.reads import Fact, slices_fact
@@ -484,10 +484,11 @@ class SnapshotBuilder:
             + [(SECRET, n) for n in secrets]
         )
         self.index.record(proxy_unit(state.declared.node_id), reads, built)
-        push = self._publish(state, translated, report=metrics is not None)
+        previous = self.cache.get_snapshot(state.proxy.node_id)
+        self._publish(state, translated, report=False)
         if metrics is not None:
-            if push is not None:
-                metrics.pushed(push, TRIGGER_PROXY)
+            pushed = changed_types(previous, self.cache.get_snapshot(state.proxy.node_id))
+            metrics.types_pushed(pushed, TRIGGER_PROXY)
             metrics.proxy_built(time.perf_counter() - started)
 
     def _provenance(self) -> Provenance:
@@ -502,7 +503,7 @@ class SnapshotBuilder:
     ) -> ProxyPush | None:
         """Publish `state`'s snapshot, with `translated` as its own resources if given.
 
-        With `report`, says what it changed for the proxy (push history); a proxy
+        With `report`, says what it changed for the proxy (push history, metrics); a proxy
         joining is not a push of any generation, and its first snapshot is all new.
         """
         proxy = state.proxy

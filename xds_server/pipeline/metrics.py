@@ -22,6 +22,7 @@ from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from xds_server.cache import Snapshot
 from xds_server.model import Kind
 from xds_server.pipeline.records import ProxyPush
 from xds_server.resources import SHORT_NAMES
@@ -50,6 +51,17 @@ def trigger_of(kinds: Iterable[Kind]) -> str:
     if len(found) > 1:
         return TRIGGER_MIXED
     return next(iter(found)).value
+
+
+def changed_types(previous: Snapshot | None, current: Snapshot | None) -> list[str]:
+    """The type URLs whose resources differ from `previous` to `current`, without
+    gathering names: a proxy's first snapshot changes every type it holds."""
+    if current is None or current is previous:
+        return []
+    if previous is None:
+        return [type_url for type_url, resources in current.resources.items() if resources]
+    types = current.resources.keys() | previous.resources.keys()
+    return [type_url for type_url in types if current.changed(previous, type_url)]
 
 
 class PipelineMetrics:
@@ -112,7 +124,11 @@ class PipelineMetrics:
             self.pushed(push, trigger)
 
     def pushed(self, push: ProxyPush, trigger: str) -> None:
-        for type_url in push.changed.keys() | push.removed.keys():
+        self.types_pushed(push.changed.keys() | push.removed.keys(), trigger)
+
+    def types_pushed(self, type_urls: Iterable[str], trigger: str) -> None:
+        """One proxy's snapshot changed `type_urls`."""
+        for type_url in type_urls:
             self.pushes.labels(type=short_type(type_url), trigger=trigger).inc()
 
     def merged(self) -> None:
