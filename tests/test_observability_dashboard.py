@@ -128,6 +128,13 @@ def test_the_dashboard_is_grafana_json_with_unique_panels_on_the_grid() -> None:
         refs = [target["refId"] for target in targets]
         assert len(refs) == len(set(refs)), panel["title"]
         assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
+    cells = [
+        (panel["title"], (x, y))
+        for panel in panels()
+        for x in range(panel["gridPos"]["x"], panel["gridPos"]["x"] + panel["gridPos"]["w"])
+        for y in range(panel["gridPos"]["y"], panel["gridPos"]["y"] + panel["gridPos"]["h"])
+    ]
+    assert len({cell for _, cell in cells}) == len(cells), "no two panels overlap"
     brackets = {"(": ")", "{": "}", "[": "]"}
     for expr in expressions():
         stack: list[str] = []
