@@ -5,9 +5,10 @@
   workload (every sidecar panel uses both).
 * Every metric a control-plane panel queries is one a live control plane exports
   (its `/metrics`, scraped from a running plane); every one the issue names has a
-  panel.  Every metric a sidecar panel queries is one a real Envoy sidecar exports
-  on `/stats/prometheus` after serving requests, with the stats tags the docs give
-  (the full cluster name as `envoy_cluster_name`).
+  panel.  Every metric a sidecar panel queries is one real Envoy sidecars (a client
+  calling a backend pod's) export on `/stats/prometheus` after serving requests,
+  with the stats tags the docs give (the full cluster name as `envoy_cluster_name`),
+  and the panels' inbound/outbound selectors match their connection managers.
 * The ServiceMonitor, the PodMonitor and the plain scrape config select what the
   manifests deploy: the xds-server Service's admin port, injected pods' proxy
   container on 15090; the kustomize Component renders with the base manifests.
@@ -184,45 +185,94 @@ async def test_every_control_plane_metric_queried_is_exported_by_a_live_plane(
     assert queried("xds_") <= exported, queried("xds_") - exported
 
 
+POD_IP = "127.0.43.1"
+"""The backend pod's IP: its sidecar's inbound listener."""
+APP_IP = "127.0.43.2"
+"""Where the backend app listens."""
+
+
+async def sidecar_with_stats_tags(
+    envoy_factory: Any, xds_port: int, outbound_port: int, node_id: str, **node: Any
+) -> Sidecar:
+    """A real sidecar as `e2e_mesh.start_sidecar` starts one, with docs' stats config."""
+    bootstrap = yaml.safe_load(
+        sidecar_bootstrap(node_id, xds_port, outbound_port, delta=False, **node)
+    )
+    bootstrap["stats_config"] = docs_stats_config()
+    envoy = envoy_factory(yaml.safe_dump(bootstrap), name=node_id.split(".")[0], start=False)
+    await envoy.start_async()
+    await envoy.wait_live_async()
+    return Sidecar(envoy, node_id, outbound_port)
+
+
+async def prometheus_text(sidecar: Sidecar) -> str:
+    async with httpx.AsyncClient(timeout=5.0) as client:
+        return (await client.get(f"{sidecar.envoy.admin_url}/stats/prometheus")).text
+
+
+def stored_names(text: str) -> set[str]:
+    """Sample names as Prometheus stores them (prometheus_client's parser would add
+    `_total` to every counter's)."""
+    return {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line[:1].isalpha()}
+
+
+def prefixes_answered(text: str) -> set[str]:
+    """The HTTP connection managers that answered a 2xx (a positive count)."""
+    found = re.finditer(
+        r'^envoy_http_downstream_rq_xx\{envoy_response_code_class="2",'
+        r'envoy_http_conn_manager_prefix="([^"]+)"\} ([0-9]+)$',
+        text,
+        re.MULTILINE,
+    )
+    return {match.group(1) for match in found if int(match.group(2)) > 0}
+
+
 @pytest.mark.envoy
 @pytest.mark.timeout(120)
-async def test_every_sidecar_metric_queried_is_exported_by_a_real_envoy(
+async def test_every_sidecar_metric_queried_is_exported_by_real_envoys(
     tmp_path: Path, free_port: Callable[[], int], envoy_factory: Any
 ) -> None:
+    """A client sidecar calls a backend pod's sidecar; both export what the panels query,
+    and their directions match the panels' connection-manager selectors."""
+    port = free_port()
+    service = service_yaml("backend").replace("targetPort: 8080", f"targetPort: {port}")
     directory = manifest_directory(
-        tmp_path,
-        {"backend.yaml": [service_yaml("backend"), slice_yaml("backend", ["127.0.32.1"], 8080)]},
+        tmp_path, {"backend.yaml": [service, slice_yaml("backend", [POD_IP], port)]}
     )
     async with contextlib.AsyncExitStack() as stack:
-        await start_apps(stack, 8080, ("backend", "v1", "127.0.32.1"))
+        await start_apps(stack, port, ("backend", "v1", APP_IP))
         plane = await stack.enter_async_context(metered_plane(directory, free_port))
-        bootstrap = yaml.safe_load(
-            sidecar_bootstrap("client-0.default", plane.xds_port, free_port(), delta=False)
+        backend = await sidecar_with_stats_tags(
+            envoy_factory, plane.xds_port, free_port(), "backend-0.default",
+            workload="backend-0", labels={"app": "backend"}, instance_ip=POD_IP,
+            app_address=APP_IP,
+        )  # fmt: skip
+        client = await sidecar_with_stats_tags(
+            envoy_factory, plane.xds_port, free_port(), "client-0.default"
         )
-        bootstrap["stats_config"] = docs_stats_config()
-        envoy = envoy_factory(yaml.safe_dump(bootstrap), name="client-0", start=False)
-        await envoy.start_async()
-        await envoy.wait_live_async()
-        outbound_port = bootstrap["node"]["metadata"]["OUTBOUND_PORT"]
-        sidecar = Sidecar(envoy, "client-0.default", int(outbound_port))
 
         async def answered() -> bool:
-            return (await sidecar.get("backend:8080")).status_code == 200
+            return (await client.get("backend:8080")).status_code == 200
 
-        await eventually(answered, message="the backend answers through the sidecar")
+        await eventually(answered, message="the backend answers through both sidecars")
         for _ in range(3):
             assert await answered()
-        async with httpx.AsyncClient(timeout=5.0) as client:
-            text = (await client.get(f"{envoy.admin_url}/stats/prometheus")).text
+        texts = {"client": await prometheus_text(client), "backend": await prometheus_text(backend)}
 
-    # As Prometheus stores them (prometheus_client's parser would add `_total` to counters).
-    exported = {
-        line.split("{")[0].split(" ")[0] for line in text.splitlines() if line[:1].isalpha()
-    }
+    exported = stored_names(texts["client"]) | stored_names(texts["backend"])
     assert queried("envoy_") <= exported, queried("envoy_") - exported
-    backend = "outbound|8080||backend.default.svc.cluster.local"
-    assert f'envoy_cluster_upstream_rq_total{{envoy_cluster_name="{backend}"}}' in text
-    assert 'envoy_http_downstream_rq_xx{envoy_response_code_class="2"' in text
+    cluster = "outbound|8080||backend.default.svc.cluster.local"
+    assert f'envoy_cluster_upstream_rq_total{{envoy_cluster_name="{cluster}"}}' in texts["client"]
+    # The request went out of the client's outbound and into the backend's inbound
+    # connection manager; the panels' selectors pick those, not Envoy's own admin.
+    selected = {
+        prefix: (bool(re.fullmatch("inbound_.*", prefix)), bool(re.fullmatch("outbound.*", prefix)))
+        for prefix in prefixes_answered(texts["client"]) | prefixes_answered(texts["backend"])
+    }
+    assert selected[f"inbound_{port}"] == (True, False)
+    assert selected["outbound_http"] == (False, True)
+    assert selected.get("admin", (False, False)) == (False, False)
+    assert f"inbound_{port}" in prefixes_answered(texts["backend"])
 
 
 # -- scraping --------------------------------------------------------------------------------
