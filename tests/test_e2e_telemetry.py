@@ -39,7 +39,6 @@ from e2e_mesh import (
     running_control_plane,
     sidecar_bootstrap,
     start_apps,
-    start_sidecar,
     write_documents,
 )
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
@@ -62,31 +61,32 @@ def telemetry_yaml(name: str, spec: dict[str, Any], namespace: str = "default") 
     )
 
 
-async def start_backend(
-    envoy_factory: EnvoyFactory, xds_port: int, free_port: Any
+FLUSH_MS = "100"
+"""Envoy writes access logs out every 10 s by default (`--file-flush-interval-msec`):
+these sidecars every 0.1 s, so a line is there soon after its request."""
+
+
+async def start_pod_sidecar(
+    envoy_factory: EnvoyFactory, xds_port: int, free_port: Any, node_id: str, **node: Any
 ) -> tuple[Sidecar, int]:
-    """The backend pod's sidecar, its admin interface on a known port (node metadata
-    ADMIN_PORT says where, for the stats listener's cluster); returns it and that port."""
-    admin_port = free_port()
+    """A pod's sidecar (`sidecar_bootstrap`'s `node`), its admin interface on a known port
+    (node metadata ADMIN_PORT says where, for the stats listener's cluster); returns it
+    and that port."""
+    admin_port, outbound_port = free_port(), free_port()
     bootstrap = yaml.safe_load(
-        sidecar_bootstrap(
-            BACKEND_NODE,
-            xds_port,
-            free_port(),
-            delta=False,
-            workload="backend-0",
-            labels={"app": "backend"},
-            instance_ip=POD_IP,
-            app_address=APP_IP,
-            service_account="backend",
-        )
+        sidecar_bootstrap(node_id, xds_port, outbound_port, delta=False, **node)
     )
     bootstrap["admin"]["address"]["socket_address"]["port_value"] = admin_port
     bootstrap["node"]["metadata"]["ADMIN_PORT"] = str(admin_port)
-    envoy = envoy_factory(yaml.safe_dump(bootstrap), name="backend-0", start=False)
+    envoy = envoy_factory(
+        yaml.safe_dump(bootstrap),
+        name=node_id.split(".")[0],
+        start=False,
+        extra_args=["--file-flush-interval-msec", FLUSH_MS],
+    )
     await envoy.start_async()
     await envoy.wait_live_async()
-    return Sidecar(envoy, BACKEND_NODE, 0), admin_port
+    return Sidecar(envoy, node_id, outbound_port), admin_port
 
 
 def access_lines(sidecar: Sidecar) -> list[dict[str, Any]]:
@@ -115,11 +115,14 @@ async def mesh_of_two(
         await start_apps(stack, port, ("backend", "v1", APP_IP))
         directory = manifest_directory(tmp_path, files)
         plane = await stack.enter_async_context(running_control_plane(directory, free_port))
-        backend, admin_port = await start_backend(envoy_factory, plane.xds_port, free_port)
-        client = await start_sidecar(
-            envoy_factory, plane.xds_port, free_port(), delta=False,
-            node_id="client-0.default", workload="client-0", labels={"app": "client"},
-            service_account="client",
+        backend, admin_port = await start_pod_sidecar(
+            envoy_factory, plane.xds_port, free_port, BACKEND_NODE, workload="backend-0",
+            labels={"app": "backend"}, instance_ip=POD_IP, app_address=APP_IP,
+            service_account="backend",
+        )  # fmt: skip
+        client, _ = await start_pod_sidecar(
+            envoy_factory, plane.xds_port, free_port, "client-0.default", workload="client-0",
+            labels={"app": "client"}, service_account="client",
         )  # fmt: skip
 
         async def answered() -> bool:
@@ -171,24 +174,36 @@ async def test_one_json_line_per_request_with_the_fields_and_the_filter(
         errors = {"accessLogging": {"fields": FIELDS, "filter": {"errorsOnly": True}}}
         write_documents(directory / "telemetry.yaml", telemetry_yaml("logs", errors))
 
-        async def _filter_applied(sidecar: Sidecar) -> bool:
-            marker = f"/probe-{len(access_lines(sidecar))}"
-            await sidecar.get("backend", marker)
-            await asyncio.sleep(0.3)
-            return not lines_for(sidecar, marker)
+        probes = iter(range(1_000))
 
-        await eventually(lambda: _filter_applied(client), within=20, interval=0.5)
+        async def filter_applied() -> bool:
+            # A 200 then a 503: lines are written in the order requests end, so once the
+            # 503's line is there, the 200's is there too unless the filter left it out.
+            n = next(probes)
+            await client.get("backend", f"/probe-{n}")
+            await client.get("backend", f"/status/503?after={n}")
+
+            async def error_logged() -> bool:
+                return bool(lines_for(client, f"/status/503?after={n}"))
+
+            await eventually(error_logged, within=10)
+            return not lines_for(client, f"/probe-{n}")
+
+        await eventually(filter_applied, within=30, interval=0.2, message="errors only")
+        assert (await client.get("backend", "/fine")).status_code == 200
         assert (await client.get("backend", "/status/503")).status_code == 503
         assert (await client.get("nowhere.invalid", "/lost")).status_code == 404
-        assert (await client.get("backend", "/fine")).status_code == 200
 
         async def errors_logged() -> bool:
-            return bool(lines_for(client, "/status/503")) and bool(lines_for(client, "/lost"))
+            return all((lines_for(client, "/status/503"), lines_for(client, "/lost"),
+                        lines_for(backend, "/status/503")))  # fmt: skip
 
         await eventually(errors_logged, within=15, message="the errors are logged")
         assert lines_for(client, "/status/503")[0]["response_code"] == 503
         assert lines_for(client, "/lost")[0]["response_flags"] == "NR"
         assert not lines_for(client, "/fine")
+        (backend_error,) = lines_for(backend, "/status/503")  # the callee's side too
+        assert backend_error["direction"] == "inbound"
 
 
 async def test_the_sidecar_serves_prometheus_stats_on_its_port(
