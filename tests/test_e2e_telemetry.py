@@ -4,8 +4,9 @@
 mTLS by its `tlsMode` label); a client sidecar calls it.  Through both:
 
 * access logs: one JSON line per request on each sidecar's stdout, with the
-  configured fields (the backend's line names the caller's SPIFFE ID), and
-  with "errors only" just the failing requests;
+  configured fields (the backend's line names the caller's SPIFFE ID), with
+  "errors only" just the failing requests, with a CEL expression just those it
+  holds for;
 * metrics: the backend sidecar answers `GET /stats/prometheus` on the
   Telemetry's port, from its admin interface;
 * tracing: a request through both sidecars arrives at an OTLP gRPC collector
@@ -204,6 +205,28 @@ async def test_one_json_line_per_request_with_the_fields_and_the_filter(
         assert not lines_for(client, "/fine")
         (backend_error,) = lines_for(backend, "/status/503")  # the callee's side too
         assert backend_error["direction"] == "inbound"
+
+
+async def test_a_cel_expression_chooses_the_requests_logged(
+    tmp_path: Path, free_port: Any, envoy_factory: EnvoyFactory
+) -> None:
+    spec = {
+        "accessLogging": {
+            "fields": ["DIRECTION", "PATH"],
+            "filter": {"expression": "request.path.startsWith('/keep')"},
+        }
+    }
+    async with mesh_of_two(tmp_path, free_port, envoy_factory, telemetry_yaml("cel", spec)) as mesh:
+        _, _, client, _, _ = mesh
+        for path in ("/keep-1", "/drop-1", "/keep-2"):
+            assert (await client.get("backend", path)).status_code == 200
+
+        async def kept() -> list[str] | None:
+            paths = [line["path"] for line in access_lines(client)]
+            return paths if "/keep-2" in paths else None
+
+        paths = await eventually(kept, within=15, message="the kept requests' lines")
+        assert paths == ["/keep-1", "/keep-2"]
 
 
 async def test_the_sidecar_serves_prometheus_stats_on_its_port(
