@@ -355,6 +355,13 @@ def test_the_stats_listener_routes_to_the_admin_interface(
     )
 
 
+def test_no_stats_listener_on_a_port_the_mesh_uses() -> None:
+    world = mesh(*WORLD, telemetry("t", {"metrics": {"port": 5432}}))  # db's TCP port
+    listeners = by_name(translate.proxy_listeners(world, SIDECAR))
+    assert "outbound_tcp_5432" in listeners
+    assert PROMETHEUS_STATS_LISTENER not in listeners
+
+
 # -- the pipeline -------------------------------------------------------------------------
 
 PROXIES = (

@@ -19,7 +19,8 @@ exactly as before:
   request id, so the callee's sidecar continues the caller's trace;
 * metrics: a listener `prometheus_stats` on 0.0.0.0:PORT routes
   `/stats/prometheus` to the cluster `prometheus_stats`, the proxy's own admin
-  interface (127.0.0.1:ADMIN_PORT), as Istio's 15090 listener does.
+  interface (127.0.0.1:ADMIN_PORT), as Istio's 15090 listener does; unless
+  another listener of the proxy has that port (a Service port), which wins.
 
 The two ports come from node metadata when the Telemetry does not say:
 `STATS_PORT` (else 15090) and `ADMIN_PORT` (else 15000, the bootstrap
@@ -335,8 +336,13 @@ def with_telemetry(
     for listener in listeners:
         _apply(listener, effective, proxy)
         stamp_sources(listener, sources)
-    if effective.metrics:
-        stats = _stats_listener(proxy, stats_port(proxy, effective))
+    port = stats_port(proxy, effective)
+    taken = any(listener.address.socket_address.port_value == port for listener in listeners)
+    if effective.metrics and taken:
+        # 0.0.0.0 would fight the listener already bound there: the mesh's traffic wins.
+        logger.warning("%s: port %d is taken; no stats listener", proxy.node_id, port)
+    elif effective.metrics:
+        stats = _stats_listener(proxy, port)
         stamp_sources(stats, sources)
         listeners.append(stats)
     return listeners
