@@ -46,7 +46,7 @@ from xds_server.cache import Snapshot, SnapshotCache
 from xds_server.history import PushDetail, PushHistory, PushSummary
 from xds_server.model import ChangeSet, MeshSnapshot, ObjectKey
 from xds_server.model.status import ObjectStatus, policy_conditions, rejections
-from xds_server.pipeline import MeshPipeline
+from xds_server.pipeline import MeshPipeline, PipelineMetrics
 from xds_server.security import CertificateIssuer, RootRotation
 from xds_server.security.root_publisher import root_publisher
 from xds_server.security.xds_auth import server_hosts, sign_client_certificate, xds_authentication
@@ -60,6 +60,7 @@ from xds_server.server import (
 )
 from xds_server.settings import SOURCE_KUBERNETES, Settings, split_host_port
 from xds_server.sources.file import FileSource
+from xds_server.sources.metrics import SourceMetrics
 from xds_server.sources.proposal import propose_apply, propose_files
 from xds_server.supervise import Supervisor
 
@@ -90,13 +91,13 @@ class MeshSource(Protocol):
     ) -> None: ...
 
 
-def create_source(settings: Settings) -> MeshSource:
+def create_source(settings: Settings, metrics: SourceMetrics | None = None) -> MeshSource:
     """`--source kubernetes` watches the API server; `--source file:DIR` a directory."""
     if settings.source_kind == SOURCE_KUBERNETES:
         from xds_server.sources.kubernetes import KubernetesSource  # the client loads slowly
 
-        return KubernetesSource(settings.kubernetes)
-    return FileSource(settings.source_directory)
+        return KubernetesSource(settings.kubernetes, metrics=metrics)
+    return FileSource(settings.source_directory, metrics=metrics)
 
 
 def create_status_writer(settings: Settings, inputs: StatusInputs) -> StatusWriter | None:
@@ -194,15 +195,15 @@ def check_source_directory(settings: Settings) -> None:
 class ControlPlane:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.registry = CollectorRegistry()
+        """The one metrics registry: /metrics serves it; whatever registers metrics gets it."""
         self.cache = SnapshotCache()
-        self.pipeline = MeshPipeline(self.cache, settings.debounce)
+        self.pipeline = MeshPipeline(self.cache, settings.debounce, PipelineMetrics(self.registry))
         limits = ServerLimits(
             max_request_bytes=settings.xds_max_request_bytes,
             max_streams_per_peer=settings.xds_max_streams_per_peer,
             stuck_stream_seconds=settings.xds_stuck_stream_seconds,
         )
-        self.registry = CollectorRegistry()
-        """The one metrics registry: /metrics serves it; whatever registers metrics gets it."""
         self.callbacks: list[ServerCallbacks] = []
         """What hears the ADS protocol besides the server's metrics (push history, ...):
         append here, before `self.ads` is built."""
@@ -222,7 +223,7 @@ class ControlPlane:
         )
         self.xds_tls: XdsServerTls | None = None
         """The xDS port's certificate (None with `--insecure-xds`)."""
-        self.source: MeshSource = create_source(settings)
+        self.source: MeshSource = create_source(settings, SourceMetrics(self.registry))
         self._issuer: CertificateIssuer | None = None
         self.status_writer = create_status_writer(settings, self._status_inputs)
         """Kubernetes mode: writes route and policy status while holding the Lease."""
