@@ -265,7 +265,10 @@ class PodNetwork:
         (manifests / "backend.yaml").write_text(MANIFESTS)
         self.start("control-plane", self.cp, sys.executable, "-m", "xds_server.cli", "serve",
                    "--source", f"file:{manifests}", "--xds-listen", XDS,
-                   "--admin-listen", ADMIN)  # fmt: skip
+                   "--admin-listen", ADMIN,
+                   # capture is what this shows; xDS credentials: test_e2e_xds_auth.py
+                   "--insecure-xds", "--ca-dir", str(self.workdir / "ca"),
+                   "--admin-token-file", str(self.workdir / "admin-token"))  # fmt: skip
         wait_until(
             "control plane ready",
             lambda: self.http_get(self.cp, f"http://{ADMIN}/readyz", timeout=2)["status"] == 200,

@@ -265,6 +265,16 @@ async def test_the_sidecar_serves_prometheus_stats_on_its_port(
         assert other.status_code == 404
 
 
+def scope_spans(resource_spans: Any) -> Any:
+    """The spans' scopes of a ResourceSpans, whichever OTLP classes are installed:
+    `xds-protos` ships an older copy of `opentelemetry.proto` (same field number,
+    `instrumentation_library_spans`) that may overwrite `opentelemetry-proto`'s."""
+    fields = resource_spans.DESCRIPTOR.fields_by_name
+    if "scope_spans" in fields:
+        return resource_spans.scope_spans
+    return resource_spans.instrumentation_library_spans
+
+
 class Collector(trace_service_pb2_grpc.TraceServiceServicer):
     """A small OTLP gRPC trace collector: keeps (service name, trace id, span id, parent)."""
 
@@ -283,7 +293,7 @@ class Collector(trace_service_pb2_grpc.TraceServiceServicer):
                 ),
                 "",
             )
-            for scope in resource_spans.scope_spans:
+            for scope in scope_spans(resource_spans):
                 for span in scope.spans:
                     self.spans.append(
                         (service, span.trace_id.hex(), span.span_id.hex(),
